@@ -1,0 +1,230 @@
+//! The decider boundary: the one place where business logic decides what a command does.
+//!
+//! A decider gets the instance, the command and its payload, the actor and the parent
+//! instance, and returns a [`Decision`]: the next state, data changes, effects and a human
+//! reason. Deciders run before the storage transaction, never inside it, and have no access
+//! to the store: everything they may change comes back in the decision, which the engine
+//! checks against the definition before committing. Deciders here are plain Rust; the Rhai
+//! rule engine plugs in behind the same trait.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::definition::{CommandDef, Definition};
+use crate::model::{Actor, Instance, InstanceId};
+
+/// Everything a decider may look at.
+#[derive(Debug)]
+pub struct DecisionContext<'a> {
+    /// The definition (at the instance's pinned version).
+    pub definition: &'a Definition,
+    /// The command being decided.
+    pub command: &'a CommandDef,
+    /// The instance as it is before the command.
+    pub instance: &'a Instance,
+    /// The command payload, already checked against the command's schema.
+    pub payload: &'a Value,
+    /// Who sent it.
+    pub actor: &'a Actor,
+    /// The parent instance, if the instance has one.
+    pub parent: Option<&'a Instance>,
+    /// The engine clock's time for this evaluation.
+    pub now: DateTime<Utc>,
+}
+
+/// What a command does, as decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The state to move to; must be one of the command's `to` states.
+    pub next_state: String,
+    /// Data changes as a JSON merge patch (RFC 7386): an object, or `Null` for none.
+    pub changes: Value,
+    /// Effects; each must be declared in the command's `effects`.
+    pub effects: Vec<Effect>,
+    /// A human reason, e.g. "discount 18% > 10% → manager". Recorded in history.
+    pub reason: String,
+}
+
+impl Decision {
+    /// Move to `next_state`, changing nothing else.
+    pub fn goto(next_state: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision {
+            next_state: next_state.into(),
+            changes: Value::Null,
+            effects: Vec::new(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Adds data changes (a JSON merge patch object).
+    pub fn with_changes(mut self, changes: Value) -> Self {
+        self.changes = changes;
+        self
+    }
+
+    /// Adds an effect.
+    pub fn with_effect(mut self, effect: Effect) -> Self {
+        self.effects.push(effect);
+        self
+    }
+}
+
+/// Something a decision does besides moving its own instance. All effects commit in the same
+/// atomic write as the transition, or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Start a new instance of `definition` (its latest version), linked as a child.
+    StartLinked {
+        /// Definition name; must be in the command's `effects.start`.
+        definition: String,
+        /// Business key of the new instance.
+        business_key: String,
+        /// Its initial data, checked against that definition's start schema.
+        data: Value,
+    },
+    /// Change a linked instance's data (the parent, or a child), version-checked: if it
+    /// changed since the decider saw it, the command is re-evaluated.
+    UpdateLinked {
+        /// The linked instance; its definition must be in the command's `effects.update`.
+        instance: InstanceId,
+        /// The version the decider saw; `None` takes the version read by the engine just before
+        /// the commit.
+        expected_version: Option<u64>,
+        /// Data changes as a JSON merge patch object.
+        changes: Value,
+        /// Why; recorded in the linked instance's history.
+        reason: String,
+    },
+    /// Draw the next number from a named counter (gap-free; refused past `limit`).
+    DrawCounter {
+        /// Counter name; must be in the command's `effects.counters`.
+        counter: String,
+        /// Key within the counter (e.g. `"2026"`, a coupon code).
+        key: String,
+        /// Highest value allowed; drawing past it refuses the command.
+        limit: Option<u64>,
+        /// Where to write the drawn value into this instance's data, if anywhere.
+        assign: Option<CounterAssign>,
+    },
+}
+
+/// Writes a drawn counter value into the instance data as `prefix` + zero-padded value,
+/// e.g. `SO-2026-` + `000123`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterAssign {
+    /// Top-level data field to set.
+    pub field: String,
+    /// Text before the number.
+    pub prefix: String,
+    /// Minimum digits (zero-padded).
+    pub width: usize,
+}
+
+impl CounterAssign {
+    /// The text written for `value`.
+    pub fn render(&self, value: u64) -> String {
+        format!("{}{:0width$}", self.prefix, value, width = self.width)
+    }
+}
+
+/// A decider's failure: the command is refused and nothing is written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecideError {
+    /// What went wrong, with the script location when there is one.
+    pub message: String,
+}
+
+impl DecideError {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        DecideError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Decides the outcome of a command.
+pub trait Decider: Send + Sync + 'static {
+    /// Decides. Must not block for long: it runs on the caller's task.
+    fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, DecideError>;
+}
+
+impl<F> Decider for F
+where
+    F: Fn(&DecisionContext<'_>) -> Result<Decision, DecideError> + Send + Sync + 'static,
+{
+    fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, DecideError> {
+        self(ctx)
+    }
+}
+
+/// The name of the built-in decider that moves to the command's only `to` state and merges
+/// the payload into the instance data.
+pub const MERGE_PAYLOAD: &str = "builtin.merge_payload";
+
+/// Deciders by the name definitions use for them.
+#[derive(Clone)]
+pub struct DeciderRegistry {
+    deciders: BTreeMap<String, Arc<dyn Decider>>,
+}
+
+impl fmt::Debug for DeciderRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.deciders.keys()).finish()
+    }
+}
+
+impl Default for DeciderRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeciderRegistry {
+    /// A registry holding only the built-in [`MERGE_PAYLOAD`] decider.
+    pub fn new() -> Self {
+        let mut r = DeciderRegistry {
+            deciders: BTreeMap::new(),
+        };
+        r.register(MERGE_PAYLOAD, |ctx: &DecisionContext<'_>| {
+            let [to] = ctx.command.to.as_slice() else {
+                return Err(DecideError::new(format!(
+                    "{MERGE_PAYLOAD} needs exactly one `to` state; command `{}` has {}",
+                    ctx.command.name,
+                    ctx.command.to.len()
+                )));
+            };
+            Ok(
+                Decision::goto(to.clone(), format!("{} → {to}", ctx.command.name))
+                    .with_changes(ctx.payload.clone()),
+            )
+        });
+        r
+    }
+
+    /// Registers (or replaces) the decider `name`.
+    pub fn register(&mut self, name: impl Into<String>, decider: impl Decider) -> &mut Self {
+        self.deciders.insert(name.into(), Arc::new(decider));
+        self
+    }
+
+    /// Whether `name` is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.deciders.contains_key(name)
+    }
+
+    /// The decider `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Decider>> {
+        self.deciders.get(name)
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.deciders.keys()
+    }
+}

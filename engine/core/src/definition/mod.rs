@@ -1,0 +1,647 @@
+//! Definitions: named, versioned state machines loaded from TOML files.
+//!
+//! A definition declares its states, the commands that move between them (with the roles
+//! allowed to send each, its payload schema, its decider and the effects that decider may
+//! choose) and who may start and cancel instances. Loading checks everything and reports
+//! each problem as `file:line:col: message`. The file format is documented in
+//! `ARCHITECTURE.md`. This module knows nothing of storage or of how deciders are written.
+
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::decider::DeciderRegistry;
+use schema::{compile_schema, is_identifier, FieldSpec, Schema, SchemaProblem};
+
+/// A checked definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Definition {
+    /// Name, e.g. `sales_order`.
+    pub name: String,
+    /// Version, starting at 1.
+    pub version: u32,
+    /// Free text for humans.
+    pub description: String,
+    /// The state a new instance starts in.
+    pub initial: String,
+    /// States by name.
+    pub states: BTreeMap<String, StateDef>,
+    /// Commands by name.
+    pub commands: BTreeMap<String, CommandDef>,
+    /// Who may start an instance and with what data.
+    pub start: StartDef,
+    /// Roles allowed to cancel an instance (default: `admin`).
+    pub cancel_roles: Vec<String>,
+    /// The file it was loaded from.
+    pub source: String,
+}
+
+/// One state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDef {
+    /// No command leaves a terminal state; an instance there is completed.
+    pub terminal: bool,
+    /// Free text for humans.
+    pub description: String,
+}
+
+/// How instances start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartDef {
+    /// Roles allowed to start one.
+    pub roles: Vec<String>,
+    /// Schema of the initial data.
+    pub payload: Schema,
+}
+
+/// One command (a transition, possibly with several outcomes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandDef {
+    /// Command name, e.g. `submit`.
+    pub name: String,
+    /// States it may be sent in.
+    pub from: Vec<String>,
+    /// States it may lead to; the decider picks one (or the only one when there is no decider).
+    pub to: Vec<String>,
+    /// Roles allowed to send it.
+    pub roles: Vec<String>,
+    /// The decider that decides its outcome; `None` means "go to the only `to` state".
+    pub decider: Option<String>,
+    /// Schema of its payload.
+    pub payload: Schema,
+    /// Effects its decider may choose.
+    pub effects: EffectsDef,
+    /// Free text for humans.
+    pub description: String,
+}
+
+/// The effects a command's decider may choose; anything else is refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EffectsDef {
+    /// Definitions it may start as linked child instances.
+    pub start: Vec<String>,
+    /// Definitions of linked instances (parent or children) it may update.
+    pub update: Vec<String>,
+    /// Named counters it may draw from.
+    pub counters: Vec<String>,
+}
+
+impl Definition {
+    /// The command `name`, if declared.
+    pub fn command(&self, name: &str) -> Option<&CommandDef> {
+        self.commands.get(name)
+    }
+
+    /// Whether `state` is terminal (unknown states count as not terminal).
+    pub fn is_terminal(&self, state: &str) -> bool {
+        self.states.get(state).is_some_and(|s| s.terminal)
+    }
+}
+
+/// Where a problem is, and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefinitionError {
+    /// File path as given to the loader.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Every problem found while loading a set of definitions.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All loaded definitions, every version of each.
+#[derive(Clone, Debug, Default)]
+pub struct DefinitionSet {
+    by_name: BTreeMap<String, BTreeMap<u32, Arc<Definition>>>,
+}
+
+impl DefinitionSet {
+    /// Loads every `*.toml` file directly inside `dir` (sorted by name).
+    pub fn load_dir(dir: &Path, deciders: &DeciderRegistry) -> Result<Self, DefinitionErrors> {
+        let io_error = |message: String| {
+            DefinitionErrors(vec![DefinitionError {
+                file: dir.display().to_string(),
+                line: 1,
+                column: 1,
+                message,
+            }])
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| io_error(format!("cannot read the definitions directory: {e}")))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| io_error(format!("cannot read the definitions directory: {e}")))?
+                .path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                paths.push(path);
+            }
+        }
+        paths.sort();
+        let mut sources = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                DefinitionErrors(vec![DefinitionError {
+                    file: path.display().to_string(),
+                    line: 1,
+                    column: 1,
+                    message: format!("cannot read the file: {e}"),
+                }])
+            })?;
+            sources.push((path.display().to_string(), text));
+        }
+        Self::from_sources(&sources, deciders)
+    }
+
+    /// Loads definitions from `(file name, TOML text)` pairs; the file name is used in errors.
+    pub fn from_sources(
+        sources: &[(String, String)],
+        deciders: &DeciderRegistry,
+    ) -> Result<Self, DefinitionErrors> {
+        let mut errors = Vec::new();
+        let mut parsed = Vec::new();
+        for (file, text) in sources {
+            let at = |span: std::ops::Range<usize>, message: String| {
+                let (line, column) = line_col(text, span.start);
+                DefinitionError {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message,
+                }
+            };
+            match toml::from_str::<DefinitionFile>(text) {
+                Ok(f) => parsed.push((file.clone(), text.clone(), f)),
+                Err(e) => errors.push(at(e.span().unwrap_or(0..0), e.message().to_string())),
+            }
+        }
+        let mut set = DefinitionSet::default();
+        let mut origin: BTreeMap<(String, u32), String> = BTreeMap::new();
+        let mut pending = Vec::new();
+        for (file, text, f) in &parsed {
+            let mut problems = Vec::new();
+            let def = check_file(file, f, deciders, &mut problems);
+            let key = (def.name.clone(), def.version);
+            if let Some(first) = origin.get(&key) {
+                problems.push(SchemaProblem {
+                    span: f.name.span(),
+                    message: format!(
+                        "definition `{}` version {} is defined twice (first in {first})",
+                        def.name, def.version
+                    ),
+                });
+            } else {
+                origin.insert(key, file.clone());
+            }
+            pending.push((file, text, f, def, problems));
+        }
+        let names: BTreeSet<String> = pending.iter().map(|p| p.3.name.clone()).collect();
+        for (file, text, f, def, mut problems) in pending {
+            for (cmd_name, cmd) in &f.commands {
+                let Some(effects) = &cmd.get_ref().effects else {
+                    continue;
+                };
+                for target in effects
+                    .get_ref()
+                    .start
+                    .iter()
+                    .chain(&effects.get_ref().update)
+                {
+                    if !names.contains(target) {
+                        problems.push(SchemaProblem {
+                            span: effects.span(),
+                            message: format!(
+                                "command `{cmd_name}`: effect names definition `{target}`, which is not loaded; loaded: {}",
+                                names.iter().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        });
+                    }
+                }
+            }
+            if problems.is_empty() {
+                set.by_name
+                    .entry(def.name.clone())
+                    .or_default()
+                    .insert(def.version, Arc::new(def));
+            }
+            for p in problems {
+                let (line, column) = line_col(text, p.span.start);
+                errors.push(DefinitionError {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message: p.message,
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(DefinitionErrors(errors))
+        }
+    }
+
+    /// The highest version of `name`; new instances start on it.
+    pub fn latest(&self, name: &str) -> Option<&Arc<Definition>> {
+        self.by_name.get(name)?.values().next_back()
+    }
+
+    /// Version `version` of `name`.
+    pub fn get(&self, name: &str, version: u32) -> Option<&Arc<Definition>> {
+        self.by_name.get(name)?.get(&version)
+    }
+
+    /// Every definition, all versions, ordered by name then version.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Definition>> {
+        self.by_name.values().flat_map(|v| v.values())
+    }
+
+    /// Names of the loaded definitions.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, text[line_start..offset].chars().count() + 1)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefinitionFile {
+    name: Spanned<String>,
+    version: Spanned<i64>,
+    #[serde(default)]
+    description: String,
+    initial: Spanned<String>,
+    start: Spanned<StartSpec>,
+    #[serde(default)]
+    cancel: Option<Spanned<CancelSpec>>,
+    states: BTreeMap<String, Spanned<StateSpec>>,
+    #[serde(default)]
+    commands: BTreeMap<String, Spanned<CommandSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartSpec {
+    roles: Spanned<Vec<String>>,
+    #[serde(default)]
+    payload: BTreeMap<String, Spanned<FieldSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelSpec {
+    roles: Spanned<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSpec {
+    #[serde(default)]
+    terminal: bool,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandSpec {
+    from: Spanned<Vec<String>>,
+    to: Spanned<Vec<String>>,
+    roles: Spanned<Vec<String>>,
+    decider: Option<Spanned<String>>,
+    #[serde(default)]
+    payload: BTreeMap<String, Spanned<FieldSpec>>,
+    effects: Option<Spanned<EffectsSpec>>,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EffectsSpec {
+    #[serde(default)]
+    start: Vec<String>,
+    #[serde(default)]
+    update: Vec<String>,
+    #[serde(default)]
+    counters: Vec<String>,
+}
+
+fn check_roles(
+    what: &str,
+    roles: &Spanned<Vec<String>>,
+    problems: &mut Vec<SchemaProblem>,
+) -> Vec<String> {
+    if roles.get_ref().is_empty() {
+        problems.push(SchemaProblem {
+            span: roles.span(),
+            message: format!("{what}: `roles` is empty; name at least one role, e.g. [\"admin\"]"),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    for role in roles.get_ref() {
+        if !is_identifier(role) {
+            problems.push(SchemaProblem {
+                span: roles.span(),
+                message: format!(
+                    "{what}: role `{role}` is not an identifier (lower-case letters, digits, `_`)"
+                ),
+            });
+        }
+        if !seen.insert(role) {
+            problems.push(SchemaProblem {
+                span: roles.span(),
+                message: format!("{what}: role `{role}` is listed twice"),
+            });
+        }
+    }
+    roles.get_ref().clone()
+}
+
+fn check_file(
+    file: &str,
+    f: &DefinitionFile,
+    deciders: &DeciderRegistry,
+    problems: &mut Vec<SchemaProblem>,
+) -> Definition {
+    let mut problem = |span: std::ops::Range<usize>, message: String| {
+        problems.push(SchemaProblem { span, message })
+    };
+    let name = f.name.get_ref().clone();
+    if !is_identifier(&name) {
+        problem(
+            f.name.span(),
+            format!("definition name `{name}` is not an identifier; use lower-case letters, digits and `_`, starting with a letter"),
+        );
+    }
+    let version = match u32::try_from(*f.version.get_ref()) {
+        Ok(v) if v >= 1 => v,
+        _ => {
+            problem(
+                f.version.span(),
+                format!(
+                    "version must be a whole number from 1 up, got {}",
+                    f.version.get_ref()
+                ),
+            );
+            1
+        }
+    };
+    if f.states.is_empty() {
+        problem(
+            f.name.span(),
+            "`states` is empty; declare at least the initial state".into(),
+        );
+    }
+    for (state, spec) in &f.states {
+        if !is_identifier(state) {
+            problem(
+                spec.span(),
+                format!(
+                    "state name `{state}` is not an identifier (lower-case letters, digits, `_`)"
+                ),
+            );
+        }
+    }
+    let initial = f.initial.get_ref().clone();
+    match f.states.get(&initial) {
+        None => problem(
+            f.initial.span(),
+            format!(
+                "initial state `{initial}` is not declared in [states]; declared: {}",
+                list(f.states.keys())
+            ),
+        ),
+        Some(s) if s.get_ref().terminal => problem(
+            f.initial.span(),
+            format!("initial state `{initial}` is terminal; an instance could never move"),
+        ),
+        Some(_) => {}
+    }
+
+    let start_roles = check_roles("[start]", &f.start.get_ref().roles, problems);
+    let mut schema_problems = Vec::new();
+    let start_payload = compile_schema(&f.start.get_ref().payload, &mut schema_problems);
+    let cancel_roles = match &f.cancel {
+        Some(c) => check_roles("[cancel]", &c.get_ref().roles, problems),
+        None => vec!["admin".to_string()],
+    };
+
+    let mut commands = BTreeMap::new();
+    let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut problem = |span: std::ops::Range<usize>, message: String| {
+        problems.push(SchemaProblem { span, message })
+    };
+    for (cmd_name, spanned) in &f.commands {
+        let cmd = spanned.get_ref();
+        let what = format!("command `{cmd_name}`");
+        if !is_identifier(cmd_name) {
+            problem(
+                spanned.span(),
+                format!("{what}: the name is not an identifier (lower-case letters, digits, `_`)"),
+            );
+        }
+        if cmd.from.get_ref().is_empty() {
+            problem(
+                cmd.from.span(),
+                format!("{what}: `from` is empty; name the states it may be sent in"),
+            );
+        }
+        for s in cmd.from.get_ref() {
+            match f.states.get(s) {
+                None => problem(
+                    cmd.from.span(),
+                    format!("{what}: `from` names unknown state `{s}`; declared: {}", list(f.states.keys())),
+                ),
+                Some(st) if st.get_ref().terminal => problem(
+                    cmd.from.span(),
+                    format!("{what}: `from` names terminal state `{s}`; no command may leave a terminal state"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if cmd.to.get_ref().is_empty() {
+            problem(
+                cmd.to.span(),
+                format!("{what}: `to` is empty; name the states it may lead to"),
+            );
+        }
+        for s in cmd.to.get_ref() {
+            if !f.states.contains_key(s) {
+                problem(
+                    cmd.to.span(),
+                    format!(
+                        "{what}: `to` names unknown state `{s}`; declared: {}",
+                        list(f.states.keys())
+                    ),
+                );
+            }
+        }
+        for s in cmd.from.get_ref() {
+            edges
+                .entry(s.as_str())
+                .or_default()
+                .extend(cmd.to.get_ref().iter().map(String::as_str));
+        }
+        match &cmd.decider {
+            Some(d) if !deciders.contains(d.get_ref()) => problem(
+                d.span(),
+                format!(
+                    "{what}: decider `{}` is not registered; registered deciders: {}",
+                    d.get_ref(),
+                    list(deciders.names())
+                ),
+            ),
+            None if cmd.to.get_ref().len() != 1 => problem(
+                cmd.to.span(),
+                format!(
+                    "{what}: without a `decider`, `to` must name exactly one state (it names {})",
+                    cmd.to.get_ref().len()
+                ),
+            ),
+            _ => {}
+        }
+        let effects = match &cmd.effects {
+            Some(e) => {
+                for c in &e.get_ref().counters {
+                    if !is_identifier(c) {
+                        problem(
+                            e.span(),
+                            format!("{what}: counter name `{c}` is not an identifier"),
+                        );
+                    }
+                }
+                EffectsDef {
+                    start: e.get_ref().start.clone(),
+                    update: e.get_ref().update.clone(),
+                    counters: e.get_ref().counters.clone(),
+                }
+            }
+            None => EffectsDef::default(),
+        };
+        let roles = {
+            let mut role_problems = Vec::new();
+            let r = check_roles(&what, &cmd.roles, &mut role_problems);
+            for p in role_problems {
+                problem(p.span, p.message);
+            }
+            r
+        };
+        let payload = compile_schema(&cmd.payload, &mut schema_problems);
+        commands.insert(
+            cmd_name.clone(),
+            CommandDef {
+                name: cmd_name.clone(),
+                from: cmd.from.get_ref().clone(),
+                to: cmd.to.get_ref().clone(),
+                roles,
+                decider: cmd.decider.as_ref().map(|d| d.get_ref().clone()),
+                payload,
+                effects,
+                description: cmd.description.clone(),
+            },
+        );
+    }
+
+    // Reachability from the initial state, and dead ends.
+    let mut reached: BTreeSet<&str> = BTreeSet::new();
+    let mut queue = VecDeque::from([initial.as_str()]);
+    while let Some(s) = queue.pop_front() {
+        if reached.insert(s) {
+            queue.extend(edges.get(s).into_iter().flatten().copied());
+        }
+    }
+    for (state, spec) in &f.states {
+        if f.states.contains_key(&initial) && !reached.contains(state.as_str()) {
+            problem(
+                spec.span(),
+                format!("state `{state}` is unreachable: no chain of commands leads to it from the initial state `{initial}`"),
+            );
+        } else if !spec.get_ref().terminal && !edges.contains_key(state.as_str()) {
+            problem(
+                spec.span(),
+                format!("state `{state}` is not terminal but no command leaves it; add a command from it or mark it `terminal = true`"),
+            );
+        }
+    }
+    problems.extend(schema_problems);
+
+    Definition {
+        name,
+        version,
+        description: f.description.clone(),
+        initial,
+        states: f
+            .states
+            .iter()
+            .map(|(k, v)| {
+                let v = v.get_ref();
+                (
+                    k.clone(),
+                    StateDef {
+                        terminal: v.terminal,
+                        description: v.description.clone(),
+                    },
+                )
+            })
+            .collect(),
+        commands,
+        start: StartDef {
+            roles: start_roles,
+            payload: start_payload,
+        },
+        cancel_roles,
+        source: file.to_string(),
+    }
+}
+
+fn list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = items.into_iter().map(String::as_str).collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}

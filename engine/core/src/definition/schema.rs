@@ -1,0 +1,556 @@
+//! Payload schemas: how a definition declares the fields a start or a command accepts, and
+//! how a JSON payload is checked against them. Money and decimals are decimal *strings*; a
+//! JSON number there is refused, because a JSON number may have passed through a float.
+//! This module does not know about states, roles or deciders.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Spanned;
+
+/// Longest string accepted when a field does not set `max_length`.
+pub const STRING_LENGTH_MAX_DEFAULT: usize = 4096;
+/// Most list items accepted when a field does not set `max_items`.
+pub const LIST_ITEMS_MAX_DEFAULT: usize = 1000;
+
+/// The type of a payload field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// A JSON string.
+    String,
+    /// A JSON integer (fits in i64).
+    Integer,
+    /// A non-negative amount of goods: a JSON integer or a decimal string, never negative.
+    Quantity,
+    /// A decimal string such as `"0.125"`.
+    Decimal,
+    /// A money amount as a decimal string such as `"12.50"`.
+    Money,
+    /// `true` or `false`.
+    Boolean,
+    /// A calendar date string `YYYY-MM-DD`.
+    Date,
+    /// An RFC 3339 timestamp string.
+    Datetime,
+    /// A JSON object with declared `fields`.
+    Object,
+    /// A JSON array whose elements follow `items`.
+    List,
+    /// Any JSON value (still bounded by the engine's payload size limit).
+    Json,
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FieldType::String => "string",
+            FieldType::Integer => "integer",
+            FieldType::Quantity => "quantity",
+            FieldType::Decimal => "decimal",
+            FieldType::Money => "money",
+            FieldType::Boolean => "boolean",
+            FieldType::Date => "date",
+            FieldType::Datetime => "datetime",
+            FieldType::Object => "object",
+            FieldType::List => "list",
+            FieldType::Json => "json",
+        })
+    }
+}
+
+/// A numeric bound as written in a definition: an integer or a decimal string.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BoundSpec {
+    /// `min = 0`
+    Integer(i64),
+    /// `min = "0.01"`
+    Text(String),
+}
+
+/// One field as written in a definition file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// The field's type.
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    /// Whether the field must be present (default `true`).
+    pub required: Option<bool>,
+    /// Smallest accepted value (numeric types).
+    pub min: Option<BoundSpec>,
+    /// Largest accepted value (numeric types).
+    pub max: Option<BoundSpec>,
+    /// Most decimal places accepted (`decimal`, `money`, `quantity`).
+    pub scale: Option<u32>,
+    /// Longest accepted string (`string`).
+    pub max_length: Option<usize>,
+    /// The only accepted values (`string`).
+    pub values: Option<Vec<String>>,
+    /// Most accepted items (`list`).
+    pub max_items: Option<usize>,
+    /// The element type (`list`).
+    pub items: Option<Box<Spanned<FieldSpec>>>,
+    /// The nested fields (`object`).
+    pub fields: Option<BTreeMap<String, Spanned<FieldSpec>>>,
+}
+
+/// A checked field, ready to validate payloads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    /// The field's type.
+    pub kind: FieldType,
+    /// Whether it must be present.
+    pub required: bool,
+    /// Inclusive lower bound for numeric types.
+    pub min: Option<Decimal>,
+    /// Inclusive upper bound for numeric types.
+    pub max: Option<Decimal>,
+    /// Most decimal places.
+    pub scale: Option<u32>,
+    /// Longest string.
+    pub max_length: usize,
+    /// Accepted string values (empty: any).
+    pub values: Vec<String>,
+    /// Most list items.
+    pub max_items: usize,
+    /// Element type of a list.
+    pub items: Option<Box<Field>>,
+    /// Fields of an object.
+    pub fields: Schema,
+}
+
+/// The fields a start or command payload accepts. Payloads are JSON objects; fields not
+/// declared here are refused.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Schema {
+    /// Fields by name.
+    pub fields: BTreeMap<String, Field>,
+}
+
+/// A problem found in a schema while loading a definition: the byte span in the file and a
+/// message.
+#[derive(Debug)]
+pub struct SchemaProblem {
+    /// Byte range in the definition file.
+    pub span: std::ops::Range<usize>,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+/// One reason a payload was refused: the field path (`lines[2].quantity`) and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field within the payload.
+    pub field: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.field, self.message)
+    }
+}
+
+/// Checks a schema as written, collecting every problem.
+pub fn compile_schema(
+    specs: &BTreeMap<String, Spanned<FieldSpec>>,
+    problems: &mut Vec<SchemaProblem>,
+) -> Schema {
+    let mut schema = Schema::default();
+    for (name, spec) in specs {
+        if !is_identifier(name) {
+            problems.push(SchemaProblem {
+                span: spec.span(),
+                message: format!(
+                    "field name `{name}` is not an identifier; use lower-case letters, digits and `_`, starting with a letter"
+                ),
+            });
+        }
+        schema
+            .fields
+            .insert(name.clone(), compile_field(name, spec, problems));
+    }
+    schema
+}
+
+fn compile_field(
+    name: &str,
+    spec: &Spanned<FieldSpec>,
+    problems: &mut Vec<SchemaProblem>,
+) -> Field {
+    let span = spec.span();
+    let spec = spec.get_ref();
+    let mut problem = |message: String| {
+        problems.push(SchemaProblem {
+            span: span.clone(),
+            message,
+        })
+    };
+    let numeric = matches!(
+        spec.kind,
+        FieldType::Integer | FieldType::Quantity | FieldType::Decimal | FieldType::Money
+    );
+    let mut bound = |which: &str, b: &Option<BoundSpec>| -> Option<Decimal> {
+        let b = b.as_ref()?;
+        if !numeric {
+            problem(format!(
+                "field `{name}`: `{which}` applies only to integer, quantity, decimal and money fields, not {}",
+                spec.kind
+            ));
+            return None;
+        }
+        match b {
+            BoundSpec::Integer(i) => Some(Decimal::from(*i)),
+            BoundSpec::Text(t) => match parse_decimal_text(t) {
+                Some(d) => Some(d),
+                None => {
+                    problem(format!(
+                        "field `{name}`: `{which}` = \"{t}\" is not a decimal; write e.g. \"0.01\""
+                    ));
+                    None
+                }
+            },
+        }
+    };
+    let min = bound("min", &spec.min);
+    let max = bound("max", &spec.max);
+    let mut problem = |message: String| {
+        problems.push(SchemaProblem {
+            span: span.clone(),
+            message,
+        })
+    };
+    if let (Some(lo), Some(hi)) = (min, max) {
+        if lo > hi {
+            problem(format!("field `{name}`: min {lo} is greater than max {hi}"));
+        }
+    }
+    let min = match (spec.kind, min) {
+        (FieldType::Quantity, None) => Some(Decimal::ZERO),
+        (FieldType::Quantity, Some(m)) if m < Decimal::ZERO => {
+            problem(format!(
+                "field `{name}`: a quantity cannot have a negative min"
+            ));
+            Some(Decimal::ZERO)
+        }
+        (_, m) => m,
+    };
+    if spec.scale.is_some()
+        && !matches!(
+            spec.kind,
+            FieldType::Decimal | FieldType::Money | FieldType::Quantity
+        )
+    {
+        problem(format!(
+            "field `{name}`: `scale` applies only to decimal, money and quantity fields, not {}",
+            spec.kind
+        ));
+    }
+    if spec.scale.is_some_and(|s| s > 28) {
+        problem(format!("field `{name}`: `scale` must be at most 28"));
+    }
+    if (spec.max_length.is_some() || spec.values.is_some()) && spec.kind != FieldType::String {
+        problem(format!(
+            "field `{name}`: `max_length` and `values` apply only to string fields, not {}",
+            spec.kind
+        ));
+    }
+    if spec.max_items.is_some() && spec.kind != FieldType::List {
+        problem(format!(
+            "field `{name}`: `max_items` applies only to list fields, not {}",
+            spec.kind
+        ));
+    }
+    let items = match (&spec.items, spec.kind) {
+        (Some(items), FieldType::List) => Some(Box::new(compile_field(
+            &format!("{name}[]"),
+            items,
+            problems,
+        ))),
+        (None, FieldType::List) => {
+            problems.push(SchemaProblem {
+                span: span.clone(),
+                message: format!(
+                    "field `{name}`: a list needs `items`, e.g. items = {{ type = \"string\" }}"
+                ),
+            });
+            None
+        }
+        (Some(_), kind) => {
+            problems.push(SchemaProblem {
+                span: span.clone(),
+                message: format!("field `{name}`: `items` applies only to list fields, not {kind}"),
+            });
+            None
+        }
+        (None, _) => None,
+    };
+    let fields = match (&spec.fields, spec.kind) {
+        (Some(fields), FieldType::Object) => compile_schema(fields, problems),
+        (None, FieldType::Object) => {
+            problems.push(SchemaProblem {
+                span: span.clone(),
+                message: format!(
+                    "field `{name}`: an object needs `fields`, e.g. fields = {{ sku = {{ type = \"string\" }} }}"
+                ),
+            });
+            Schema::default()
+        }
+        (Some(_), kind) => {
+            problems.push(SchemaProblem {
+                span: span.clone(),
+                message: format!(
+                    "field `{name}`: `fields` applies only to object fields, not {kind}"
+                ),
+            });
+            Schema::default()
+        }
+        (None, _) => Schema::default(),
+    };
+    Field {
+        kind: spec.kind,
+        required: spec.required.unwrap_or(true),
+        min,
+        max,
+        scale: spec.scale,
+        max_length: spec.max_length.unwrap_or(STRING_LENGTH_MAX_DEFAULT),
+        values: spec.values.clone().unwrap_or_default(),
+        max_items: spec.max_items.unwrap_or(LIST_ITEMS_MAX_DEFAULT),
+        items,
+        fields,
+    }
+}
+
+/// Whether `s` is a lower-case identifier (`[a-z][a-z0-9_]*`).
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && s.len() <= 64
+}
+
+/// Parses a plain decimal string (`-12.50`, `3`, `0.001`): no exponent, no `+`, no spaces,
+/// no thousands separators, at most 28 fractional digits.
+pub fn parse_decimal_text(s: &str) -> Option<Decimal> {
+    let unsigned = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (unsigned, None),
+    };
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    Decimal::from_str_exact(s).ok()
+}
+
+impl Schema {
+    /// Checks `payload` (must be a JSON object) against the schema; returns every violation,
+    /// each naming the field path.
+    pub fn validate(&self, payload: &Value) -> Vec<FieldViolation> {
+        let mut out = Vec::new();
+        match payload {
+            Value::Object(_) => self.validate_object("", payload, &mut out),
+            other => out.push(FieldViolation {
+                field: "payload".into(),
+                message: format!("must be a JSON object, got {}", json_kind(other)),
+            }),
+        }
+        out
+    }
+
+    fn validate_object(&self, prefix: &str, value: &Value, out: &mut Vec<FieldViolation>) {
+        let Value::Object(map) = value else { return };
+        for (name, field) in &self.fields {
+            let path = join(prefix, name);
+            match map.get(name) {
+                None | Some(Value::Null) if field.required => out.push(FieldViolation {
+                    field: path,
+                    message: format!("is required ({})", field.kind),
+                }),
+                None | Some(Value::Null) => {}
+                Some(v) => field.validate(&path, v, out),
+            }
+        }
+        for name in map.keys() {
+            if !self.fields.contains_key(name) {
+                let accepted: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+                out.push(FieldViolation {
+                    field: join(prefix, name),
+                    message: if accepted.is_empty() {
+                        "is not accepted: this payload takes no fields".to_string()
+                    } else {
+                        format!("is not accepted; accepted fields: {}", accepted.join(", "))
+                    },
+                });
+            }
+        }
+    }
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a JSON number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl Field {
+    fn validate(&self, path: &str, v: &Value, out: &mut Vec<FieldViolation>) {
+        let mut bad = |message: String| {
+            out.push(FieldViolation {
+                field: path.to_string(),
+                message,
+            })
+        };
+        match self.kind {
+            FieldType::String => match v {
+                Value::String(s) => {
+                    if s.chars().count() > self.max_length {
+                        bad(format!("is longer than {} characters", self.max_length));
+                    } else if !self.values.is_empty() && !self.values.contains(s) {
+                        bad(format!(
+                            "\"{s}\" is not one of: {}",
+                            self.values.join(", ")
+                        ));
+                    }
+                }
+                other => bad(format!("must be a string, got {}", json_kind(other))),
+            },
+            FieldType::Integer => match v.as_i64() {
+                Some(i) => self.check_bounds(Decimal::from(i), &mut bad),
+                None => bad(format!("must be a whole number, got {}", describe(v))),
+            },
+            FieldType::Quantity => {
+                let parsed = match v {
+                    Value::Number(n) => n.as_i64().map(Decimal::from).ok_or_else(|| {
+                        "must be a whole JSON number or a decimal string such as \"1.5\"; a fractional JSON number is refused because it may have lost precision".to_string()
+                    }),
+                    Value::String(s) => parse_decimal_text(s)
+                        .ok_or_else(|| format!("\"{s}\" is not a decimal such as \"1.5\"")),
+                    other => Err(format!("must be a quantity, got {}", json_kind(other))),
+                };
+                match parsed {
+                    Ok(q) if q < Decimal::ZERO => bad(format!("must not be negative, got {q}")),
+                    Ok(q) => {
+                        self.check_scale(q, &mut bad);
+                        self.check_bounds(q, &mut bad)
+                    }
+                    Err(m) => bad(m),
+                }
+            }
+            FieldType::Decimal | FieldType::Money => match v {
+                Value::String(s) => match parse_decimal_text(s) {
+                    Some(d) => {
+                        self.check_scale(d, &mut bad);
+                        self.check_bounds(d, &mut bad)
+                    }
+                    None => bad(format!(
+                        "\"{s}\" is not a decimal; write digits with an optional `-` and `.`, e.g. \"12.50\""
+                    )),
+                },
+                Value::Number(_) => bad(format!(
+                    "{} must be a decimal string such as \"12.50\"; a JSON number is refused because it may have lost precision",
+                    self.kind
+                )),
+                other => bad(format!(
+                    "must be a decimal string such as \"12.50\", got {}",
+                    json_kind(other)
+                )),
+            },
+            FieldType::Boolean => {
+                if !v.is_boolean() {
+                    bad(format!("must be true or false, got {}", json_kind(v)))
+                }
+            }
+            FieldType::Date => match v.as_str() {
+                Some(s) if chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() => {}
+                _ => bad(format!("must be a date such as \"2026-04-01\", got {}", describe(v))),
+            },
+            FieldType::Datetime => match v.as_str() {
+                Some(s) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {}
+                _ => bad(format!(
+                    "must be an RFC 3339 time such as \"2026-04-01T09:30:00Z\", got {}",
+                    describe(v)
+                )),
+            },
+            FieldType::Object => match v {
+                Value::Object(_) => self.fields.validate_object(path, v, out),
+                other => bad(format!("must be an object, got {}", json_kind(other))),
+            },
+            FieldType::List => match v {
+                Value::Array(items) => {
+                    if items.len() > self.max_items {
+                        bad(format!(
+                            "has {} items; at most {} are accepted",
+                            items.len(),
+                            self.max_items
+                        ));
+                        return;
+                    }
+                    if let Some(item) = &self.items {
+                        for (i, element) in items.iter().enumerate() {
+                            let p = format!("{path}[{i}]");
+                            match element {
+                                Value::Null => out.push(FieldViolation {
+                                    field: p,
+                                    message: "must not be null".into(),
+                                }),
+                                e => item.validate(&p, e, out),
+                            }
+                        }
+                    }
+                }
+                other => bad(format!("must be a list, got {}", json_kind(other))),
+            },
+            FieldType::Json => {}
+        }
+    }
+
+    fn check_scale(&self, d: Decimal, bad: &mut impl FnMut(String)) {
+        if let Some(scale) = self.scale {
+            if d.normalize().scale() > scale {
+                bad(format!("{d} has more than {scale} decimal places"));
+            }
+        }
+    }
+
+    fn check_bounds(&self, d: Decimal, bad: &mut impl FnMut(String)) {
+        if let Some(min) = self.min {
+            if d < min {
+                bad(format!("{d} is below the minimum {min}"));
+            }
+        }
+        if let Some(max) = self.max {
+            if d > max {
+                bad(format!("{d} is above the maximum {max}"));
+            }
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        Value::Number(n) => n.to_string(),
+        other => json_kind(other).to_string(),
+    }
+}

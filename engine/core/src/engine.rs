@@ -1,0 +1,1269 @@
+//! The engine: validates requests against definitions, asks deciders, builds commits and
+//! hands them to the group committer.
+//!
+//! Order of work for a command: idempotency replay → load instance → definition, command,
+//! status, role, state, payload and expected-version checks → decider (outside any storage
+//! transaction) → decision checks → commit (version-checked in the store's atomic write) →
+//! acknowledgement after the flush. A version conflict without `expected_version` re-runs
+//! the whole evaluation, at most `conflict_retries_max` times.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::{Clock, SystemClock};
+use crate::committer::{self, Job};
+use crate::decider::{DecideError, DeciderRegistry, Decision, DecisionContext, Effect};
+use crate::definition::schema::is_identifier;
+use crate::definition::{CommandDef, Definition, DefinitionSet};
+use crate::error::{CommandError, OpenError};
+use crate::model::{
+    Actor, ChangeKind, CommandOutcome, DefinitionRef, HistoryEntry, Instance, InstanceId,
+    InstanceStatus,
+};
+use crate::patch::apply_merge_patch;
+use crate::store::{
+    Commit, CommitApplied, CommitRefusal, CounterDraw, InstanceWrite, ListQuery, MemoryStore, Page,
+    RequestRecord, SledConfig, SledStore, Store,
+};
+
+/// Which store the engine opens.
+#[derive(Clone, Debug)]
+pub enum StoreConfig {
+    /// The embedded sled store.
+    Sled(SledConfig),
+    /// An in-memory store; nothing survives the process.
+    Memory,
+}
+
+/// Engine settings. Every limit has a default; see the field docs.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The store to open (ignored by [`Engine::with_store`]).
+    pub store: StoreConfig,
+    /// Most commits in one group commit (default 512).
+    pub batch_max: usize,
+    /// Most commits waiting for the committer; submitters wait beyond it (default 8192).
+    pub queue_max: usize,
+    /// Largest accepted payload, as JSON bytes (default 64 KiB).
+    pub payload_bytes_max: usize,
+    /// Largest accepted page size for lists and history (default 1000).
+    pub page_size_max: usize,
+    /// Re-evaluations of a command after a version conflict, when the caller gave no
+    /// `expected_version` (default 8).
+    pub conflict_retries_max: u32,
+    /// How long a request id is remembered (default 7 days).
+    pub request_retention: Duration,
+    /// How often expired request records are purged (default 60 s).
+    pub purge_interval: StdDuration,
+    /// The clock (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("store", &self.store)
+            .field("batch_max", &self.batch_max)
+            .field("queue_max", &self.queue_max)
+            .field("payload_bytes_max", &self.payload_bytes_max)
+            .field("page_size_max", &self.page_size_max)
+            .field("conflict_retries_max", &self.conflict_retries_max)
+            .field("request_retention", &self.request_retention)
+            .field("purge_interval", &self.purge_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineConfig {
+    /// Defaults with the given store.
+    pub fn new(store: StoreConfig) -> Self {
+        EngineConfig {
+            store,
+            batch_max: 512,
+            queue_max: 8192,
+            payload_bytes_max: 64 * 1024,
+            page_size_max: 1000,
+            conflict_retries_max: 8,
+            request_retention: Duration::days(7),
+            purge_interval: StdDuration::from_secs(60),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Defaults with an in-memory store.
+    pub fn in_memory() -> Self {
+        Self::new(StoreConfig::Memory)
+    }
+
+    fn check(&self) -> Result<(), OpenError> {
+        let bad = |field: &str, message: &str| {
+            Err(OpenError::Config {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        if self.batch_max == 0 {
+            return bad("batch_max", "must be at least 1");
+        }
+        if self.queue_max == 0 {
+            return bad("queue_max", "must be at least 1");
+        }
+        if self.page_size_max == 0 {
+            return bad("page_size_max", "must be at least 1");
+        }
+        if self.request_retention <= Duration::zero() {
+            return bad("request_retention", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Start a new instance.
+#[derive(Clone, Debug)]
+pub struct StartRequest {
+    /// Definition name; the latest loaded version is used and pinned.
+    pub definition: String,
+    /// The host's key for the instance.
+    pub business_key: String,
+    /// Initial data, checked against the definition's `[start.payload]`.
+    pub data: Value,
+    /// Who starts it.
+    pub actor: Actor,
+    /// Idempotency key (global).
+    pub request_id: String,
+}
+
+/// Send a command to an instance.
+#[derive(Clone, Debug)]
+pub struct CommandRequest {
+    /// The instance.
+    pub instance: InstanceId,
+    /// Command name.
+    pub command: String,
+    /// Payload, checked against the command's schema.
+    pub payload: Value,
+    /// Who sends it.
+    pub actor: Actor,
+    /// Idempotency key (global).
+    pub request_id: String,
+    /// Refuse unless the instance is at exactly this version.
+    pub expected_version: Option<u64>,
+}
+
+/// Cancel an instance.
+#[derive(Clone, Debug)]
+pub struct CancelRequest {
+    /// The instance.
+    pub instance: InstanceId,
+    /// Why; recorded in history.
+    pub reason: String,
+    /// Who cancels it; needs one of the definition's cancel roles.
+    pub actor: Actor,
+    /// Idempotency key (global).
+    pub request_id: String,
+    /// Refuse unless the instance is at exactly this version.
+    pub expected_version: Option<u64>,
+}
+
+/// List instances.
+#[derive(Clone, Debug, Default)]
+pub struct ListRequest {
+    /// Only this definition.
+    pub definition: Option<String>,
+    /// Only this state (needs `definition`).
+    pub state: Option<String>,
+    /// Only this business key (needs `definition`).
+    pub business_key: Option<String>,
+    /// Page size; 0 means 100. At most the configured `page_size_max`.
+    pub page_size: usize,
+    /// A previous page's `next_page_token`.
+    pub page_token: Option<String>,
+}
+
+const PAGE_SIZE_DEFAULT: usize = 100;
+const REQUEST_ID_BYTES_MAX: usize = 256;
+const BUSINESS_KEY_CHARS_MAX: usize = 256;
+const REASON_CHARS_MAX: usize = 4096;
+
+/// The workflow engine. Cheap to clone; all clones share one store and committer.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EngineConfig,
+    definitions: DefinitionSet,
+    deciders: DeciderRegistry,
+    store: Arc<dyn Store>,
+    queue: RwLock<Option<mpsc::Sender<Job>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A commit ready to submit, with the outcome it will acknowledge.
+struct Prepared {
+    commit: Commit,
+    outcome: CommandOutcome,
+}
+
+impl Engine {
+    /// Opens the store named by `config` and starts the engine. Must be called inside a
+    /// tokio runtime (it spawns the request-purge task on it).
+    pub async fn open(
+        config: EngineConfig,
+        definitions: DefinitionSet,
+        deciders: DeciderRegistry,
+    ) -> Result<Engine, OpenError> {
+        config.check()?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sled(sled) => {
+                let sled = sled.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || SledStore::open(&sled))
+                        .await
+                        .expect("store open task panicked")?,
+                )
+            }
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+        };
+        Self::with_store(store, config, definitions, deciders)
+    }
+
+    /// Starts the engine on a store the caller opened. Must be called inside a tokio runtime.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        config: EngineConfig,
+        definitions: DefinitionSet,
+        deciders: DeciderRegistry,
+    ) -> Result<Engine, OpenError> {
+        config.check()?;
+        let (tx, handle) = committer::start(store.clone(), config.queue_max, config.batch_max)
+            .map_err(OpenError::Thread)?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                definitions,
+                deciders,
+                store,
+                queue: RwLock::new(Some(tx)),
+                committer: Mutex::new(Some(handle)),
+            }),
+        };
+        engine.spawn_purge_task();
+        Ok(engine)
+    }
+
+    fn spawn_purge_task(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.config.purge_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.queue.read().expect("queue lock poisoned").is_none() {
+                    return;
+                }
+                let engine = Engine { inner };
+                if let Err(e) = engine.purge_expired_requests().await {
+                    tracing::warn!(error = %e, "purging expired request records failed");
+                }
+            }
+        });
+    }
+
+    /// The loaded definitions.
+    pub fn definitions(&self) -> &DefinitionSet {
+        &self.inner.definitions
+    }
+
+    /// The store (for statistics and read access).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Deletes request records past their retention; returns how many. Runs periodically on
+    /// its own; exposed for operators and tests.
+    pub async fn purge_expired_requests(&self) -> Result<usize, CommandError> {
+        let store = self.inner.store.clone();
+        let now = self.inner.config.clock.now();
+        let mut total = 0;
+        loop {
+            let store = store.clone();
+            let n = tokio::task::spawn_blocking(move || store.purge_requests(now, 1000))
+                .await
+                .expect("purge task panicked")?;
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stops taking writes, waits for every queued commit to be applied and flushed, and
+    /// stops the committer. Later writes fail with [`CommandError::ShuttingDown`].
+    pub async fn shutdown(&self) {
+        self.inner
+            .queue
+            .write()
+            .expect("queue lock poisoned")
+            .take();
+        let handle = self
+            .inner
+            .committer
+            .lock()
+            .expect("committer lock poisoned")
+            .take();
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || {
+                if handle.join().is_err() {
+                    tracing::error!("committer thread panicked");
+                }
+            })
+            .await
+            .expect("join task panicked");
+        }
+    }
+
+    /// The instance `id`.
+    pub async fn get(&self, id: InstanceId) -> Result<Instance, CommandError> {
+        self.inner
+            .store
+            .instance(id)?
+            .ok_or(CommandError::UnknownInstance(id))
+    }
+
+    /// A page of instances, ordered by start time.
+    pub async fn list(&self, request: ListRequest) -> Result<Page<Instance>, CommandError> {
+        let page_size = self.page_size(request.page_size)?;
+        if request.definition.is_none()
+            && (request.state.is_some() || request.business_key.is_some())
+        {
+            return Err(CommandError::InvalidInput {
+                field: if request.state.is_some() {
+                    "state"
+                } else {
+                    "business_key"
+                }
+                .into(),
+                message: "filtering by state or business key needs `definition` too".into(),
+            });
+        }
+        let after = parse_page_token(request.page_token.as_deref())?;
+        Ok(self.inner.store.list(&ListQuery {
+            definition: request.definition,
+            state: request.state,
+            business_key: request.business_key,
+            page_size,
+            after,
+        })?)
+    }
+
+    /// History of `id` after `after_version` (0 for all), at most `page_size` entries
+    /// (0 means 100).
+    pub async fn history(
+        &self,
+        id: InstanceId,
+        after_version: u64,
+        page_size: usize,
+    ) -> Result<Vec<HistoryEntry>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        self.get(id).await?;
+        Ok(self.inner.store.history(id, after_version, page_size)?)
+    }
+
+    /// Instances started by `parent`'s transitions (the other direction is
+    /// [`Instance::parent`]).
+    pub async fn children(
+        &self,
+        parent: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page<InstanceId>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        let after = parse_page_token(page_token)?;
+        let mut items = self.inner.store.children(parent, after, page_size + 1)?;
+        let more = items.len() > page_size;
+        items.truncate(page_size);
+        Ok(Page {
+            next_page_token: if more {
+                items.last().map(|i| i.to_string())
+            } else {
+                None
+            },
+            items,
+        })
+    }
+
+    fn page_size(&self, requested: usize) -> Result<usize, CommandError> {
+        let max = self.inner.config.page_size_max;
+        match requested {
+            0 => Ok(PAGE_SIZE_DEFAULT.min(max)),
+            n if n > max => Err(CommandError::InvalidInput {
+                field: "page_size".into(),
+                message: format!("{n} is above the maximum page size {max}"),
+            }),
+            n => Ok(n),
+        }
+    }
+
+    /// Starts an instance of the latest version of `request.definition`.
+    pub async fn start(&self, request: StartRequest) -> Result<CommandOutcome, CommandError> {
+        check_request_id(&request.request_id)?;
+        check_business_key("business_key", &request.business_key)?;
+        self.check_payload_size(&request.data)?;
+        let digest = digest(&request.data);
+        let target = format!("start:{}", request.definition);
+        let prepare = || -> Result<Prepared, CommandError> {
+            let definition = self.latest_definition(&request.definition)?;
+            require_role(&request.actor, &definition.start.roles, || {
+                format!("start {} v{}", definition.name, definition.version)
+            })?;
+            check_violations(definition.start.payload.validate(&request.data))?;
+            let now = self.inner.config.clock.now();
+            let instance = new_instance(
+                definition,
+                &request.business_key,
+                request.data.clone(),
+                None,
+                now,
+            );
+            let outcome = CommandOutcome {
+                instance: instance.id,
+                version: 1,
+                state: instance.state.clone(),
+                status: instance.status,
+                reason: "started".into(),
+                started: Vec::new(),
+                counters: Vec::new(),
+            };
+            let history = started_entry(
+                &instance,
+                &request.actor,
+                Some(&request.request_id),
+                &request.data,
+                "started".into(),
+                None,
+            );
+            Ok(Prepared {
+                commit: Commit {
+                    at: now,
+                    request: Some(self.request_record(
+                        &request.request_id,
+                        &target,
+                        "$start",
+                        &digest,
+                        &outcome,
+                        now,
+                    )),
+                    writes: vec![InstanceWrite {
+                        instance,
+                        expected_version: None,
+                    }],
+                    history: vec![history],
+                    counters: Vec::new(),
+                },
+                outcome,
+            })
+        };
+        self.run(
+            &request.request_id,
+            &target,
+            "$start",
+            &digest,
+            None,
+            prepare,
+        )
+        .await
+    }
+
+    /// Sends a command to an instance.
+    pub async fn send(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        check_request_id(&request.request_id)?;
+        self.check_payload_size(&request.payload)?;
+        let digest = digest(&request.payload);
+        let target = format!("instance:{}", request.instance);
+        let prepare = || self.prepare_command(&request, &target, &digest);
+        self.run(
+            &request.request_id,
+            &target,
+            &request.command,
+            &digest,
+            request.expected_version,
+            prepare,
+        )
+        .await
+    }
+
+    /// Cancels an active instance (status `cancelled`; its state is kept).
+    pub async fn cancel(&self, request: CancelRequest) -> Result<CommandOutcome, CommandError> {
+        check_request_id(&request.request_id)?;
+        if request.reason.chars().count() > REASON_CHARS_MAX {
+            return Err(CommandError::InvalidInput {
+                field: "reason".into(),
+                message: format!("is longer than {REASON_CHARS_MAX} characters"),
+            });
+        }
+        let payload = json!({ "reason": request.reason });
+        let digest = digest(&payload);
+        let target = format!("instance:{}", request.instance);
+        let prepare = || -> Result<Prepared, CommandError> {
+            let (instance, definition) = self.load(request.instance)?;
+            require_role(&request.actor, &definition.cancel_roles, || {
+                format!("cancel {} v{}", definition.name, definition.version)
+            })?;
+            require_active(&instance)?;
+            check_expected(&instance, request.expected_version)?;
+            let now = self.inner.config.clock.now();
+            let mut after = instance.clone();
+            after.status = InstanceStatus::Cancelled;
+            after.version += 1;
+            after.updated_at = now;
+            let reason = if request.reason.is_empty() {
+                "cancelled".to_string()
+            } else {
+                request.reason.clone()
+            };
+            let outcome = outcome_of(&after, reason.clone());
+            let history = HistoryEntry {
+                instance: after.id,
+                version: after.version,
+                at: now,
+                actor: request.actor.clone(),
+                request_id: Some(request.request_id.clone()),
+                kind: ChangeKind::Cancelled,
+                command: None,
+                payload: payload.clone(),
+                from_state: Some(instance.state.clone()),
+                to_state: after.state.clone(),
+                decider: None,
+                reason,
+                changes: json!({}),
+            };
+            Ok(Prepared {
+                commit: Commit {
+                    at: now,
+                    request: Some(self.request_record(
+                        &request.request_id,
+                        &target,
+                        "$cancel",
+                        &digest,
+                        &outcome,
+                        now,
+                    )),
+                    writes: vec![InstanceWrite {
+                        instance: after,
+                        expected_version: Some(instance.version),
+                    }],
+                    history: vec![history],
+                    counters: Vec::new(),
+                },
+                outcome,
+            })
+        };
+        self.run(
+            &request.request_id,
+            &target,
+            "$cancel",
+            &digest,
+            request.expected_version,
+            prepare,
+        )
+        .await
+    }
+
+    /// The common loop: replay a known request, otherwise prepare, submit, and re-prepare on
+    /// a version conflict (unless the caller pinned a version).
+    async fn run(
+        &self,
+        request_id: &str,
+        target: &str,
+        command: &str,
+        digest: &str,
+        expected_version: Option<u64>,
+        mut prepare: impl FnMut() -> Result<Prepared, CommandError>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let attempts_max = self.inner.config.conflict_retries_max + 1;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if let Some(record) = self.inner.store.request(request_id)? {
+                if record.expires_at > self.inner.config.clock.now() {
+                    return replay(&record, target, command, digest);
+                }
+            }
+            let prepared = prepare()?;
+            match self.submit(prepared.commit).await? {
+                Ok(applied) => {
+                    let mut outcome = prepared.outcome;
+                    outcome.counters = applied.counters;
+                    return Ok(outcome);
+                }
+                Err(CommitRefusal::DuplicateRequest(record)) => {
+                    return replay(&record, target, command, digest);
+                }
+                Err(CommitRefusal::CounterLimit {
+                    counter,
+                    key,
+                    limit,
+                }) => {
+                    return Err(CommandError::CounterLimit {
+                        counter,
+                        key,
+                        limit,
+                    });
+                }
+                Err(CommitRefusal::VersionConflict {
+                    instance,
+                    expected,
+                    current,
+                }) => {
+                    let current = current.unwrap_or(0);
+                    if let Some(expected) = expected_version {
+                        return Err(CommandError::VersionMismatch {
+                            instance,
+                            expected,
+                            current,
+                        });
+                    }
+                    if attempt >= attempts_max {
+                        return Err(CommandError::Conflict {
+                            instance,
+                            current,
+                            attempts: attempt,
+                        });
+                    }
+                    tracing::debug!(%instance, ?expected, current, attempt, "version conflict; re-evaluating");
+                }
+            }
+        }
+    }
+
+    async fn submit(
+        &self,
+        commit: Commit,
+    ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
+        let queue = self
+            .inner
+            .queue
+            .read()
+            .expect("queue lock poisoned")
+            .clone()
+            .ok_or(CommandError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Job { commit, reply })
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        match answer.await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(message)) => Err(CommandError::Store(crate::store::StoreError::Io(message))),
+            Err(_) => Err(CommandError::ShuttingDown),
+        }
+    }
+
+    fn prepare_command(
+        &self,
+        request: &CommandRequest,
+        target: &str,
+        digest: &str,
+    ) -> Result<Prepared, CommandError> {
+        let (instance, definition) = self.load(request.instance)?;
+        let command =
+            definition
+                .command(&request.command)
+                .ok_or_else(|| CommandError::UnknownCommand {
+                    definition: instance.definition.clone(),
+                    command: request.command.clone(),
+                    accepted: definition
+                        .commands
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+        require_role(&request.actor, &command.roles, || {
+            format!(
+                "send `{}` to {} v{}",
+                command.name, definition.name, definition.version
+            )
+        })?;
+        require_active(&instance)?;
+        if !command.from.contains(&instance.state) {
+            return Err(CommandError::WrongState {
+                instance: instance.id,
+                command: command.name.clone(),
+                state: instance.state.clone(),
+                allowed: command.from.join(", "),
+            });
+        }
+        check_violations(command.payload.validate(&request.payload))?;
+        check_expected(&instance, request.expected_version)?;
+        let parent = match instance.parent {
+            Some(p) => self.inner.store.instance(p)?,
+            None => None,
+        };
+        let now = self.inner.config.clock.now();
+        let decision = self.decide(&DecisionContext {
+            definition,
+            command,
+            instance: &instance,
+            payload: &request.payload,
+            actor: &request.actor,
+            parent: parent.as_ref(),
+            now,
+        })?;
+        self.build_commit(
+            request,
+            target,
+            digest,
+            definition,
+            command,
+            &instance,
+            parent.as_ref(),
+            decision,
+            now,
+        )
+    }
+
+    fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, CommandError> {
+        let Some(name) = &ctx.command.decider else {
+            let to = &ctx.command.to[0];
+            return Ok(Decision::goto(
+                to.clone(),
+                format!("{} → {to}", ctx.command.name),
+            ));
+        };
+        let decider =
+            self.inner
+                .deciders
+                .get(name)
+                .ok_or_else(|| CommandError::DecisionFailed {
+                    decider: name.clone(),
+                    command: ctx.command.name.clone(),
+                    message: "the decider is not registered in this engine".into(),
+                })?;
+        decider
+            .decide(ctx)
+            .map_err(|DecideError { message }| CommandError::DecisionFailed {
+                decider: name.clone(),
+                command: ctx.command.name.clone(),
+                message,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_commit(
+        &self,
+        request: &CommandRequest,
+        target: &str,
+        digest: &str,
+        definition: &Definition,
+        command: &CommandDef,
+        instance: &Instance,
+        parent: Option<&Instance>,
+        decision: Decision,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Prepared, CommandError> {
+        let invalid = |message: String| CommandError::DecisionInvalid {
+            decider: command.decider.clone().unwrap_or_else(|| "(none)".into()),
+            command: command.name.clone(),
+            message,
+        };
+        if !command.to.contains(&decision.next_state) {
+            return Err(invalid(format!(
+                "it chose state `{}`, but command `{}` may only lead to: {}",
+                decision.next_state,
+                command.name,
+                command.to.join(", ")
+            )));
+        }
+        if !(decision.changes.is_null() || decision.changes.is_object()) {
+            return Err(invalid(
+                "its data changes must be a JSON object (a merge patch) or null".into(),
+            ));
+        }
+        if decision.reason.chars().count() > REASON_CHARS_MAX {
+            return Err(invalid(format!(
+                "its reason is longer than {REASON_CHARS_MAX} characters"
+            )));
+        }
+        let mut after = instance.clone();
+        if decision.changes.is_object() {
+            apply_merge_patch(&mut after.data, &decision.changes);
+        }
+        after.state = decision.next_state.clone();
+        after.version += 1;
+        after.updated_at = now;
+        if definition.is_terminal(&after.state) {
+            after.status = InstanceStatus::Completed;
+        }
+        let changes = if decision.changes.is_null() {
+            json!({})
+        } else {
+            decision.changes.clone()
+        };
+        let primary_history = HistoryEntry {
+            instance: after.id,
+            version: after.version,
+            at: now,
+            actor: request.actor.clone(),
+            request_id: Some(request.request_id.clone()),
+            kind: ChangeKind::Command,
+            command: Some(command.name.clone()),
+            payload: request.payload.clone(),
+            from_state: Some(instance.state.clone()),
+            to_state: after.state.clone(),
+            decider: command.decider.clone(),
+            reason: decision.reason.clone(),
+            changes,
+        };
+        let mut writes = vec![InstanceWrite {
+            instance: after.clone(),
+            expected_version: Some(instance.version),
+        }];
+        let mut history = vec![primary_history];
+        let mut counters = Vec::new();
+        let mut started = Vec::new();
+        for effect in decision.effects {
+            match effect {
+                Effect::StartLinked {
+                    definition: child_name,
+                    business_key,
+                    data,
+                } => {
+                    if !command.effects.start.contains(&child_name) {
+                        return Err(invalid(format!(
+                            "it starts a `{child_name}`, but command `{}` may only start: {}",
+                            command.name,
+                            display_list(&command.effects.start)
+                        )));
+                    }
+                    let child_def = self.latest_definition(&child_name)?;
+                    check_business_key("effects.start.business_key", &business_key)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    let violations = child_def.start.payload.validate(&data);
+                    if !violations.is_empty() {
+                        return Err(invalid(format!(
+                            "the data for the new `{child_name}` is invalid: {}",
+                            violations
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )));
+                    }
+                    let child = new_instance(
+                        child_def,
+                        &business_key,
+                        data.clone(),
+                        Some(instance.id),
+                        now,
+                    );
+                    let reason = format!(
+                        "started by `{}` on {} {}",
+                        command.name, definition.name, instance.id
+                    );
+                    history.push(started_entry(
+                        &child,
+                        &request.actor,
+                        Some(&request.request_id),
+                        &data,
+                        reason,
+                        Some(instance.id),
+                    ));
+                    started.push(child.id);
+                    writes.push(InstanceWrite {
+                        instance: child,
+                        expected_version: None,
+                    });
+                }
+                Effect::UpdateLinked {
+                    instance: linked_id,
+                    expected_version,
+                    changes,
+                    reason,
+                } => {
+                    if !changes.is_object() {
+                        return Err(invalid(format!(
+                            "its changes for linked instance {linked_id} must be a JSON object"
+                        )));
+                    }
+                    let linked = match parent {
+                        Some(p) if p.id == linked_id => Some(p.clone()),
+                        _ => self.inner.store.instance(linked_id)?,
+                    };
+                    let Some(mut linked) = linked else {
+                        return Err(invalid(format!(
+                            "it updates instance {linked_id}, which does not exist"
+                        )));
+                    };
+                    if linked.parent != Some(instance.id) && instance.parent != Some(linked.id) {
+                        return Err(invalid(format!(
+                            "it updates instance {linked_id}, which is neither the parent nor a child of {}",
+                            instance.id
+                        )));
+                    }
+                    if !command.effects.update.contains(&linked.definition.name) {
+                        return Err(invalid(format!(
+                            "it updates a `{}`, but command `{}` may only update: {}",
+                            linked.definition.name,
+                            command.name,
+                            display_list(&command.effects.update)
+                        )));
+                    }
+                    if writes.iter().any(|w| w.instance.id == linked_id) {
+                        return Err(invalid(format!("it updates instance {linked_id} twice")));
+                    }
+                    let seen = expected_version.unwrap_or(linked.version);
+                    let before = linked.clone();
+                    apply_merge_patch(&mut linked.data, &changes);
+                    linked.version = seen + 1;
+                    linked.updated_at = now;
+                    history.push(HistoryEntry {
+                        instance: linked.id,
+                        version: linked.version,
+                        at: now,
+                        actor: request.actor.clone(),
+                        request_id: Some(request.request_id.clone()),
+                        kind: ChangeKind::LinkedUpdate { by: instance.id },
+                        command: Some(command.name.clone()),
+                        payload: request.payload.clone(),
+                        from_state: Some(before.state.clone()),
+                        to_state: before.state.clone(),
+                        decider: command.decider.clone(),
+                        reason,
+                        changes,
+                    });
+                    writes.push(InstanceWrite {
+                        instance: linked,
+                        expected_version: Some(seen),
+                    });
+                }
+                Effect::DrawCounter {
+                    counter,
+                    key,
+                    limit,
+                    assign,
+                } => {
+                    if !command.effects.counters.contains(&counter) {
+                        return Err(invalid(format!(
+                            "it draws from counter `{counter}`, but command `{}` may only draw from: {}",
+                            command.name,
+                            display_list(&command.effects.counters)
+                        )));
+                    }
+                    check_business_key("effects.counters.key", &key)
+                        .map_err(|e| invalid(e.to_string()))?;
+                    if let Some(a) = &assign {
+                        if !is_identifier(&a.field) || a.width > 32 {
+                            return Err(invalid(format!(
+                                "counter assignment to `{}` needs an identifier field and a width of at most 32",
+                                a.field
+                            )));
+                        }
+                    }
+                    counters.push(CounterDraw {
+                        counter,
+                        key,
+                        limit,
+                        assign,
+                    });
+                }
+            }
+        }
+        let mut outcome = outcome_of(&after, decision.reason);
+        outcome.started = started;
+        Ok(Prepared {
+            commit: Commit {
+                at: now,
+                request: Some(self.request_record(
+                    &request.request_id,
+                    target,
+                    &command.name,
+                    digest,
+                    &outcome,
+                    now,
+                )),
+                writes,
+                history,
+                counters,
+            },
+            outcome,
+        })
+    }
+
+    fn request_record(
+        &self,
+        request_id: &str,
+        target: &str,
+        command: &str,
+        digest: &str,
+        outcome: &CommandOutcome,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> RequestRecord {
+        RequestRecord {
+            request_id: request_id.to_string(),
+            target: target.to_string(),
+            command: command.to_string(),
+            payload_digest: digest.to_string(),
+            outcome: outcome.clone(),
+            recorded_at: now,
+            expires_at: now + self.inner.config.request_retention,
+        }
+    }
+
+    fn load(&self, id: InstanceId) -> Result<(Instance, &Arc<Definition>), CommandError> {
+        let instance = self
+            .inner
+            .store
+            .instance(id)?
+            .ok_or(CommandError::UnknownInstance(id))?;
+        let definition = self
+            .inner
+            .definitions
+            .get(&instance.definition.name, instance.definition.version)
+            .ok_or_else(|| CommandError::DefinitionNotLoaded {
+                instance: id,
+                definition: instance.definition.clone(),
+            })?;
+        Ok((instance, definition))
+    }
+
+    fn latest_definition(&self, name: &str) -> Result<&Arc<Definition>, CommandError> {
+        self.inner
+            .definitions
+            .latest(name)
+            .ok_or_else(|| CommandError::UnknownDefinition {
+                name: name.to_string(),
+                loaded: self.inner.definitions.names().join(", "),
+            })
+    }
+
+    fn check_payload_size(&self, payload: &Value) -> Result<(), CommandError> {
+        let size = serde_json::to_vec(payload)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        let max = self.inner.config.payload_bytes_max;
+        if size > max {
+            return Err(CommandError::PayloadTooLarge { size, max });
+        }
+        Ok(())
+    }
+}
+
+fn replay(
+    record: &RequestRecord,
+    target: &str,
+    command: &str,
+    digest: &str,
+) -> Result<CommandOutcome, CommandError> {
+    if record.target == target && record.command == command && record.payload_digest == digest {
+        Ok(record.outcome.clone())
+    } else {
+        Err(CommandError::RequestIdReused {
+            request_id: record.request_id.clone(),
+            original: format!(
+                "`{}` on {} with another payload",
+                record.command, record.target
+            ),
+        })
+    }
+}
+
+fn new_instance(
+    definition: &Definition,
+    business_key: &str,
+    data: Value,
+    parent: Option<InstanceId>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Instance {
+    Instance {
+        id: InstanceId::new(),
+        definition: DefinitionRef {
+            name: definition.name.clone(),
+            version: definition.version,
+        },
+        business_key: business_key.to_string(),
+        state: definition.initial.clone(),
+        status: InstanceStatus::Active,
+        data: if data.is_null() { json!({}) } else { data },
+        version: 1,
+        parent,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn started_entry(
+    instance: &Instance,
+    actor: &Actor,
+    request_id: Option<&str>,
+    data: &Value,
+    reason: String,
+    by: Option<InstanceId>,
+) -> HistoryEntry {
+    HistoryEntry {
+        instance: instance.id,
+        version: 1,
+        at: instance.created_at,
+        actor: actor.clone(),
+        request_id: request_id.map(str::to_string),
+        kind: ChangeKind::Started { by },
+        command: None,
+        payload: data.clone(),
+        from_state: None,
+        to_state: instance.state.clone(),
+        decider: None,
+        reason,
+        changes: instance.data.clone(),
+    }
+}
+
+fn outcome_of(after: &Instance, reason: String) -> CommandOutcome {
+    CommandOutcome {
+        instance: after.id,
+        version: after.version,
+        state: after.state.clone(),
+        status: after.status,
+        reason,
+        started: Vec::new(),
+        counters: Vec::new(),
+    }
+}
+
+fn require_role(
+    actor: &Actor,
+    allowed: &[String],
+    action: impl FnOnce() -> String,
+) -> Result<(), CommandError> {
+    if actor.has_any_role(allowed) {
+        return Ok(());
+    }
+    Err(CommandError::RoleNotAllowed {
+        actor: actor.id.clone(),
+        action: action(),
+        held: if actor.roles.is_empty() {
+            "none".into()
+        } else {
+            actor.roles.join(", ")
+        },
+        required: allowed.join(", "),
+    })
+}
+
+fn require_active(instance: &Instance) -> Result<(), CommandError> {
+    if instance.status == InstanceStatus::Active {
+        return Ok(());
+    }
+    Err(CommandError::NotActive {
+        instance: instance.id,
+        status: instance.status,
+        state: instance.state.clone(),
+    })
+}
+
+fn check_expected(instance: &Instance, expected: Option<u64>) -> Result<(), CommandError> {
+    match expected {
+        Some(e) if e != instance.version => Err(CommandError::VersionMismatch {
+            instance: instance.id,
+            expected: e,
+            current: instance.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn check_violations(
+    violations: Vec<crate::definition::schema::FieldViolation>,
+) -> Result<(), CommandError> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::InvalidPayload { violations })
+    }
+}
+
+fn check_request_id(request_id: &str) -> Result<(), CommandError> {
+    let bad = |message: &str| {
+        Err(CommandError::InvalidInput {
+            field: "request_id".into(),
+            message: message.into(),
+        })
+    };
+    if request_id.is_empty() {
+        return bad("is required: a unique id per logical request, reused only when retrying it");
+    }
+    if request_id.len() > REQUEST_ID_BYTES_MAX {
+        return bad("is longer than 256 bytes");
+    }
+    if request_id.chars().any(char::is_control) {
+        return bad("must not contain control characters");
+    }
+    Ok(())
+}
+
+fn check_business_key(field: &str, key: &str) -> Result<(), CommandError> {
+    let bad = |message: String| {
+        Err(CommandError::InvalidInput {
+            field: field.into(),
+            message,
+        })
+    };
+    if key.chars().count() > BUSINESS_KEY_CHARS_MAX {
+        return bad(format!(
+            "is longer than {BUSINESS_KEY_CHARS_MAX} characters"
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return bad("must not contain control characters".into());
+    }
+    Ok(())
+}
+
+fn parse_page_token(token: Option<&str>) -> Result<Option<InstanceId>, CommandError> {
+    match token {
+        None | Some("") => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(|_| CommandError::InvalidInput {
+            field: "page_token".into(),
+            message: format!("`{t}` is not a page token returned by a previous page"),
+        }),
+    }
+}
+
+fn display_list(items: &[String]) -> String {
+    if items.is_empty() {
+        "(nothing)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// SHA-256 of the canonical JSON form (object keys sorted), hex.
+fn digest(payload: &Value) -> String {
+    let bytes = serde_json::to_vec(payload).expect("JSON values serialize");
+    Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_canonical_over_key_order() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(digest(&a), digest(&json!({"a": {"x": 3, "y": 2}, "b": 2})));
+    }
+}

@@ -1,0 +1,213 @@
+//! Errors a caller can see. Each says what was wrong, where (field, instance, state, role)
+//! and what would be accepted, and has a stable [`CommandError::code`] for wire mappings.
+
+use crate::definition::schema::FieldViolation;
+use crate::definition::DefinitionErrors;
+use crate::model::{DefinitionRef, InstanceId, InstanceStatus};
+use crate::store::StoreError;
+
+/// Why a start, command, cancel or query was refused or failed. A refused request wrote
+/// nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No definition with that name is loaded.
+    #[error("unknown definition `{name}`; loaded definitions: {loaded}")]
+    UnknownDefinition {
+        /// The name asked for.
+        name: String,
+        /// The loaded names.
+        loaded: String,
+    },
+    /// The instance's pinned definition version is not loaded.
+    #[error("instance {instance} is pinned to definition {definition}, which is not loaded")]
+    DefinitionNotLoaded {
+        /// The instance.
+        instance: InstanceId,
+        /// Its definition.
+        definition: DefinitionRef,
+    },
+    /// No such instance.
+    #[error("instance {0} does not exist")]
+    UnknownInstance(InstanceId),
+    /// The definition has no such command.
+    #[error("definition {definition} has no command `{command}`; its commands: {accepted}")]
+    UnknownCommand {
+        /// The instance's definition.
+        definition: DefinitionRef,
+        /// The command asked for.
+        command: String,
+        /// The declared commands.
+        accepted: String,
+    },
+    /// The command is not accepted in the instance's current state.
+    #[error("command `{command}` cannot be sent to instance {instance} in state `{state}`; it is accepted in: {allowed}")]
+    WrongState {
+        /// The instance.
+        instance: InstanceId,
+        /// The command.
+        command: String,
+        /// The current state.
+        state: String,
+        /// States the command is accepted in.
+        allowed: String,
+    },
+    /// The instance is completed or cancelled.
+    #[error("instance {instance} is {status} (state `{state}`); it accepts no more commands")]
+    NotActive {
+        /// The instance.
+        instance: InstanceId,
+        /// Its status.
+        status: InstanceStatus,
+        /// Its state.
+        state: String,
+    },
+    /// The actor holds none of the roles the action needs.
+    #[error(
+        "actor `{actor}` (roles: {held}) may not {action}; it needs one of the roles: {required}"
+    )]
+    RoleNotAllowed {
+        /// The actor id.
+        actor: String,
+        /// What it tried, e.g. "send `approve` to sales_order v1".
+        action: String,
+        /// The roles it holds.
+        held: String,
+        /// The roles that would be accepted.
+        required: String,
+    },
+    /// The payload does not match the schema.
+    #[error("invalid payload: {}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidPayload {
+        /// Every violation, each naming its field.
+        violations: Vec<FieldViolation>,
+    },
+    /// A request field other than the payload is malformed.
+    #[error("field `{field}`: {message}")]
+    InvalidInput {
+        /// The request field.
+        field: String,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+    /// The payload is larger than the configured limit.
+    #[error("field `payload`: {size} bytes is too large; at most {max} bytes are accepted")]
+    PayloadTooLarge {
+        /// Its size in bytes (as JSON).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `expected_version` did not match.
+    #[error("instance {instance} is at version {current}, not the expected version {expected}")]
+    VersionMismatch {
+        /// The instance.
+        instance: InstanceId,
+        /// What the caller expected.
+        expected: u64,
+        /// What it is.
+        current: u64,
+    },
+    /// Concurrent commands kept winning; the bounded retries ran out.
+    #[error("instance {instance} kept changing under concurrent commands; gave up after {attempts} attempts (now at version {current})")]
+    Conflict {
+        /// The instance.
+        instance: InstanceId,
+        /// Its version when the engine gave up.
+        current: u64,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The request id was used before for a different request.
+    #[error("request id `{request_id}` was already used for {original}; a different request needs a new request id")]
+    RequestIdReused {
+        /// The request id.
+        request_id: String,
+        /// What it was used for.
+        original: String,
+    },
+    /// A counter draw would pass the counter's limit.
+    #[error("counter `{counter}` key `{key}` has reached its limit of {limit}")]
+    CounterLimit {
+        /// Counter.
+        counter: String,
+        /// Key.
+        key: String,
+        /// Limit.
+        limit: u64,
+    },
+    /// The decider returned an error.
+    #[error("decider `{decider}` failed on command `{command}`: {message}")]
+    DecisionFailed {
+        /// The decider.
+        decider: String,
+        /// The command.
+        command: String,
+        /// Its error.
+        message: String,
+    },
+    /// The decider returned a decision the definition does not allow.
+    #[error("decider `{decider}` returned an invalid decision for command `{command}`: {message}")]
+    DecisionInvalid {
+        /// The decider.
+        decider: String,
+        /// The command.
+        command: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The engine is shutting down and takes no more writes.
+    #[error("the engine is shutting down and accepts no more commands")]
+    ShuttingDown,
+    /// The store failed; whether the request was applied is unknown. Retrying with the same
+    /// request id is safe.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CommandError {
+    /// A stable, machine-readable code (used as the gRPC `ErrorInfo` reason).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CommandError::UnknownDefinition { .. } => "UNKNOWN_DEFINITION",
+            CommandError::DefinitionNotLoaded { .. } => "DEFINITION_NOT_LOADED",
+            CommandError::UnknownInstance(_) => "UNKNOWN_INSTANCE",
+            CommandError::UnknownCommand { .. } => "UNKNOWN_COMMAND",
+            CommandError::WrongState { .. } => "WRONG_STATE",
+            CommandError::NotActive { .. } => "NOT_ACTIVE",
+            CommandError::RoleNotAllowed { .. } => "ROLE_NOT_ALLOWED",
+            CommandError::InvalidPayload { .. } => "INVALID_PAYLOAD",
+            CommandError::InvalidInput { .. } => "INVALID_INPUT",
+            CommandError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            CommandError::VersionMismatch { .. } => "VERSION_MISMATCH",
+            CommandError::Conflict { .. } => "CONFLICT",
+            CommandError::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
+            CommandError::DecisionFailed { .. } => "DECISION_FAILED",
+            CommandError::DecisionInvalid { .. } => "DECISION_INVALID",
+            CommandError::ShuttingDown => "SHUTTING_DOWN",
+            CommandError::Store(_) => "STORE",
+        }
+    }
+}
+
+/// Why the engine could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Definitions failed to load.
+    #[error("definitions are invalid:\n{0}")]
+    Definitions(#[from] DefinitionErrors),
+    /// A configuration value is out of range.
+    #[error("configuration `{field}`: {message}")]
+    Config {
+        /// The key.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The committer thread could not start.
+    #[error("cannot start the committer thread: {0}")]
+    Thread(std::io::Error),
+}

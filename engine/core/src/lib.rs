@@ -1,0 +1,88 @@
+//! # switchyard-core
+//!
+//! The embeddable core of Switchyard, a durable workflow engine for lead-to-cash.
+//!
+//! - [`definition`]: named, versioned state machines loaded from TOML files, checked at load.
+//! - [`decider`]: the boundary where business logic decides a command's outcome.
+//! - [`Engine`]: starts instances, sends commands, cancels, lists and reads history; every
+//!   change is one atomic, group-committed, flushed write.
+//! - [`store`]: the storage contract, with sled (durable) and in-memory implementations.
+//!
+//! This crate depends on no gRPC, HTTP or e-mail crate and never installs a tracing
+//! subscriber. It runs inside the host's tokio runtime (plus one committer thread).
+//!
+//! ```
+//! use switchyard_core::*;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let source = r#"
+//! name = "ticket"
+//! version = 1
+//! initial = "open"
+//! [start]
+//! roles = ["agent"]
+//! [states]
+//! open = {}
+//! closed = { terminal = true }
+//! [commands.close]
+//! from = ["open"]
+//! to = ["closed"]
+//! roles = ["agent"]
+//! "#;
+//! let deciders = DeciderRegistry::new();
+//! let definitions =
+//!     DefinitionSet::from_sources(&[("ticket.toml".into(), source.into())], &deciders).unwrap();
+//! let engine = Engine::open(EngineConfig::in_memory(), definitions, deciders).await.unwrap();
+//! let agent = Actor::new("u-1", &["agent"]);
+//! let started = engine
+//!     .start(StartRequest {
+//!         definition: "ticket".into(),
+//!         business_key: "T-1".into(),
+//!         data: json!({}),
+//!         actor: agent.clone(),
+//!         request_id: "r-1".into(),
+//!     })
+//!     .await
+//!     .unwrap();
+//! let closed = engine
+//!     .send(CommandRequest {
+//!         instance: started.instance,
+//!         command: "close".into(),
+//!         payload: json!({}),
+//!         actor: agent,
+//!         request_id: "r-2".into(),
+//!         expected_version: None,
+//!     })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(closed.state, "closed");
+//! assert_eq!(closed.status, InstanceStatus::Completed);
+//! engine.shutdown().await;
+//! # }
+//! ```
+
+pub mod clock;
+mod committer;
+pub mod decider;
+pub mod definition;
+mod engine;
+mod error;
+pub mod model;
+pub mod patch;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decider::{
+    CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
+};
+pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
+pub use engine::{
+    CancelRequest, CommandRequest, Engine, EngineConfig, ListRequest, StartRequest, StoreConfig,
+};
+pub use error::{CommandError, OpenError};
+pub use model::{
+    Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, HistoryEntry, Instance,
+    InstanceId, InstanceStatus,
+};
+pub use store::{Durability, Page, SledConfig};

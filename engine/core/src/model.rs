@@ -1,0 +1,211 @@
+//! Domain types shared by the whole engine: ids, actors, instances, history entries and the
+//! outcome of a command. These are what embedders see; storage records (`store::records`) and
+//! wire types (the gRPC crate) convert to and from them explicitly.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Identifies one workflow instance. Version-7 UUIDs, so ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InstanceId(pub Uuid);
+
+impl InstanceId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        InstanceId(Uuid::now_v7())
+    }
+}
+
+impl Default for InstanceId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(InstanceId)
+    }
+}
+
+/// Who sends a command. Authentication happens outside the core (the gRPC layer maps
+/// credentials to an actor); the core only checks the roles against the definition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Stable id of the user or system (e.g. `"u-4711"`, `"system:timers"`).
+    pub id: String,
+    /// Roles held by the actor (e.g. `sales_rep`, `finance`).
+    pub roles: Vec<String>,
+}
+
+impl Actor {
+    /// An actor with the given id and roles.
+    pub fn new(id: impl Into<String>, roles: &[&str]) -> Self {
+        Actor {
+            id: id.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    /// Whether the actor holds at least one of `allowed`.
+    pub fn has_any_role(&self, allowed: &[String]) -> bool {
+        self.roles.iter().any(|r| allowed.contains(r))
+    }
+}
+
+/// A definition name and the version an instance is pinned to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DefinitionRef {
+    /// Definition name, e.g. `sales_order`.
+    pub name: String,
+    /// Definition version, starting at 1.
+    pub version: u32,
+}
+
+impl fmt::Display for DefinitionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{}", self.name, self.version)
+    }
+}
+
+/// Lifecycle of an instance, independent of the definition's own state names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// In a non-terminal state: commands may move it on.
+    Active,
+    /// Reached a terminal state of its definition.
+    Completed,
+    /// Cancelled by an operator through [`crate::Engine::cancel`].
+    Cancelled,
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InstanceStatus::Active => "active",
+            InstanceStatus::Completed => "completed",
+            InstanceStatus::Cancelled => "cancelled",
+        })
+    }
+}
+
+/// One running (or finished) workflow: a quote, an order, a return…
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its id.
+    pub id: InstanceId,
+    /// The definition and version it is pinned to for its whole life.
+    pub definition: DefinitionRef,
+    /// The host's key for it (quote number, order reference…); not unique.
+    pub business_key: String,
+    /// Current state name of its definition.
+    pub state: String,
+    /// Active, completed or cancelled.
+    pub status: InstanceStatus,
+    /// Business data, always a JSON object. Money is kept as decimal strings.
+    pub data: Value,
+    /// Starts at 1 and grows by one with every committed change.
+    pub version: u64,
+    /// The instance whose transition started this one, if any.
+    pub parent: Option<InstanceId>,
+    /// When it was started.
+    pub created_at: DateTime<Utc>,
+    /// When its last change was committed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What kind of change a history entry records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum ChangeKind {
+    /// The instance was started (by a caller, or by a linked instance's transition).
+    Started {
+        /// The instance whose transition started it, if any.
+        by: Option<InstanceId>,
+    },
+    /// A command was applied.
+    Command,
+    /// The instance was cancelled.
+    Cancelled,
+    /// A linked instance's transition updated this instance's data.
+    LinkedUpdate {
+        /// The instance whose transition made the change.
+        by: InstanceId,
+    },
+}
+
+/// One committed change of one instance. Entry `n` records how version `n` came to be.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The instance changed.
+    pub instance: InstanceId,
+    /// The version this change produced.
+    pub version: u64,
+    /// Commit time (engine clock).
+    pub at: DateTime<Utc>,
+    /// Who caused it.
+    pub actor: Actor,
+    /// The caller's request id, when the change came from a request.
+    pub request_id: Option<String>,
+    /// What kind of change.
+    pub kind: ChangeKind,
+    /// Command name (`None` for a start, a cancel or a linked update).
+    pub command: Option<String>,
+    /// The payload as sent.
+    pub payload: Value,
+    /// State before (`None` for a start).
+    pub from_state: Option<String>,
+    /// State after.
+    pub to_state: String,
+    /// The decider that decided, if any.
+    pub decider: Option<String>,
+    /// The human reason given by the decider (or the engine).
+    pub reason: String,
+    /// The data changes applied, as a JSON merge patch (RFC 7386).
+    pub changes: Value,
+}
+
+/// A number drawn from a named counter in a commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterValue {
+    /// Counter name as declared by the definition (e.g. `order_number`).
+    pub counter: String,
+    /// The key within the counter (e.g. a year, a coupon code).
+    pub key: String,
+    /// The value after the increment.
+    pub value: u64,
+}
+
+/// What a successful command (or start, or cancel) returns. A retry with the same request id
+/// returns this exact value again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    /// The instance the command acted on (or started).
+    pub instance: InstanceId,
+    /// Its version after the commit.
+    pub version: u64,
+    /// Its state after the commit.
+    pub state: String,
+    /// Its status after the commit.
+    pub status: InstanceStatus,
+    /// The decision's reason.
+    pub reason: String,
+    /// Linked instances this commit started.
+    pub started: Vec<InstanceId>,
+    /// Counter values drawn in this commit.
+    pub counters: Vec<CounterValue>,
+}

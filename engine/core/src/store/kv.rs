@@ -1,0 +1,328 @@
+//! Commit and query logic for stores built on an ordered key-value map (sled, memory).
+//!
+//! A store supplies reads ([`KvRead`]) and a way to apply a set of writes atomically; this
+//! module does the rest: version checks, request-id uniqueness, counters, index upkeep,
+//! listing and purging. A batch is staged in memory (later commits see earlier ones) and
+//! handed back as one write set. A SQL store would implement [`super::Store`] directly.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::records::{self, decode, encode, prefix, CounterRecord};
+use super::{Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError};
+use crate::model::{CounterValue, HistoryEntry, Instance, InstanceId};
+
+/// Ordered reads of a key-value map.
+pub(crate) trait KvRead {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix` and is greater than `after`
+    /// (or all under `prefix` when `after` is `None`), in key order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// Writes staged over a base map. `None` deletes.
+pub(crate) struct Staged<'a> {
+    base: &'a dyn KvRead,
+    pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'a> Staged<'a> {
+    pub fn new(base: &'a dyn KvRead) -> Self {
+        Staged {
+            base,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.base.get(key),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    /// Checks `commit` against the staged view and, if it passes, stages its writes.
+    pub fn apply(
+        &mut self,
+        commit: &Commit,
+    ) -> Result<Result<CommitApplied, CommitRefusal>, StoreError> {
+        // Checks first: nothing is staged unless every check passes.
+        let mut expired_request = None;
+        if let Some(request) = &commit.request {
+            let key = records::request_key(&request.request_id);
+            if let Some(bytes) = self.get(&key)? {
+                let existing: RequestRecord = decode(&key, &bytes)?;
+                if existing.expires_at > commit.at {
+                    return Ok(Err(CommitRefusal::DuplicateRequest(Box::new(existing))));
+                }
+                expired_request = Some(existing);
+            }
+        }
+        let mut previous = Vec::with_capacity(commit.writes.len());
+        for write in &commit.writes {
+            let key = records::instance_key(write.instance.id);
+            let current: Option<Instance> = match self.get(&key)? {
+                Some(bytes) => Some(decode(&key, &bytes)?),
+                None => None,
+            };
+            let current_version = current.as_ref().map(|i| i.version);
+            if current_version != write.expected_version {
+                return Ok(Err(CommitRefusal::VersionConflict {
+                    instance: write.instance.id,
+                    expected: write.expected_version,
+                    current: current_version,
+                }));
+            }
+            previous.push(current);
+        }
+        let mut drawn: Vec<CounterValue> = Vec::with_capacity(commit.counters.len());
+        for draw in &commit.counters {
+            let base = match drawn
+                .iter()
+                .rev()
+                .find(|d| d.counter == draw.counter && d.key == draw.key)
+            {
+                Some(d) => d.value,
+                None => self.counter(&draw.counter, &draw.key)?,
+            };
+            let value = base + 1;
+            if let Some(limit) = draw.limit {
+                if value > limit {
+                    return Ok(Err(CommitRefusal::CounterLimit {
+                        counter: draw.counter.clone(),
+                        key: draw.key.clone(),
+                        limit,
+                    }));
+                }
+            }
+            drawn.push(CounterValue {
+                counter: draw.counter.clone(),
+                key: draw.key.clone(),
+                value,
+            });
+        }
+
+        // Every check passed: stage the writes.
+        let mut writes: Vec<Instance> = commit.writes.iter().map(|w| w.instance.clone()).collect();
+        let mut history: Vec<HistoryEntry> = commit.history.clone();
+        for (draw, value) in commit.counters.iter().zip(&drawn) {
+            self.put(
+                records::counter_key(&draw.counter, &draw.key),
+                encode(&CounterRecord { value: value.value }),
+            );
+            if let Some(assign) = &draw.assign {
+                let rendered = serde_json::Value::String(assign.render(value.value));
+                if let Some(obj) = writes.first_mut().and_then(|w| w.data.as_object_mut()) {
+                    obj.insert(assign.field.clone(), rendered.clone());
+                }
+                if let Some(entry) = history.first_mut() {
+                    if !entry.changes.is_object() {
+                        entry.changes = serde_json::json!({});
+                    }
+                    if let Some(obj) = entry.changes.as_object_mut() {
+                        obj.insert(assign.field.clone(), rendered);
+                    }
+                }
+            }
+        }
+        for (instance, old) in writes.iter().zip(&previous) {
+            if let Some(old) = old {
+                for k in records::index_keys(old) {
+                    self.delete(k);
+                }
+            } else if let Some(parent) = instance.parent {
+                self.put(records::child_key(parent, instance.id), Vec::new());
+            }
+            for k in records::index_keys(instance) {
+                self.put(k, Vec::new());
+            }
+            self.put(records::instance_key(instance.id), encode(instance));
+        }
+        for entry in &history {
+            self.put(
+                records::history_key(entry.instance, entry.version),
+                encode(entry),
+            );
+        }
+        if let Some(request) = &commit.request {
+            if let Some(old) = expired_request {
+                self.delete(records::request_expiry_key(&old));
+            }
+            let mut request = request.clone();
+            request.outcome.counters = drawn.clone();
+            self.put(records::request_expiry_key(&request), Vec::new());
+            self.put(records::request_key(&request.request_id), encode(&request));
+        }
+        Ok(Ok(CommitApplied { counters: drawn }))
+    }
+
+    fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
+        let k = records::counter_key(counter, key);
+        Ok(match self.get(&k)? {
+            Some(bytes) => decode::<CounterRecord>(&k, &bytes)?.value,
+            None => 0,
+        })
+    }
+
+    /// Stages the deletion of up to `limit` request records expired at `now`.
+    pub fn purge_requests(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let now_millis = now.timestamp_millis().max(0) as u64;
+        let mut purged = 0;
+        for (key, _) in self.base.scan(&[prefix::REQUEST_EXPIRY], None, limit)? {
+            let Some(millis) = key
+                .get(1..9)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            else {
+                return Err(StoreError::Corrupt {
+                    key: records::printable(&key),
+                    message: "expiry key too short".into(),
+                });
+            };
+            if millis > now_millis {
+                break;
+            }
+            let request_id = String::from_utf8_lossy(&key[9..]).into_owned();
+            let rkey = records::request_key(&request_id);
+            if let Some(bytes) = self.get(&rkey)? {
+                let record: RequestRecord = decode(&rkey, &bytes)?;
+                if record.expires_at <= now {
+                    self.delete(rkey);
+                    purged += 1;
+                }
+            }
+            self.delete(key);
+        }
+        Ok(purged)
+    }
+}
+
+/// Read-side queries shared by the key-value stores.
+pub(crate) fn instance(kv: &dyn KvRead, id: InstanceId) -> Result<Option<Instance>, StoreError> {
+    let key = records::instance_key(id);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn request(
+    kv: &dyn KvRead,
+    request_id: &str,
+) -> Result<Option<RequestRecord>, StoreError> {
+    let key = records::request_key(request_id);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn counter(kv: &dyn KvRead, counter: &str, key: &str) -> Result<u64, StoreError> {
+    let k = records::counter_key(counter, key);
+    Ok(match kv.get(&k)? {
+        Some(bytes) => decode::<CounterRecord>(&k, &bytes)?.value,
+        None => 0,
+    })
+}
+
+pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>, StoreError> {
+    let limit = query.page_size.max(1);
+    let mut items = Vec::with_capacity(limit.min(1024));
+    let mut more = false;
+    match &query.definition {
+        None => {
+            let after = query.after.map(records::instance_key);
+            let rows = kv.scan(&[prefix::INSTANCE], after.as_deref(), limit + 1)?;
+            more = rows.len() > limit;
+            for (key, value) in rows.into_iter().take(limit) {
+                items.push(decode::<Instance>(&key, &value)?);
+            }
+        }
+        Some(definition) => {
+            let prefix = records::index_prefix(
+                definition,
+                query.state.as_deref(),
+                query.business_key.as_deref(),
+            );
+            let mut after = query.after.map(|id| {
+                let mut k = prefix.clone();
+                k.extend_from_slice(id.0.as_bytes());
+                k
+            });
+            // With both a business key and a state the business-key index is scanned and the
+            // state filtered here; business keys match few instances.
+            'scan: loop {
+                let rows = kv.scan(&prefix, after.as_deref(), limit + 1)?;
+                let exhausted = rows.len() <= limit;
+                for (key, _) in &rows {
+                    let id = records::id_suffix(key)?;
+                    after = Some(key.clone());
+                    let Some(found) = instance(kv, id)? else {
+                        return Err(StoreError::Corrupt {
+                            key: records::printable(key),
+                            message: format!("index names instance {id}, which does not exist"),
+                        });
+                    };
+                    if query.state.as_ref().is_some_and(|s| *s != found.state) {
+                        continue;
+                    }
+                    if items.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    items.push(found);
+                }
+                if exhausted {
+                    break;
+                }
+            }
+        }
+    }
+    let next_page_token = if more {
+        items.last().map(|i| i.id.to_string())
+    } else {
+        None
+    };
+    Ok(Page {
+        items,
+        next_page_token,
+    })
+}
+
+pub(crate) fn history(
+    kv: &dyn KvRead,
+    id: InstanceId,
+    after_version: u64,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let after = records::history_key(id, after_version);
+    kv.scan(&records::history_prefix(id), Some(&after), limit)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub(crate) fn children(
+    kv: &dyn KvRead,
+    parent: InstanceId,
+    after: Option<InstanceId>,
+    limit: usize,
+) -> Result<Vec<InstanceId>, StoreError> {
+    let after = after.map(|a| records::child_key(parent, a));
+    kv.scan(&records::children_prefix(parent), after.as_deref(), limit)?
+        .iter()
+        .map(|(k, _)| records::id_suffix(k))
+        .collect()
+}

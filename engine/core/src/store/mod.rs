@@ -1,0 +1,216 @@
+//! The store: where instances, history, idempotency records and counters live.
+//!
+//! [`Store`] is the contract the engine relies on. It is deliberately free of sled-isms: a
+//! commit is a plain value, and version checks, request-id uniqueness and counter limits are
+//! enforced *inside the store's own atomic write*, so that a shared SQL database could
+//! implement the same trait for several engine processes. Two implementations ship:
+//! [`SledStore`] (embedded, durable; nothing outside `store::sled_store` knows sled) and
+//! [`MemoryStore`] (for tests and ephemeral embedding). Both share the key layout and record
+//! codec in `store::records` and the commit and query logic in `store::kv`; a SQL store would use
+//! neither.
+
+mod kv;
+mod memory;
+pub(crate) mod records;
+mod sled_store;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::decider::CounterAssign;
+use crate::model::{CommandOutcome, HistoryEntry, Instance, InstanceId};
+
+pub use memory::MemoryStore;
+pub use sled_store::{SledConfig, SledStore};
+
+/// How far a flushed commit survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Written to the operating system before acknowledging: survives a process crash
+    /// (`kill -9`), not a power loss.
+    Flush,
+    /// Flushed and then `fdatasync`ed: survives a power loss. Slower.
+    Fsync,
+}
+
+/// One instance written by a commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceWrite {
+    /// The instance as it must be after the commit.
+    pub instance: Instance,
+    /// The version it must have in the store before the commit; `None` means it must not
+    /// exist yet (a start).
+    pub expected_version: Option<u64>,
+}
+
+/// One draw from a named counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CounterDraw {
+    /// Counter name.
+    pub counter: String,
+    /// Key within the counter.
+    pub key: String,
+    /// Refuse the commit if the new value would exceed this.
+    pub limit: Option<u64>,
+    /// Write the drawn value into the first instance of the commit (and its history changes).
+    pub assign: Option<CounterAssign>,
+}
+
+/// The idempotency record of a request: what it targeted and what it returned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The caller's request id (global).
+    pub request_id: String,
+    /// What it acted on: `instance:<id>` or `start:<definition>`.
+    pub target: String,
+    /// Command name (`$start`, `$cancel` for those operations).
+    pub command: String,
+    /// SHA-256 of the canonical JSON payload, hex.
+    pub payload_digest: String,
+    /// What the request returned; a retry returns it again. The store fills in `counters`.
+    pub outcome: CommandOutcome,
+    /// When the record was written.
+    pub recorded_at: DateTime<Utc>,
+    /// After this the request id may be used again.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Everything one command changes, applied atomically or not at all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Commit {
+    /// Commit time (engine clock); also decides whether an old request record has expired.
+    pub at: DateTime<Utc>,
+    /// The idempotency record to write; refused if a live record with its id exists.
+    pub request: Option<RequestRecord>,
+    /// Instances written, each version-checked. The first is the one the command acted on.
+    pub writes: Vec<InstanceWrite>,
+    /// History entries; entry `i` records how `writes[i]` came to be.
+    pub history: Vec<HistoryEntry>,
+    /// Counter draws.
+    pub counters: Vec<CounterDraw>,
+}
+
+/// What an applied commit produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitApplied {
+    /// Values drawn from counters, in draw order.
+    pub counters: Vec<crate::model::CounterValue>,
+}
+
+/// Why the store refused a commit; nothing of it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitRefusal {
+    /// An instance did not have the expected version (or existed / did not exist).
+    VersionConflict {
+        /// The instance.
+        instance: InstanceId,
+        /// The version the commit expected (`None`: expected absent).
+        expected: Option<u64>,
+        /// The version found (`None`: absent).
+        current: Option<u64>,
+    },
+    /// A live record for the request id exists.
+    DuplicateRequest(Box<RequestRecord>),
+    /// A counter draw would pass its limit.
+    CounterLimit {
+        /// Counter name.
+        counter: String,
+        /// Key.
+        key: String,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// A store failure (I/O, corruption). The outcome of an affected commit is unknown to the
+/// caller; retrying with the same request id is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage backend failed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A record could not be decoded or failed its checks.
+    #[error("corrupt record at key {key}: {message}")]
+    Corrupt {
+        /// The key, printable.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which instances to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only instances of this definition (any version); `None` lists every instance.
+    pub definition: Option<String>,
+    /// Only instances in this state (needs `definition`).
+    pub state: Option<String>,
+    /// Only instances with this business key (needs `definition`).
+    pub business_key: Option<String>,
+    /// Most instances to return.
+    pub page_size: usize,
+    /// Continue after this instance (from a previous page's `next_page_token`).
+    pub after: Option<InstanceId>,
+}
+
+/// A page of results.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass this to get the next page; `None` when there is no more.
+    pub next_page_token: Option<String>,
+}
+
+/// Counts of what the store did; for metrics and for tests that check durability work is done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// Commits applied.
+    pub commits: u64,
+    /// Flushes to the operating system.
+    pub flushes: u64,
+    /// `fdatasync` calls on the store's files.
+    pub fsyncs: u64,
+}
+
+/// The storage contract. Methods block; the engine calls writes from its committer thread.
+pub trait Store: Send + Sync + 'static {
+    /// The instance `id`.
+    fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError>;
+    /// The idempotency record for `request_id`, live or expired-but-not-purged.
+    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// A page of instances matching `query`, ordered by id (i.e. by start time).
+    fn list(&self, query: &ListQuery) -> Result<Page<Instance>, StoreError>;
+    /// History entries of `id` with version > `after_version`, at most `limit`.
+    fn history(
+        &self,
+        id: InstanceId,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+    /// Ids of the instances started by `parent`'s transitions, after `after`, at most `limit`.
+    fn children(
+        &self,
+        parent: InstanceId,
+        after: Option<InstanceId>,
+        limit: usize,
+    ) -> Result<Vec<InstanceId>, StoreError>;
+    /// The current value of a counter key (0 if never drawn).
+    fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
+    /// Applies each commit atomically and independently, in order (a later commit sees the
+    /// earlier ones), then makes the whole batch durable before returning.
+    fn commit(
+        &self,
+        batch: &[Commit],
+    ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError>;
+    /// Deletes up to `limit` request records that expired at or before `now`; returns how many.
+    fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
+    /// Makes everything written so far durable (used at shutdown).
+    fn flush(&self) -> Result<(), StoreError>;
+    /// What the store has done so far.
+    fn stats(&self) -> StoreStats;
+}

@@ -1,0 +1,248 @@
+//! Key layout and record codec shared by the key-value stores (sled and memory).
+//!
+//! Every value is `[kind tag][format version]` followed by JSON. A record is checked right
+//! before it is written (a failed check is a bug: assertion) and right after it is read (a
+//! failed check is corruption: an error naming the key). When a record's shape changes, bump
+//! its format version and keep a decoder for the old one.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{RequestRecord, StoreError};
+use crate::model::{HistoryEntry, Instance, InstanceId};
+
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+/// Byte prefixes of the key spaces.
+pub(crate) mod prefix {
+    pub const INSTANCE: u8 = b'i';
+    pub const HISTORY: u8 = b'h';
+    pub const REQUEST: u8 = b'r';
+    pub const REQUEST_EXPIRY: u8 = b'x';
+    pub const COUNTER: u8 = b'c';
+    pub const BY_DEFINITION: u8 = b'd';
+    pub const BY_STATE: u8 = b's';
+    pub const BY_BUSINESS_KEY: u8 = b'k';
+    pub const CHILDREN: u8 = b'p';
+}
+
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    const TAG: u8;
+    /// Checks the record's invariants; `Err` says which one fails.
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Record for Instance {
+    const TAG: u8 = b'I';
+    fn check(&self) -> Result<(), String> {
+        if self.version == 0 {
+            return Err("instance version is 0".into());
+        }
+        if self.state.is_empty() || self.definition.name.is_empty() {
+            return Err("instance has an empty state or definition name".into());
+        }
+        if !self.data.is_object() {
+            return Err("instance data is not a JSON object".into());
+        }
+        if self.updated_at < self.created_at {
+            return Err("instance updated before it was created".into());
+        }
+        if self.parent == Some(self.id) {
+            return Err("instance is its own parent".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for HistoryEntry {
+    const TAG: u8 = b'H';
+    fn check(&self) -> Result<(), String> {
+        if self.version == 0 || self.to_state.is_empty() {
+            return Err("history entry has version 0 or an empty state".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for RequestRecord {
+    const TAG: u8 = b'R';
+    fn check(&self) -> Result<(), String> {
+        if self.request_id.is_empty() || self.payload_digest.len() != 64 {
+            return Err("request record has an empty id or a malformed digest".into());
+        }
+        if self.expires_at < self.recorded_at {
+            return Err("request record expires before it was recorded".into());
+        }
+        if self.outcome.version == 0 {
+            return Err("request record outcome has version 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A counter's value.
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct CounterRecord {
+    pub value: u64,
+}
+
+impl Record for CounterRecord {
+    const TAG: u8 = b'C';
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+pub(crate) fn encode<R: Record>(record: &R) -> Vec<u8> {
+    if let Err(e) = record.check() {
+        panic!("refusing to write an invalid record: {e}");
+    }
+    let mut out = vec![R::TAG, FORMAT_VERSION];
+    serde_json::to_writer(&mut out, record).expect("records serialize to JSON");
+    out
+}
+
+pub(crate) fn decode<R: Record>(key: &[u8], bytes: &[u8]) -> Result<R, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: printable(key),
+        message,
+    };
+    match bytes {
+        [tag, version, body @ ..] if *tag == R::TAG && *version == FORMAT_VERSION => {
+            let record: R = serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
+            record.check().map_err(corrupt)?;
+            Ok(record)
+        }
+        [tag, version, ..] => Err(corrupt(format!(
+            "expected record tag {} format {FORMAT_VERSION}, found tag {} format {version}",
+            R::TAG as char,
+            *tag as char
+        ))),
+        _ => Err(corrupt("record shorter than its header".into())),
+    }
+}
+
+/// A key rendered for error messages.
+pub(crate) fn printable(key: &[u8]) -> String {
+    key.iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() {
+                (b as char).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn instance_key(id: InstanceId) -> Vec<u8> {
+    let mut k = vec![prefix::INSTANCE];
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+pub(crate) fn history_key(id: InstanceId, version: u64) -> Vec<u8> {
+    let mut k = vec![prefix::HISTORY];
+    k.extend_from_slice(id.0.as_bytes());
+    k.extend_from_slice(&version.to_be_bytes());
+    k
+}
+
+pub(crate) fn history_prefix(id: InstanceId) -> Vec<u8> {
+    let mut k = vec![prefix::HISTORY];
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+pub(crate) fn request_key(request_id: &str) -> Vec<u8> {
+    let mut k = vec![prefix::REQUEST];
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+pub(crate) fn request_expiry_key(record: &RequestRecord) -> Vec<u8> {
+    let mut k = vec![prefix::REQUEST_EXPIRY];
+    let millis = record.expires_at.timestamp_millis().max(0) as u64;
+    k.extend_from_slice(&millis.to_be_bytes());
+    k.extend_from_slice(record.request_id.as_bytes());
+    k
+}
+
+pub(crate) fn counter_key(counter: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![prefix::COUNTER];
+    k.extend_from_slice(counter.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn children_prefix(parent: InstanceId) -> Vec<u8> {
+    let mut k = vec![prefix::CHILDREN];
+    k.extend_from_slice(parent.0.as_bytes());
+    k
+}
+
+pub(crate) fn child_key(parent: InstanceId, child: InstanceId) -> Vec<u8> {
+    let mut k = children_prefix(parent);
+    k.extend_from_slice(child.0.as_bytes());
+    k
+}
+
+/// The prefix of an index scan for a list query; the instance id (16 bytes) follows it.
+pub(crate) fn index_prefix(
+    definition: &str,
+    state: Option<&str>,
+    business_key: Option<&str>,
+) -> Vec<u8> {
+    match (state, business_key) {
+        (_, Some(bk)) => {
+            let mut k = vec![prefix::BY_BUSINESS_KEY];
+            push_terminated(&mut k, definition);
+            push_terminated(&mut k, bk);
+            k
+        }
+        (Some(state), None) => {
+            let mut k = vec![prefix::BY_STATE];
+            push_terminated(&mut k, definition);
+            push_terminated(&mut k, state);
+            k
+        }
+        (None, None) => {
+            let mut k = vec![prefix::BY_DEFINITION];
+            push_terminated(&mut k, definition);
+            k
+        }
+    }
+}
+
+fn push_terminated(k: &mut Vec<u8>, s: &str) {
+    k.extend_from_slice(s.as_bytes());
+    k.push(0);
+}
+
+/// The index keys under which `instance` is listed.
+pub(crate) fn index_keys(instance: &Instance) -> [Vec<u8>; 3] {
+    let def = instance.definition.name.as_str();
+    let id = instance.id.0.as_bytes();
+    let with_id = |mut k: Vec<u8>| {
+        k.extend_from_slice(id);
+        k
+    };
+    [
+        with_id(index_prefix(def, None, None)),
+        with_id(index_prefix(def, Some(&instance.state), None)),
+        with_id(index_prefix(def, None, Some(&instance.business_key))),
+    ]
+}
+
+/// The instance id at the end of an index key.
+pub(crate) fn id_suffix(key: &[u8]) -> Result<InstanceId, StoreError> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| uuid::Uuid::from_slice(&key[start..]).ok())
+        .map(InstanceId)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: printable(key),
+            message: "index key does not end in an instance id".into(),
+        })
+}
