@@ -204,7 +204,14 @@ struct Inner {
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// Striped per-instance locks: commands on one instance in this process take turns
+    /// instead of failing each other's version checks (one winner per group commit would
+    /// otherwise exhaust the retries on a hot instance). Version checks in the store still
+    /// guard against every other writer.
+    instance_locks: Box<[tokio::sync::Mutex<()>]>,
 }
+
+const INSTANCE_LOCK_STRIPES: usize = 4096;
 
 /// A commit ready to submit, with the outcome it will acknowledge.
 struct Prepared {
@@ -253,6 +260,9 @@ impl Engine {
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
+                instance_locks: (0..INSTANCE_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         };
         engine.spawn_purge_task();
@@ -490,6 +500,18 @@ impl Engine {
         self.check_payload_size(&request.payload)?;
         let digest = digest(&request.payload);
         let target = format!("instance:{}", request.instance);
+        // The parent is locked too when the command may update linked instances: deliveries
+        // updating their order should queue behind the order's own commands, not race them.
+        let mut lock_ids = vec![request.instance];
+        if let Ok((instance, definition)) = self.load(request.instance) {
+            let updates_linked = definition
+                .command(&request.command)
+                .is_some_and(|c| !c.effects.update.is_empty());
+            if let (true, Some(parent)) = (updates_linked, instance.parent) {
+                lock_ids.push(parent);
+            }
+        }
+        let _guards = self.lock_instances(&lock_ids).await;
         let prepare = || self.prepare_command(&request, &target, &digest);
         self.run(
             &request.request_id,
@@ -514,6 +536,7 @@ impl Engine {
         let payload = json!({ "reason": request.reason });
         let digest = digest(&payload);
         let target = format!("instance:{}", request.instance);
+        let _guards = self.lock_instances(&[request.instance]).await;
         let prepare = || -> Result<Prepared, CommandError> {
             let (instance, definition) = self.load(request.instance)?;
             require_role(&request.actor, &definition.cancel_roles, || {
@@ -577,6 +600,23 @@ impl Engine {
             prepare,
         )
         .await
+    }
+
+    /// Takes the stripe locks of `ids` in ascending stripe order (so two commands never wait
+    /// on each other crosswise).
+    async fn lock_instances(&self, ids: &[InstanceId]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let stripes = self.inner.instance_locks.len();
+        let mut indexes: Vec<usize> = ids
+            .iter()
+            .map(|id| (id.0.as_u64_pair().1 % stripes as u64) as usize)
+            .collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut guards = Vec::with_capacity(indexes.len());
+        for i in indexes {
+            guards.push(self.inner.instance_locks[i].lock().await);
+        }
+        guards
     }
 
     /// The common loop: replay a known request, otherwise prepare, submit, and re-prepare on
