@@ -206,7 +206,10 @@ impl DefinitionSet {
             };
             match toml::from_str::<DefinitionFile>(text) {
                 Ok(f) => parsed.push((file.clone(), text.clone(), f)),
-                Err(e) => errors.push(at(e.span().unwrap_or(0..0), e.message().to_string())),
+                Err(e) => errors.push(at(
+                    e.span().unwrap_or(0..0),
+                    e.message().trim().replace('\n', "; "),
+                )),
             }
         }
         let mut set = DefinitionSet::default();

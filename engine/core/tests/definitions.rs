@@ -1,0 +1,192 @@
+//! Definition loading: every class of mistake is refused with `file:line:col: message`.
+
+use switchyard_core::*;
+
+/// Loads `text` as `test.toml` (plus a valid `other.toml` so cross-references can resolve)
+/// and returns every error, one per line.
+fn errors(text: &str) -> String {
+    let mut deciders = DeciderRegistry::new();
+    deciders.register("q.decide", |_: &DecisionContext<'_>| {
+        Ok(Decision::goto("done", "ok"))
+    });
+    let other = "name = \"other\"\nversion = 1\ninitial = \"a\"\n[start]\nroles = [\"system\"]\n[states]\na = { terminal = false }\nb = { terminal = true }\n[commands.go]\nfrom = [\"a\"]\nto = [\"b\"]\nroles = [\"system\"]\n";
+    match DefinitionSet::from_sources(
+        &[
+            ("other.toml".into(), other.into()),
+            ("test.toml".into(), text.into()),
+        ],
+        &deciders,
+    ) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+const VALID: &str = r#"name = "quote"
+version = 1
+initial = "draft"
+
+[start]
+roles = ["sales_rep"]
+
+[states]
+draft = {}
+done = { terminal = true }
+
+[commands.finish]
+from = ["draft"]
+to = ["done"]
+roles = ["sales_rep"]
+decider = "q.decide"
+"#;
+
+fn check(from: &str, to: &str, expected: &str) {
+    assert!(VALID.contains(from), "fixture lacks {from:?}");
+    let text = VALID.replacen(from, to, 1);
+    assert_eq!(errors(&text), expected, "for:\n{text}");
+}
+
+#[test]
+fn the_valid_fixture_loads() {
+    assert_eq!(errors(VALID), "");
+}
+
+#[test]
+fn syntax_errors_and_unknown_keys_name_the_position() {
+    check(
+        "version = 1",
+        "version = ",
+        "test.toml:2:11: invalid string; expected `\"`, `'`",
+    );
+    check("initial = \"draft\"", "initial = \"draft\"\ncolour = \"red\"",
+        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `states`, `commands`");
+    check(
+        "draft = {}",
+        "draft = {}\ndraft = {}",
+        "test.toml:10:1: duplicate key `draft` in table `states`",
+    );
+    check("decider = \"q.decide\"", "decider = \"q.decide\"\ntimeout = 5",
+        "test.toml:17:1: unknown field `timeout`, expected one of `from`, `to`, `roles`, `decider`, `payload`, `effects`, `description`");
+}
+
+#[test]
+fn states_must_exist_be_reachable_and_not_dead_ends() {
+    check("initial = \"draft\"", "initial = \"drafted\"",
+        "test.toml:3:11: initial state `drafted` is not declared in [states]; declared: done, draft");
+    check("to = [\"done\"]", "to = [\"finished\"]",
+        "test.toml:14:6: command `finish`: `to` names unknown state `finished`; declared: done, draft\ntest.toml:10:8: state `done` is unreachable: no chain of commands leads to it from the initial state `draft`");
+    check("from = [\"draft\"]", "from = [\"draft\", \"sent\"]",
+        "test.toml:13:8: command `finish`: `from` names unknown state `sent`; declared: done, draft");
+    check("done = { terminal = true }", "done = { terminal = true }\nlost = { terminal = true }",
+        "test.toml:11:8: state `lost` is unreachable: no chain of commands leads to it from the initial state `draft`");
+    check("done = { terminal = true }", "done = {}",
+        "test.toml:10:8: state `done` is not terminal but no command leaves it; add a command from it or mark it `terminal = true`");
+    check("draft = {}", "draft = { terminal = true }",
+        "test.toml:3:11: initial state `draft` is terminal; an instance could never move\ntest.toml:13:8: command `finish`: `from` names terminal state `draft`; no command may leave a terminal state");
+}
+
+#[test]
+fn commands_need_registered_deciders_roles_and_a_single_target_without_a_decider() {
+    check("decider = \"q.decide\"", "decider = \"q.decied\"",
+        "test.toml:16:11: command `finish`: decider `q.decied` is not registered; registered deciders: builtin.merge_payload, q.decide");
+    check("decider = \"q.decide\"\n", "", "");
+    check("to = [\"done\"]\nroles = [\"sales_rep\"]\ndecider = \"q.decide\"\n", "to = [\"done\", \"draft\"]\nroles = [\"sales_rep\"]\n",
+        "test.toml:14:6: command `finish`: without a `decider`, `to` must name exactly one state (it names 2)");
+    check("roles = [\"sales_rep\"]\ndecider", "roles = []\ndecider",
+        "test.toml:15:9: command `finish`: `roles` is empty; name at least one role, e.g. [\"admin\"]");
+    check("roles = [\"sales_rep\"]\ndecider", "roles = [\"Sales Rep\", \"x\", \"x\"]\ndecider",
+        "test.toml:15:9: command `finish`: role `Sales Rep` is not an identifier (lower-case letters, digits, `_`)\ntest.toml:15:9: command `finish`: role `x` is listed twice");
+    check("[commands.finish]", "[commands.Finish]",
+        "test.toml:12:1: command `Finish`: the name is not an identifier (lower-case letters, digits, `_`)");
+}
+
+#[test]
+fn names_versions_and_duplicates_are_checked() {
+    check("name = \"quote\"", "name = \"Quote\"",
+        "test.toml:1:8: definition name `Quote` is not an identifier; use lower-case letters, digits and `_`, starting with a letter");
+    check(
+        "version = 1",
+        "version = 0",
+        "test.toml:2:11: version must be a whole number from 1 up, got 0",
+    );
+    check(
+        "name = \"quote\"",
+        "name = \"other\"",
+        "test.toml:1:8: definition `other` version 1 is defined twice (first in other.toml)",
+    );
+}
+
+#[test]
+fn effects_must_name_loaded_definitions() {
+    check("decider = \"q.decide\"", "decider = \"q.decide\"\neffects = { start = [\"invoice\"], update = [\"other\"] }",
+        "test.toml:17:11: command `finish`: effect names definition `invoice`, which is not loaded; loaded: other, quote");
+}
+
+#[test]
+fn payload_schemas_are_checked() {
+    let with_payload = |payload: &str| {
+        VALID.replacen(
+            "decider = \"q.decide\"",
+            &format!("decider = \"q.decide\"\n{payload}"),
+            1,
+        )
+    };
+    let cases = [
+        ("payload = { total = { type = \"moeny\" } }",
+         "test.toml:17:30: unknown variant `moeny`, expected one of `string`, `integer`, `quantity`, `decimal`, `money`, `boolean`, `date`, `datetime`, `object`, `list`, `json`"),
+        ("payload = { total = { type = \"money\", max_length = 3 } }",
+         "test.toml:17:21: field `total`: `max_length` and `values` apply only to string fields, not money"),
+        ("payload = { name = { type = \"string\", min = 1 } }",
+         "test.toml:17:20: field `name`: `min` applies only to integer, quantity, decimal and money fields, not string"),
+        ("payload = { total = { type = \"money\", min = \"ten\" } }",
+         "test.toml:17:21: field `total`: `min` = \"ten\" is not a decimal; write e.g. \"0.01\""),
+        ("payload = { total = { type = \"money\", min = 10, max = 1 } }",
+         "test.toml:17:21: field `total`: min 10 is greater than max 1"),
+        ("payload = { lines = { type = \"list\" } }",
+         "test.toml:17:21: field `lines`: a list needs `items`, e.g. items = { type = \"string\" }"),
+        ("payload = { lines = { type = \"list\", items = { type = \"object\" } } }",
+         "test.toml:17:46: field `lines[]`: an object needs `fields`, e.g. fields = { sku = { type = \"string\" } }"),
+        ("payload = { Total = { type = \"money\" } }",
+         "test.toml:17:21: field name `Total` is not an identifier; use lower-case letters, digits and `_`, starting with a letter"),
+        ("payload = { qty = { type = \"quantity\", min = -1 } }",
+         "test.toml:17:19: field `qty`: a quantity cannot have a negative min"),
+    ];
+    for (payload, expected) in cases {
+        assert_eq!(errors(&with_payload(payload)), expected, "for {payload}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let text = VALID
+        .replacen("initial = \"draft\"", "initial = \"nowhere\"", 1)
+        .replacen("decider = \"q.decide\"", "decider = \"missing\"", 1);
+    let e = errors(&text);
+    assert_eq!(e.lines().count(), 2, "{e}");
+    assert!(e.contains("initial state `nowhere`"));
+    assert!(e.contains("decider `missing`"));
+}
+
+#[test]
+fn a_directory_loads_every_toml_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("quote.toml"), VALID).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let mut deciders = DeciderRegistry::new();
+    deciders.register("q.decide", |_: &DecisionContext<'_>| {
+        Ok(Decision::goto("done", "ok"))
+    });
+    let set = DefinitionSet::load_dir(dir.path(), &deciders).unwrap();
+    assert_eq!(set.names(), vec!["quote"]);
+    std::fs::write(dir.path().join("broken.toml"), "name = ").unwrap();
+    let err = DefinitionSet::load_dir(dir.path(), &deciders)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "{}:1:8: ",
+            dir.path().join("broken.toml").display()
+        )),
+        "{err}"
+    );
+}
