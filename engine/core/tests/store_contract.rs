@@ -1,0 +1,413 @@
+//! The storage contract, run against every store implementation: version checks, request-id
+//! uniqueness, counters and index upkeep happen inside the store's own atomic write.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use switchyard_core::store::*;
+use switchyard_core::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+fn instance(id: InstanceId, version: u64, state: &str, key: &str) -> Instance {
+    Instance {
+        id,
+        definition: DefinitionRef {
+            name: "order".into(),
+            version: 1,
+        },
+        business_key: key.into(),
+        state: state.into(),
+        status: InstanceStatus::Active,
+        data: json!({ "v": version }),
+        version,
+        parent: None,
+        created_at: t0(),
+        updated_at: t0(),
+    }
+}
+
+fn entry(i: &Instance) -> HistoryEntry {
+    HistoryEntry {
+        instance: i.id,
+        version: i.version,
+        at: t0(),
+        actor: Actor::new("a", &["r"]),
+        request_id: None,
+        kind: ChangeKind::Command,
+        command: Some("c".into()),
+        payload: json!({}),
+        from_state: None,
+        to_state: i.state.clone(),
+        decider: None,
+        reason: "test".into(),
+        changes: json!({}),
+    }
+}
+
+fn write(i: Instance, expected: Option<u64>) -> Commit {
+    Commit {
+        at: t0(),
+        request: None,
+        history: vec![entry(&i)],
+        writes: vec![InstanceWrite {
+            instance: i,
+            expected_version: expected,
+        }],
+        counters: vec![],
+    }
+}
+
+fn request(id: &str, outcome_instance: InstanceId, at: DateTime<Utc>) -> RequestRecord {
+    RequestRecord {
+        request_id: id.into(),
+        target: format!("instance:{outcome_instance}"),
+        command: "c".into(),
+        payload_digest: "0".repeat(64),
+        outcome: CommandOutcome {
+            instance: outcome_instance,
+            version: 1,
+            state: "created".into(),
+            status: InstanceStatus::Active,
+            reason: "r".into(),
+            started: vec![],
+            counters: vec![],
+        },
+        recorded_at: at,
+        expires_at: at + Duration::days(7),
+    }
+}
+
+fn one(store: &dyn Store, c: Commit) -> Result<CommitApplied, CommitRefusal> {
+    store.commit(&[c]).unwrap().pop().unwrap()
+}
+
+fn list(store: &dyn Store, state: Option<&str>, key: Option<&str>) -> Vec<InstanceId> {
+    store
+        .list(&ListQuery {
+            definition: Some("order".into()),
+            state: state.map(Into::into),
+            business_key: key.map(Into::into),
+            page_size: 100,
+            after: None,
+        })
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+fn version_checks_refuse_and_write_nothing(store: &dyn Store) {
+    let id = InstanceId::new();
+    one(store, write(instance(id, 1, "created", "K"), None)).unwrap();
+    let refused = one(store, write(instance(id, 1, "created", "K"), None)).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::VersionConflict {
+            instance: id,
+            expected: None,
+            current: Some(1)
+        }
+    );
+    let mut stale = write(instance(id, 2, "confirmed", "K2"), Some(5));
+    stale.request = Some(request("req-stale", id, t0()));
+    let refused = one(store, stale).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::VersionConflict {
+            instance: id,
+            expected: Some(5),
+            current: Some(1)
+        }
+    );
+    assert_eq!(store.instance(id).unwrap().unwrap().state, "created");
+    assert_eq!(store.history(id, 0, 10).unwrap().len(), 1);
+    assert!(store.request("req-stale").unwrap().is_none());
+    assert_eq!(list(store, Some("confirmed"), None), vec![]);
+    assert_eq!(list(store, None, Some("K2")), vec![]);
+
+    one(store, write(instance(id, 2, "confirmed", "K"), Some(1))).unwrap();
+    assert_eq!(store.instance(id).unwrap().unwrap().version, 2);
+    assert_eq!(
+        list(store, Some("created"), None),
+        vec![],
+        "old state index removed"
+    );
+    assert_eq!(list(store, Some("confirmed"), None), vec![id]);
+    let missing = InstanceId::new();
+    let refused = one(store, write(instance(missing, 2, "x", "K"), Some(1))).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::VersionConflict {
+            instance: missing,
+            expected: Some(1),
+            current: None
+        }
+    );
+}
+
+fn live_request_ids_are_unique_and_expire(store: &dyn Store) {
+    let a = InstanceId::new();
+    let mut c = write(instance(a, 1, "created", "R"), None);
+    c.request = Some(request("req-1", a, t0()));
+    one(store, c).unwrap();
+    let b = InstanceId::new();
+    let mut dup = write(instance(b, 1, "created", "R"), None);
+    dup.request = Some(request("req-1", b, t0() + Duration::days(1)));
+    let CommitRefusal::DuplicateRequest(existing) = one(store, dup.clone()).unwrap_err() else {
+        panic!("expected a duplicate")
+    };
+    assert_eq!(existing.outcome.instance, a);
+    assert!(
+        store.instance(b).unwrap().is_none(),
+        "the refused commit wrote nothing"
+    );
+    // After expiry the id is free again.
+    dup.at = t0() + Duration::days(7);
+    dup.request.as_mut().unwrap().recorded_at = dup.at;
+    dup.request.as_mut().unwrap().expires_at = dup.at + Duration::days(7);
+    one(store, dup).unwrap();
+    assert_eq!(store.request("req-1").unwrap().unwrap().outcome.instance, b);
+    // Purge removes only expired records.
+    assert_eq!(
+        store.purge_requests(t0() + Duration::days(8), 100).unwrap(),
+        0,
+        "the new record is live"
+    );
+    assert_eq!(
+        store
+            .purge_requests(t0() + Duration::days(14), 100)
+            .unwrap(),
+        1
+    );
+    assert!(store.request("req-1").unwrap().is_none());
+}
+
+fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
+    let id = InstanceId::new();
+    let draw = |limit| CounterDraw {
+        counter: "n".into(),
+        key: "2026".into(),
+        limit,
+        assign: None,
+    };
+    let mut c = write(instance(id, 1, "created", "C"), None);
+    c.counters = vec![
+        CounterDraw {
+            assign: Some(CounterAssign {
+                field: "number".into(),
+                prefix: "SO-".into(),
+                width: 4,
+            }),
+            ..draw(None)
+        },
+        draw(None),
+    ];
+    let applied = one(store, c).unwrap();
+    assert_eq!(
+        applied.counters.iter().map(|c| c.value).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let stored = store.instance(id).unwrap().unwrap();
+    assert_eq!(stored.data["number"], "SO-0001");
+    assert_eq!(
+        store.history(id, 0, 1).unwrap()[0].changes["number"],
+        "SO-0001"
+    );
+    assert_eq!(store.counter("n", "2026").unwrap(), 2);
+    assert_eq!(store.counter("n", "2027").unwrap(), 0);
+
+    let other = InstanceId::new();
+    let mut c = write(instance(other, 1, "created", "C"), None);
+    c.counters = vec![draw(Some(2))];
+    let refused = one(store, c).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::CounterLimit {
+            counter: "n".into(),
+            key: "2026".into(),
+            limit: 2
+        }
+    );
+    assert!(store.instance(other).unwrap().is_none());
+    assert_eq!(store.counter("n", "2026").unwrap(), 2);
+}
+
+fn a_batch_applies_in_order_and_refusals_are_isolated(store: &dyn Store) {
+    let id = InstanceId::new();
+    let other = InstanceId::new();
+    let results = store
+        .commit(&[
+            write(instance(id, 1, "created", "B"), None),
+            write(instance(id, 2, "confirmed", "B"), Some(1)),
+            write(instance(id, 3, "shipped", "B"), Some(1)),
+            write(instance(other, 1, "created", "B"), None),
+        ])
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok());
+    assert_eq!(
+        results[2],
+        Err(CommitRefusal::VersionConflict {
+            instance: id,
+            expected: Some(1),
+            current: Some(2)
+        }),
+        "a later commit sees the earlier ones in the same batch"
+    );
+    assert_eq!(store.instance(id).unwrap().unwrap().state, "confirmed");
+    assert_eq!(
+        store
+            .history(id, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|h| h.version)
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(store.history(id, 1, 10).unwrap().len(), 1);
+    assert!(store.instance(other).unwrap().is_some());
+}
+
+fn links_are_indexed_both_ways(store: &dyn Store) {
+    let parent = InstanceId::new();
+    one(store, write(instance(parent, 1, "created", "L"), None)).unwrap();
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let id = InstanceId::new();
+        let mut child = instance(id, 1, "created", "L-child");
+        child.parent = Some(parent);
+        one(store, write(child, None)).unwrap();
+        children.push(id);
+    }
+    assert_eq!(store.children(parent, None, 10).unwrap(), children);
+    assert_eq!(
+        store.children(parent, Some(children[0]), 10).unwrap(),
+        children[1..]
+    );
+    assert_eq!(store.children(parent, None, 2).unwrap(), children[..2]);
+    assert_eq!(
+        store.instance(children[2]).unwrap().unwrap().parent,
+        Some(parent)
+    );
+}
+
+macro_rules! contract {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn version_checks_refuse_and_write_nothing() {
+                let (store, _guard) = $make;
+                super::version_checks_refuse_and_write_nothing(&*store);
+            }
+            #[test]
+            fn live_request_ids_are_unique_and_expire() {
+                let (store, _guard) = $make;
+                super::live_request_ids_are_unique_and_expire(&*store);
+            }
+            #[test]
+            fn counters_draw_gap_free_with_limits_and_assignment() {
+                let (store, _guard) = $make;
+                super::counters_draw_gap_free_with_limits_and_assignment(&*store);
+            }
+            #[test]
+            fn a_batch_applies_in_order_and_refusals_are_isolated() {
+                let (store, _guard) = $make;
+                super::a_batch_applies_in_order_and_refusals_are_isolated(&*store);
+            }
+            #[test]
+            fn links_are_indexed_both_ways() {
+                let (store, _guard) = $make;
+                super::links_are_indexed_both_ways(&*store);
+            }
+        }
+    };
+}
+
+fn sled_store(durability: Durability) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SledConfig::new(dir.path());
+    config.durability = durability;
+    (Arc::new(SledStore::open(&config).unwrap()), dir)
+}
+
+contract!(memory, (Arc::new(MemoryStore::new()) as Arc<dyn Store>, ()));
+contract!(sled_flush, sled_store(Durability::Flush));
+contract!(sled_fsync, sled_store(Durability::Fsync));
+
+#[test]
+fn sled_keeps_everything_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledConfig::new(dir.path());
+    let id = InstanceId::new();
+    {
+        let store = SledStore::open(&config).unwrap();
+        let mut c = write(instance(id, 1, "created", "Z"), None);
+        c.request = Some(request("req-z", id, t0()));
+        c.counters = vec![CounterDraw {
+            counter: "n".into(),
+            key: "k".into(),
+            limit: None,
+            assign: None,
+        }];
+        one(&store, c).unwrap();
+    }
+    let store = SledStore::open(&config).unwrap();
+    assert_eq!(store.instance(id).unwrap().unwrap().business_key, "Z");
+    assert_eq!(store.history(id, 0, 10).unwrap().len(), 1);
+    assert_eq!(
+        store.request("req-z").unwrap().unwrap().outcome.instance,
+        id
+    );
+    assert_eq!(store.counter("n", "k").unwrap(), 1);
+    assert_eq!(list(&store, None, Some("Z")), vec![id]);
+}
+
+#[test]
+fn fsync_mode_syncs_once_per_batch_and_flush_mode_never() {
+    for (durability, expect_fsync) in [(Durability::Fsync, true), (Durability::Flush, false)] {
+        let (store, _dir) = sled_store(durability);
+        for _ in 0..5 {
+            let batch: Vec<Commit> = (0..3)
+                .map(|_| write(instance(InstanceId::new(), 1, "created", "F"), None))
+                .collect();
+            store.commit(&batch).unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.batches, 5);
+        assert_eq!(stats.commits, 15);
+        assert_eq!(stats.flushes, 5, "one flush per batch (group commit)");
+        assert_eq!(
+            stats.fsyncs,
+            if expect_fsync { 5 } else { 0 },
+            "{durability:?}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_naming_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledConfig::new(dir.path());
+    let id = InstanceId::new();
+    {
+        let store = SledStore::open(&config).unwrap();
+        one(&store, write(instance(id, 1, "created", "Q"), None)).unwrap();
+    }
+    {
+        // Damage the record behind the store's back.
+        let db = sled::open(dir.path()).unwrap();
+        let mut key = vec![b'i'];
+        key.extend_from_slice(id.0.as_bytes());
+        db.insert(key, b"I\x01{not json".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&config).unwrap();
+    let err = store.instance(id).unwrap_err().to_string();
+    assert!(err.starts_with("corrupt record at key i"), "{err}");
+}
