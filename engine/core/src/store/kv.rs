@@ -13,6 +13,9 @@ use super::records::{self, decode, encode, prefix, CounterRecord};
 use super::{Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError};
 use crate::model::{CounterValue, HistoryEntry, Instance, InstanceId};
 
+/// A key and its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
 /// Ordered reads of a key-value map.
 pub(crate) trait KvRead {
     /// The value at `key`.
@@ -24,7 +27,7 @@ pub(crate) trait KvRead {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
 }
 
 /// Writes staged over a base map. `None` deletes.

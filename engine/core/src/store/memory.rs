@@ -8,7 +8,7 @@ use std::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 
-use super::kv::{self, KvRead, Staged};
+use super::kv::{self, Entry, KvRead, Staged};
 use super::{
     Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, Store, StoreError,
     StoreStats,
@@ -58,7 +58,7 @@ impl KvRead for MemoryStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let map = self.map.read().expect("memory store lock poisoned");
         let lower = match after {
             Some(a) => Bound::Excluded(a.to_vec()),

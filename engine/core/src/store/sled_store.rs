@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
-use super::kv::{self, KvRead, Staged};
+use super::kv::{self, Entry, KvRead, Staged};
 use super::{
     Commit, CommitApplied, CommitRefusal, Durability, ListQuery, Page, RequestRecord, Store,
     StoreError, StoreStats,
@@ -130,7 +130,7 @@ impl KvRead for SledStore {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let lower = match after {
             Some(a) => Bound::Excluded(a.to_vec()),
             None => Bound::Included(prefix.to_vec()),
