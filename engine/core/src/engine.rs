@@ -636,6 +636,9 @@ impl Engine {
             attempt += 1;
             if let Some(record) = self.inner.store.request(request_id)? {
                 if record.expires_at > self.inner.config.clock.now() {
+                    // The record may belong to a commit applied but not yet flushed: wait for
+                    // the flush, so a retry is never acknowledged before the original is.
+                    self.barrier().await?;
                     return replay(&record, target, command, digest);
                 }
             }
@@ -686,20 +689,36 @@ impl Engine {
         }
     }
 
-    async fn submit(
-        &self,
-        commit: Commit,
-    ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
-        let queue = self
-            .inner
+    fn queue(&self) -> Result<mpsc::Sender<Job>, CommandError> {
+        self.inner
             .queue
             .read()
             .expect("queue lock poisoned")
             .clone()
-            .ok_or(CommandError::ShuttingDown)?;
+            .ok_or(CommandError::ShuttingDown)
+    }
+
+    /// Waits until everything applied so far is durable.
+    async fn barrier(&self) -> Result<(), CommandError> {
         let (reply, answer) = oneshot::channel();
-        queue
-            .send(Job { commit, reply })
+        self.queue()?
+            .send(Job::Barrier { reply })
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(CommandError::Store(crate::store::StoreError::Io(message))),
+            Err(_) => Err(CommandError::ShuttingDown),
+        }
+    }
+
+    async fn submit(
+        &self,
+        commit: Commit,
+    ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue()?
+            .send(Job::Commit { commit, reply })
             .await
             .map_err(|_| CommandError::ShuttingDown)?;
         match answer.await {

@@ -79,8 +79,8 @@ impl<'a> Staged<'a> {
         let mut previous = Vec::with_capacity(commit.writes.len());
         for write in &commit.writes {
             let key = records::instance_key(write.instance.id);
-            let current: Option<Instance> = match self.get(&key)? {
-                Some(bytes) => Some(decode(&key, &bytes)?),
+            let current = match self.get(&key)? {
+                Some(bytes) => Some(records::decode_head(&key, &bytes)?),
                 None => None,
             };
             let current_version = current.as_ref().map(|i| i.version);
@@ -144,15 +144,27 @@ impl<'a> Staged<'a> {
             }
         }
         for (instance, old) in writes.iter().zip(&previous) {
-            if let Some(old) = old {
-                for k in records::index_keys(old) {
-                    self.delete(k);
+            // Only index keys that change are written: most commands keep the definition and
+            // business key, and a self-loop keeps the state too.
+            let new_keys = records::index_keys(&records::InstanceHead::of(instance));
+            let old_keys = match old {
+                Some(old) => records::index_keys(old).to_vec(),
+                None => {
+                    if let Some(parent) = instance.parent {
+                        self.put(records::child_key(parent, instance.id), Vec::new());
+                    }
+                    Vec::new()
                 }
-            } else if let Some(parent) = instance.parent {
-                self.put(records::child_key(parent, instance.id), Vec::new());
+            };
+            for k in &old_keys {
+                if !new_keys.contains(k) {
+                    self.delete(k.clone());
+                }
             }
-            for k in records::index_keys(instance) {
-                self.put(k, Vec::new());
+            for k in new_keys {
+                if !old_keys.contains(&k) {
+                    self.put(k, Vec::new());
+                }
             }
             self.put(records::instance_key(instance.id), encode(instance));
         }

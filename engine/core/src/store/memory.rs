@@ -108,7 +108,7 @@ impl Store for MemoryStore {
         kv::counter(self, counter, key)
     }
 
-    fn commit(
+    fn apply(
         &self,
         batch: &[Commit],
     ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
@@ -153,6 +153,8 @@ impl Store for MemoryStore {
             commits: self.commits.load(Ordering::Relaxed),
             flushes: 0,
             fsyncs: 0,
+            apply_micros: 0,
+            flush_micros: 0,
         }
     }
 }

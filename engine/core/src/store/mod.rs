@@ -175,6 +175,10 @@ pub struct StoreStats {
     pub flushes: u64,
     /// `fdatasync` calls on the store's files.
     pub fsyncs: u64,
+    /// Microseconds spent checking, staging and applying batches.
+    pub apply_micros: u64,
+    /// Microseconds spent flushing and syncing.
+    pub flush_micros: u64,
 }
 
 /// The storage contract. Methods block; the engine calls writes from its committer thread.
@@ -202,15 +206,28 @@ pub trait Store: Send + Sync + 'static {
     /// The current value of a counter key (0 if never drawn).
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
     /// Applies each commit atomically and independently, in order (a later commit sees the
-    /// earlier ones), then makes the whole batch durable before returning.
-    fn commit(
+    /// earlier ones). The whole batch becomes visible at once; it is durable only after the
+    /// next [`Store::flush`] (stores whose writes are durable on return flush as a no-op).
+    fn apply(
         &self,
         batch: &[Commit],
     ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError>;
-    /// Deletes up to `limit` request records that expired at or before `now`; returns how many.
-    fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
-    /// Makes everything written so far durable (used at shutdown).
+    /// Makes everything applied before the call durable (to the store's durability setting).
+    /// May run concurrently with [`Store::apply`].
     fn flush(&self) -> Result<(), StoreError>;
+    /// [`Store::apply`] then [`Store::flush`].
+    fn commit(
+        &self,
+        batch: &[Commit],
+    ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
+        let results = self.apply(batch)?;
+        self.flush()?;
+        Ok(results)
+    }
+    /// Deletes up to `limit` request records that expired at or before `now`; returns how
+    /// many. (Not flushed: a purge lost in a crash only leaves expired records, which count as
+    /// absent anyway.)
+    fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
 }

@@ -220,18 +220,60 @@ fn push_terminated(k: &mut Vec<u8>, s: &str) {
     k.push(0);
 }
 
-/// The index keys under which `instance` is listed.
-pub(crate) fn index_keys(instance: &Instance) -> [Vec<u8>; 3] {
-    let def = instance.definition.name.as_str();
-    let id = instance.id.0.as_bytes();
+/// The fields of a stored instance the commit path needs: decoding only these skips building
+/// the instance's data.
+#[derive(serde::Deserialize)]
+pub(crate) struct InstanceHead {
+    pub id: InstanceId,
+    pub definition: crate::model::DefinitionRef,
+    pub business_key: String,
+    pub state: String,
+    pub version: u64,
+}
+
+impl InstanceHead {
+    pub fn of(instance: &Instance) -> Self {
+        InstanceHead {
+            id: instance.id,
+            definition: instance.definition.clone(),
+            business_key: instance.business_key.clone(),
+            state: instance.state.clone(),
+            version: instance.version,
+        }
+    }
+}
+
+/// Decodes the head of an instance record (tag and format checked, data skipped).
+pub(crate) fn decode_head(key: &[u8], bytes: &[u8]) -> Result<InstanceHead, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: printable(key),
+        message,
+    };
+    match bytes {
+        [tag, version, body @ ..] if *tag == Instance::TAG && *version == FORMAT_VERSION => {
+            let head: InstanceHead =
+                serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
+            if head.version == 0 {
+                return Err(corrupt("instance version is 0".into()));
+            }
+            Ok(head)
+        }
+        _ => Err(corrupt("not an instance record of a known format".into())),
+    }
+}
+
+/// The index keys under which an instance is listed.
+pub(crate) fn index_keys(head: &InstanceHead) -> [Vec<u8>; 3] {
+    let def = head.definition.name.as_str();
+    let id = head.id.0.as_bytes();
     let with_id = |mut k: Vec<u8>| {
         k.extend_from_slice(id);
         k
     };
     [
         with_id(index_prefix(def, None, None)),
-        with_id(index_prefix(def, Some(&instance.state), None)),
-        with_id(index_prefix(def, None, Some(&instance.business_key))),
+        with_id(index_prefix(def, Some(&head.state), None)),
+        with_id(index_prefix(def, None, Some(&head.business_key))),
     ]
 }
 

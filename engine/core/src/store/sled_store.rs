@@ -1,8 +1,8 @@
 //! The embedded default store on sled 0.34. The only module that knows sled.
 //!
 //! One sled tree holds every key space (`store::records`). Writes are serialized by a
-//! writer lock: a batch is checked and staged in memory (`store::kv`), applied with one
-//! atomic `apply_batch`, then flushed once (group commit). In [`Durability::Fsync`] mode the
+//! writer lock: a batch is checked and staged in memory (`store::kv`) and applied with one
+//! atomic `apply_batch`; flushing is separate and may overlap the next batch's apply. In [`Durability::Fsync`] mode the
 //! log file is also `fdatasync`ed, because sled's flush only asks the kernel to write the
 //! pages (`sync_file_range`) and does not flush the device cache or file metadata.
 
@@ -11,6 +11,7 @@ use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -47,12 +48,16 @@ impl SledConfig {
 pub struct SledStore {
     db: sled::Db,
     durability: Durability,
-    /// Held while a batch is checked, applied and flushed; also the log file to fsync.
-    writer: Mutex<File>,
+    /// Held while a batch is checked and applied: the store's single writer.
+    writer: Mutex<()>,
+    /// sled's log file, `fdatasync`ed in [`Durability::Fsync`] mode.
+    log: File,
     batches: AtomicU64,
     commits: AtomicU64,
     flushes: AtomicU64,
     fsyncs: AtomicU64,
+    apply_micros: AtomicU64,
+    flush_micros: AtomicU64,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -82,28 +87,22 @@ impl SledStore {
         Ok(SledStore {
             db,
             durability: config.durability,
-            writer: Mutex::new(log),
+            writer: Mutex::new(()),
+            log,
             batches: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            apply_micros: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
         })
     }
 
-    fn flush_locked(&self, log: &File) -> Result<(), StoreError> {
-        self.db.flush().map_err(io)?;
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        if self.durability == Durability::Fsync {
-            log.sync_data().map_err(io)?;
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
+    /// Applies `writes` atomically; `started` is when checking the batch began.
     fn write(
         &self,
-        log: &File,
         writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        started: Instant,
     ) -> Result<(), StoreError> {
         if writes.is_empty() {
             return Ok(());
@@ -116,7 +115,9 @@ impl SledStore {
             }
         }
         self.db.apply_batch(batch).map_err(io)?;
-        self.flush_locked(log)
+        self.apply_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -182,18 +183,19 @@ impl Store for SledStore {
         kv::counter(self, counter, key)
     }
 
-    fn commit(
+    fn apply(
         &self,
         batch: &[Commit],
     ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
-        let log = self.writer.lock().expect("store writer lock poisoned");
+        let _writer = self.writer.lock().expect("store writer lock poisoned");
+        let started = Instant::now();
         let mut staged = Staged::new(self);
         let results = batch
             .iter()
             .map(|c| staged.apply(c))
             .collect::<Result<Vec<_>, _>>()?;
         let writes = staged.writes;
-        self.write(&log, writes)?;
+        self.write(writes, started)?;
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.commits.fetch_add(
             results.iter().filter(|r| r.is_ok()).count() as u64,
@@ -202,18 +204,26 @@ impl Store for SledStore {
         Ok(results)
     }
 
+    fn flush(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.db.flush().map_err(io)?;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        if self.durability == Durability::Fsync {
+            self.log.sync_data().map_err(io)?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        self.flush_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
-        let log = self.writer.lock().expect("store writer lock poisoned");
+        let _writer = self.writer.lock().expect("store writer lock poisoned");
         let mut staged = Staged::new(self);
         let purged = staged.purge_requests(now, limit)?;
         let writes = staged.writes;
-        self.write(&log, writes)?;
+        self.write(writes, Instant::now())?;
         Ok(purged)
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        let log = self.writer.lock().expect("store writer lock poisoned");
-        self.flush_locked(&log)
     }
 
     fn stats(&self) -> StoreStats {
@@ -222,6 +232,8 @@ impl Store for SledStore {
             commits: self.commits.load(Ordering::Relaxed),
             flushes: self.flushes.load(Ordering::Relaxed),
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            apply_micros: self.apply_micros.load(Ordering::Relaxed),
+            flush_micros: self.flush_micros.load(Ordering::Relaxed),
         }
     }
 }
