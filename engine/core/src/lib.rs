@@ -62,6 +62,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod clock;
 mod committer;
 pub mod decider;

@@ -1043,3 +1043,40 @@ async fn two_engines_on_one_store_re_evaluate_on_conflict() {
     assert_eq!(now.data["notes"], 24, "no lost update across engines");
     assert_eq!(now.version, 25);
 }
+
+#[test]
+fn the_public_api_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Engine>();
+    check::<EngineConfig>();
+    check::<DefinitionSet>();
+    check::<DeciderRegistry>();
+    check::<CommandError>();
+    check::<OpenError>();
+    check::<Instance>();
+    check::<switchyard_core::store::SledStore>();
+    check::<switchyard_core::store::MemoryStore>();
+    check::<Arc<dyn switchyard_core::store::Store>>();
+    check::<Arc<dyn Decider>>();
+}
+
+#[tokio::test]
+async fn an_fsync_engine_syncs_every_batch_it_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = sled_engine(dir.path(), Durability::Fsync).await;
+    let id = started(&engine, "F-1", "1.00").await;
+    for i in 0..5 {
+        engine.send(command(id, "note", json!({"text": "x"}), rep(), &format!("fs-{i}"))).await.unwrap();
+    }
+    let stats = engine.store().stats();
+    assert_eq!(stats.commits, 6);
+    assert!(stats.fsyncs >= stats.batches && stats.batches >= 1, "{stats:?}");
+    engine.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = sled_engine(dir.path(), Durability::Flush).await;
+    started(&engine, "F-2", "1.00").await;
+    assert_eq!(engine.store().stats().fsyncs, 0);
+    assert!(engine.store().stats().flushes >= 1);
+    engine.shutdown().await;
+}
