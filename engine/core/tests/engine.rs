@@ -1066,11 +1066,23 @@ async fn an_fsync_engine_syncs_every_batch_it_acknowledges() {
     let engine = sled_engine(dir.path(), Durability::Fsync).await;
     let id = started(&engine, "F-1", "1.00").await;
     for i in 0..5 {
-        engine.send(command(id, "note", json!({"text": "x"}), rep(), &format!("fs-{i}"))).await.unwrap();
+        engine
+            .send(command(
+                id,
+                "note",
+                json!({"text": "x"}),
+                rep(),
+                &format!("fs-{i}"),
+            ))
+            .await
+            .unwrap();
     }
     let stats = engine.store().stats();
     assert_eq!(stats.commits, 6);
-    assert!(stats.fsyncs >= stats.batches && stats.batches >= 1, "{stats:?}");
+    assert!(
+        stats.fsyncs >= stats.batches && stats.batches >= 1,
+        "{stats:?}"
+    );
     engine.shutdown().await;
 
     let dir = tempfile::tempdir().unwrap();
