@@ -6,11 +6,16 @@
 //! handed back as one write set. A SQL store would implement [`super::Store`] directly.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
 use super::records::{self, decode, encode, prefix, CounterRecord};
-use super::{Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError};
+use super::{
+    Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError, StoreStats,
+};
 use crate::model::{CounterValue, HistoryEntry, Instance, InstanceId};
 
 /// A key and its value.
@@ -30,10 +35,160 @@ pub(crate) trait KvRead {
     ) -> Result<Vec<Entry>, StoreError>;
 }
 
+/// Staged writes: `None` deletes.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A key-value map the shared commit logic can write to.
+pub(crate) trait KvWrite: KvRead {
+    /// Held while a batch is checked and applied: the store's single writer.
+    fn writer(&self) -> &Mutex<()>;
+    /// The store's counters.
+    fn counters(&self) -> &KvStats;
+    /// Applies `writes` atomically (all visible at once, all or nothing after a crash).
+    fn write(&self, writes: Writes) -> Result<(), StoreError>;
+}
+
+/// What a key-value store counts, for [`super::Store::stats`].
+#[derive(Default)]
+pub(crate) struct KvStats {
+    pub batches: AtomicU64,
+    pub commits: AtomicU64,
+    pub flushes: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub apply_micros: AtomicU64,
+    pub flush_micros: AtomicU64,
+}
+
+impl KvStats {
+    pub fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
+            apply_micros: self.apply_micros.load(Ordering::Relaxed),
+            flush_micros: self.flush_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// [`super::Store::apply`] for a key-value store.
+pub(crate) fn apply(
+    kv: &dyn KvWrite,
+    batch: &[Commit],
+) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    let started = Instant::now();
+    let mut staged = Staged::new(kv);
+    let results = batch
+        .iter()
+        .map(|c| staged.apply(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let writes = staged.writes;
+    if !writes.is_empty() {
+        kv.write(writes)?;
+    }
+    let counters = kv.counters();
+    counters.batches.fetch_add(1, Ordering::Relaxed);
+    let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+    counters.commits.fetch_add(applied, Ordering::Relaxed);
+    let micros = started.elapsed().as_micros() as u64;
+    counters.apply_micros.fetch_add(micros, Ordering::Relaxed);
+    Ok(results)
+}
+
+/// [`super::Store::purge_requests`] for a key-value store.
+pub(crate) fn purge_requests(
+    kv: &dyn KvWrite,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    let mut staged = Staged::new(kv);
+    let purged = staged.purge_requests(now, limit)?;
+    let writes = staged.writes;
+    if !writes.is_empty() {
+        kv.write(writes)?;
+    }
+    Ok(purged)
+}
+
+/// The read methods of [`super::Store`], delegated to this module; used inside
+/// `impl Store for …` of each key-value store.
+macro_rules! kv_store_reads {
+    () => {
+        fn instance(
+            &self,
+            id: $crate::model::InstanceId,
+        ) -> Result<Option<$crate::model::Instance>, $crate::store::StoreError> {
+            $crate::store::kv::instance(self, id)
+        }
+
+        fn request(
+            &self,
+            request_id: &str,
+        ) -> Result<Option<$crate::store::RequestRecord>, $crate::store::StoreError> {
+            $crate::store::kv::request(self, request_id)
+        }
+
+        fn list(
+            &self,
+            query: &$crate::store::ListQuery,
+        ) -> Result<$crate::store::Page<$crate::model::Instance>, $crate::store::StoreError> {
+            $crate::store::kv::list(self, query)
+        }
+
+        fn history(
+            &self,
+            id: $crate::model::InstanceId,
+            after_version: u64,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::HistoryEntry>, $crate::store::StoreError> {
+            $crate::store::kv::history(self, id, after_version, limit)
+        }
+
+        fn children(
+            &self,
+            parent: $crate::model::InstanceId,
+            after: Option<$crate::model::InstanceId>,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::InstanceId>, $crate::store::StoreError> {
+            $crate::store::kv::children(self, parent, after, limit)
+        }
+
+        fn counter(&self, counter: &str, key: &str) -> Result<u64, $crate::store::StoreError> {
+            $crate::store::kv::counter(self, counter, key)
+        }
+
+        fn apply(
+            &self,
+            batch: &[$crate::store::Commit],
+        ) -> Result<
+            Vec<Result<$crate::store::CommitApplied, $crate::store::CommitRefusal>>,
+            $crate::store::StoreError,
+        > {
+            $crate::store::kv::apply(self, batch)
+        }
+
+        fn purge_requests(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+            limit: usize,
+        ) -> Result<usize, $crate::store::StoreError> {
+            $crate::store::kv::purge_requests(self, now, limit)
+        }
+
+        fn stats(&self) -> $crate::store::StoreStats {
+            $crate::store::kv::KvWrite::counters(self).snapshot()
+        }
+    };
+}
+pub(crate) use kv_store_reads;
+
 /// Writes staged over a base map. `None` deletes.
 pub(crate) struct Staged<'a> {
     base: &'a dyn KvRead,
-    pub writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub writes: Writes,
 }
 
 impl<'a> Staged<'a> {

@@ -9,18 +9,12 @@
 use std::fs::File;
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-
-use super::kv::{self, Entry, KvRead, Staged};
-use super::{
-    Commit, CommitApplied, CommitRefusal, Durability, ListQuery, Page, RequestRecord, Store,
-    StoreError, StoreStats,
-};
-use crate::model::{HistoryEntry, Instance, InstanceId};
+use super::kv::{kv_store_reads, Entry, KvRead, KvStats, KvWrite, Writes};
+use super::{Durability, Store, StoreError};
 
 /// How to open a [`SledStore`].
 #[derive(Clone, Debug)]
@@ -52,12 +46,7 @@ pub struct SledStore {
     writer: Mutex<()>,
     /// sled's log file, `fdatasync`ed in [`Durability::Fsync`] mode.
     log: File,
-    batches: AtomicU64,
-    commits: AtomicU64,
-    flushes: AtomicU64,
-    fsyncs: AtomicU64,
-    apply_micros: AtomicU64,
-    flush_micros: AtomicU64,
+    counters: KvStats,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -89,35 +78,8 @@ impl SledStore {
             durability: config.durability,
             writer: Mutex::new(()),
             log,
-            batches: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-            flushes: AtomicU64::new(0),
-            fsyncs: AtomicU64::new(0),
-            apply_micros: AtomicU64::new(0),
-            flush_micros: AtomicU64::new(0),
+            counters: KvStats::default(),
         })
-    }
-
-    /// Applies `writes` atomically; `started` is when checking the batch began.
-    fn write(
-        &self,
-        writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-        started: Instant,
-    ) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        self.db.apply_batch(batch).map_err(io)?;
-        self.apply_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -148,92 +110,42 @@ impl KvRead for SledStore {
     }
 }
 
+impl KvWrite for SledStore {
+    fn writer(&self) -> &Mutex<()> {
+        &self.writer
+    }
+
+    fn counters(&self) -> &KvStats {
+        &self.counters
+    }
+
+    fn write(&self, writes: Writes) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        self.db.apply_batch(batch).map_err(io)
+    }
+}
+
 impl Store for SledStore {
-    fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError> {
-        kv::instance(self, id)
-    }
-
-    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        kv::request(self, request_id)
-    }
-
-    fn list(&self, query: &ListQuery) -> Result<Page<Instance>, StoreError> {
-        kv::list(self, query)
-    }
-
-    fn history(
-        &self,
-        id: InstanceId,
-        after_version: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        kv::history(self, id, after_version, limit)
-    }
-
-    fn children(
-        &self,
-        parent: InstanceId,
-        after: Option<InstanceId>,
-        limit: usize,
-    ) -> Result<Vec<InstanceId>, StoreError> {
-        kv::children(self, parent, after, limit)
-    }
-
-    fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
-        kv::counter(self, counter, key)
-    }
-
-    fn apply(
-        &self,
-        batch: &[Commit],
-    ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
-        let _writer = self.writer.lock().expect("store writer lock poisoned");
-        let started = Instant::now();
-        let mut staged = Staged::new(self);
-        let results = batch
-            .iter()
-            .map(|c| staged.apply(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        let writes = staged.writes;
-        self.write(writes, started)?;
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.commits.fetch_add(
-            results.iter().filter(|r| r.is_ok()).count() as u64,
-            Ordering::Relaxed,
-        );
-        Ok(results)
-    }
+    kv_store_reads!();
 
     fn flush(&self) -> Result<(), StoreError> {
         let started = Instant::now();
         self.db.flush().map_err(io)?;
-        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         if self.durability == Durability::Fsync {
             self.log.sync_data().map_err(io)?;
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
-        self.flush_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let micros = started.elapsed().as_micros() as u64;
+        self.counters
+            .flush_micros
+            .fetch_add(micros, Ordering::Relaxed);
         Ok(())
-    }
-
-    fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
-        let _writer = self.writer.lock().expect("store writer lock poisoned");
-        let mut staged = Staged::new(self);
-        let purged = staged.purge_requests(now, limit)?;
-        let writes = staged.writes;
-        self.write(writes, Instant::now())?;
-        Ok(purged)
-    }
-
-    fn stats(&self) -> StoreStats {
-        StoreStats {
-            batches: self.batches.load(Ordering::Relaxed),
-            commits: self.commits.load(Ordering::Relaxed),
-            flushes: self.flushes.load(Ordering::Relaxed),
-            fsyncs: self.fsyncs.load(Ordering::Relaxed),
-            apply_micros: self.apply_micros.load(Ordering::Relaxed),
-            flush_micros: self.flush_micros.load(Ordering::Relaxed),
-        }
     }
 }
