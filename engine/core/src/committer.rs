@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::store::{Commit, CommitApplied, CommitRefusal, Store};
 
@@ -44,15 +44,22 @@ pub(crate) fn start(
     store: Arc<dyn Store>,
     queue_max: usize,
     batch_max: usize,
+    durable_offset: watch::Sender<u64>,
 ) -> std::io::Result<(mpsc::Sender<Job>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue_max);
     let handle = std::thread::Builder::new()
         .name("switchyard-committer".into())
-        .spawn(move || run(&*store, rx, batch_max))?;
+        .spawn(move || run(&*store, rx, batch_max, &durable_offset))?;
     Ok((tx, handle))
 }
 
-fn run(store: &dyn Store, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+/// Publishes, after each flush, the feed offset up to which events are durable.
+fn run(
+    store: &dyn Store,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    durable_offset: &watch::Sender<u64>,
+) {
     let mut jobs = Vec::with_capacity(batch_max);
     let mut failed = false;
     while let Some(job) = rx.blocking_recv() {
@@ -98,6 +105,19 @@ fn run(store: &dyn Store, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
         // it find the outcome on retry.
         match results.and_then(|r| flushed.clone().map(|()| r)) {
             Ok(results) => {
+                let last = results
+                    .iter()
+                    .flatten()
+                    .map(|a| a.last_offset)
+                    .max()
+                    .unwrap_or(0);
+                if last > 0 {
+                    durable_offset.send_if_modified(|d| {
+                        let advanced = last > *d;
+                        *d = (*d).max(last);
+                        advanced
+                    });
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }

@@ -14,7 +14,7 @@ use std::time::Duration as StdDuration;
 use chrono::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
 use crate::committer::{self, Job};
@@ -22,6 +22,7 @@ use crate::decider::{DecideError, DeciderRegistry, Decision, DecisionContext, Ef
 use crate::definition::schema::is_identifier;
 use crate::definition::{CommandDef, Definition, DefinitionSet};
 use crate::error::{CommandError, OpenError};
+use crate::feed::{self, Subscription};
 use crate::model::{
     Actor, ChangeKind, CommandOutcome, DefinitionRef, HistoryEntry, Instance, InstanceId,
     InstanceStatus,
@@ -59,8 +60,12 @@ pub struct EngineConfig {
     pub conflict_retries_max: u32,
     /// How long a request id is remembered (default 7 days).
     pub request_retention: Duration,
-    /// How often expired request records are purged (default 60 s).
+    /// How often expired request records and feed events are purged (default 60 s).
     pub purge_interval: StdDuration,
+    /// The `source` of feed events (default `switchyard`).
+    pub feed_source: String,
+    /// How long feed events are kept (default 30 days).
+    pub feed_retention: Duration,
     /// The clock (default: the system clock).
     pub clock: Arc<dyn Clock>,
 }
@@ -76,6 +81,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("conflict_retries_max", &self.conflict_retries_max)
             .field("request_retention", &self.request_retention)
             .field("purge_interval", &self.purge_interval)
+            .field("feed_source", &self.feed_source)
+            .field("feed_retention", &self.feed_retention)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +99,8 @@ impl EngineConfig {
             conflict_retries_max: 8,
             request_retention: Duration::days(7),
             purge_interval: StdDuration::from_secs(60),
+            feed_source: "switchyard".into(),
+            feed_retention: Duration::days(30),
             clock: Arc::new(SystemClock),
         }
     }
@@ -119,6 +128,12 @@ impl EngineConfig {
         }
         if self.request_retention <= Duration::zero() {
             return bad("request_retention", "must be positive");
+        }
+        if self.feed_retention <= Duration::zero() {
+            return bad("feed_retention", "must be positive");
+        }
+        if self.feed_source.is_empty() {
+            return bad("feed_source", "must not be empty");
         }
         Ok(())
     }
@@ -204,6 +219,8 @@ struct Inner {
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Job>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// The feed offset up to which events are durable (published by the committer).
+    durable_offset: watch::Receiver<u64>,
     /// Striped per-instance locks: commands on one instance in this process take turns
     /// instead of failing each other's version checks (one winner per group commit would
     /// otherwise exhaust the retries on a hot instance). Version checks in the store still
@@ -250,8 +267,15 @@ impl Engine {
         deciders: DeciderRegistry,
     ) -> Result<Engine, OpenError> {
         config.check()?;
-        let (tx, handle) = committer::start(store.clone(), config.queue_max, config.batch_max)
-            .map_err(OpenError::Thread)?;
+        let (_, head) = store.feed_bounds()?;
+        let (durable_tx, durable_offset) = watch::channel(head);
+        let (tx, handle) = committer::start(
+            store.clone(),
+            config.queue_max,
+            config.batch_max,
+            durable_tx,
+        )
+        .map_err(OpenError::Thread)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -260,6 +284,7 @@ impl Engine {
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
+                durable_offset,
                 instance_locks: (0..INSTANCE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -284,6 +309,9 @@ impl Engine {
                 let engine = Engine { inner };
                 if let Err(e) = engine.purge_expired_requests().await {
                     tracing::warn!(error = %e, "purging expired request records failed");
+                }
+                if let Err(e) = engine.purge_feed().await {
+                    tracing::warn!(error = %e, "purging feed events past retention failed");
                 }
             }
         });
@@ -315,6 +343,47 @@ impl Engine {
                 return Ok(total);
             }
         }
+    }
+
+    /// Deletes feed events older than the feed retention; returns how many. Runs periodically
+    /// on its own; exposed for operators and tests.
+    pub async fn purge_feed(&self) -> Result<usize, CommandError> {
+        let before = self.inner.config.clock.now() - self.inner.config.feed_retention;
+        let mut total = 0;
+        loop {
+            let store = self.inner.store.clone();
+            let n = tokio::task::spawn_blocking(move || store.purge_feed(before, 1000))
+                .await
+                .expect("purge task panicked")?;
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Subscribes to the feed: the returned subscription yields every event with an offset
+    /// greater than `after_offset` (0 for the whole retained feed), replayed from the store and
+    /// then followed live; only events of flushed commits are delivered.
+    pub fn subscribe(&self, after_offset: u64) -> Result<Subscription, CommandError> {
+        let (earliest, head) = self.inner.store.feed_bounds()?;
+        if after_offset.saturating_add(1) < earliest {
+            return Err(CommandError::FeedHorizon {
+                after: after_offset,
+                earliest,
+            });
+        }
+        if after_offset > head {
+            return Err(CommandError::FeedBeyondHead {
+                after: after_offset,
+                head,
+            });
+        }
+        Ok(Subscription::new(
+            self.inner.store.clone(),
+            self.inner.durable_offset.clone(),
+            after_offset,
+        ))
     }
 
     /// Stops taking writes, waits for every queued commit to be applied and flushed, and
@@ -479,6 +548,7 @@ impl Engine {
                     }],
                     history: vec![history],
                     counters: Vec::new(),
+                    events: Vec::new(),
                 },
                 outcome,
             })
@@ -587,6 +657,7 @@ impl Engine {
                     }],
                     history: vec![history],
                     counters: Vec::new(),
+                    events: Vec::new(),
                 },
                 outcome,
             })
@@ -642,7 +713,16 @@ impl Engine {
                     return replay(&record, target, command, digest);
                 }
             }
-            let prepared = prepare()?;
+            let mut prepared = prepare()?;
+            let source = &self.inner.config.feed_source;
+            let commit = &mut prepared.commit;
+            let instance_events: Vec<_> = commit
+                .writes
+                .iter()
+                .zip(&commit.history)
+                .map(|(w, h)| feed::instance_event(source, h, &w.instance))
+                .collect();
+            commit.events.splice(0..0, instance_events);
             match self.submit(prepared.commit).await? {
                 Ok(applied) => {
                     let mut outcome = prepared.outcome;
@@ -1054,6 +1134,7 @@ impl Engine {
                 writes,
                 history,
                 counters,
+                events: Vec::new(),
             },
             outcome,
         })

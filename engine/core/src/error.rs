@@ -155,6 +155,22 @@ pub enum CommandError {
         /// What is wrong with it.
         message: String,
     },
+    /// A subscription asked for events that retention has already removed.
+    #[error("field `after_offset`: events after offset {after} are no longer retained; the earliest retained offset is {earliest}, so subscribe with after_offset ≥ {}", earliest.saturating_sub(1))]
+    FeedHorizon {
+        /// The offset asked for.
+        after: u64,
+        /// The earliest retained offset.
+        earliest: u64,
+    },
+    /// A subscription asked to start after an offset the feed has not reached.
+    #[error("field `after_offset`: {after} is beyond the feed's last offset {head}")]
+    FeedBeyondHead {
+        /// The offset asked for.
+        after: u64,
+        /// The last offset.
+        head: u64,
+    },
     /// The engine is shutting down and takes no more writes.
     #[error("the engine is shutting down and accepts no more commands")]
     ShuttingDown,
@@ -184,6 +200,8 @@ impl CommandError {
             CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
             CommandError::DecisionFailed { .. } => "DECISION_FAILED",
             CommandError::DecisionInvalid { .. } => "DECISION_INVALID",
+            CommandError::FeedHorizon { .. } => "FEED_HORIZON",
+            CommandError::FeedBeyondHead { .. } => "FEED_BEYOND_HEAD",
             CommandError::ShuttingDown => "SHUTTING_DOWN",
             CommandError::Store(_) => "STORE",
         }

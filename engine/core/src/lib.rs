@@ -70,6 +70,7 @@ pub mod decider;
 pub mod definition;
 mod engine;
 mod error;
+pub mod feed;
 pub mod model;
 pub mod patch;
 pub mod store;
@@ -83,6 +84,7 @@ pub use engine::{
     CancelRequest, CommandRequest, Engine, EngineConfig, ListRequest, StartRequest, StoreConfig,
 };
 pub use error::{CommandError, OpenError};
+pub use feed::{FeedEvent, Subscription};
 pub use model::{
     Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, HistoryEntry, Instance,
     InstanceId, InstanceStatus,

@@ -163,6 +163,44 @@ fn every_acknowledged_command_survives_sigkill_exactly_once() {
                     instance.version - 1
                 );
             }
+            // The feed holds exactly the committed changes: gap-free, each acknowledged
+            // request's event exactly once, and one event per history entry.
+            let mut sub = engine.subscribe(0).unwrap();
+            let (_, head) = engine.store().feed_bounds().unwrap();
+            let mut by_request: BTreeMap<String, usize> = BTreeMap::new();
+            for expected in 1..=head {
+                let event = sub.next().await.unwrap();
+                assert_eq!(event.offset, expected, "round {round}: feed gap");
+                *by_request
+                    .entry(event.data["request_id"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+            for line in &acked {
+                let rid = line.split(' ').nth(1).unwrap();
+                assert_eq!(
+                    by_request.get(rid),
+                    Some(&1),
+                    "round {round}: {rid} not in the feed exactly once"
+                );
+            }
+            let total_versions: u64 = {
+                let mut total = 0;
+                let page = engine
+                    .list(ListRequest {
+                        page_size: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                for i in page.items {
+                    total += i.version;
+                }
+                total
+            };
+            assert_eq!(
+                total_versions, head,
+                "round {round}: one event per committed change"
+            );
             engine.shutdown().await;
         });
         total_acked += acked.len();

@@ -53,11 +53,22 @@ fn write(i: Instance, expected: Option<u64>) -> Commit {
         at: t0(),
         request: None,
         history: vec![entry(&i)],
+        events: vec![event(&i)],
         writes: vec![InstanceWrite {
             instance: i,
             expected_version: expected,
         }],
         counters: vec![],
+    }
+}
+
+fn event(i: &Instance) -> switchyard_core::feed::EventDraft {
+    switchyard_core::feed::EventDraft {
+        source: "test".into(),
+        kind: "switchyard.instance.transitioned".into(),
+        subject: i.id.to_string(),
+        time: i.updated_at,
+        data: json!({ "data": i.data, "version": i.version }),
     }
 }
 
@@ -295,6 +306,67 @@ fn links_are_indexed_both_ways(store: &dyn Store) {
     );
 }
 
+fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
+    assert_eq!(store.feed_bounds().unwrap(), (1, 0));
+    let id = InstanceId::new();
+    let mut first = write(instance(id, 1, "created", "E"), None);
+    first.events.push(event(&first.writes[0].instance));
+    first.counters = vec![CounterDraw {
+        counter: "n".into(),
+        key: "k".into(),
+        limit: None,
+        assign: Some(CounterAssign {
+            field: "number".into(),
+            prefix: "N".into(),
+            width: 2,
+        }),
+    }];
+    let results = store
+        .commit(&[
+            first,
+            write(instance(id, 2, "x", "E"), Some(7)), // refused: takes no offset
+            write(instance(id, 2, "confirmed", "E"), Some(1)),
+        ])
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap().last_offset, 2);
+    assert!(results[1].is_err());
+    assert_eq!(results[2].as_ref().unwrap().last_offset, 3);
+    one(
+        store,
+        write(instance(InstanceId::new(), 1, "created", "E"), None),
+    )
+    .unwrap();
+    let events = store.feed(0, 100).unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(events[0].id, "test/1");
+    assert_eq!(
+        events[0].data["data"]["number"], "N01",
+        "the counter assignment reaches the event"
+    );
+    assert_eq!(events[2].data["version"], 2);
+    assert_eq!(store.feed(2, 1).unwrap()[0].offset, 3);
+    assert_eq!(store.feed_bounds().unwrap(), (1, 4));
+
+    // Retention purges the oldest events and moves the horizon.
+    let mut late = write(instance(InstanceId::new(), 1, "created", "E"), None);
+    late.events[0].time = t0() + Duration::days(10);
+    one(store, late).unwrap();
+    assert_eq!(store.purge_feed(t0() + Duration::days(1), 100).unwrap(), 4);
+    assert_eq!(store.feed_bounds().unwrap(), (5, 5));
+    assert_eq!(
+        store
+            .feed(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect::<Vec<_>>(),
+        vec![5]
+    );
+}
+
 macro_rules! contract {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -319,6 +391,11 @@ macro_rules! contract {
             fn a_batch_applies_in_order_and_refusals_are_isolated() {
                 let (store, _guard) = $make;
                 super::a_batch_applies_in_order_and_refusals_are_isolated(&*store);
+            }
+            #[test]
+            fn feed_offsets_are_gap_free_and_refusals_take_none() {
+                let (store, _guard) = $make;
+                super::feed_offsets_are_gap_free_and_refusals_take_none(&*store);
             }
             #[test]
             fn links_are_indexed_both_ways() {

@@ -16,6 +16,7 @@ use super::records::{self, decode, encode, prefix, CounterRecord};
 use super::{
     Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError, StoreStats,
 };
+use crate::feed::FeedEvent;
 use crate::model::{CounterValue, HistoryEntry, Instance, InstanceId};
 
 /// A key and its value.
@@ -160,6 +161,26 @@ macro_rules! kv_store_reads {
             $crate::store::kv::counter(self, counter, key)
         }
 
+        fn feed(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<$crate::feed::FeedEvent>, $crate::store::StoreError> {
+            $crate::store::kv::feed(self, after, limit)
+        }
+
+        fn feed_bounds(&self) -> Result<(u64, u64), $crate::store::StoreError> {
+            $crate::store::kv::feed_bounds(self)
+        }
+
+        fn purge_feed(
+            &self,
+            before: chrono::DateTime<chrono::Utc>,
+            limit: usize,
+        ) -> Result<usize, $crate::store::StoreError> {
+            $crate::store::kv::purge_feed(self, before, limit)
+        }
+
         fn apply(
             &self,
             batch: &[$crate::store::Commit],
@@ -189,6 +210,8 @@ pub(crate) use kv_store_reads;
 pub(crate) struct Staged<'a> {
     base: &'a dyn KvRead,
     pub writes: Writes,
+    /// The feed head as staged so far in this batch.
+    feed_head: Option<u64>,
 }
 
 impl<'a> Staged<'a> {
@@ -196,6 +219,7 @@ impl<'a> Staged<'a> {
         Staged {
             base,
             writes: BTreeMap::new(),
+            feed_head: None,
         }
     }
 
@@ -338,7 +362,38 @@ impl<'a> Staged<'a> {
             self.put(records::request_expiry_key(&request), Vec::new());
             self.put(records::request_key(&request.request_id), encode(&request));
         }
-        Ok(Ok(CommitApplied { counters: drawn }))
+        let mut last_offset = 0;
+        if !commit.events.is_empty() {
+            let mut head = match self.feed_head {
+                Some(h) => h,
+                None => meta(self.base, records::FEED_HEAD_KEY)?.unwrap_or(0),
+            };
+            for (i, draft) in commit.events.iter().enumerate() {
+                head += 1;
+                let mut event = draft.at_offset(head);
+                if i == 0 {
+                    for (draw, value) in commit.counters.iter().zip(&drawn) {
+                        let Some(assign) = &draw.assign else { continue };
+                        if let Some(data) =
+                            event.data.get_mut("data").and_then(|d| d.as_object_mut())
+                        {
+                            data.insert(assign.field.clone(), assign.render(value.value).into());
+                        }
+                    }
+                }
+                self.put(records::feed_key(head), encode(&event));
+            }
+            self.feed_head = Some(head);
+            self.put(
+                records::FEED_HEAD_KEY.to_vec(),
+                encode(&CounterRecord { value: head }),
+            );
+            last_offset = head;
+        }
+        Ok(Ok(CommitApplied {
+            counters: drawn,
+            last_offset,
+        }))
     }
 
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
@@ -383,6 +438,59 @@ impl<'a> Staged<'a> {
         }
         Ok(purged)
     }
+}
+
+/// A meta value (a `u64` kept as a counter record).
+fn meta(kv: &dyn KvRead, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    kv.get(key)?
+        .map(|b| decode::<CounterRecord>(key, &b).map(|c| c.value))
+        .transpose()
+}
+
+pub(crate) fn feed(
+    kv: &dyn KvRead,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<FeedEvent>, StoreError> {
+    let start = records::feed_key(after);
+    kv.scan(&[prefix::FEED], Some(&start), limit)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub(crate) fn feed_bounds(kv: &dyn KvRead) -> Result<(u64, u64), StoreError> {
+    let head = meta(kv, records::FEED_HEAD_KEY)?.unwrap_or(0);
+    let tail = meta(kv, records::FEED_TAIL_KEY)?.unwrap_or(1);
+    Ok((tail, head))
+}
+
+/// [`super::Store::purge_feed`] for a key-value store.
+pub(crate) fn purge_feed(
+    kv: &dyn KvWrite,
+    before: DateTime<Utc>,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    let (tail, _) = feed_bounds(kv)?;
+    let mut writes = Writes::new();
+    let mut next_tail = tail;
+    for event in feed(kv, tail.saturating_sub(1), limit)? {
+        if event.time >= before {
+            break;
+        }
+        writes.insert(records::feed_key(event.offset), None);
+        next_tail = event.offset + 1;
+    }
+    let purged = writes.len();
+    if purged > 0 {
+        writes.insert(
+            records::FEED_TAIL_KEY.to_vec(),
+            Some(encode(&CounterRecord { value: next_tail })),
+        );
+        kv.write(writes)?;
+    }
+    Ok(purged)
 }
 
 /// Read-side queries shared by the key-value stores.

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::decider::CounterAssign;
+use crate::feed::{EventDraft, FeedEvent};
 use crate::model::{CommandOutcome, HistoryEntry, Instance, InstanceId};
 
 pub use memory::MemoryStore;
@@ -89,6 +90,9 @@ pub struct Commit {
     pub history: Vec<HistoryEntry>,
     /// Counter draws.
     pub counters: Vec<CounterDraw>,
+    /// Feed events, numbered by the store in order. Counter assignments are applied to the
+    /// first write, the first history entry and the first event's `data.data` alike.
+    pub events: Vec<EventDraft>,
 }
 
 /// What an applied commit produced.
@@ -96,6 +100,8 @@ pub struct Commit {
 pub struct CommitApplied {
     /// Values drawn from counters, in draw order.
     pub counters: Vec<crate::model::CounterValue>,
+    /// The feed offset of the commit's last event (0 if it had none).
+    pub last_offset: u64,
 }
 
 /// Why the store refused a commit; nothing of it was written.
@@ -205,6 +211,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceId>, StoreError>;
     /// The current value of a counter key (0 if never drawn).
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
+    /// Feed events with offset > `after`, in offset order, at most `limit`.
+    fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
+    /// `(earliest retained offset, last assigned offset)`; `(1, 0)` for an empty feed.
+    fn feed_bounds(&self) -> Result<(u64, u64), StoreError>;
+    /// Deletes up to `limit` of the oldest events committed before `before`; returns how many.
+    fn purge_feed(&self, before: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// Applies each commit atomically and independently, in order (a later commit sees the
     /// earlier ones). The whole batch becomes visible at once; it is durable only after the
     /// next [`Store::flush`] (stores whose writes are durable on return flush as a no-op).

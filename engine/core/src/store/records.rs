@@ -24,6 +24,7 @@ pub(crate) mod prefix {
     pub const BY_STATE: u8 = b's';
     pub const BY_BUSINESS_KEY: u8 = b'k';
     pub const CHILDREN: u8 = b'p';
+    pub const FEED: u8 = b'f';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -75,6 +76,16 @@ impl Record for RequestRecord {
         }
         if self.outcome.version == 0 {
             return Err("request record outcome has version 0".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for crate::feed::FeedEvent {
+    const TAG: u8 = b'F';
+    fn check(&self) -> Result<(), String> {
+        if self.offset == 0 || self.kind.is_empty() {
+            return Err("feed event has offset 0 or no type".into());
         }
         Ok(())
     }
@@ -167,6 +178,17 @@ pub(crate) fn request_expiry_key(record: &RequestRecord) -> Vec<u8> {
     k.extend_from_slice(record.request_id.as_bytes());
     k
 }
+
+pub(crate) fn feed_key(offset: u64) -> Vec<u8> {
+    let mut k = vec![prefix::FEED];
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Offset of the last event assigned (meta keys start with `m`).
+pub(crate) const FEED_HEAD_KEY: &[u8] = b"mfeed_head";
+/// Offset of the earliest event retained.
+pub(crate) const FEED_TAIL_KEY: &[u8] = b"mfeed_tail";
 
 pub(crate) fn counter_key(counter: &str, key: &str) -> Vec<u8> {
     let mut k = vec![prefix::COUNTER];

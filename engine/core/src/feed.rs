@@ -1,0 +1,188 @@
+//! The event feed: one event per committed change, numbered by a gap-free offset in commit
+//! order, written in the same atomic commit as the change itself.
+//!
+//! A [`Subscription`] replays from the store and then follows the feed live. It only ever
+//! delivers events whose commit has been flushed (the committer publishes the durable
+//! offset after each flush), and it reads from the store in bounded pages rather than from an
+//! in-memory queue, so a slow subscriber holds no buffer the committer would have to fill
+//! and cannot slow commits down. Delivery is at-least-once across reconnects: a subscriber
+//! resumes after the last offset it processed and drops repeats by event id.
+//!
+//! # Event types
+//!
+//! | type | subject | when | `data` |
+//! |---|---|---|---|
+//! | `switchyard.instance.started` | instance id | an instance was started (by a caller or a linked transition) | instance fields (below) |
+//! | `switchyard.instance.transitioned` | instance id | a command was applied (the state may be unchanged) | instance fields |
+//! | `switchyard.instance.cancelled` | instance id | an instance was cancelled | instance fields |
+//! | `switchyard.instance.updated` | instance id | a linked instance's transition changed its data | instance fields |
+//! | `switchyard.timer.fired` | instance id | a timer fell due and its command was sent | instance fields + `timer` |
+//!
+//! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `version`,
+//! `from_state` (null for a start), `to_state`, `status`, `command` (null for a start, cancel
+//! or linked update), `actor` (`id`, `roles`), `request_id`, `reason`, `changes` (the merge
+//! patch applied) and `data` (the instance data after the change).
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::error::CommandError;
+use crate::model::{ChangeKind, HistoryEntry, Instance};
+use crate::store::Store;
+
+/// A committed event, CloudEvents-style.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// Position in the feed: starts at 1, gap-free, increasing in commit order.
+    pub offset: u64,
+    /// Stable event id (`<source>/<offset>`): the same event always has the same id, so a
+    /// consumer can drop repeats after a reconnect.
+    pub id: String,
+    /// The engine that produced it (`EngineConfig::feed_source`).
+    pub source: String,
+    /// Event type, e.g. `switchyard.instance.transitioned`; see the module docs.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What it is about: an instance id.
+    pub subject: String,
+    /// Commit time.
+    pub time: DateTime<Utc>,
+    /// The payload; see the module docs.
+    pub data: Value,
+}
+
+/// An event before the store numbers it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDraft {
+    /// Source.
+    pub source: String,
+    /// Event type.
+    pub kind: String,
+    /// Subject.
+    pub subject: String,
+    /// Time.
+    pub time: DateTime<Utc>,
+    /// Payload.
+    pub data: Value,
+}
+
+impl EventDraft {
+    /// Numbers the draft.
+    pub fn at_offset(&self, offset: u64) -> FeedEvent {
+        FeedEvent {
+            offset,
+            id: format!("{}/{offset}", self.source),
+            source: self.source.clone(),
+            kind: self.kind.clone(),
+            subject: self.subject.clone(),
+            time: self.time,
+            data: self.data.clone(),
+        }
+    }
+}
+
+/// The event for one history entry and the instance as it is after it.
+pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instance) -> EventDraft {
+    let kind = match entry.kind {
+        ChangeKind::Started { .. } => "switchyard.instance.started",
+        ChangeKind::Command => "switchyard.instance.transitioned",
+        ChangeKind::Cancelled => "switchyard.instance.cancelled",
+        ChangeKind::LinkedUpdate { .. } => "switchyard.instance.updated",
+    };
+    EventDraft {
+        source: source.to_string(),
+        kind: kind.to_string(),
+        subject: after.id.to_string(),
+        time: entry.at,
+        data: json!({
+            "instance": after.id,
+            "definition": after.definition,
+            "business_key": after.business_key,
+            "version": after.version,
+            "from_state": entry.from_state,
+            "to_state": entry.to_state,
+            "status": after.status,
+            "command": entry.command,
+            "actor": entry.actor,
+            "request_id": entry.request_id,
+            "reason": entry.reason,
+            "changes": entry.changes,
+            "data": after.data,
+        }),
+    }
+}
+
+/// Most events read from the store per page.
+const PAGE: usize = 512;
+
+/// A live subscription to the feed. See the module docs.
+pub struct Subscription {
+    store: std::sync::Arc<dyn Store>,
+    durable: watch::Receiver<u64>,
+    cursor: u64,
+    page: VecDeque<FeedEvent>,
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        store: std::sync::Arc<dyn Store>,
+        durable: watch::Receiver<u64>,
+        after: u64,
+    ) -> Self {
+        Subscription {
+            store,
+            durable,
+            cursor: after,
+            page: VecDeque::new(),
+        }
+    }
+
+    /// The offset of the last event returned (or the starting offset).
+    pub fn offset(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The next event, waiting for one to be committed and flushed if needed. Fails with
+    /// [`CommandError::ShuttingDown`] when the engine stops, and with
+    /// [`CommandError::FeedHorizon`] if retention removed events this subscription had not
+    /// read yet.
+    pub async fn next(&mut self) -> Result<FeedEvent, CommandError> {
+        loop {
+            if let Some(event) = self.page.pop_front() {
+                self.cursor = event.offset;
+                return Ok(event);
+            }
+            let durable = *self.durable.borrow_and_update();
+            if self.cursor < durable {
+                let want = usize::try_from(durable - self.cursor)
+                    .unwrap_or(PAGE)
+                    .min(PAGE);
+                let store = self.store.clone();
+                let after = self.cursor;
+                let events = tokio::task::spawn_blocking(move || store.feed(after, want))
+                    .await
+                    .expect("feed read task panicked")?;
+                match events.first() {
+                    Some(first) if first.offset == self.cursor + 1 => {}
+                    _ => {
+                        let (earliest, _) = self.store.feed_bounds()?;
+                        return Err(CommandError::FeedHorizon {
+                            after: self.cursor,
+                            earliest,
+                        });
+                    }
+                }
+                self.page
+                    .extend(events.into_iter().take_while(|e| e.offset <= durable));
+                continue;
+            }
+            if self.durable.changed().await.is_err() {
+                return Err(CommandError::ShuttingDown);
+            }
+        }
+    }
+}
