@@ -190,6 +190,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
         data: json!({ "net": "1234.56", "discount_pct": "5" }),
         version: 1,
         parent: None,
+        timers: vec![],
         created_at: now,
         updated_at: now,
     };

@@ -20,12 +20,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::committer::{self, Job};
 use crate::decider::{DecideError, DeciderRegistry, Decision, DecisionContext, Effect};
 use crate::definition::schema::is_identifier;
-use crate::definition::{CommandDef, Definition, DefinitionSet};
+use crate::definition::{CommandDef, Definition, DefinitionSet, TimerDue};
 use crate::error::{CommandError, OpenError};
 use crate::feed::{self, Subscription};
 use crate::model::{
     Actor, ChangeKind, CommandOutcome, DefinitionRef, HistoryEntry, Instance, InstanceId,
-    InstanceStatus,
+    InstanceStatus, OpenTimer,
 };
 use crate::patch::apply_merge_patch;
 use crate::store::{
@@ -62,6 +62,8 @@ pub struct EngineConfig {
     pub request_retention: Duration,
     /// How often expired request records and feed events are purged (default 60 s).
     pub purge_interval: StdDuration,
+    /// How often due timers are looked for (default 1 s).
+    pub timer_poll_interval: StdDuration,
     /// The `source` of feed events (default `switchyard`).
     pub feed_source: String,
     /// How long feed events are kept (default 30 days).
@@ -81,6 +83,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("conflict_retries_max", &self.conflict_retries_max)
             .field("request_retention", &self.request_retention)
             .field("purge_interval", &self.purge_interval)
+            .field("timer_poll_interval", &self.timer_poll_interval)
             .field("feed_source", &self.feed_source)
             .field("feed_retention", &self.feed_retention)
             .finish_non_exhaustive()
@@ -99,6 +102,7 @@ impl EngineConfig {
             conflict_retries_max: 8,
             request_retention: Duration::days(7),
             purge_interval: StdDuration::from_secs(60),
+            timer_poll_interval: StdDuration::from_secs(1),
             feed_source: "switchyard".into(),
             feed_retention: Duration::days(30),
             clock: Arc::new(SystemClock),
@@ -230,6 +234,20 @@ struct Inner {
 
 const INSTANCE_LOCK_STRIPES: usize = 4096;
 
+/// How a request was answered: committed now, or replayed from its request record.
+enum Applied {
+    Now(CommandOutcome),
+    Replayed(CommandOutcome),
+}
+
+impl Applied {
+    fn into_outcome(self) -> CommandOutcome {
+        match self {
+            Applied::Now(o) | Applied::Replayed(o) => o,
+        }
+    }
+}
+
 /// A commit ready to submit, with the outcome it will acknowledge.
 struct Prepared {
     commit: Commit,
@@ -291,7 +309,65 @@ impl Engine {
             }),
         };
         engine.spawn_purge_task();
+        engine.spawn_timer_task();
         Ok(engine)
+    }
+
+    fn spawn_timer_task(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.config.timer_poll_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.queue.read().expect("queue lock poisoned").is_none() {
+                    return;
+                }
+                let engine = Engine { inner };
+                if let Err(e) = engine.fire_due_timers().await {
+                    tracing::warn!(error = %e, "firing due timers failed");
+                }
+            }
+        });
+    }
+
+    /// Sends the command of every timer due by the engine clock's now, as the `system` actor;
+    /// returns how many fired. Each firing is idempotent (its request id names the instance,
+    /// the timer and its due time), so a timer never fires twice for one due time, also across
+    /// restarts. Runs every `timer_poll_interval` on its own; exposed for operators and tests.
+    pub async fn fire_due_timers(&self) -> Result<usize, CommandError> {
+        let now = self.inner.config.clock.now();
+        let store = self.inner.store.clone();
+        let due = tokio::task::spawn_blocking(move || store.due_timers(now, 1000))
+            .await
+            .expect("timer scan task panicked")?;
+        let mut fired = 0;
+        for due in due {
+            let request = CommandRequest {
+                instance: due.instance,
+                command: due.timer.command.clone(),
+                payload: json!({}),
+                actor: Actor::new("system:timer", &["system"]),
+                request_id: format!(
+                    "timer:{}:{}:{}",
+                    due.instance,
+                    due.timer.name,
+                    due.timer.due.timestamp_millis()
+                ),
+                expected_version: None,
+            };
+            match self.send_inner(request, Some(&due.timer)).await {
+                Ok(Applied::Now(_)) => fired += 1,
+                Ok(Applied::Replayed(_)) => {}
+                Err(CommandError::TimerNotOpen { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %due.instance, timer = %due.timer.name, error = %e, "timer command failed; will retry")
+                }
+            }
+        }
+        Ok(fired)
     }
 
     fn spawn_purge_task(&self) {
@@ -507,11 +583,13 @@ impl Engine {
             })?;
             check_violations(definition.start.payload.validate(&request.data))?;
             let now = self.inner.config.clock.now();
+            let timers = timers_for(definition, &definition.initial, &request.data, now)?;
             let instance = new_instance(
                 definition,
                 &request.business_key,
                 request.data.clone(),
                 None,
+                timers,
                 now,
             );
             let outcome = CommandOutcome {
@@ -562,10 +640,21 @@ impl Engine {
             prepare,
         )
         .await
+        .map(Applied::into_outcome)
     }
 
     /// Sends a command to an instance.
     pub async fn send(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
+        self.send_inner(request, None)
+            .await
+            .map(Applied::into_outcome)
+    }
+
+    async fn send_inner(
+        &self,
+        request: CommandRequest,
+        fired: Option<&OpenTimer>,
+    ) -> Result<Applied, CommandError> {
         check_request_id(&request.request_id)?;
         self.check_payload_size(&request.payload)?;
         let digest = digest(&request.payload);
@@ -582,7 +671,7 @@ impl Engine {
             }
         }
         let _guards = self.lock_instances(&lock_ids).await;
-        let prepare = || self.prepare_command(&request, &target, &digest);
+        let prepare = || self.prepare_command(&request, &target, &digest, fired);
         self.run(
             &request.request_id,
             &target,
@@ -617,6 +706,7 @@ impl Engine {
             let now = self.inner.config.clock.now();
             let mut after = instance.clone();
             after.status = InstanceStatus::Cancelled;
+            after.timers.clear();
             after.version += 1;
             after.updated_at = now;
             let reason = if request.reason.is_empty() {
@@ -671,6 +761,7 @@ impl Engine {
             prepare,
         )
         .await
+        .map(Applied::into_outcome)
     }
 
     /// Takes the stripe locks of `ids` in ascending stripe order (so two commands never wait
@@ -700,7 +791,7 @@ impl Engine {
         digest: &str,
         expected_version: Option<u64>,
         mut prepare: impl FnMut() -> Result<Prepared, CommandError>,
-    ) -> Result<CommandOutcome, CommandError> {
+    ) -> Result<Applied, CommandError> {
         let attempts_max = self.inner.config.conflict_retries_max + 1;
         let mut attempt = 0;
         loop {
@@ -710,7 +801,7 @@ impl Engine {
                     // The record may belong to a commit applied but not yet flushed: wait for
                     // the flush, so a retry is never acknowledged before the original is.
                     self.barrier().await?;
-                    return replay(&record, target, command, digest);
+                    return replay(&record, target, command, digest).map(Applied::Replayed);
                 }
             }
             let mut prepared = prepare()?;
@@ -727,10 +818,10 @@ impl Engine {
                 Ok(applied) => {
                     let mut outcome = prepared.outcome;
                     outcome.counters = applied.counters;
-                    return Ok(outcome);
+                    return Ok(Applied::Now(outcome));
                 }
                 Err(CommitRefusal::DuplicateRequest(record)) => {
-                    return replay(&record, target, command, digest);
+                    return replay(&record, target, command, digest).map(Applied::Replayed);
                 }
                 Err(CommitRefusal::CounterLimit {
                     counter,
@@ -813,8 +904,17 @@ impl Engine {
         request: &CommandRequest,
         target: &str,
         digest: &str,
+        fired: Option<&OpenTimer>,
     ) -> Result<Prepared, CommandError> {
         let (instance, definition) = self.load(request.instance)?;
+        if let Some(timer) = fired {
+            if !instance.timers.contains(timer) {
+                return Err(CommandError::TimerNotOpen {
+                    instance: instance.id,
+                    timer: timer.name.clone(),
+                });
+            }
+        }
         let command =
             definition
                 .command(&request.command)
@@ -869,6 +969,7 @@ impl Engine {
             parent.as_ref(),
             decision,
             now,
+            fired,
         )
     }
 
@@ -910,6 +1011,7 @@ impl Engine {
         parent: Option<&Instance>,
         decision: Decision,
         now: chrono::DateTime<chrono::Utc>,
+        fired: Option<&OpenTimer>,
     ) -> Result<Prepared, CommandError> {
         let invalid = |message: String| CommandError::DecisionInvalid {
             decider: command.decider.clone().unwrap_or_else(|| "(none)".into()),
@@ -943,6 +1045,15 @@ impl Engine {
         after.updated_at = now;
         if definition.is_terminal(&after.state) {
             after.status = InstanceStatus::Completed;
+        }
+        // Leaving a state cancels its timers and entering one sets its own; staying keeps
+        // them, less the one that just fired.
+        if after.status != InstanceStatus::Active {
+            after.timers.clear();
+        } else if after.state != instance.state {
+            after.timers = timers_for(definition, &after.state, &after.data, now)?;
+        } else if let Some(timer) = fired {
+            after.timers.retain(|t| t != timer);
         }
         let changes = if decision.changes.is_null() {
             json!({})
@@ -999,11 +1110,14 @@ impl Engine {
                                 .join("; ")
                         )));
                     }
+                    let timers = timers_for(child_def, &child_def.initial, &data, now)
+                        .map_err(|e| invalid(format!("the new `{child_name}`: {e}")))?;
                     let child = new_instance(
                         child_def,
                         &business_key,
                         data.clone(),
                         Some(instance.id),
+                        timers,
                         now,
                     );
                     let reason = format!(
@@ -1134,7 +1248,24 @@ impl Engine {
                 writes,
                 history,
                 counters,
-                events: Vec::new(),
+                events: fired
+                    .map(|timer| {
+                        vec![feed::EventDraft {
+                            source: self.inner.config.feed_source.clone(),
+                            kind: "switchyard.timer.fired".into(),
+                            subject: instance.id.to_string(),
+                            time: now,
+                            data: json!({
+                                "instance": instance.id,
+                                "definition": instance.definition,
+                                "timer": timer.name,
+                                "command": timer.command,
+                                "due": timer.due,
+                                "state": instance.state,
+                            }),
+                        }]
+                    })
+                    .unwrap_or_default(),
             },
             outcome,
         })
@@ -1218,11 +1349,57 @@ fn replay(
     }
 }
 
+/// The timers an instance gets on entering `state`.
+fn timers_for(
+    definition: &Definition,
+    state: &str,
+    data: &Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<OpenTimer>, CommandError> {
+    let Some(state_def) = definition.states.get(state) else {
+        return Ok(Vec::new());
+    };
+    state_def
+        .timers
+        .iter()
+        .map(|t| {
+            let due = match &t.due {
+                TimerDue::After(after) => now + *after,
+                TimerDue::At(field) => due_from_data(data, field).ok_or_else(|| {
+                    CommandError::InvalidInput {
+                        field: format!("data.{field}"),
+                        message: format!(
+                            "timer `{}` of state `{state}` needs a date (\"2026-05-01\") or an RFC 3339 time here",
+                            t.name
+                        ),
+                    }
+                })?,
+            };
+            Ok(OpenTimer {
+                name: t.name.clone(),
+                command: t.command.clone(),
+                due,
+            })
+        })
+        .collect()
+}
+
+/// A due time from a data field: an RFC 3339 time, or a date meaning the end of that day (UTC).
+fn due_from_data(data: &Value, field: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let text = data.get(field)?.as_str()?;
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(day.succ_opt()?.and_hms_opt(0, 0, 0)?.and_utc())
+}
+
 fn new_instance(
     definition: &Definition,
     business_key: &str,
     data: Value,
     parent: Option<InstanceId>,
+    timers: Vec<OpenTimer>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Instance {
     Instance {
@@ -1237,6 +1414,7 @@ fn new_instance(
         data: if data.is_null() { json!({}) } else { data },
         version: 1,
         parent,
+        timers,
         created_at: now,
         updated_at: now,
     }

@@ -171,6 +171,14 @@ pub enum CommandError {
         /// The last offset.
         head: u64,
     },
+    /// A timer fired after its instance had already left the state that set it.
+    #[error("timer `{timer}` of instance {instance} is no longer open")]
+    TimerNotOpen {
+        /// The instance.
+        instance: InstanceId,
+        /// The timer.
+        timer: String,
+    },
     /// The engine is shutting down and takes no more writes.
     #[error("the engine is shutting down and accepts no more commands")]
     ShuttingDown,
@@ -202,6 +210,7 @@ impl CommandError {
             CommandError::DecisionInvalid { .. } => "DECISION_INVALID",
             CommandError::FeedHorizon { .. } => "FEED_HORIZON",
             CommandError::FeedBeyondHead { .. } => "FEED_BEYOND_HEAD",
+            CommandError::TimerNotOpen { .. } => "TIMER_NOT_OPEN",
             CommandError::ShuttingDown => "SHUTTING_DOWN",
             CommandError::Store(_) => "STORE",
         }

@@ -16,7 +16,7 @@
 //! | `switchyard.instance.transitioned` | instance id | a command was applied (the state may be unchanged) | instance fields |
 //! | `switchyard.instance.cancelled` | instance id | an instance was cancelled | instance fields |
 //! | `switchyard.instance.updated` | instance id | a linked instance's transition changed its data | instance fields |
-//! | `switchyard.timer.fired` | instance id | a timer fell due and its command was sent | instance fields + `timer` |
+//! | `switchyard.timer.fired` | instance id | a timer fell due; committed with the command it sent (whose `transitioned` event precedes it) | `instance`, `definition`, `timer`, `command`, `due`, `state` (when set) |
 //!
 //! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `version`,
 //! `from_state` (null for a start), `to_state`, `status`, `command` (null for a start, cancel

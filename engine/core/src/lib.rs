@@ -86,7 +86,7 @@ pub use engine::{
 pub use error::{CommandError, OpenError};
 pub use feed::{FeedEvent, Subscription};
 pub use model::{
-    Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, HistoryEntry, Instance,
-    InstanceId, InstanceStatus,
+    Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
+    Instance, InstanceId, InstanceStatus, OpenTimer,
 };
 pub use store::{Durability, Page, SledConfig};

@@ -122,10 +122,33 @@ pub struct Instance {
     pub version: u64,
     /// The instance whose transition started this one, if any.
     pub parent: Option<InstanceId>,
+    /// Timers set by its current state, not yet fired.
+    #[serde(default)]
+    pub timers: Vec<OpenTimer>,
     /// When it was started.
     pub created_at: DateTime<Utc>,
     /// When its last change was committed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A timer waiting to fire on an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTimer {
+    /// The timer's name in its state's declaration.
+    pub name: String,
+    /// The command it sends.
+    pub command: String,
+    /// When it falls due.
+    pub due: DateTime<Utc>,
+}
+
+/// A timer that is due, as found in the store's due index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DueTimer {
+    /// The instance it belongs to.
+    pub instance: InstanceId,
+    /// The timer.
+    pub timer: OpenTimer,
 }
 
 /// What kind of change a history entry records.

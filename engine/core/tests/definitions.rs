@@ -190,3 +190,42 @@ fn a_directory_loads_every_toml_file() {
         "{err}"
     );
 }
+
+#[test]
+fn timers_must_name_a_command_the_system_may_send_in_their_state() {
+    let with_timer = |timer: &str| {
+        VALID.replacen(
+            "draft = {}",
+            &format!("draft = {{ timers = [{timer}] }}"),
+            1,
+        )
+    };
+    let cases = [
+        ("{ name = \"t\", after = \"48h\", command = \"nudge\" }",
+         "test.toml:9:21: state `draft`: timer `t`: command `nudge` is not declared"),
+        ("{ name = \"t\", after = \"48h\", command = \"finish\" }",
+         "test.toml:9:21: state `draft`: timer `t`: command `finish` must allow the role `system`, which timers act as"),
+        ("{ name = \"t\", after = \"soon\", command = \"finish\" }",
+         "test.toml:9:21: state `draft`: timer `t`: `after` = \"soon\" is not a duration; write e.g. \"48h\", \"7d\", \"1d12h\", \"90m\"\ntest.toml:9:21: state `draft`: timer `t`: command `finish` must allow the role `system`, which timers act as"),
+        ("{ name = \"t\", command = \"finish\" }",
+         "test.toml:9:21: state `draft`: timer `t`: give exactly one of `after` (a duration) or `at` (a data field holding a date or time)\ntest.toml:9:21: state `draft`: timer `t`: command `finish` must allow the role `system`, which timers act as"),
+    ];
+    for (timer, expected) in cases {
+        assert_eq!(errors(&with_timer(timer)), expected, "for {timer}");
+    }
+    let system = VALID.replacen(
+        "roles = [\"sales_rep\"]\ndecider",
+        "roles = [\"sales_rep\", \"system\"]\ndecider",
+        1,
+    );
+    let ok = system.replacen(
+        "draft = {}",
+        "draft = { timers = [{ name = \"t\", after = \"1d12h\", command = \"finish\" }] }",
+        1,
+    );
+    assert_eq!(errors(&ok), "");
+    let not_from = system
+        .replacen("done = { terminal = true }", "done = { timers = [{ name = \"t\", after = \"1h\", command = \"finish\" }] }\nend = { terminal = true }", 1)
+        .replacen("to = [\"done\"]", "to = [\"done\", \"end\"]", 1);
+    assert!(errors(&not_from).contains("state `done`: timer `t`: command `finish` is not accepted in state `done` (its `from` is: draft)"), "{}", errors(&not_from));
+}

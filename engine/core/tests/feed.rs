@@ -269,6 +269,9 @@ impl Store for GatedStore {
     fn counter(&self, c: &str, k: &str) -> Result<u64, StoreError> {
         self.inner.counter(c, k)
     }
+    fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError> {
+        self.inner.due_timers(now, limit)
+    }
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
         self.inner.feed(after, limit)
     }

@@ -25,6 +25,7 @@ fn instance(id: InstanceId, version: u64, state: &str, key: &str) -> Instance {
         data: json!({ "v": version }),
         version,
         parent: None,
+        timers: vec![],
         created_at: t0(),
         updated_at: t0(),
     }

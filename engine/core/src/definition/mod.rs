@@ -49,6 +49,54 @@ pub struct StateDef {
     pub terminal: bool,
     /// Free text for humans.
     pub description: String,
+    /// Timers set when an instance enters the state, cancelled when it leaves it.
+    pub timers: Vec<TimerDef>,
+}
+
+/// A timer declared on a state: when it falls due, the engine sends `command` to the
+/// instance as the `system` actor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerDef {
+    /// Name, unique within the state.
+    pub name: String,
+    /// When it falls due.
+    pub due: TimerDue,
+    /// The command sent; accepted in the state, allowed to `system`, no required payload.
+    pub command: String,
+}
+
+/// When a timer falls due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimerDue {
+    /// This long after the instance entered the state.
+    After(chrono::Duration),
+    /// At the time in this top-level data field: an RFC 3339 time, or a date
+    /// (`YYYY-MM-DD`), meaning the end of that day (UTC).
+    At(String),
+}
+
+/// Parses a duration such as `48h`, `7d`, `90m`, `30s` or `1d12h`.
+pub fn parse_duration(text: &str) -> Option<chrono::Duration> {
+    let mut total = chrono::Duration::zero();
+    let mut digits = String::new();
+    let mut any = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let n: i64 = digits.parse().ok()?;
+        digits.clear();
+        total += match c {
+            'd' => chrono::Duration::try_days(n)?,
+            'h' => chrono::Duration::try_hours(n)?,
+            'm' => chrono::Duration::try_minutes(n)?,
+            's' => chrono::Duration::try_seconds(n)?,
+            _ => return None,
+        };
+        any = true;
+    }
+    (any && digits.is_empty() && total > chrono::Duration::zero()).then_some(total)
 }
 
 /// How instances start.
@@ -345,6 +393,17 @@ struct StateSpec {
     terminal: bool,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    timers: Vec<Spanned<TimerSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimerSpec {
+    name: String,
+    after: Option<String>,
+    at: Option<String>,
+    command: String,
 }
 
 #[derive(Deserialize)]
@@ -588,6 +647,70 @@ fn check_file(
         );
     }
 
+    // Timers: a known command, accepted in the state, allowed to `system`, no required payload.
+    let mut timers: BTreeMap<&str, Vec<TimerDef>> = BTreeMap::new();
+    for (state, spec) in &f.states {
+        let mut names = BTreeSet::new();
+        for t in &spec.get_ref().timers {
+            let span = t.span();
+            let timer = t.get_ref();
+            let what = format!("state `{state}`: timer `{}`", timer.name);
+            if !names.insert(timer.name.as_str()) {
+                problem(span.clone(), format!("{what} is declared twice"));
+            }
+            let due = match (&timer.after, &timer.at) {
+                (Some(after), None) => match parse_duration(after) {
+                    Some(d) => Some(TimerDue::After(d)),
+                    None => {
+                        problem(span.clone(), format!("{what}: `after` = \"{after}\" is not a duration; write e.g. \"48h\", \"7d\", \"1d12h\", \"90m\""));
+                        None
+                    }
+                },
+                (None, Some(at)) if is_identifier(at) => Some(TimerDue::At(at.clone())),
+                (None, Some(at)) => {
+                    problem(
+                        span.clone(),
+                        format!("{what}: `at` = \"{at}\" must name a top-level data field"),
+                    );
+                    None
+                }
+                _ => {
+                    problem(span.clone(), format!("{what}: give exactly one of `after` (a duration) or `at` (a data field holding a date or time)"));
+                    None
+                }
+            };
+            match f.commands.get(&timer.command) {
+                None => problem(
+                    span.clone(),
+                    format!("{what}: command `{}` is not declared", timer.command),
+                ),
+                Some(cmd) => {
+                    let cmd = cmd.get_ref();
+                    if !cmd.from.get_ref().contains(state) {
+                        problem(span.clone(), format!("{what}: command `{}` is not accepted in state `{state}` (its `from` is: {})", timer.command, cmd.from.get_ref().join(", ")));
+                    }
+                    if !cmd.roles.get_ref().iter().any(|r| r == "system") {
+                        problem(span.clone(), format!("{what}: command `{}` must allow the role `system`, which timers act as", timer.command));
+                    }
+                    if cmd
+                        .payload
+                        .values()
+                        .any(|f| f.get_ref().required.unwrap_or(true))
+                    {
+                        problem(span.clone(), format!("{what}: command `{}` has required payload fields, but a timer sends an empty payload", timer.command));
+                    }
+                }
+            }
+            if let Some(due) = due {
+                timers.entry(state.as_str()).or_default().push(TimerDef {
+                    name: timer.name.clone(),
+                    due,
+                    command: timer.command.clone(),
+                });
+            }
+        }
+    }
+
     // Reachability from the initial state, and dead ends.
     let mut reached: BTreeSet<&str> = BTreeSet::new();
     let mut queue = VecDeque::from([initial.as_str()]);
@@ -626,6 +749,7 @@ fn check_file(
                     StateDef {
                         terminal: v.terminal,
                         description: v.description.clone(),
+                        timers: timers.remove(k.as_str()).unwrap_or_default(),
                     },
                 )
             })

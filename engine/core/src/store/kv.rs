@@ -161,6 +161,14 @@ macro_rules! kv_store_reads {
             $crate::store::kv::counter(self, counter, key)
         }
 
+        fn due_timers(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+            limit: usize,
+        ) -> Result<Vec<$crate::model::DueTimer>, $crate::store::StoreError> {
+            $crate::store::kv::due_timers(self, now, limit)
+        }
+
         fn feed(
             &self,
             after: u64,
@@ -345,6 +353,21 @@ impl<'a> Staged<'a> {
                     self.put(k, Vec::new());
                 }
             }
+            let old_timers = old.as_ref().map(|o| o.timers.as_slice()).unwrap_or(&[]);
+            for t in old_timers {
+                if !instance.timers.contains(t) {
+                    self.delete(records::timer_key(instance.id, t));
+                }
+            }
+            for t in &instance.timers {
+                if !old_timers.contains(t) {
+                    let due = crate::model::DueTimer {
+                        instance: instance.id,
+                        timer: t.clone(),
+                    };
+                    self.put(records::timer_key(instance.id, t), encode(&due));
+                }
+            }
             self.put(records::instance_key(instance.id), encode(instance));
         }
         for entry in &history {
@@ -491,6 +514,22 @@ pub(crate) fn purge_feed(
         kv.write(writes)?;
     }
     Ok(purged)
+}
+
+pub(crate) fn due_timers(
+    kv: &dyn KvRead,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<crate::model::DueTimer>, StoreError> {
+    let mut out = Vec::new();
+    for (k, v) in kv.scan(&[prefix::TIMER], None, limit)? {
+        let due: crate::model::DueTimer = decode(&k, &v)?;
+        if due.timer.due > now {
+            break;
+        }
+        out.push(due);
+    }
+    Ok(out)
 }
 
 /// Read-side queries shared by the key-value stores.

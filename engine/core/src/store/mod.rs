@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decider::CounterAssign;
 use crate::feed::{EventDraft, FeedEvent};
-use crate::model::{CommandOutcome, HistoryEntry, Instance, InstanceId};
+use crate::model::{CommandOutcome, DueTimer, HistoryEntry, Instance, InstanceId};
 
 pub use memory::MemoryStore;
 pub use sled_store::{SledConfig, SledStore};
@@ -211,6 +211,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceId>, StoreError>;
     /// The current value of a counter key (0 if never drawn).
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
+    /// Timers due at or before `now`, earliest first, at most `limit`.
+    fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
     /// Feed events with offset > `after`, in offset order, at most `limit`.
     fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
     /// `(earliest retained offset, last assigned offset)`; `(1, 0)` for an empty feed.

@@ -25,6 +25,7 @@ pub(crate) mod prefix {
     pub const BY_BUSINESS_KEY: u8 = b'k';
     pub const CHILDREN: u8 = b'p';
     pub const FEED: u8 = b'f';
+    pub const TIMER: u8 = b't';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -86,6 +87,16 @@ impl Record for crate::feed::FeedEvent {
     fn check(&self) -> Result<(), String> {
         if self.offset == 0 || self.kind.is_empty() {
             return Err("feed event has offset 0 or no type".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for crate::model::DueTimer {
+    const TAG: u8 = b'T';
+    fn check(&self) -> Result<(), String> {
+        if self.timer.name.is_empty() || self.timer.command.is_empty() {
+            return Err("timer without a name or command".into());
         }
         Ok(())
     }
@@ -179,6 +190,14 @@ pub(crate) fn request_expiry_key(record: &RequestRecord) -> Vec<u8> {
     k
 }
 
+pub(crate) fn timer_key(instance: InstanceId, timer: &crate::model::OpenTimer) -> Vec<u8> {
+    let mut k = vec![prefix::TIMER];
+    k.extend_from_slice(&(timer.due.timestamp_millis().max(0) as u64).to_be_bytes());
+    k.extend_from_slice(instance.0.as_bytes());
+    k.extend_from_slice(timer.name.as_bytes());
+    k
+}
+
 pub(crate) fn feed_key(offset: u64) -> Vec<u8> {
     let mut k = vec![prefix::FEED];
     k.extend_from_slice(&offset.to_be_bytes());
@@ -251,6 +270,8 @@ pub(crate) struct InstanceHead {
     pub business_key: String,
     pub state: String,
     pub version: u64,
+    #[serde(default)]
+    pub timers: Vec<crate::model::OpenTimer>,
 }
 
 impl InstanceHead {
@@ -261,6 +282,7 @@ impl InstanceHead {
             business_key: instance.business_key.clone(),
             state: instance.state.clone(),
             version: instance.version,
+            timers: instance.timers.clone(),
         }
     }
 }

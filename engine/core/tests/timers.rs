@@ -1,0 +1,294 @@
+//! Durable timers: set on entering a state, cancelled on leaving it, fired by the engine as
+//! the `system` actor once per due time — also when they fell due while the engine was down.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use switchyard_core::*;
+
+const APPROVAL: &str = r#"
+name = "approval"
+version = 1
+initial = "pending"
+
+[start]
+roles = ["sales_rep"]
+payload = { valid_until = { type = "date", required = false } }
+
+[states.pending]
+description = "Waiting for a manager"
+timers = [
+    { name = "remind", after = "48h", command = "escalate" },
+    { name = "deny", after = "7d", command = "auto_deny" },
+]
+
+[states.approved]
+timers = [{ name = "expire", at = "valid_until", command = "expire" }]
+
+[states.denied]
+terminal = true
+
+[states.expired]
+terminal = true
+
+[commands.escalate]
+from = ["pending"]
+to = ["pending"]
+roles = ["system"]
+decider = "approval.escalate"
+
+[commands.auto_deny]
+from = ["pending"]
+to = ["denied"]
+roles = ["system"]
+
+[commands.approve]
+from = ["pending"]
+to = ["approved"]
+roles = ["sales_manager"]
+
+[commands.expire]
+from = ["approved"]
+to = ["expired"]
+roles = ["system"]
+"#;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap()
+}
+
+fn deciders() -> DeciderRegistry {
+    let mut d = DeciderRegistry::new();
+    d.register("approval.escalate", |ctx: &DecisionContext<'_>| {
+        Ok(Decision::goto(
+            "pending",
+            "SLA of 48h passed → escalated to the sales director",
+        )
+        .with_changes(json!({ "escalated": true, "escalated_at": ctx.now })))
+    });
+    d
+}
+
+async fn engine(clock: Arc<ManualClock>, store: StoreConfig) -> Engine {
+    let d = deciders();
+    let defs =
+        DefinitionSet::from_sources(&[("approval.toml".into(), APPROVAL.into())], &d).unwrap();
+    let mut config = EngineConfig::new(store);
+    config.clock = clock;
+    // Tests drive timers by hand; keep the background poller out of the way.
+    config.timer_poll_interval = StdDuration::from_secs(3600);
+    Engine::open(config, defs, d).await.unwrap()
+}
+
+async fn start(
+    engine: &Engine,
+    data: serde_json::Value,
+    rid: &str,
+) -> Result<CommandOutcome, CommandError> {
+    engine
+        .start(StartRequest {
+            definition: "approval".into(),
+            business_key: rid.into(),
+            data,
+            actor: Actor::new("rep", &["sales_rep"]),
+            request_id: rid.into(),
+        })
+        .await
+}
+
+#[tokio::test]
+async fn an_untouched_approval_escalates_after_its_sla_and_is_denied_after_the_longer_limit() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone(), StoreConfig::Memory).await;
+    let id = start(&engine, json!({}), "a-1").await.unwrap().instance;
+    let timers = engine.get(id).await.unwrap().timers;
+    assert_eq!(
+        timers
+            .iter()
+            .map(|t| (t.name.as_str(), t.due))
+            .collect::<Vec<_>>(),
+        vec![
+            ("remind", t0() + Duration::hours(48)),
+            ("deny", t0() + Duration::days(7))
+        ]
+    );
+
+    clock.advance(Duration::hours(48) - Duration::seconds(1));
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 0, "not yet due");
+    clock.advance(Duration::seconds(1));
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 1);
+    let now = engine.get(id).await.unwrap();
+    assert_eq!(now.state, "pending");
+    assert_eq!(now.data["escalated"], true);
+    assert_eq!(
+        now.timers
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["deny"],
+        "the fired timer is gone, the other stays"
+    );
+    let h = engine.history(id, 1, 0).await.unwrap();
+    assert_eq!(h[0].actor, Actor::new("system:timer", &["system"]));
+    assert_eq!(h[0].command.as_deref(), Some("escalate"));
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 0, "fired once");
+
+    clock.set(t0() + Duration::days(7));
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 1);
+    let now = engine.get(id).await.unwrap();
+    assert_eq!(
+        (now.state.as_str(), now.status),
+        ("denied", InstanceStatus::Completed)
+    );
+    assert!(now.timers.is_empty());
+
+    // The feed shows the firings.
+    let mut sub = engine.subscribe(0).unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        kinds.push(sub.next().await.unwrap().kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "switchyard.instance.started",
+            "switchyard.instance.transitioned",
+            "switchyard.timer.fired",
+            "switchyard.instance.transitioned",
+            "switchyard.timer.fired"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn leaving_the_state_cancels_its_timers() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone(), StoreConfig::Memory).await;
+    let id = start(&engine, json!({"valid_until": "2026-04-30"}), "c-1")
+        .await
+        .unwrap()
+        .instance;
+    engine
+        .send(CommandRequest {
+            instance: id,
+            command: "approve".into(),
+            payload: json!({}),
+            actor: Actor::new("mgr", &["sales_manager"]),
+            request_id: "c-2".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    let now = engine.get(id).await.unwrap();
+    assert_eq!(now.timers.len(), 1, "the approved state's own timer");
+    assert_eq!(now.timers[0].name, "expire");
+    assert_eq!(
+        now.timers[0].due,
+        Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap(),
+        "a date means the end of that day"
+    );
+    clock.advance(Duration::days(8));
+    assert!(
+        engine
+            .store()
+            .due_timers(t0() + Duration::days(8), 10)
+            .unwrap()
+            .is_empty(),
+        "`remind` and `deny` were cancelled"
+    );
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 0);
+    clock.set(Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap());
+    assert_eq!(
+        engine.fire_due_timers().await.unwrap(),
+        1,
+        "`expire` at the end of valid_until"
+    );
+    assert_eq!(engine.get(id).await.unwrap().state, "expired");
+    assert!(engine
+        .store()
+        .due_timers(t0() + Duration::days(365), 10)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_timer_due_while_the_engine_was_down_fires_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SledConfig::new(dir.path());
+    store.durability = Durability::Flush;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let first = engine(clock.clone(), StoreConfig::Sled(store.clone())).await;
+    let id = start(&first, json!({}), "r-1").await.unwrap().instance;
+    first.shutdown().await;
+    drop(first);
+
+    clock.advance(Duration::days(3)); // `remind` fell due while nothing ran
+    let second = engine(clock.clone(), StoreConfig::Sled(store.clone())).await;
+    let (a, b) = tokio::join!(second.fire_due_timers(), second.fire_due_timers());
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        1,
+        "two pollers racing fire it once"
+    );
+    assert_eq!(second.fire_due_timers().await.unwrap(), 0);
+    let history = second.history(id, 0, 0).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h.command.as_deref() == Some("escalate"))
+            .count(),
+        1
+    );
+    second.shutdown().await;
+    drop(second);
+
+    clock.advance(Duration::days(5)); // and `deny` too, across another restart
+    let third = engine(clock.clone(), StoreConfig::Sled(store)).await;
+    assert_eq!(third.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(third.get(id).await.unwrap().state, "denied");
+    third.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timer_from_a_data_field_needs_the_field() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock, StoreConfig::Memory).await;
+    let id = start(&engine, json!({}), "d-1").await.unwrap().instance;
+    let err = engine
+        .send(CommandRequest {
+            instance: id,
+            command: "approve".into(),
+            payload: json!({}),
+            actor: Actor::new("mgr", &["sales_manager"]),
+            request_id: "d-2".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "field `data.valid_until`: timer `expire` of state `approved` needs a date (\"2026-05-01\") or an RFC 3339 time here"
+    );
+    assert_eq!(engine.get(id).await.unwrap().version, 1, "nothing written");
+}
+
+#[tokio::test]
+async fn the_background_poller_fires_timers_on_the_system_clock() {
+    let d = deciders();
+    let fast = APPROVAL.replace("after = \"48h\"", "after = \"1s\"");
+    let defs = DefinitionSet::from_sources(&[("approval.toml".into(), fast)], &d).unwrap();
+    let mut config = EngineConfig::in_memory();
+    config.timer_poll_interval = StdDuration::from_millis(50);
+    let engine = Engine::open(config, defs, d).await.unwrap();
+    let id = start(&engine, json!({}), "p-1").await.unwrap().instance;
+    let mut sub = engine.subscribe(1).unwrap();
+    let event = tokio::time::timeout(StdDuration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.data["command"], "escalate");
+    assert_eq!(engine.get(id).await.unwrap().data["escalated"], true);
+    engine.shutdown().await;
+}
