@@ -21,9 +21,9 @@ use crate::store::{Commit, CommitApplied, CommitRefusal, Store};
 /// The answer for one commit: applied, refused, or the store failed (message).
 pub(crate) type Reply = Result<Result<CommitApplied, CommitRefusal>, String>;
 
-// Nearly every job is a commit: boxing it would add an allocation per command for nothing.
+// Nearly all work is a commit: boxing it would add an allocation per command for nothing.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Job {
+pub(crate) enum Work {
     /// Apply this commit and answer after it is durable.
     Commit {
         commit: Commit,
@@ -45,7 +45,7 @@ pub(crate) fn start(
     queue_max: usize,
     batch_max: usize,
     durable_offset: watch::Sender<u64>,
-) -> std::io::Result<(mpsc::Sender<Job>, JoinHandle<()>)> {
+) -> std::io::Result<(mpsc::Sender<Work>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue_max);
     let handle = std::thread::Builder::new()
         .name("switchyard-committer".into())
@@ -56,7 +56,7 @@ pub(crate) fn start(
 /// Publishes, after each flush, the feed offset up to which events are durable.
 fn run(
     store: &dyn Store,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Work>,
     batch_max: usize,
     durable_offset: &watch::Sender<u64>,
 ) {
@@ -75,11 +75,11 @@ fn run(
         let mut barriers = Vec::new();
         for job in jobs.drain(..) {
             match job {
-                Job::Commit { commit, reply } => {
+                Work::Commit { commit, reply } => {
                     commits.push(commit);
                     replies.push(reply);
                 }
-                Job::Barrier { reply } => barriers.push(reply),
+                Work::Barrier { reply } => barriers.push(reply),
             }
         }
         let results = if failed {

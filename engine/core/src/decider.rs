@@ -99,6 +99,14 @@ pub enum Effect {
         /// Why; recorded in the linked instance's history.
         reason: String,
     },
+    /// Create a job for a worker; it commits with the transition and completes through the
+    /// job type's completion command.
+    CreateJob {
+        /// Job type; must be in the command's `effects.jobs`.
+        job_type: String,
+        /// Input for the worker.
+        payload: Value,
+    },
     /// Draw the next number from a named counter (gap-free; refused past `limit`).
     DrawCounter {
         /// Counter name; must be in the command's `effects.counters`.

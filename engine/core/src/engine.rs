@@ -17,21 +17,26 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Clock, SystemClock};
-use crate::committer::{self, Job};
+use crate::committer::{self, Work};
 use crate::decider::{DecideError, DeciderRegistry, Decision, DecisionContext, Effect};
 use crate::definition::schema::is_identifier;
 use crate::definition::{CommandDef, Definition, DefinitionSet, TimerDue};
 use crate::error::{CommandError, OpenError};
 use crate::feed::{self, Subscription};
+use crate::job::{Job, JobId, JobStatus};
 use crate::model::{
     Actor, ChangeKind, CommandOutcome, DefinitionRef, HistoryEntry, Instance, InstanceId,
     InstanceStatus, OpenTimer,
 };
 use crate::patch::apply_merge_patch;
+
+mod jobs;
+
 use crate::store::{
-    Commit, CommitApplied, CommitRefusal, CounterDraw, InstanceWrite, ListQuery, MemoryStore, Page,
-    RequestRecord, SledConfig, SledStore, Store,
+    Commit, CommitApplied, CommitRefusal, CounterDraw, InstanceWrite, JobWrite, ListQuery,
+    MemoryStore, Page, RequestRecord, SledConfig, SledStore, Store,
 };
+pub use jobs::{ActivateJobs, FailJob};
 
 /// Which store the engine opens.
 #[derive(Clone, Debug)]
@@ -62,6 +67,10 @@ pub struct EngineConfig {
     pub request_retention: Duration,
     /// How often expired request records and feed events are purged (default 60 s).
     pub purge_interval: StdDuration,
+    /// How often in-process job handlers look for jobs when not woken (default 500 ms).
+    pub job_poll_interval: StdDuration,
+    /// The lease in-process job handlers take (default 60 s).
+    pub job_handler_lease: StdDuration,
     /// How often due timers are looked for (default 1 s).
     pub timer_poll_interval: StdDuration,
     /// The `source` of feed events (default `switchyard`).
@@ -84,6 +93,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("request_retention", &self.request_retention)
             .field("purge_interval", &self.purge_interval)
             .field("timer_poll_interval", &self.timer_poll_interval)
+            .field("job_poll_interval", &self.job_poll_interval)
+            .field("job_handler_lease", &self.job_handler_lease)
             .field("feed_source", &self.feed_source)
             .field("feed_retention", &self.feed_retention)
             .finish_non_exhaustive()
@@ -103,6 +114,8 @@ impl EngineConfig {
             request_retention: Duration::days(7),
             purge_interval: StdDuration::from_secs(60),
             timer_poll_interval: StdDuration::from_secs(1),
+            job_poll_interval: StdDuration::from_millis(500),
+            job_handler_lease: StdDuration::from_secs(60),
             feed_source: "switchyard".into(),
             feed_retention: Duration::days(30),
             clock: Arc::new(SystemClock),
@@ -221,10 +234,12 @@ struct Inner {
     definitions: DefinitionSet,
     deciders: DeciderRegistry,
     store: Arc<dyn Store>,
-    queue: RwLock<Option<mpsc::Sender<Job>>>,
+    queue: RwLock<Option<mpsc::Sender<Work>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     /// The feed offset up to which events are durable (published by the committer).
     durable_offset: watch::Receiver<u64>,
+    /// Woken when a commit makes jobs available, so in-process handlers need not poll.
+    jobs_available: Arc<tokio::sync::Notify>,
     /// Striped per-instance locks: commands on one instance in this process take turns
     /// instead of failing each other's version checks (one winner per group commit would
     /// otherwise exhaust the retries on a hot instance). Version checks in the store still
@@ -233,6 +248,17 @@ struct Inner {
 }
 
 const INSTANCE_LOCK_STRIPES: usize = 4096;
+
+/// What a command comes from; timers and jobs add their own bookkeeping to its commit.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// A caller's request.
+    Caller,
+    /// A timer that fell due.
+    Timer(&'a OpenTimer),
+    /// A job completed under this lease.
+    Job { job: JobId, lease: uuid::Uuid },
+}
 
 /// How a request was answered: committed now, or replayed from its request record.
 enum Applied {
@@ -303,6 +329,7 @@ impl Engine {
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
                 durable_offset,
+                jobs_available: Arc::new(tokio::sync::Notify::new()),
                 instance_locks: (0..INSTANCE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
@@ -358,7 +385,7 @@ impl Engine {
                 ),
                 expected_version: None,
             };
-            match self.send_inner(request, Some(&due.timer)).await {
+            match self.send_inner(request, Origin::Timer(&due.timer)).await {
                 Ok(Applied::Now(_)) => fired += 1,
                 Ok(Applied::Replayed(_)) => {}
                 Err(CommandError::TimerNotOpen { .. }) => {}
@@ -626,6 +653,7 @@ impl Engine {
                     }],
                     history: vec![history],
                     counters: Vec::new(),
+                    jobs: Vec::new(),
                     events: Vec::new(),
                 },
                 outcome,
@@ -645,7 +673,7 @@ impl Engine {
 
     /// Sends a command to an instance.
     pub async fn send(&self, request: CommandRequest) -> Result<CommandOutcome, CommandError> {
-        self.send_inner(request, None)
+        self.send_inner(request, Origin::Caller)
             .await
             .map(Applied::into_outcome)
     }
@@ -653,7 +681,7 @@ impl Engine {
     async fn send_inner(
         &self,
         request: CommandRequest,
-        fired: Option<&OpenTimer>,
+        origin: Origin<'_>,
     ) -> Result<Applied, CommandError> {
         check_request_id(&request.request_id)?;
         self.check_payload_size(&request.payload)?;
@@ -671,7 +699,7 @@ impl Engine {
             }
         }
         let _guards = self.lock_instances(&lock_ids).await;
-        let prepare = || self.prepare_command(&request, &target, &digest, fired);
+        let prepare = || self.prepare_command(&request, &target, &digest, origin);
         self.run(
             &request.request_id,
             &target,
@@ -730,6 +758,26 @@ impl Engine {
                 reason,
                 changes: json!({}),
             };
+            // Its open jobs and incidents go with it.
+            let mut jobs = Vec::new();
+            let mut events = Vec::new();
+            for job in self.inner.store.jobs_of(instance.id)? {
+                if matches!(
+                    job.status,
+                    JobStatus::Activatable | JobStatus::Leased | JobStatus::Incident
+                ) {
+                    let mut cancelled = job.clone();
+                    cancelled.status = JobStatus::Cancelled;
+                    cancelled.lease = None;
+                    cancelled.version += 1;
+                    cancelled.updated_at = now;
+                    events.push(self.job_event("switchyard.job.cancelled", &cancelled, json!({})));
+                    jobs.push(JobWrite {
+                        job: cancelled,
+                        expected_version: Some(job.version),
+                    });
+                }
+            }
             Ok(Prepared {
                 commit: Commit {
                     at: now,
@@ -747,7 +795,8 @@ impl Engine {
                     }],
                     history: vec![history],
                     counters: Vec::new(),
-                    events: Vec::new(),
+                    jobs,
+                    events,
                 },
                 outcome,
             })
@@ -805,6 +854,7 @@ impl Engine {
                 }
             }
             let mut prepared = prepare()?;
+            let makes_jobs_available = prepared.makes_jobs_available();
             let source = &self.inner.config.feed_source;
             let commit = &mut prepared.commit;
             let instance_events: Vec<_> = commit
@@ -818,6 +868,9 @@ impl Engine {
                 Ok(applied) => {
                     let mut outcome = prepared.outcome;
                     outcome.counters = applied.counters;
+                    if makes_jobs_available {
+                        self.inner.jobs_available.notify_waiters();
+                    }
                     return Ok(Applied::Now(outcome));
                 }
                 Err(CommitRefusal::DuplicateRequest(record)) => {
@@ -833,6 +886,17 @@ impl Engine {
                         key,
                         limit,
                     });
+                }
+                Err(CommitRefusal::JobConflict { job, current, .. }) => {
+                    if attempt >= attempts_max {
+                        return Err(CommandError::StaleLease {
+                            job,
+                            reason: format!(
+                                "the job kept changing (now at version {})",
+                                current.unwrap_or(0)
+                            ),
+                        });
+                    }
                 }
                 Err(CommitRefusal::VersionConflict {
                     instance,
@@ -860,7 +924,7 @@ impl Engine {
         }
     }
 
-    fn queue(&self) -> Result<mpsc::Sender<Job>, CommandError> {
+    fn queue(&self) -> Result<mpsc::Sender<Work>, CommandError> {
         self.inner
             .queue
             .read()
@@ -873,7 +937,7 @@ impl Engine {
     async fn barrier(&self) -> Result<(), CommandError> {
         let (reply, answer) = oneshot::channel();
         self.queue()?
-            .send(Job::Barrier { reply })
+            .send(Work::Barrier { reply })
             .await
             .map_err(|_| CommandError::ShuttingDown)?;
         match answer.await {
@@ -889,7 +953,7 @@ impl Engine {
     ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
         let (reply, answer) = oneshot::channel();
         self.queue()?
-            .send(Job::Commit { commit, reply })
+            .send(Work::Commit { commit, reply })
             .await
             .map_err(|_| CommandError::ShuttingDown)?;
         match answer.await {
@@ -904,9 +968,17 @@ impl Engine {
         request: &CommandRequest,
         target: &str,
         digest: &str,
-        fired: Option<&OpenTimer>,
+        origin: Origin<'_>,
     ) -> Result<Prepared, CommandError> {
         let (instance, definition) = self.load(request.instance)?;
+        let fired = match origin {
+            Origin::Timer(timer) => Some(timer),
+            _ => None,
+        };
+        let completing = match origin {
+            Origin::Job { job, lease } => Some(self.current_lease(job, lease, instance.id)?),
+            _ => None,
+        };
         if let Some(timer) = fired {
             if !instance.timers.contains(timer) {
                 return Err(CommandError::TimerNotOpen {
@@ -959,7 +1031,7 @@ impl Engine {
             parent: parent.as_ref(),
             now,
         })?;
-        self.build_commit(
+        let mut prepared = self.build_commit(
             request,
             target,
             digest,
@@ -970,7 +1042,25 @@ impl Engine {
             decision,
             now,
             fired,
-        )
+        )?;
+        if let Some(job) = completing {
+            let mut done = job.clone();
+            done.status = JobStatus::Completed;
+            done.lease = None;
+            done.version += 1;
+            done.updated_at = now;
+            let commit = &mut prepared.commit;
+            commit.events.push(self.job_event(
+                "switchyard.job.completed",
+                &done,
+                json!({ "result": request.payload }),
+            ));
+            commit.jobs.push(JobWrite {
+                job: done,
+                expected_version: Some(job.version),
+            });
+        }
+        Ok(prepared)
     }
 
     fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, CommandError> {
@@ -1082,6 +1172,8 @@ impl Engine {
         let mut history = vec![primary_history];
         let mut counters = Vec::new();
         let mut started = Vec::new();
+        let mut jobs = Vec::new();
+        let mut job_events = Vec::new();
         for effect in decision.effects {
             match effect {
                 Effect::StartLinked {
@@ -1200,6 +1292,38 @@ impl Engine {
                         expected_version: Some(seen),
                     });
                 }
+                Effect::CreateJob { job_type, payload } => {
+                    if !command.effects.jobs.contains(&job_type) {
+                        return Err(invalid(format!(
+                            "it creates a `{job_type}` job, but command `{}` may only create: {}",
+                            command.name,
+                            display_list(&command.effects.jobs)
+                        )));
+                    }
+                    let spec = &definition.jobs[&job_type];
+                    let job = Job {
+                        id: JobId(uuid::Uuid::now_v7()),
+                        job_type: job_type.clone(),
+                        instance: instance.id,
+                        payload,
+                        status: JobStatus::Activatable,
+                        failures: 0,
+                        retries: spec.retries,
+                        backoff_ms: spec.backoff.num_milliseconds().max(0) as u64,
+                        available_at: now,
+                        lease: None,
+                        last_error: None,
+                        complete_command: spec.complete.clone(),
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    job_events.push(self.job_event("switchyard.job.created", &job, json!({})));
+                    jobs.push(JobWrite {
+                        job,
+                        expected_version: None,
+                    });
+                }
                 Effect::DrawCounter {
                     counter,
                     key,
@@ -1248,24 +1372,24 @@ impl Engine {
                 writes,
                 history,
                 counters,
-                events: fired
-                    .map(|timer| {
-                        vec![feed::EventDraft {
-                            source: self.inner.config.feed_source.clone(),
-                            kind: "switchyard.timer.fired".into(),
-                            subject: instance.id.to_string(),
-                            time: now,
-                            data: json!({
-                                "instance": instance.id,
-                                "definition": instance.definition,
-                                "timer": timer.name,
-                                "command": timer.command,
-                                "due": timer.due,
-                                "state": instance.state,
-                            }),
-                        }]
-                    })
-                    .unwrap_or_default(),
+                jobs,
+                events: job_events
+                    .into_iter()
+                    .chain(fired.map(|timer| feed::EventDraft {
+                        source: self.inner.config.feed_source.clone(),
+                        kind: "switchyard.timer.fired".into(),
+                        subject: instance.id.to_string(),
+                        time: now,
+                        data: json!({
+                            "instance": instance.id,
+                            "definition": instance.definition,
+                            "timer": timer.name,
+                            "command": timer.command,
+                            "due": timer.due,
+                            "state": instance.state,
+                        }),
+                    }))
+                    .collect(),
             },
             outcome,
         })

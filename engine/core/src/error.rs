@@ -179,6 +179,25 @@ pub enum CommandError {
         /// The timer.
         timer: String,
     },
+    /// No such job.
+    #[error("job {0} does not exist")]
+    UnknownJob(crate::job::JobId),
+    /// A completion or failure carried a lease that is no longer the job's current one.
+    #[error("job {job}: the lease is stale ({reason}); activate the job again")]
+    StaleLease {
+        /// The job.
+        job: crate::job::JobId,
+        /// Why: re-leased, expired, or the job already finished.
+        reason: String,
+    },
+    /// An incident action on a job that is not an incident.
+    #[error("job {job} is {status:?}, not an incident")]
+    NotAnIncident {
+        /// The job.
+        job: crate::job::JobId,
+        /// Its status.
+        status: crate::job::JobStatus,
+    },
     /// The engine is shutting down and takes no more writes.
     #[error("the engine is shutting down and accepts no more commands")]
     ShuttingDown,
@@ -211,6 +230,9 @@ impl CommandError {
             CommandError::FeedHorizon { .. } => "FEED_HORIZON",
             CommandError::FeedBeyondHead { .. } => "FEED_BEYOND_HEAD",
             CommandError::TimerNotOpen { .. } => "TIMER_NOT_OPEN",
+            CommandError::UnknownJob(_) => "UNKNOWN_JOB",
+            CommandError::StaleLease { .. } => "STALE_LEASE",
+            CommandError::NotAnIncident { .. } => "NOT_AN_INCIDENT",
             CommandError::ShuttingDown => "SHUTTING_DOWN",
             CommandError::Store(_) => "STORE",
         }

@@ -17,6 +17,14 @@
 //! | `switchyard.instance.cancelled` | instance id | an instance was cancelled | instance fields |
 //! | `switchyard.instance.updated` | instance id | a linked instance's transition changed its data | instance fields |
 //! | `switchyard.timer.fired` | instance id | a timer fell due; committed with the command it sent (whose `transitioned` event precedes it) | `instance`, `definition`, `timer`, `command`, `due`, `state` (when set) |
+//! | `switchyard.job.created` | instance id | a transition created a job | job fields (below) |
+//! | `switchyard.job.completed` | instance id | a worker completed a job; committed with its completion command | job fields + `result` |
+//! | `switchyard.job.failed` | instance id | a worker reported a failure | job fields + `error`, `will_retry`, `next_attempt_at` |
+//! | `switchyard.job.cancelled` | instance id | the job's instance was cancelled | job fields |
+//! | `switchyard.incident.raised` | instance id | a job's retries ran out | job fields + `error` |
+//! | `switchyard.incident.resolved` | instance id | an operator retried or cancelled it | job fields + `action`, `actor` |
+//!
+//! Job fields: `job` (id), `job_type`, `instance`, `status`, `failures`, `retries`, `payload`.
 //!
 //! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `version`,
 //! `from_state` (null for a start), `to_state`, `status`, `command` (null for a start, cancel

@@ -71,6 +71,7 @@ pub mod definition;
 mod engine;
 mod error;
 pub mod feed;
+pub mod job;
 pub mod model;
 pub mod patch;
 pub mod store;
@@ -81,10 +82,12 @@ pub use decider::{
 };
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
-    CancelRequest, CommandRequest, Engine, EngineConfig, ListRequest, StartRequest, StoreConfig,
+    ActivateJobs, CancelRequest, CommandRequest, Engine, EngineConfig, FailJob, ListRequest,
+    StartRequest, StoreConfig,
 };
 pub use error::{CommandError, OpenError};
 pub use feed::{FeedEvent, Subscription};
+pub use job::{ActivatedJob, IncidentAction, Job, JobId, JobStatus};
 pub use model::{
     Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
     Instance, InstanceId, InstanceStatus, OpenTimer,

@@ -59,7 +59,7 @@ fn syntax_errors_and_unknown_keys_name_the_position() {
         "test.toml:2:11: invalid string; expected `\"`, `'`",
     );
     check("initial = \"draft\"", "initial = \"draft\"\ncolour = \"red\"",
-        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `states`, `commands`");
+        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `states`, `commands`, `jobs`");
     check(
         "draft = {}",
         "draft = {}\ndraft = {}",
@@ -228,4 +228,27 @@ fn timers_must_name_a_command_the_system_may_send_in_their_state() {
         .replacen("done = { terminal = true }", "done = { timers = [{ name = \"t\", after = \"1h\", command = \"finish\" }] }\nend = { terminal = true }", 1)
         .replacen("to = [\"done\"]", "to = [\"done\", \"end\"]", 1);
     assert!(errors(&not_from).contains("state `done`: timer `t`: command `finish` is not accepted in state `done` (its `from` is: draft)"), "{}", errors(&not_from));
+}
+
+#[test]
+fn jobs_must_be_declared_and_complete_through_a_system_command() {
+    let with_jobs = |effects: &str, jobs: &str| {
+        VALID.replacen(
+            "decider = \"q.decide\"",
+            &format!("decider = \"q.decide\"\n{effects}"),
+            1,
+        ) + jobs
+    };
+    assert_eq!(
+        errors(&with_jobs("effects = { jobs = [\"pick\"] }", "")),
+        "test.toml:17:11: command `finish`: job type `pick` is not declared in [jobs]; declared: (none)"
+    );
+    assert_eq!(
+        errors(&with_jobs("effects = { jobs = [\"pick\"] }", "\n[jobs.pick]\ncomplete = \"finish\"\nbackoff = \"later\"\n")),
+        "test.toml:19:1: job `pick`: completion command `finish` must allow the role `system`, which completed jobs act as\ntest.toml:19:1: job `pick`: `backoff` = \"later\" is not a duration; write e.g. \"10s\", \"5m\""
+    );
+    assert_eq!(
+        errors(&with_jobs("", "\n[jobs.pick]\ncomplete = \"picked\"\n")),
+        "test.toml:19:1: job `pick`: completion command `picked` is not declared"
+    );
 }

@@ -38,6 +38,8 @@ pub struct Definition {
     pub start: StartDef,
     /// Roles allowed to cancel an instance (default: `admin`).
     pub cancel_roles: Vec<String>,
+    /// Job types its transitions may create.
+    pub jobs: BTreeMap<String, JobDef>,
     /// The file it was loaded from.
     pub source: String,
 }
@@ -129,6 +131,19 @@ pub struct CommandDef {
     pub description: String,
 }
 
+/// A job type: what completes it and how failures are retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobDef {
+    /// Job type name.
+    pub name: String,
+    /// Command sent to the instance when the job completes (payload: the worker's result).
+    pub complete: String,
+    /// Failures allowed before an incident (default 3).
+    pub retries: u32,
+    /// Delay before the first retry (default 10 s); doubles with each failure.
+    pub backoff: chrono::Duration,
+}
+
 /// The effects a command's decider may choose; anything else is refused.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EffectsDef {
@@ -138,6 +153,8 @@ pub struct EffectsDef {
     pub update: Vec<String>,
     /// Named counters it may draw from.
     pub counters: Vec<String>,
+    /// Job types it may create.
+    pub jobs: Vec<String>,
 }
 
 impl Definition {
@@ -370,6 +387,16 @@ struct DefinitionFile {
     states: BTreeMap<String, Spanned<StateSpec>>,
     #[serde(default)]
     commands: BTreeMap<String, Spanned<CommandSpec>>,
+    #[serde(default)]
+    jobs: BTreeMap<String, Spanned<JobSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobSpec {
+    complete: String,
+    retries: Option<u32>,
+    backoff: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +456,8 @@ struct EffectsSpec {
     update: Vec<String>,
     #[serde(default)]
     counters: Vec<String>,
+    #[serde(default)]
+    jobs: Vec<String>,
 }
 
 fn check_roles(
@@ -615,10 +644,22 @@ fn check_file(
                         );
                     }
                 }
+                for j in &e.get_ref().jobs {
+                    if !f.jobs.contains_key(j) {
+                        problem(
+                            e.span(),
+                            format!(
+                                "{what}: job type `{j}` is not declared in [jobs]; declared: {}",
+                                list(f.jobs.keys())
+                            ),
+                        );
+                    }
+                }
                 EffectsDef {
                     start: e.get_ref().start.clone(),
                     update: e.get_ref().update.clone(),
                     counters: e.get_ref().counters.clone(),
+                    jobs: e.get_ref().jobs.clone(),
                 }
             }
             None => EffectsDef::default(),
@@ -643,6 +684,44 @@ fn check_file(
                 payload,
                 effects,
                 description: cmd.description.clone(),
+            },
+        );
+    }
+
+    // Jobs: a completion command the system may send.
+    let mut jobs = BTreeMap::new();
+    for (name, spec) in &f.jobs {
+        let span = spec.span();
+        let job = spec.get_ref();
+        let what = format!("job `{name}`");
+        if !is_identifier(name) {
+            problem(
+                span.clone(),
+                format!("{what}: the name is not an identifier (lower-case letters, digits, `_`)"),
+            );
+        }
+        match f.commands.get(&job.complete) {
+            None => problem(span.clone(), format!("{what}: completion command `{}` is not declared", job.complete)),
+            Some(cmd) if !cmd.get_ref().roles.get_ref().iter().any(|r| r == "system") => problem(
+                span.clone(),
+                format!("{what}: completion command `{}` must allow the role `system`, which completed jobs act as", job.complete),
+            ),
+            Some(_) => {}
+        }
+        let backoff = match &job.backoff {
+            None => chrono::Duration::seconds(10),
+            Some(text) => parse_duration(text).unwrap_or_else(|| {
+                problem(span.clone(), format!("{what}: `backoff` = \"{text}\" is not a duration; write e.g. \"10s\", \"5m\""));
+                chrono::Duration::seconds(10)
+            }),
+        };
+        jobs.insert(
+            name.clone(),
+            JobDef {
+                name: name.clone(),
+                complete: job.complete.clone(),
+                retries: job.retries.unwrap_or(3),
+                backoff,
             },
         );
     }
@@ -760,6 +839,7 @@ fn check_file(
             payload: start_payload,
         },
         cancel_roles,
+        jobs,
         source: file.to_string(),
     }
 }

@@ -17,6 +17,7 @@ use super::{
     Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError, StoreStats,
 };
 use crate::feed::FeedEvent;
+use crate::job::{Job, JobId};
 use crate::model::{CounterValue, HistoryEntry, Instance, InstanceId};
 
 /// A key and its value.
@@ -161,6 +162,29 @@ macro_rules! kv_store_reads {
             $crate::store::kv::counter(self, counter, key)
         }
 
+        fn job(
+            &self,
+            id: $crate::job::JobId,
+        ) -> Result<Option<$crate::job::Job>, $crate::store::StoreError> {
+            $crate::store::kv::job(self, id)
+        }
+
+        fn activatable_jobs(
+            &self,
+            job_type: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            limit: usize,
+        ) -> Result<Vec<$crate::job::Job>, $crate::store::StoreError> {
+            $crate::store::kv::activatable_jobs(self, job_type, now, limit)
+        }
+
+        fn jobs_of(
+            &self,
+            instance: $crate::model::InstanceId,
+        ) -> Result<Vec<$crate::job::Job>, $crate::store::StoreError> {
+            $crate::store::kv::jobs_of(self, instance)
+        }
+
         fn due_timers(
             &self,
             now: chrono::DateTime<chrono::Utc>,
@@ -280,6 +304,23 @@ impl<'a> Staged<'a> {
             }
             previous.push(current);
         }
+        let mut previous_jobs = Vec::with_capacity(commit.jobs.len());
+        for write in &commit.jobs {
+            let key = records::job_key(write.job.id);
+            let current: Option<Job> = match self.get(&key)? {
+                Some(bytes) => Some(decode(&key, &bytes)?),
+                None => None,
+            };
+            let current_version = current.as_ref().map(|j| j.version);
+            if current_version != write.expected_version {
+                return Ok(Err(CommitRefusal::JobConflict {
+                    job: write.job.id,
+                    expected: write.expected_version,
+                    current: current_version,
+                }));
+            }
+            previous_jobs.push(current);
+        }
         let mut drawn: Vec<CounterValue> = Vec::with_capacity(commit.counters.len());
         for draw in &commit.counters {
             let base = match drawn
@@ -369,6 +410,25 @@ impl<'a> Staged<'a> {
                 }
             }
             self.put(records::instance_key(instance.id), encode(instance));
+        }
+        for (write, old) in commit.jobs.iter().zip(&previous_jobs) {
+            let job = &write.job;
+            let old_key = old.as_ref().and_then(records::activatable_key);
+            let new_key = records::activatable_key(job);
+            if old_key != new_key {
+                if let Some(k) = old_key {
+                    self.delete(k);
+                }
+                if let Some(k) = new_key {
+                    self.put(k, job.id.0.as_bytes().to_vec());
+                }
+            }
+            if old.is_none() {
+                let mut k = records::jobs_of_prefix(job.instance);
+                k.extend_from_slice(job.id.0.as_bytes());
+                self.put(k, Vec::new());
+            }
+            self.put(records::job_key(job.id), encode(job));
         }
         for entry in &history {
             self.put(
@@ -514,6 +574,56 @@ pub(crate) fn purge_feed(
         kv.write(writes)?;
     }
     Ok(purged)
+}
+
+pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {
+    let key = records::job_key(id);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn activatable_jobs(
+    kv: &dyn KvRead,
+    job_type: &str,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let prefix = records::activatable_prefix(job_type);
+    let now_millis = now.timestamp_millis().max(0) as u64;
+    let mut out = Vec::new();
+    for (k, _) in kv.scan(&prefix, None, limit)? {
+        let at = k
+            .get(prefix.len()..prefix.len() + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .ok_or_else(|| StoreError::Corrupt {
+                key: records::printable(&k),
+                message: "activation key too short".into(),
+            })?;
+        if at > now_millis {
+            break;
+        }
+        let id = JobId(records::id_suffix(&k)?.0);
+        match job(kv, id)? {
+            Some(j) => out.push(j),
+            None => {
+                return Err(StoreError::Corrupt {
+                    key: records::printable(&k),
+                    message: format!("activation index names job {id}, which does not exist"),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn jobs_of(kv: &dyn KvRead, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
+    let mut out = Vec::new();
+    for (k, _) in kv.scan(&records::jobs_of_prefix(instance), None, usize::MAX)? {
+        let id = JobId(records::id_suffix(&k)?.0);
+        if let Some(j) = job(kv, id)? {
+            out.push(j);
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn due_timers(

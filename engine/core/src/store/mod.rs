@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decider::CounterAssign;
 use crate::feed::{EventDraft, FeedEvent};
+use crate::job::{Job, JobId};
 use crate::model::{CommandOutcome, DueTimer, HistoryEntry, Instance, InstanceId};
 
 pub use memory::MemoryStore;
@@ -42,6 +43,15 @@ pub struct InstanceWrite {
     pub instance: Instance,
     /// The version it must have in the store before the commit; `None` means it must not
     /// exist yet (a start).
+    pub expected_version: Option<u64>,
+}
+
+/// One job written by a commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobWrite {
+    /// The job as it must be after the commit.
+    pub job: Job,
+    /// The version it must have before (`None`: must not exist).
     pub expected_version: Option<u64>,
 }
 
@@ -90,6 +100,8 @@ pub struct Commit {
     pub history: Vec<HistoryEntry>,
     /// Counter draws.
     pub counters: Vec<CounterDraw>,
+    /// Jobs written, each version-checked (`None`: must not exist yet).
+    pub jobs: Vec<JobWrite>,
     /// Feed events, numbered by the store in order. Counter assignments are applied to the
     /// first write, the first history entry and the first event's `data.data` alike.
     pub events: Vec<EventDraft>,
@@ -114,6 +126,15 @@ pub enum CommitRefusal {
         /// The version the commit expected (`None`: expected absent).
         expected: Option<u64>,
         /// The version found (`None`: absent).
+        current: Option<u64>,
+    },
+    /// A job did not have the expected version.
+    JobConflict {
+        /// The job.
+        job: JobId,
+        /// Expected version.
+        expected: Option<u64>,
+        /// Found version.
         current: Option<u64>,
     },
     /// A live record for the request id exists.
@@ -211,6 +232,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceId>, StoreError>;
     /// The current value of a counter key (0 if never drawn).
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
+    /// The job `id`.
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+    /// Jobs of `job_type` that may be activated at `now` (activatable, or leased with an
+    /// expired lease), longest waiting first, at most `limit`.
+    fn activatable_jobs(
+        &self,
+        job_type: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Every job of an instance, oldest first.
+    fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
     /// Feed events with offset > `after`, in offset order, at most `limit`.

@@ -26,6 +26,9 @@ pub(crate) mod prefix {
     pub const CHILDREN: u8 = b'p';
     pub const FEED: u8 = b'f';
     pub const TIMER: u8 = b't';
+    pub const JOB: u8 = b'j';
+    pub const ACTIVATABLE: u8 = b'a';
+    pub const JOBS_OF: u8 = b'q';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -97,6 +100,19 @@ impl Record for crate::model::DueTimer {
     fn check(&self) -> Result<(), String> {
         if self.timer.name.is_empty() || self.timer.command.is_empty() {
             return Err("timer without a name or command".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for crate::job::Job {
+    const TAG: u8 = b'J';
+    fn check(&self) -> Result<(), String> {
+        if self.version == 0 || self.job_type.is_empty() || self.complete_command.is_empty() {
+            return Err("job with version 0, no type or no completion command".into());
+        }
+        if (self.status == crate::job::JobStatus::Leased) != self.lease.is_some() {
+            return Err("job lease does not match its status".into());
         }
         Ok(())
     }
@@ -195,6 +211,36 @@ pub(crate) fn timer_key(instance: InstanceId, timer: &crate::model::OpenTimer) -
     k.extend_from_slice(&(timer.due.timestamp_millis().max(0) as u64).to_be_bytes());
     k.extend_from_slice(instance.0.as_bytes());
     k.extend_from_slice(timer.name.as_bytes());
+    k
+}
+
+pub(crate) fn job_key(id: crate::job::JobId) -> Vec<u8> {
+    let mut k = vec![prefix::JOB];
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+pub(crate) fn activatable_prefix(job_type: &str) -> Vec<u8> {
+    let mut k = vec![prefix::ACTIVATABLE];
+    push_terminated(&mut k, job_type);
+    k
+}
+
+/// The activation index key of `job`, if it can ever be activated in its status.
+pub(crate) fn activatable_key(job: &crate::job::Job) -> Option<Vec<u8>> {
+    use crate::job::JobStatus;
+    if !matches!(job.status, JobStatus::Activatable | JobStatus::Leased) {
+        return None;
+    }
+    let mut k = activatable_prefix(&job.job_type);
+    k.extend_from_slice(&(job.available_at.timestamp_millis().max(0) as u64).to_be_bytes());
+    k.extend_from_slice(job.id.0.as_bytes());
+    Some(k)
+}
+
+pub(crate) fn jobs_of_prefix(instance: InstanceId) -> Vec<u8> {
+    let mut k = vec![prefix::JOBS_OF];
+    k.extend_from_slice(instance.0.as_bytes());
     k
 }
 

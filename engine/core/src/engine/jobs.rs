@@ -1,0 +1,475 @@
+//! The job side of the engine: activation with leases, completion (a command on the
+//! instance, in the same commit), failure with backoff, incidents, and in-process handlers.
+
+use std::future::Future;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::{Applied, Engine, Origin, Prepared};
+use crate::committer::{Reply, Work};
+use crate::error::CommandError;
+use crate::feed::EventDraft;
+use crate::job::{ActivatedJob, IncidentAction, Job, JobId, JobStatus, Lease};
+use crate::model::{Actor, CommandOutcome, InstanceId};
+use crate::store::{Commit, CommitRefusal, JobWrite};
+
+/// Ask for jobs of one type.
+#[derive(Clone, Debug)]
+pub struct ActivateJobs {
+    /// The job type.
+    pub job_type: String,
+    /// Who takes them (recorded on the lease).
+    pub worker: String,
+    /// Most jobs to return (1 up to the engine's `page_size_max`).
+    pub max_jobs: usize,
+    /// How long the worker has before the job becomes available again (1 s to 24 h).
+    pub lease: StdDuration,
+}
+
+/// Report that a leased job failed.
+#[derive(Clone, Debug)]
+pub struct FailJob {
+    /// The job.
+    pub job: JobId,
+    /// The lease it was activated with.
+    pub lease: uuid::Uuid,
+    /// What went wrong (kept on the job and in the feed).
+    pub error: String,
+    /// Retry after this long instead of the job type's backoff.
+    pub retry_in: Option<StdDuration>,
+}
+
+const LEASE_MAX: StdDuration = StdDuration::from_secs(24 * 3600);
+const ERROR_CHARS_MAX: usize = 4096;
+
+impl Engine {
+    pub(super) fn job_event(&self, kind: &str, job: &Job, extra: Value) -> EventDraft {
+        let mut data = json!({
+            "job": job.id,
+            "job_type": job.job_type,
+            "instance": job.instance,
+            "status": job.status,
+            "failures": job.failures,
+            "retries": job.retries,
+            "payload": job.payload,
+        });
+        if let (Some(data), Value::Object(extra)) = (data.as_object_mut(), extra) {
+            data.extend(extra);
+        }
+        EventDraft {
+            source: self.inner.config.feed_source.clone(),
+            kind: kind.to_string(),
+            subject: job.instance.to_string(),
+            time: job.updated_at,
+            data,
+        }
+    }
+
+    /// The job, if `lease` is its current, unexpired lease (and it belongs to `instance`).
+    pub(super) fn current_lease(
+        &self,
+        id: JobId,
+        lease: uuid::Uuid,
+        instance: InstanceId,
+    ) -> Result<Job, CommandError> {
+        let job = self
+            .inner
+            .store
+            .job(id)?
+            .ok_or(CommandError::UnknownJob(id))?;
+        let stale = |reason: String| Err(CommandError::StaleLease { job: id, reason });
+        if job.instance != instance {
+            return stale(format!("it belongs to instance {}", job.instance));
+        }
+        match &job.lease {
+            _ if job.status != JobStatus::Leased => stale(format!("the job is {:?}", job.status)),
+            Some(l) if l.id != lease => stale("the job was activated again since".into()),
+            Some(l) if l.expires_at <= self.inner.config.clock.now() => {
+                stale(format!("the lease expired at {}", l.expires_at))
+            }
+            _ => Ok(job),
+        }
+    }
+
+    /// The job `id`.
+    pub async fn job(&self, id: JobId) -> Result<Job, CommandError> {
+        self.inner
+            .store
+            .job(id)?
+            .ok_or(CommandError::UnknownJob(id))
+    }
+
+    /// Every job of an instance, oldest first; incidents are the ones with status
+    /// [`JobStatus::Incident`].
+    pub async fn jobs(&self, instance: InstanceId) -> Result<Vec<Job>, CommandError> {
+        self.get(instance).await?;
+        Ok(self.inner.store.jobs_of(instance)?)
+    }
+
+    /// Leases up to `max_jobs` available jobs of a type (new, due for a retry, or whose lease
+    /// expired) to `worker`.
+    pub async fn activate_jobs(
+        &self,
+        request: ActivateJobs,
+    ) -> Result<Vec<ActivatedJob>, CommandError> {
+        let invalid = |field: &str, message: String| {
+            Err(CommandError::InvalidInput {
+                field: field.into(),
+                message,
+            })
+        };
+        if request.max_jobs == 0 || request.max_jobs > self.inner.config.page_size_max {
+            return invalid(
+                "max_jobs",
+                format!(
+                    "{} is outside 1..={}",
+                    request.max_jobs, self.inner.config.page_size_max
+                ),
+            );
+        }
+        if request.lease < StdDuration::from_secs(1) || request.lease > LEASE_MAX {
+            return invalid("lease", "must be between 1 second and 24 hours".into());
+        }
+        if request.worker.is_empty() || request.worker.chars().any(char::is_control) {
+            return invalid(
+                "worker",
+                "must be a non-empty name without control characters".into(),
+            );
+        }
+        let now = self.inner.config.clock.now();
+        let lease = Duration::from_std(request.lease).expect("bounded above");
+        let store = self.inner.store.clone();
+        let job_type = request.job_type.clone();
+        let max = request.max_jobs;
+        let candidates =
+            tokio::task::spawn_blocking(move || store.activatable_jobs(&job_type, now, max))
+                .await
+                .expect("activation scan task panicked")?;
+        let mut pending = Vec::with_capacity(candidates.len());
+        for job in candidates {
+            let mut leased = job.clone();
+            let expires_at = now + lease;
+            leased.status = JobStatus::Leased;
+            leased.lease = Some(Lease {
+                id: uuid::Uuid::now_v7(),
+                worker: request.worker.clone(),
+                expires_at,
+            });
+            leased.available_at = expires_at;
+            leased.version += 1;
+            leased.updated_at = now;
+            let commit = Commit {
+                at: now,
+                request: None,
+                writes: Vec::new(),
+                history: Vec::new(),
+                counters: Vec::new(),
+                jobs: vec![JobWrite {
+                    job: leased.clone(),
+                    expected_version: Some(job.version),
+                }],
+                events: Vec::new(),
+            };
+            // Enqueue every lease first so they share one group commit.
+            pending.push((leased, self.enqueue(commit).await?));
+        }
+        let mut activated = Vec::with_capacity(pending.len());
+        for (job, answer) in pending {
+            match self.answer(answer).await? {
+                Ok(_) => {
+                    let lease = job.lease.expect("just leased");
+                    activated.push(ActivatedJob {
+                        id: job.id,
+                        lease: lease.id,
+                        lease_expires_at: lease.expires_at,
+                        job_type: job.job_type,
+                        instance: job.instance,
+                        payload: job.payload,
+                        attempt: job.failures + 1,
+                    });
+                }
+                // Another worker took it first: not ours.
+                Err(CommitRefusal::JobConflict { .. }) => {}
+                Err(other) => {
+                    tracing::error!(?other, "unexpected refusal of a job lease");
+                }
+            }
+        }
+        Ok(activated)
+    }
+
+    /// Completes a leased job: its type's completion command is sent to the instance with
+    /// `result` as payload, and the job is marked completed in the same commit. Retrying with
+    /// the same lease and result returns the same outcome; a stale lease is refused.
+    pub async fn complete_job(
+        &self,
+        id: JobId,
+        lease: uuid::Uuid,
+        result: Value,
+    ) -> Result<CommandOutcome, CommandError> {
+        let job = self.job(id).await?;
+        let worker = job
+            .lease
+            .as_ref()
+            .map(|l| l.worker.clone())
+            .unwrap_or_default();
+        let request = crate::CommandRequest {
+            instance: job.instance,
+            command: job.complete_command.clone(),
+            payload: result,
+            actor: Actor::new(format!("job-worker:{worker}"), &["system"]),
+            request_id: format!("job:{id}:{lease}:complete"),
+            expected_version: None,
+        };
+        self.send_inner(request, Origin::Job { job: id, lease })
+            .await
+            .map(Applied::into_outcome)
+    }
+
+    /// Reports a failure: the job is retried after its backoff (doubling per failure), or
+    /// becomes an incident when its retries are used up.
+    pub async fn fail_job(&self, request: FailJob) -> Result<Job, CommandError> {
+        if request.error.chars().count() > ERROR_CHARS_MAX {
+            return Err(CommandError::InvalidInput {
+                field: "error".into(),
+                message: format!("is longer than {ERROR_CHARS_MAX} characters"),
+            });
+        }
+        self.change_job(request.job, |engine, job, now| {
+            let job = engine.current_lease(job.id, request.lease, job.instance)?;
+            let mut failed = job.clone();
+            failed.failures += 1;
+            failed.lease = None;
+            failed.last_error = Some(request.error.clone());
+            failed.version += 1;
+            failed.updated_at = now;
+            let mut events = Vec::new();
+            if failed.failures <= failed.retries {
+                let delay = match request.retry_in {
+                    Some(d) => Duration::from_std(d).unwrap_or(Duration::days(1)),
+                    None => {
+                        let doublings = (failed.failures - 1).min(20);
+                        Duration::milliseconds(
+                            (failed.backoff_ms.saturating_mul(1 << doublings)).min(i64::MAX as u64)
+                                as i64,
+                        )
+                    }
+                };
+                failed.status = JobStatus::Activatable;
+                failed.available_at = now + delay;
+                events.push(engine.job_event(
+                    "switchyard.job.failed",
+                    &failed,
+                    json!({ "error": request.error, "will_retry": true, "next_attempt_at": failed.available_at }),
+                ));
+            } else {
+                failed.status = JobStatus::Incident;
+                failed.available_at = now;
+                events.push(engine.job_event(
+                    "switchyard.job.failed",
+                    &failed,
+                    json!({ "error": request.error, "will_retry": false }),
+                ));
+                events.push(engine.job_event(
+                    "switchyard.incident.raised",
+                    &failed,
+                    json!({ "error": request.error }),
+                ));
+            }
+            Ok((job.version, failed, events))
+        })
+        .await
+    }
+
+    /// Resolves an incident: retry (with more allowed failures) or cancel. Needs the `admin`
+    /// role.
+    pub async fn resolve_incident(
+        &self,
+        id: JobId,
+        action: IncidentAction,
+        actor: &Actor,
+    ) -> Result<Job, CommandError> {
+        super::require_role(actor, &["admin".to_string()], || {
+            format!("resolve the incident of job {id}")
+        })?;
+        self.change_job(id, |engine, job, now| {
+            if job.status != JobStatus::Incident {
+                return Err(CommandError::NotAnIncident {
+                    job: id,
+                    status: job.status,
+                });
+            }
+            let mut resolved = job.clone();
+            resolved.version += 1;
+            resolved.updated_at = now;
+            match action {
+                IncidentAction::Retry { retries } => {
+                    resolved.status = JobStatus::Activatable;
+                    resolved.available_at = now;
+                    resolved.retries = resolved.failures.saturating_add(retries.max(1));
+                }
+                IncidentAction::Cancel => resolved.status = JobStatus::Cancelled,
+            }
+            let event = engine.job_event(
+                "switchyard.incident.resolved",
+                &resolved,
+                json!({ "action": action, "actor": actor }),
+            );
+            Ok((job.version, resolved, vec![event]))
+        })
+        .await
+    }
+
+    /// Commits a change to one job, re-reading it if a concurrent change won.
+    async fn change_job(
+        &self,
+        id: JobId,
+        change: impl Fn(
+            &Engine,
+            &Job,
+            chrono::DateTime<chrono::Utc>,
+        ) -> Result<(u64, Job, Vec<EventDraft>), CommandError>,
+    ) -> Result<Job, CommandError> {
+        for _ in 0..=self.inner.config.conflict_retries_max {
+            let job = self.job(id).await?;
+            let now = self.inner.config.clock.now();
+            let (expected, changed, events) = change(self, &job, now)?;
+            let commit = Commit {
+                at: now,
+                request: None,
+                writes: Vec::new(),
+                history: Vec::new(),
+                counters: Vec::new(),
+                jobs: vec![JobWrite {
+                    job: changed.clone(),
+                    expected_version: Some(expected),
+                }],
+                events,
+            };
+            let answer = self.enqueue(commit).await?;
+            match self.answer(answer).await? {
+                Ok(_) => {
+                    if changed.status == JobStatus::Activatable {
+                        self.inner.jobs_available.notify_waiters();
+                    }
+                    return Ok(changed);
+                }
+                Err(CommitRefusal::JobConflict { .. }) => continue,
+                Err(other) => {
+                    return Err(CommandError::StaleLease {
+                        job: id,
+                        reason: format!("unexpected refusal: {other:?}"),
+                    })
+                }
+            }
+        }
+        Err(CommandError::StaleLease {
+            job: id,
+            reason: "the job kept changing concurrently".into(),
+        })
+    }
+
+    pub(super) async fn enqueue(
+        &self,
+        commit: Commit,
+    ) -> Result<oneshot::Receiver<Reply>, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue()?
+            .send(Work::Commit { commit, reply })
+            .await
+            .map_err(|_| CommandError::ShuttingDown)?;
+        Ok(answer)
+    }
+
+    pub(super) async fn answer(
+        &self,
+        answer: oneshot::Receiver<Reply>,
+    ) -> Result<Result<crate::store::CommitApplied, CommitRefusal>, CommandError> {
+        match answer.await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(message)) => Err(CommandError::Store(crate::store::StoreError::Io(message))),
+            Err(_) => Err(CommandError::ShuttingDown),
+        }
+    }
+
+    /// Runs `handler` in-process for every job of `job_type`, through the same lease
+    /// mechanism as external workers: `Ok(result)` completes the job, `Err(message)` fails it.
+    /// The handler task stops when the engine shuts down.
+    pub fn register_job_handler<F, Fut>(&self, job_type: &str, handler: F)
+    where
+        F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        let job_type = job_type.to_string();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let engine = Engine { inner };
+                let poll = engine.inner.config.job_poll_interval;
+                let lease = engine.inner.config.job_handler_lease;
+                // Registered before looking, so a job created meanwhile still wakes us; the
+                // wait holds only the notifier, never the engine, so dropping it stops us.
+                let wake = engine.inner.jobs_available.clone();
+                let notified = wake.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let jobs = match engine
+                    .activate_jobs(ActivateJobs {
+                        job_type: job_type.clone(),
+                        worker: format!("in-process:{job_type}"),
+                        max_jobs: 32.min(engine.inner.config.page_size_max),
+                        lease,
+                    })
+                    .await
+                {
+                    Ok(jobs) => jobs,
+                    Err(CommandError::ShuttingDown) => return,
+                    Err(e) => {
+                        tracing::warn!(%job_type, error = %e, "activating jobs failed");
+                        Vec::new()
+                    }
+                };
+                let idle = jobs.is_empty();
+                for job in jobs {
+                    let (id, lease) = (job.id, job.lease);
+                    let outcome = match handler(job).await {
+                        Ok(result) => engine.complete_job(id, lease, result).await.map(|_| ()),
+                        Err(error) => engine
+                            .fail_job(FailJob {
+                                job: id,
+                                lease,
+                                error,
+                                retry_in: None,
+                            })
+                            .await
+                            .map(|_| ()),
+                    };
+                    if let Err(e) = outcome {
+                        tracing::warn!(%job_type, job = %id, error = %e, "reporting a job result failed");
+                    }
+                }
+                if idle {
+                    drop(engine);
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Prepared {
+    /// Whether committing this creates or re-opens jobs a worker could take.
+    pub(super) fn makes_jobs_available(&self) -> bool {
+        self.commit
+            .jobs
+            .iter()
+            .any(|w| w.job.status == JobStatus::Activatable)
+    }
+}

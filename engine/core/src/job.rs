@@ -1,0 +1,131 @@
+//! External jobs: steps a host performs outside the engine (reserve stock, capture a
+//! payment, create a shipment), created by transitions and leased to workers.
+//!
+//! A worker activates jobs of a type and gets each with a lease; completing carries the lease
+//! and becomes the definition's completion command on the instance, in the same commit that
+//! marks the job completed. A completion on a stale lease (re-leased, expired, finished) is
+//! refused. A failure schedules a retry with exponential backoff; when the retries run out
+//! the job becomes an incident an operator resolves (retry or cancel). An expired lease makes
+//! the job available again. The job id is the host's idempotency key for the external side
+//! effect: it never changes across retries and re-deliveries.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::InstanceId;
+
+/// Identifies one job; the host's idempotency key for the side effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a worker (from `available_at`).
+    Activatable,
+    /// Leased to a worker until the lease expires.
+    Leased,
+    /// Retries ran out; waits for an operator.
+    Incident,
+    /// Completed; its completion command was applied.
+    Completed,
+    /// Cancelled by an operator or with its instance.
+    Cancelled,
+}
+
+/// A worker's claim on a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Changes with every activation; completions must carry the current one.
+    pub id: Uuid,
+    /// The worker holding it.
+    pub worker: String,
+    /// When it lapses and the job becomes available again.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A job and everything needed to run, retry and finish it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Its type, declared in the definition's `[jobs]`.
+    pub job_type: String,
+    /// The instance whose transition created it.
+    pub instance: InstanceId,
+    /// Input for the worker.
+    pub payload: Value,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// Failures allowed before an incident.
+    pub retries: u32,
+    /// Delay before the first retry, in milliseconds; doubles with each failure.
+    pub backoff_ms: u64,
+    /// When it may be activated (also the lease expiry while leased).
+    pub available_at: DateTime<Utc>,
+    /// The current lease, while leased.
+    pub lease: Option<Lease>,
+    /// The last failure's message.
+    pub last_error: Option<String>,
+    /// The command sent to the instance on completion, with the result as payload.
+    pub complete_command: String,
+    /// Starts at 1; grows with every change (leases, failures, completion).
+    pub version: u64,
+    /// When the transition created it.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivatedJob {
+    /// The job id: the idempotency key for the external side effect.
+    pub id: JobId,
+    /// The lease to carry when completing or failing.
+    pub lease: Uuid,
+    /// When the lease lapses.
+    pub lease_expires_at: DateTime<Utc>,
+    /// Job type.
+    pub job_type: String,
+    /// The instance.
+    pub instance: InstanceId,
+    /// Input.
+    pub payload: Value,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// What an operator does with an incident.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentAction {
+    /// Make the job available again, allowing this many more failures.
+    Retry {
+        /// Additional failures allowed.
+        retries: u32,
+    },
+    /// Give the job up.
+    Cancel,
+}

@@ -1,0 +1,388 @@
+//! External jobs: leases, completion as a command, stale leases, retries with backoff,
+//! incidents, in-process handlers.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use switchyard_core::*;
+
+const ORDER: &str = r#"
+name = "order"
+version = 1
+initial = "created"
+
+[start]
+roles = ["sales_rep"]
+
+[cancel]
+roles = ["admin"]
+
+[states]
+created = {}
+reserving = {}
+reserved = { terminal = true }
+
+[commands.submit]
+from = ["created"]
+to = ["reserving"]
+roles = ["sales_rep"]
+decider = "order.submit"
+effects = { jobs = ["reserve_stock"] }
+
+[commands.stock_reserved]
+from = ["reserving"]
+to = ["reserved"]
+roles = ["system"]
+decider = "builtin.merge_payload"
+payload = { warehouse = { type = "string" } }
+
+[jobs.reserve_stock]
+complete = "stock_reserved"
+retries = 2
+backoff = "10s"
+"#;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, 8, 0, 0).unwrap()
+}
+
+async fn engine(clock: Arc<ManualClock>) -> Engine {
+    let mut d = DeciderRegistry::new();
+    d.register("order.submit", |ctx: &DecisionContext<'_>| {
+        Ok(Decision::goto("reserving", "reserve stock").with_effect(Effect::CreateJob {
+            job_type: "reserve_stock".into(),
+            payload: json!({ "order": ctx.instance.business_key, "sku": "PUMP-200", "quantity": 4 }),
+        }))
+    });
+    let defs = DefinitionSet::from_sources(&[("order.toml".into(), ORDER.into())], &d).unwrap();
+    let mut config = EngineConfig::in_memory();
+    config.clock = clock;
+    Engine::open(config, defs, d).await.unwrap()
+}
+
+async fn submitted(engine: &Engine, key: &str) -> InstanceId {
+    let id = engine
+        .start(StartRequest {
+            definition: "order".into(),
+            business_key: key.into(),
+            data: json!({}),
+            actor: Actor::new("rep", &["sales_rep"]),
+            request_id: format!("start-{key}"),
+        })
+        .await
+        .unwrap()
+        .instance;
+    engine
+        .send(CommandRequest {
+            instance: id,
+            command: "submit".into(),
+            payload: json!({}),
+            actor: Actor::new("rep", &["sales_rep"]),
+            request_id: format!("submit-{key}"),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+fn activate(lease_secs: u64) -> ActivateJobs {
+    ActivateJobs {
+        job_type: "reserve_stock".into(),
+        worker: "wms-1".into(),
+        max_jobs: 10,
+        lease: StdDuration::from_secs(lease_secs),
+    }
+}
+
+fn fail(job: &ActivatedJob, error: &str) -> FailJob {
+    FailJob {
+        job: job.id,
+        lease: job.lease,
+        error: error.into(),
+        retry_in: None,
+    }
+}
+
+#[tokio::test]
+async fn a_completed_job_becomes_its_completion_command_in_the_same_commit() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let id = submitted(&engine, "O-1").await;
+    let jobs = engine.jobs(id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, JobStatus::Activatable);
+    assert_eq!(
+        jobs[0].payload,
+        json!({ "order": "O-1", "sku": "PUMP-200", "quantity": 4 })
+    );
+
+    let activated = engine.activate_jobs(activate(30)).await.unwrap();
+    assert_eq!(activated.len(), 1);
+    let job = &activated[0];
+    assert_eq!((job.id, job.attempt, job.instance), (jobs[0].id, 1, id));
+    assert!(
+        engine.activate_jobs(activate(30)).await.unwrap().is_empty(),
+        "leased jobs are not handed out twice"
+    );
+
+    let out = engine
+        .complete_job(job.id, job.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap();
+    assert_eq!(out.state, "reserved");
+    assert_eq!(engine.get(id).await.unwrap().data["warehouse"], "W1");
+    assert_eq!(
+        engine.job(job.id).await.unwrap().status,
+        JobStatus::Completed
+    );
+    let again = engine
+        .complete_job(job.id, job.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap();
+    assert_eq!(again, out, "a retried completion returns the same outcome");
+    let history = engine.history(id, 2, 0).await.unwrap();
+    assert_eq!(
+        history[0].actor,
+        Actor::new("job-worker:wms-1", &["system"])
+    );
+
+    let mut sub = engine.subscribe(0).unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        kinds.push(sub.next().await.unwrap().kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "switchyard.instance.started",
+            "switchyard.instance.transitioned",
+            "switchyard.job.created",
+            "switchyard.instance.transitioned",
+            "switchyard.job.completed",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_makes_the_job_available_again_and_stale_completions_are_refused() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let id = submitted(&engine, "O-2").await;
+    let first = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    clock.advance(Duration::seconds(31));
+    let err = engine
+        .complete_job(first.id, first.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "STALE_LEASE");
+    assert!(
+        err.to_string()
+            .contains("the lease expired at 2026-06-01 08:00:30 UTC"),
+        "{err}"
+    );
+
+    let second = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    assert_eq!(
+        second.id, first.id,
+        "the same job: the same idempotency key for the side effect"
+    );
+    assert_ne!(second.lease, first.lease);
+    assert_eq!(second.attempt, 1, "a lapsed lease is not a failure");
+    let err = engine
+        .complete_job(first.id, first.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), format!("job {}: the lease is stale (the job was activated again since); activate the job again", first.id));
+    assert_eq!(
+        engine.get(id).await.unwrap().state,
+        "reserving",
+        "the refused completion wrote nothing"
+    );
+    engine
+        .complete_job(second.id, second.lease, json!({ "warehouse": "W2" }))
+        .await
+        .unwrap();
+    assert_eq!(engine.get(id).await.unwrap().data["warehouse"], "W2");
+}
+
+#[tokio::test]
+async fn failures_retry_with_backoff_then_raise_an_incident_an_operator_resolves() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let id = submitted(&engine, "O-3").await;
+
+    let a1 = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    let job = engine.fail_job(fail(&a1, "WMS timeout")).await.unwrap();
+    assert_eq!((job.status, job.failures), (JobStatus::Activatable, 1));
+    assert_eq!(job.available_at, t0() + Duration::seconds(10));
+    assert!(
+        engine.activate_jobs(activate(30)).await.unwrap().is_empty(),
+        "backing off"
+    );
+    clock.advance(Duration::seconds(10));
+    let a2 = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    assert_eq!(a2.attempt, 2);
+    let job = engine.fail_job(fail(&a2, "WMS timeout")).await.unwrap();
+    assert_eq!(
+        job.available_at,
+        t0() + Duration::seconds(10 + 20),
+        "the backoff doubles"
+    );
+    let err = engine.fail_job(fail(&a2, "again")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        "STALE_LEASE",
+        "a failure needs the current lease too"
+    );
+
+    clock.advance(Duration::seconds(20));
+    let a3 = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    let job = engine
+        .fail_job(fail(&a3, "SKU unknown in WMS"))
+        .await
+        .unwrap();
+    assert_eq!((job.status, job.failures), (JobStatus::Incident, 3));
+    assert_eq!(job.last_error.as_deref(), Some("SKU unknown in WMS"));
+    clock.advance(Duration::days(1));
+    assert!(
+        engine.activate_jobs(activate(30)).await.unwrap().is_empty(),
+        "an incident waits for an operator"
+    );
+    let incidents: Vec<_> = engine
+        .jobs(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.status == JobStatus::Incident)
+        .collect();
+    assert_eq!(incidents.len(), 1, "the instance shows its incident");
+
+    let err = engine
+        .resolve_incident(
+            job.id,
+            IncidentAction::Retry { retries: 1 },
+            &Actor::new("rep", &["sales_rep"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ROLE_NOT_ALLOWED");
+    let ops = Actor::new("ops-1", &["admin"]);
+    let job = engine
+        .resolve_incident(job.id, IncidentAction::Retry { retries: 1 }, &ops)
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Activatable);
+    let err = engine
+        .resolve_incident(job.id, IncidentAction::Cancel, &ops)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "NOT_AN_INCIDENT");
+    let a4 = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    assert_eq!(a4.attempt, 4);
+    engine
+        .complete_job(a4.id, a4.lease, json!({ "warehouse": "W3" }))
+        .await
+        .unwrap();
+    assert_eq!(engine.get(id).await.unwrap().state, "reserved");
+
+    let mut sub = engine.subscribe(0).unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..10 {
+        kinds.push(sub.next().await.unwrap().kind);
+    }
+    assert!(
+        kinds.contains(&"switchyard.incident.raised".to_string()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"switchyard.incident.resolved".to_string()),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "switchyard.job.failed")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn cancelling_the_instance_cancels_its_open_jobs() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let id = submitted(&engine, "O-4").await;
+    let leased = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    engine
+        .cancel(CancelRequest {
+            instance: id,
+            reason: "customer withdrew".into(),
+            actor: Actor::new("ops", &["admin"]),
+            request_id: "x-4".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.job(leased.id).await.unwrap().status,
+        JobStatus::Cancelled
+    );
+    let err = engine
+        .complete_job(leased.id, leased.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "STALE_LEASE");
+    clock.advance(Duration::minutes(5));
+    assert!(engine.activate_jobs(activate(30)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn activation_requests_are_checked() {
+    let engine = engine(Arc::new(ManualClock::new(t0()))).await;
+    let err = engine
+        .activate_jobs(ActivateJobs {
+            max_jobs: 0,
+            ..activate(30)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "field `max_jobs`: 0 is outside 1..=1000");
+    let err = engine.activate_jobs(activate(0)).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "field `lease`: must be between 1 second and 24 hours"
+    );
+}
+
+#[tokio::test]
+async fn in_process_handlers_run_jobs_through_the_same_leases() {
+    let engine = engine(Arc::new(ManualClock::new(t0()))).await;
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    engine.register_job_handler("reserve_stock", move |job: ActivatedJob| {
+        let seen = seen.clone();
+        async move {
+            assert_eq!(job.payload["sku"], "PUMP-200");
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok(json!({ "warehouse": "W-inproc" }))
+        }
+    });
+    let id = submitted(&engine, "O-5").await;
+    let mut sub = engine.subscribe(0).unwrap();
+    loop {
+        let event = tokio::time::timeout(StdDuration::from_secs(10), sub.next())
+            .await
+            .expect("the handler ran")
+            .unwrap();
+        if event.kind == "switchyard.job.completed" {
+            break;
+        }
+    }
+    assert_eq!(engine.get(id).await.unwrap().data["warehouse"], "W-inproc");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    engine.shutdown().await;
+}
