@@ -269,6 +269,20 @@ impl Store for GatedStore {
     fn counter(&self, c: &str, k: &str) -> Result<u64, StoreError> {
         self.inner.counter(c, k)
     }
+    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.job(id)
+    }
+    fn activatable_jobs(
+        &self,
+        job_type: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner.activatable_jobs(job_type, now, limit)
+    }
+    fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
+        self.inner.jobs_of(instance)
+    }
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError> {
         self.inner.due_timers(now, limit)
     }

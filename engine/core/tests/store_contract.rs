@@ -55,6 +55,7 @@ fn write(i: Instance, expected: Option<u64>) -> Commit {
         request: None,
         history: vec![entry(&i)],
         events: vec![event(&i)],
+        jobs: vec![],
         writes: vec![InstanceWrite {
             instance: i,
             expected_version: expected,
@@ -368,6 +369,80 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
     );
 }
 
+fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
+    let instance_id = InstanceId::new();
+    let job = Job {
+        id: JobId(uuid::Uuid::now_v7()),
+        job_type: "pick".into(),
+        instance: instance_id,
+        payload: json!({}),
+        status: JobStatus::Activatable,
+        failures: 0,
+        retries: 3,
+        backoff_ms: 1000,
+        available_at: t0(),
+        lease: None,
+        last_error: None,
+        complete_command: "picked".into(),
+        version: 1,
+        created_at: t0(),
+        updated_at: t0(),
+    };
+    let mut c = write(instance(instance_id, 1, "created", "J"), None);
+    c.jobs = vec![JobWrite {
+        job: job.clone(),
+        expected_version: None,
+    }];
+    one(store, c).unwrap();
+    assert_eq!(
+        store.activatable_jobs("pick", t0(), 10).unwrap(),
+        vec![job.clone()]
+    );
+    assert!(store
+        .activatable_jobs("pick", t0() - Duration::seconds(1), 10)
+        .unwrap()
+        .is_empty());
+    assert!(store.activatable_jobs("pack", t0(), 10).unwrap().is_empty());
+    assert_eq!(store.jobs_of(instance_id).unwrap(), vec![job.clone()]);
+
+    let mut done = job.clone();
+    done.status = JobStatus::Completed;
+    done.version = 2;
+    let jobs_only = |j: Job, expected| Commit {
+        at: t0(),
+        request: None,
+        writes: vec![],
+        history: vec![],
+        counters: vec![],
+        events: vec![],
+        jobs: vec![JobWrite {
+            job: j,
+            expected_version: expected,
+        }],
+    };
+    let refused = one(store, jobs_only(done.clone(), Some(5))).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::JobConflict {
+            job: job.id,
+            expected: Some(5),
+            current: Some(1)
+        }
+    );
+    one(store, jobs_only(done.clone(), Some(1))).unwrap();
+    assert!(
+        store
+            .activatable_jobs("pick", t0() + Duration::days(1), 10)
+            .unwrap()
+            .is_empty(),
+        "finished jobs leave the index"
+    );
+    assert_eq!(
+        store.job(job.id).unwrap().unwrap().status,
+        JobStatus::Completed
+    );
+}
+
 macro_rules! contract {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -397,6 +472,11 @@ macro_rules! contract {
             fn feed_offsets_are_gap_free_and_refusals_take_none() {
                 let (store, _guard) = $make;
                 super::feed_offsets_are_gap_free_and_refusals_take_none(&*store);
+            }
+            #[test]
+            fn jobs_are_version_checked_and_indexed_for_activation() {
+                let (store, _guard) = $make;
+                super::jobs_are_version_checked_and_indexed_for_activation(&*store);
             }
             #[test]
             fn links_are_indexed_both_ways() {
