@@ -1,12 +1,15 @@
 //! Walks one sales order through Switchyard's core, end to end, on a real sled store, and
 //! prints what happened: a credit hold (DOMAIN scenario 3), a refused release by the wrong
-//! role, the release by a credit controller, a gap-free order number, a linked shipment that
-//! reports delivery back to its order, an idempotent retry, and the full history.
+//! role, a 48-hour escalation timer firing, the release by a credit controller, a gap-free
+//! order number, a linked shipment whose carrier booking is an external job completed by a
+//! worker, delivery reported back to the order, an idempotent retry, the full history and the
+//! event feed.
 //!
 //! Run: `cargo run -p switchyard-examples --example order_walkthrough [-- DATA_DIR]`
 //! (without DATA_DIR a temporary directory is used and removed afterwards).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use rust_decimal::Decimal;
@@ -72,6 +75,21 @@ fn deciders() -> DeciderRegistry {
             ),
         ))
     });
+    r.register("sales_order.escalate", |_: &DecisionContext<'_>| {
+        Ok(Decision::goto(
+            "credit_hold",
+            "credit hold untouched for 48h → finance director",
+        )
+        .with_changes(json!({ "escalated_to": "finance_director" })))
+    });
+    r.register("shipment.book", |ctx: &DecisionContext<'_>| {
+        Ok(
+            Decision::goto("booking", "carrier booking requested").with_effect(Effect::CreateJob {
+                job_type: "book_carrier".into(),
+                payload: json!({ "order_number": ctx.instance.data["order_number"], "lines": ctx.instance.data["lines"] }),
+            }),
+        )
+    });
     r.register("shipment.deliver", |ctx: &DecisionContext<'_>| {
         let order = ctx
             .parent
@@ -129,13 +147,15 @@ async fn main() -> Result<()> {
         DefinitionSet::load_dir(&definitions_dir, &deciders).map_err(|e| anyhow!("{e}"))?;
     let mut store = SledConfig::new(&data_dir);
     store.durability = Durability::Fsync;
-    let engine = Engine::open(
-        EngineConfig::new(StoreConfig::Sled(store)),
-        definitions,
-        deciders,
-    )
-    .await
-    .context("opening the engine")?;
+    // A clock the walkthrough can move forward, so a 48-hour timer fires in a moment.
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let mut config = EngineConfig::new(StoreConfig::Sled(store));
+    config.clock = clock.clone();
+    // The engine polls for due timers every second; the walkthrough fires them itself.
+    config.timer_poll_interval = std::time::Duration::from_secs(3600);
+    let engine = Engine::open(config, definitions, deciders)
+        .await
+        .context("opening the engine")?;
     println!(
         "Switchyard core walkthrough — store at {}",
         data_dir.display()
@@ -199,6 +219,19 @@ async fn main() -> Result<()> {
         .expect_err("money as a JSON number is refused");
     println!("  refused [{}]: {bad}", bad.code());
 
+    println!(
+        "\n   Two days pass without a decision: the hold's 48h timer fires, as the system actor"
+    );
+    clock.advance(chrono::Duration::hours(48));
+    let fired = engine.fire_due_timers().await?;
+    let escalation = engine.history(order, 2, 1).await?.remove(0);
+    println!(
+        "  {fired} timer fired: `{}` by {} — {}",
+        escalation.command.as_deref().unwrap_or("?"),
+        escalation.actor.id,
+        escalation.reason
+    );
+
     println!("\n3. A credit controller releases it: the order is numbered and a shipment starts, in one commit");
     let controller = actor("cc-ben", "credit_controller");
     let release = send(
@@ -230,18 +263,43 @@ async fn main() -> Result<()> {
         .unwrap_or_default();
     println!("  linked shipment {shipment}, whose parent is {parent}");
 
-    println!("\n4. Logistics ships and delivers; delivery updates the order through the link");
+    println!("\n4. Logistics books a carrier: an external job, done by an integration worker");
     let logistics = actor("wh-cem", "logistics");
-    let shipped = engine
+    let booking = engine
         .send(send(
             shipment,
-            "ship",
-            json!({"carrier": "dhl", "tracking": "JD0146"}),
+            "book",
+            json!({}),
             logistics.clone(),
-            &format!("{run}-ship"),
+            &format!("{run}-book"),
         ))
         .await?;
-    show("ship", &shipped);
+    show("book", &booking);
+    let job = engine
+        .activate_jobs(ActivateJobs {
+            job_type: "book_carrier".into(),
+            worker: "carrier-gateway".into(),
+            max_jobs: 1,
+            lease: std::time::Duration::from_secs(60),
+        })
+        .await?
+        .pop()
+        .context("the booking job should be available")?;
+    println!(
+        "  worker `carrier-gateway` activated job {} (its idempotency key at the carrier), lease until {}",
+        job.id,
+        job.lease_expires_at.format("%H:%M:%S")
+    );
+    let shipped = engine
+        .complete_job(
+            job.id,
+            job.lease,
+            json!({"carrier": "dhl", "tracking": "JD0146"}),
+        )
+        .await?;
+    show("job completed → carrier_booked", &shipped);
+
+    println!("\n5. Logistics confirms delivery; delivery updates the order through the link");
     let delivered = engine
         .send(send(
             shipment,
@@ -263,12 +321,12 @@ async fn main() -> Result<()> {
         .await?;
     show("order mark_delivered", &closed);
 
-    println!("\n5. The order's history: every change with its actor, command and reason");
+    println!("\n6. The order's history: every change with its actor, command and reason");
     for h in engine.history(order, 0, 0).await? {
         println!(
-            "  v{} {} {:<14} {:>12} → {:<12} by {:<8} {}",
+            "  v{} {} {:<14} {:>12} → {:<12} by {:<13} {}",
             h.version,
-            h.at.format("%H:%M:%S%.3f"),
+            h.at.format("%m-%d %H:%M:%S"),
             h.command.as_deref().unwrap_or(match h.kind {
                 ChangeKind::Started { .. } => "(start)",
                 ChangeKind::LinkedUpdate { .. } => "(linked)",
@@ -286,7 +344,19 @@ async fn main() -> Result<()> {
         "\nFinal order: state {} ({}), version {}, data {}",
         final_order.state, final_order.status, final_order.version, final_order.data
     );
-    println!("Store: {:?}", engine.store().stats());
+    println!(
+        "\n7. The event feed, replayed from offset 0 (only flushed commits are ever delivered)"
+    );
+    let mut feed = engine.subscribe(0)?;
+    let (_, head) = engine.store().feed_bounds()?;
+    while feed.offset() < head {
+        let event = feed.next().await?;
+        println!(
+            "  #{:<3} {:<34} {}",
+            event.offset, event.kind, event.subject
+        );
+    }
+    println!("\nStore: {:?}", engine.store().stats());
     engine.shutdown().await;
     Ok(())
 }
