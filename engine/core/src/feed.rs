@@ -35,6 +35,7 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -43,7 +44,7 @@ use crate::model::{ChangeKind, HistoryEntry, Instance};
 use crate::store::Store;
 
 /// A committed event, CloudEvents-style.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FeedEvent {
     /// Position in the feed: starts at 1, gap-free, increasing in commit order.
     pub offset: u64,
@@ -59,8 +60,29 @@ pub struct FeedEvent {
     pub subject: String,
     /// Commit time.
     pub time: DateTime<Utc>,
-    /// The payload; see the module docs.
-    pub data: Value,
+    /// The payload as JSON text; see the module docs. Kept unparsed so replaying the feed
+    /// does not build and drop a JSON tree per event; [`FeedEvent::data`] parses it.
+    #[serde(rename = "data")]
+    pub data_json: Box<RawValue>,
+}
+
+impl PartialEq for FeedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.id == other.id
+            && self.source == other.source
+            && self.kind == other.kind
+            && self.subject == other.subject
+            && self.time == other.time
+            && self.data_json.get() == other.data_json.get()
+    }
+}
+
+impl FeedEvent {
+    /// The payload, parsed.
+    pub fn data(&self) -> Value {
+        serde_json::from_str(self.data_json.get()).expect("feed event data is JSON")
+    }
 }
 
 /// An event before the store numbers it.
@@ -88,7 +110,7 @@ impl EventDraft {
             kind: self.kind.clone(),
             subject: self.subject.clone(),
             time: self.time,
-            data: self.data.clone(),
+            data_json: serde_json::value::to_raw_value(&self.data).expect("JSON values serialize"),
         }
     }
 }

@@ -172,7 +172,7 @@ fn every_acknowledged_command_survives_sigkill_exactly_once() {
                 let event = sub.next().await.unwrap();
                 assert_eq!(event.offset, expected, "round {round}: feed gap");
                 *by_request
-                    .entry(event.data["request_id"].as_str().unwrap().to_string())
+                    .entry(event.data()["request_id"].as_str().unwrap().to_string())
                     .or_default() += 1;
             }
             for line in &acked {

@@ -62,7 +62,7 @@ async fn the_feed_is_gap_free_and_in_commit_order_under_concurrent_commits() {
     );
     let mut last_version: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {
-        let v = e.data["version"].as_u64().unwrap();
+        let v = e.data()["version"].as_u64().unwrap();
         let prev = last_version.insert(e.subject.clone(), v).unwrap_or(0);
         assert_eq!(
             v,
@@ -98,20 +98,24 @@ async fn events_carry_a_cloudevents_envelope_and_the_change() {
     assert_eq!(e.id, "switchyard/2");
     assert_eq!(e.source, "switchyard");
     assert_eq!(e.subject, id.to_string());
-    assert_eq!(e.data["definition"], json!({"name": "order", "version": 1}));
-    assert_eq!(e.data["from_state"], "created");
-    assert_eq!(e.data["to_state"], "confirmed");
-    assert_eq!(e.data["command"], "confirm");
     assert_eq!(
-        e.data["actor"],
+        e.data()["definition"],
+        json!({"name": "order", "version": 1})
+    );
+    assert_eq!(e.data()["from_state"], "created");
+    assert_eq!(e.data()["to_state"], "confirmed");
+    assert_eq!(e.data()["command"], "confirm");
+    assert_eq!(
+        e.data()["actor"],
         json!({"id": "rep-1", "roles": ["sales_rep"]})
     );
-    assert_eq!(e.data["request_id"], "e-2");
+    assert_eq!(e.data()["request_id"], "e-2");
     assert_eq!(
-        e.data["data"]["number"], "SO-2026-000001",
+        e.data()["data"]["number"],
+        "SO-2026-000001",
         "post-transition data, with the drawn number"
     );
-    assert_eq!(e.data["data"]["total"], "10.00");
+    assert_eq!(e.data()["data"]["total"], "10.00");
 }
 
 #[tokio::test]
@@ -160,7 +164,7 @@ async fn a_subscriber_resumes_after_any_offset_and_then_follows_live() {
         .unwrap()
         .unwrap();
     assert_eq!(live.offset, 11);
-    assert_eq!(live.data["request_id"], "r-live");
+    assert_eq!(live.data()["request_id"], "r-live");
     let err = engine.subscribe(12).err().unwrap();
     assert_eq!(
         err.to_string(),

@@ -345,10 +345,11 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
     );
     assert_eq!(events[0].id, "test/1");
     assert_eq!(
-        events[0].data["data"]["number"], "N01",
+        events[0].data()["data"]["number"],
+        "N01",
         "the counter assignment reaches the event"
     );
-    assert_eq!(events[2].data["version"], 2);
+    assert_eq!(events[2].data()["version"], 2);
     assert_eq!(store.feed(2, 1).unwrap()[0].offset, 3);
     assert_eq!(store.feed_bounds().unwrap(), (1, 4));
 

@@ -288,7 +288,7 @@ async fn the_background_poller_fires_timers_on_the_system_clock() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(event.data["command"], "escalate");
+    assert_eq!(event.data()["command"], "escalate");
     assert_eq!(engine.get(id).await.unwrap().data["escalated"], true);
     engine.shutdown().await;
 }

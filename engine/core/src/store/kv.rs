@@ -453,17 +453,24 @@ impl<'a> Staged<'a> {
             };
             for (i, draft) in commit.events.iter().enumerate() {
                 head += 1;
-                let mut event = draft.at_offset(head);
-                if i == 0 {
-                    for (draw, value) in commit.counters.iter().zip(&drawn) {
-                        let Some(assign) = &draw.assign else { continue };
-                        if let Some(data) =
-                            event.data.get_mut("data").and_then(|d| d.as_object_mut())
-                        {
-                            data.insert(assign.field.clone(), assign.render(value.value).into());
+                // Counter assignments reach the first event's post-change data too.
+                let assigned: Vec<_> = commit
+                    .counters
+                    .iter()
+                    .zip(&drawn)
+                    .filter_map(|(d, v)| d.assign.as_ref().map(|a| (a, v.value)))
+                    .collect();
+                let event = if i == 0 && !assigned.is_empty() {
+                    let mut draft = draft.clone();
+                    if let Some(data) = draft.data.get_mut("data").and_then(|d| d.as_object_mut()) {
+                        for (assign, value) in assigned {
+                            data.insert(assign.field.clone(), assign.render(value).into());
                         }
                     }
-                }
+                    draft.at_offset(head)
+                } else {
+                    draft.at_offset(head)
+                };
                 self.put(records::feed_key(head), encode(&event));
             }
             self.feed_head = Some(head);
