@@ -222,6 +222,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
                 decider: Some("quote.approval".into()),
                 reason: "net 1234.56 < 5000 and discount 5% ≤ 10% → auto-approved".into(),
                 changes: json!({ "net": "1234.56", "discount_pct": "5" }),
+                provenance: None,
             };
             let record = RequestRecord {
                 request_id: request_id.clone(),

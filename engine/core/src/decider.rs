@@ -47,6 +47,9 @@ pub struct Decision {
     pub effects: Vec<Effect>,
     /// A human reason, e.g. "discount 18% > 10% → manager". Recorded in history.
     pub reason: String,
+    /// Which rule decided and from what (rule-set version, script, function, inputs,
+    /// outputs); recorded in history. Rule-script deciders always fill it.
+    pub provenance: Option<Value>,
 }
 
 impl Decision {
@@ -57,6 +60,7 @@ impl Decision {
             changes: Value::Null,
             effects: Vec::new(),
             reason: reason.into(),
+            provenance: None,
         }
     }
 
@@ -179,6 +183,9 @@ pub const MERGE_PAYLOAD: &str = "builtin.merge_payload";
 #[derive(Clone)]
 pub struct DeciderRegistry {
     deciders: BTreeMap<String, Arc<dyn Decider>>,
+    /// Names that exist but cannot decide, with the reason (e.g. a script function with the
+    /// wrong number of parameters), so definitions naming them get a precise error.
+    rejected: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for DeciderRegistry {
@@ -198,6 +205,7 @@ impl DeciderRegistry {
     pub fn new() -> Self {
         let mut r = DeciderRegistry {
             deciders: BTreeMap::new(),
+            rejected: BTreeMap::new(),
         };
         r.register(MERGE_PAYLOAD, |ctx: &DecisionContext<'_>| {
             let [to] = ctx.command.to.as_slice() else {
@@ -219,6 +227,17 @@ impl DeciderRegistry {
     pub fn register(&mut self, name: impl Into<String>, decider: impl Decider) -> &mut Self {
         self.deciders.insert(name.into(), Arc::new(decider));
         self
+    }
+
+    /// Records that `name` exists but cannot be a decider, and why.
+    pub fn reject(&mut self, name: impl Into<String>, reason: impl Into<String>) -> &mut Self {
+        self.rejected.insert(name.into(), reason.into());
+        self
+    }
+
+    /// Why `name` cannot be a decider, if it was rejected.
+    pub fn rejection(&self, name: &str) -> Option<&str> {
+        self.rejected.get(name).map(String::as_str)
     }
 
     /// Whether `name` is registered.

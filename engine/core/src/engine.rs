@@ -757,6 +757,7 @@ impl Engine {
                 decider: None,
                 reason,
                 changes: json!({}),
+                provenance: None,
             };
             // Its open jobs and incidents go with it.
             let mut jobs = Vec::new();
@@ -1164,6 +1165,7 @@ impl Engine {
             decider: command.decider.clone(),
             reason: decision.reason.clone(),
             changes,
+            provenance: decision.provenance.clone(),
         };
         let mut writes = vec![InstanceWrite {
             instance: after.clone(),
@@ -1286,6 +1288,7 @@ impl Engine {
                         decider: command.decider.clone(),
                         reason,
                         changes,
+                        provenance: None,
                     });
                     writes.push(InstanceWrite {
                         instance: linked,
@@ -1566,6 +1569,7 @@ fn started_entry(
         decider: None,
         reason,
         changes: instance.data.clone(),
+        provenance: None,
     }
 }
 

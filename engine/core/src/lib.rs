@@ -74,6 +74,7 @@ pub mod feed;
 pub mod job;
 pub mod model;
 pub mod patch;
+pub mod rules;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -92,4 +93,5 @@ pub use model::{
     Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
     Instance, InstanceId, InstanceStatus, OpenTimer,
 };
+pub use rules::{RuleLimits, RuleSet};
 pub use store::{Durability, Page, SledConfig};

@@ -200,6 +200,10 @@ pub struct HistoryEntry {
     pub reason: String,
     /// The data changes applied, as a JSON merge patch (RFC 7386).
     pub changes: Value,
+    /// Which rule decided and from what: rule-set version, script, function, reference-data
+    /// version, the full inputs and the outputs (`None` for Rust deciders and fixed moves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Value>,
 }
 
 /// A number drawn from a named counter in a commit.

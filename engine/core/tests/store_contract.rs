@@ -46,6 +46,7 @@ fn entry(i: &Instance) -> HistoryEntry {
         decider: None,
         reason: "test".into(),
         changes: json!({}),
+        provenance: None,
     }
 }
 

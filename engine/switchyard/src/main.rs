@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use switchyard_core::rules::{testing, DecisionInput};
 use switchyard_core::store::{ListQuery, SledConfig, SledStore, Store};
-use switchyard_core::InstanceId;
+use switchyard_core::{DeciderRegistry, InstanceId, RuleLimits, RuleSet};
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Switchyard workflow engine")]
@@ -19,6 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Work on a rule set (definitions, Rhai scripts, reference data, tests).
+    Rules {
+        #[command(subcommand)]
+        what: Rules,
+    },
     /// Read a stopped store: list instances, show one, print its history.
     Inspect {
         /// The store directory.
@@ -26,6 +32,32 @@ enum Command {
         store: PathBuf,
         #[command(subcommand)]
         what: Inspect,
+    },
+}
+
+#[derive(Subcommand)]
+enum Rules {
+    /// Compile every script, load definitions against them, parse tests; print every
+    /// problem as file:line:col: message. Exits 1 on any problem.
+    Check {
+        /// The rules directory.
+        dir: PathBuf,
+    },
+    /// Run the example-based tests shipped in DIR/tests. Exits 1 on any failure.
+    Test {
+        /// The rules directory.
+        dir: PathBuf,
+    },
+    /// Dry-run one decider on an input file: {"instance": {...}, "payload": {...},
+    /// "actor": {...}, "now": "RFC 3339"}; prints the decision, its reason and the time taken.
+    Eval {
+        /// The rules directory.
+        dir: PathBuf,
+        /// The decider, script::function.
+        function: String,
+        /// The input JSON file.
+        #[arg(long)]
+        input: PathBuf,
     },
 }
 
@@ -62,6 +94,104 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect { store, what } => inspect(&store, what),
+        Command::Rules { what } => {
+            let code = rules(what)?;
+            std::process::exit(code);
+        }
+    }
+}
+
+fn load_rules(dir: &std::path::Path) -> Result<RuleSet, i32> {
+    RuleSet::load(dir, DeciderRegistry::new(), RuleLimits::default()).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        eprintln!("{} problem(s) in {}", errors.0.len(), dir.display());
+        1
+    })
+}
+
+/// Runs a `rules` subcommand; returns the exit code.
+fn rules(what: Rules) -> Result<i32> {
+    match what {
+        Rules::Check { dir } => Ok(match load_rules(&dir) {
+            Ok(rules) => {
+                println!(
+                    "{}: rule set {} is valid: {} definition(s), {} decider(s), {} test(s)",
+                    dir.display(),
+                    rules.version,
+                    rules.definitions.iter().count(),
+                    rules.deciders.names().count(),
+                    rules.tests.len()
+                );
+                0
+            }
+            Err(code) => code,
+        }),
+        Rules::Test { dir } => {
+            let rules = match load_rules(&dir) {
+                Ok(r) => r,
+                Err(code) => return Ok(code),
+            };
+            let outcomes = testing::run(&rules);
+            let failed = outcomes.iter().filter(|o| !o.passed).count();
+            for o in &outcomes {
+                if o.passed {
+                    println!("ok   {}", o.title);
+                } else {
+                    println!("FAIL {}\n{}", o.title, o.report);
+                }
+            }
+            println!("{} passed, {} failed", outcomes.len() - failed, failed);
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
+        Rules::Eval {
+            dir,
+            function,
+            input,
+        } => {
+            let rules = match load_rules(&dir) {
+                Ok(r) => r,
+                Err(code) => return Ok(code),
+            };
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not JSON", input.display()))?;
+            let field =
+                |name: &str, default: serde_json::Value| json.get(name).cloned().unwrap_or(default);
+            let now = match json.get("now").and_then(|v| v.as_str()) {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                    .with_context(|| {
+                        format!("{}: field `now`: not an RFC 3339 time", input.display())
+                    })?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let input = DecisionInput {
+                instance: field("instance", serde_json::json!({})),
+                payload: field("payload", serde_json::json!({})),
+                actor: field("actor", serde_json::json!({ "id": "eval", "roles": [] })),
+                now,
+            };
+            let started = std::time::Instant::now();
+            let result = rules.evaluate(&function, &input);
+            let took = started.elapsed();
+            match result {
+                Ok((decision, outputs)) => {
+                    println!("{}", serde_json::to_string_pretty(&outputs)?);
+                    println!("state:  {}", decision.next_state);
+                    println!("reason: {}", decision.reason);
+                    println!("time:   {took:?}");
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{}", e.message);
+                    eprintln!("time:   {took:?}");
+                    Ok(1)
+                }
+            }
+        }
     }
 }
 

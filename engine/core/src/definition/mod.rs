@@ -617,6 +617,14 @@ fn check_file(
                 .extend(cmd.to.get_ref().iter().map(String::as_str));
         }
         match &cmd.decider {
+            Some(d) if deciders.rejection(d.get_ref()).is_some() => problem(
+                d.span(),
+                format!(
+                    "{what}: decider `{}`: {}",
+                    d.get_ref(),
+                    deciders.rejection(d.get_ref()).unwrap_or_default()
+                ),
+            ),
             Some(d) if !deciders.contains(d.get_ref()) => problem(
                 d.span(),
                 format!(

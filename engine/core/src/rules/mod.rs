@@ -1,0 +1,679 @@
+//! Rule sets: the definitions, Rhai scripts and reference data of a rules directory, compiled
+//! once and checked together, and the Rhai deciders they provide.
+//!
+//! Layout of a rules directory:
+//!
+//! | path | what |
+//! |---|---|
+//! | `definitions/*.toml` | workflow definitions (see `ARCHITECTURE.md`) |
+//! | `scripts/*.rhai` | decider scripts: every function `f(instance, payload, actor)` in `scripts/NAME.rhai` is the decider `NAME::f` |
+//! | `scripts/lib/*.rhai` | helper functions, available in every decider script |
+//! | `data/*.json` | reference data, read-only in scripts as `data("NAME")` |
+//! | `tests/*.toml` | example-based tests of the deciders (see [`testing`]) |
+//!
+//! A decider function receives `instance` (`id`, `definition`, `version`, `state`,
+//! `business_key`, `data`, `parent`), `payload` and `actor` (`id`, `roles`) and returns a map:
+//! `state` (next state, required), `reason` (required), `changes` (a merge patch), `effects` (a
+//! list of `#{ start, business_key, data }`, `#{ update, changes, reason }`,
+//! `#{ counter, key, limit, assign: #{ field, prefix, width } }`, `#{ job, payload }`).
+//! Money arrives as decimal strings; `decimal(x)` makes an exact `Decimal`, and a `Decimal` in
+//! the result is written back as a decimal string. Nothing passes through floating point.
+
+mod convert;
+mod sandbox;
+pub mod testing;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rhai::{CallFnOptions, Dynamic, EvalAltResult, Map, Scope, AST};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::decider::{
+    CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
+};
+use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
+use crate::model::InstanceId;
+pub use convert::{to_dynamic, to_json};
+pub use sandbox::RuleLimits;
+
+/// A loaded, checked rule set.
+pub struct RuleSet {
+    /// Content version: a digest of every file in the rule set.
+    pub version: String,
+    /// Its definitions.
+    pub definitions: DefinitionSet,
+    /// Its deciders (the Rhai ones plus any Rust deciders given at load).
+    pub deciders: DeciderRegistry,
+    /// Its example tests.
+    pub tests: Vec<testing::RuleTest>,
+    compiled: Arc<Compiled>,
+}
+
+/// The compiled scripts, shared by the rule set's deciders.
+struct Compiled {
+    engine: rhai::Engine,
+    /// Built on the first limit error; see `sandbox::build_locator`.
+    locator: std::sync::OnceLock<rhai::Engine>,
+    limits: RuleLimits,
+    version: String,
+    data_version: String,
+    /// Script name → compiled script (its own functions merged over the helpers).
+    scripts: BTreeMap<String, Script>,
+    /// Reference data by file stem, shared so evaluations do not copy it.
+    data: Dynamic,
+}
+
+struct Script {
+    file: String,
+    ast: AST,
+}
+
+/// What a decider function is given, as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecisionInput {
+    /// The instance map (`id`, `definition`, `version`, `state`, `business_key`, `data`,
+    /// `parent`).
+    pub instance: Value,
+    /// The payload.
+    pub payload: Value,
+    /// The actor (`id`, `roles`).
+    pub actor: Value,
+    /// The engine clock's time.
+    pub now: DateTime<Utc>,
+}
+
+fn problem(file: &Path, line: usize, column: usize, message: impl Into<String>) -> DefinitionError {
+    DefinitionError {
+        file: file.display().to_string(),
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
+fn read_dir_sorted(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, DefinitionError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| problem(dir, 1, 1, format!("cannot read the directory: {e}")))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| problem(dir, 1, 1, format!("cannot read the directory: {e}")))?
+            .path();
+        if path.is_file() && path.extension().is_some_and(|x| x == extension) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl RuleSet {
+    /// Loads and checks the rules directory `dir`: compiles every script, loads reference
+    /// data, registers every 3-parameter script function as a decider next to `rust_deciders`,
+    /// loads the definitions against them and parses the tests. Every problem is reported as
+    /// `file:line:col: message`; nothing is returned unless all is well.
+    pub fn load(
+        dir: &Path,
+        rust_deciders: DeciderRegistry,
+        limits: RuleLimits,
+    ) -> Result<RuleSet, DefinitionErrors> {
+        let mut problems = Vec::new();
+        let mut hasher = Sha256::new();
+        let mut hash_file = |path: &Path, text: &str| {
+            hasher.update(
+                path.strip_prefix(dir)
+                    .unwrap_or(path)
+                    .to_string_lossy()
+                    .as_bytes(),
+            );
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+        };
+        let read = |path: &Path, problems: &mut Vec<DefinitionError>| match std::fs::read_to_string(
+            path,
+        ) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(problem(path, 1, 1, format!("cannot read the file: {e}")));
+                None
+            }
+        };
+        let engine = sandbox::build_engine(&limits);
+
+        // Helpers first: their functions are merged under every decider script.
+        let mut lib = AST::empty();
+        for path in read_dir_sorted(&dir.join("scripts").join("lib"), "rhai").unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }) {
+            let Some(text) = read(&path, &mut problems) else {
+                continue;
+            };
+            hash_file(&path, &text);
+            match compile(&engine, &path, &text) {
+                Ok(ast) => lib = lib.merge(&ast),
+                Err(p) => problems.push(p),
+            }
+        }
+
+        let mut deciders = rust_deciders;
+        let mut scripts = BTreeMap::new();
+        let mut decider_names = Vec::new();
+        for path in read_dir_sorted(&dir.join("scripts"), "rhai").unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }) {
+            let Some(text) = read(&path, &mut problems) else {
+                continue;
+            };
+            hash_file(&path, &text);
+            let name = stem(&path);
+            let ast = match compile(&engine, &path, &text) {
+                Ok(ast) => ast,
+                Err(p) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
+            for f in ast.iter_functions() {
+                let full = format!("{name}::{}", f.name);
+                if f.params.len() == 3 {
+                    decider_names.push(full);
+                } else {
+                    deciders.reject(
+                        full,
+                        format!(
+                            "function `{}` in {} takes {} parameter(s); a decider takes 3: (instance, payload, actor)",
+                            f.name,
+                            path.display(),
+                            f.params.len()
+                        ),
+                    );
+                }
+            }
+            scripts.insert(
+                name,
+                Script {
+                    file: path.display().to_string(),
+                    ast: lib.merge(&ast),
+                },
+            );
+        }
+
+        let mut data = Map::new();
+        let mut data_hasher = Sha256::new();
+        for path in read_dir_sorted(&dir.join("data"), "json").unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }) {
+            let Some(text) = read(&path, &mut problems) else {
+                continue;
+            };
+            hash_file(&path, &text);
+            data_hasher.update(stem(&path).as_bytes());
+            data_hasher.update(text.as_bytes());
+            match serde_json::from_str::<Value>(&text) {
+                Ok(v) => {
+                    data.insert(stem(&path).into(), to_dynamic(&v).into_shared());
+                }
+                Err(e) => problems.push(problem(
+                    &path,
+                    e.line(),
+                    e.column(),
+                    format!("invalid JSON: {e}"),
+                )),
+            }
+        }
+
+        let definitions_dir = dir.join("definitions");
+        let mut definition_sources = Vec::new();
+        for path in read_dir_sorted(&definitions_dir, "toml").unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }) {
+            let Some(text) = read(&path, &mut problems) else {
+                continue;
+            };
+            hash_file(&path, &text);
+            definition_sources.push((path.display().to_string(), text));
+        }
+        let mut test_sources = Vec::new();
+        for path in read_dir_sorted(&dir.join("tests"), "toml").unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        }) {
+            let Some(text) = read(&path, &mut problems) else {
+                continue;
+            };
+            hash_file(&path, &text);
+            test_sources.push((path, text));
+        }
+        if !dir.exists() {
+            problems.push(problem(dir, 1, 1, "the rules directory does not exist"));
+        }
+
+        let version = format!("sha256:{}", hex(&hasher.finalize()[..8]));
+        let compiled = Arc::new(Compiled {
+            engine,
+            locator: std::sync::OnceLock::new(),
+            limits,
+            version: version.clone(),
+            data_version: format!("sha256:{}", hex(&data_hasher.finalize()[..8])),
+            scripts,
+            data: Dynamic::from_map(data).into_shared(),
+        });
+        for name in decider_names {
+            let (script, function) = name.split_once("::").expect("script::function");
+            deciders.register(
+                name.clone(),
+                RhaiDecider {
+                    compiled: compiled.clone(),
+                    script: script.to_string(),
+                    function: function.to_string(),
+                },
+            );
+        }
+        let definitions = match DefinitionSet::from_sources(&definition_sources, &deciders) {
+            Ok(d) => d,
+            Err(DefinitionErrors(errors)) => {
+                problems.extend(errors);
+                DefinitionSet::default()
+            }
+        };
+        let mut tests = Vec::new();
+        for (path, text) in &test_sources {
+            match testing::parse(path, text) {
+                Ok(mut t) => tests.append(&mut t),
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        for test in &tests {
+            if !deciders.contains(&test.function) {
+                problems.push(problem(
+                    Path::new(&test.file),
+                    test.line,
+                    1,
+                    format!(
+                        "test `{}` names function `{}`, which is not a decider of this rule set",
+                        test.name, test.function
+                    ),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DefinitionErrors(problems));
+        }
+        Ok(RuleSet {
+            version,
+            definitions,
+            deciders,
+            tests,
+            compiled,
+        })
+    }
+
+    /// Evaluates the decider `name` (`script::function`) on `input`, as a dry run.
+    pub fn evaluate(
+        &self,
+        name: &str,
+        input: &DecisionInput,
+    ) -> Result<(Decision, Value), DecideError> {
+        let (script, function) = name.split_once("::").ok_or_else(|| {
+            DecideError::new(format!(
+                "`{name}` is not a script function; write script::function"
+            ))
+        })?;
+        if !self.deciders.contains(name) {
+            return Err(DecideError::new(format!(
+                "`{name}` is not a decider of this rule set"
+            )));
+        }
+        self.compiled.call(script, function, input)
+    }
+
+    /// The scripts' limits.
+    pub fn limits(&self) -> &RuleLimits {
+        &self.compiled.limits
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn compile(engine: &rhai::Engine, path: &Path, text: &str) -> Result<AST, DefinitionError> {
+    match engine.compile(text) {
+        Ok(mut ast) => {
+            ast.set_source(path.display().to_string());
+            Ok(ast)
+        }
+        Err(e) => {
+            let pos = e.position();
+            Err(problem(
+                path,
+                pos.line().unwrap_or(1),
+                pos.position().unwrap_or(1),
+                format!("syntax error: {}", e.err_type()),
+            ))
+        }
+    }
+}
+
+impl Compiled {
+    fn call(
+        &self,
+        script: &str,
+        function: &str,
+        input: &DecisionInput,
+    ) -> Result<(Decision, Value), DecideError> {
+        let script_def = self
+            .scripts
+            .get(script)
+            .ok_or_else(|| DecideError::new(format!("no script `{script}` in this rule set")))?;
+        let run = |engine: &rhai::Engine| {
+            let mut scope = Scope::new();
+            let args = (
+                to_dynamic(&input.instance),
+                to_dynamic(&input.payload),
+                to_dynamic(&input.actor),
+            );
+            sandbox::with_evaluation(input.now, self.limits.deadline, &self.data, || {
+                engine.call_fn_with_options::<Dynamic>(
+                    CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                    &mut scope,
+                    &script_def.ast,
+                    function,
+                    args,
+                )
+            })
+        };
+        let result = run(&self.engine).map_err(|e| {
+            let mut located = None;
+            if e.is_system_exception() {
+                let locator = self
+                    .locator
+                    .get_or_init(|| sandbox::build_locator(&self.limits));
+                sandbox::take_last_position();
+                let _ = run(locator);
+                located = sandbox::take_last_position();
+            }
+            DecideError::new(self.describe(&e, &script_def.file, function, located))
+        })?;
+        let outputs = to_json(&result, "result").map_err(|m| {
+            DecideError::new(format!(
+                "{}: function `{function}` returned an invalid decision: {m}",
+                script_def.file
+            ))
+        })?;
+        let decision = decision_from(&outputs).map_err(|m| {
+            DecideError::new(format!(
+                "{}: function `{function}` returned an invalid decision: {m}",
+                script_def.file
+            ))
+        })?;
+        Ok((decision, outputs))
+    }
+
+    /// `file:line:col: function `f`: what went wrong (and which limit)`.
+    fn describe(
+        &self,
+        error: &EvalAltResult,
+        file: &str,
+        function: &str,
+        located: Option<(String, usize, usize)>,
+    ) -> String {
+        let mut source = file.to_string();
+        let mut err = error;
+        let mut pos = err.position();
+        while let EvalAltResult::ErrorInFunctionCall(_, src, inner, p) = err {
+            if !src.is_empty() {
+                source = src.clone();
+            }
+            if !p.is_none() {
+                pos = *p;
+            }
+            err = inner;
+        }
+        if !err.position().is_none() {
+            pos = err.position();
+        }
+        let l = &self.limits;
+        let message = match err {
+            EvalAltResult::ErrorTooManyOperations(_) => {
+                format!("operation limit exceeded (at most {} operations per evaluation)", l.operations)
+            }
+            EvalAltResult::ErrorStackOverflow(_) => {
+                format!("call depth limit exceeded (at most {} nested calls)", l.call_levels)
+            }
+            EvalAltResult::ErrorDataTooLarge(what, _) => format!(
+                "size limit exceeded: {what} (strings up to {} bytes, arrays up to {} items, maps up to {} entries)",
+                l.string_bytes, l.array_items, l.map_items
+            ),
+            EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::DEADLINE_TOKEN => {
+                format!("deadline exceeded (at most {} ms per evaluation)", l.deadline.as_millis())
+            }
+            EvalAltResult::ErrorFunctionNotFound(sig, _) if sig.starts_with(function) && error.position().is_none() => {
+                format!("no function `{function}` with 3 parameters (instance, payload, actor)")
+            }
+            EvalAltResult::ErrorRuntime(token, _) => token.to_string(),
+            other => strip_position(&other.to_string()),
+        };
+        if let Some((located_source, line, col)) = located {
+            let source = if located_source.is_empty() {
+                source
+            } else {
+                located_source
+            };
+            return format!("{source}:{line}:{col}: function `{function}`: {message}");
+        }
+        match (pos.line(), pos.position()) {
+            (Some(line), Some(col)) => {
+                format!("{source}:{line}:{col}: function `{function}`: {message}")
+            }
+            (Some(line), None) => format!("{source}:{line}:1: function `{function}`: {message}"),
+            _ => format!("{source}: function `{function}`: {message}"),
+        }
+    }
+}
+
+fn strip_position(text: &str) -> String {
+    match text.rfind(" (line ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text.to_string(),
+    }
+}
+
+fn field<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name).filter(|v| !v.is_null())
+}
+
+fn string(map: &serde_json::Map<String, Value>, name: &str, what: &str) -> Result<String, String> {
+    match field(map, name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(format!("{what}`{name}` must be a string, got {other}")),
+        None => Err(format!("{what}`{name}` is missing")),
+    }
+}
+
+/// A decision from the map a decider returned.
+fn decision_from(outputs: &Value) -> Result<Decision, String> {
+    let Value::Object(map) = outputs else {
+        return Err(format!(
+            "expected a map #{{ state, reason, changes, effects }}, got {outputs}"
+        ));
+    };
+    for key in map.keys() {
+        if !matches!(key.as_str(), "state" | "reason" | "changes" | "effects") {
+            return Err(format!(
+                "unknown key `{key}`; a decision has state, reason, changes, effects"
+            ));
+        }
+    }
+    let next_state = string(map, "state", "")?;
+    let reason = string(map, "reason", "")?;
+    let changes = match field(map, "changes") {
+        None => Value::Null,
+        Some(c @ Value::Object(_)) => c.clone(),
+        Some(other) => return Err(format!("`changes` must be a map, got {other}")),
+    };
+    let mut effects = Vec::new();
+    match field(map, "effects") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                effects.push(effect_from(item).map_err(|m| format!("effects[{i}]: {m}"))?);
+            }
+        }
+        Some(other) => return Err(format!("`effects` must be a list, got {other}")),
+    }
+    Ok(Decision {
+        next_state,
+        changes,
+        effects,
+        reason,
+        provenance: None,
+    })
+}
+
+fn effect_from(item: &Value) -> Result<Effect, String> {
+    let Value::Object(map) = item else {
+        return Err(format!("expected a map, got {item}"));
+    };
+    let whole = |name: &str| -> Result<Option<u64>, String> {
+        match field(map, name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("`{name}` must be a whole number ≥ 0, got {v}")),
+        }
+    };
+    if field(map, "start").is_some() {
+        return Ok(Effect::StartLinked {
+            definition: string(map, "start", "")?,
+            business_key: field(map, "business_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            data: field(map, "data").cloned().unwrap_or_else(|| json!({})),
+        });
+    }
+    if field(map, "update").is_some() {
+        let id = string(map, "update", "")?;
+        return Ok(Effect::UpdateLinked {
+            instance: id
+                .parse::<InstanceId>()
+                .map_err(|_| format!("`update` = \"{id}\" is not an instance id"))?,
+            expected_version: whole("expected_version")?,
+            changes: field(map, "changes").cloned().unwrap_or_else(|| json!({})),
+            reason: field(map, "reason")
+                .and_then(Value::as_str)
+                .unwrap_or("updated by a linked instance")
+                .to_string(),
+        });
+    }
+    if field(map, "counter").is_some() {
+        let assign = match field(map, "assign") {
+            None => None,
+            Some(Value::Object(a)) => Some(CounterAssign {
+                field: string(a, "field", "assign.")?,
+                prefix: field(a, "prefix")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                width: field(a, "width").and_then(Value::as_u64).unwrap_or(0) as usize,
+            }),
+            Some(other) => return Err(format!("`assign` must be a map, got {other}")),
+        };
+        return Ok(Effect::DrawCounter {
+            counter: string(map, "counter", "")?,
+            key: field(map, "key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            limit: whole("limit")?,
+            assign,
+        });
+    }
+    if field(map, "job").is_some() {
+        return Ok(Effect::CreateJob {
+            job_type: string(map, "job", "")?,
+            payload: field(map, "payload").cloned().unwrap_or_else(|| json!({})),
+        });
+    }
+    Err("an effect needs one of `start`, `update`, `counter` or `job`".into())
+}
+
+/// The instance map a decider function receives.
+pub fn instance_input(ctx: &DecisionContext<'_>) -> Value {
+    let i = ctx.instance;
+    json!({
+        "id": i.id,
+        "definition": i.definition.name,
+        "version": i.version,
+        "state": i.state,
+        "business_key": i.business_key,
+        "data": i.data,
+        "parent": ctx.parent.map(|p| json!({
+            "id": p.id,
+            "definition": p.definition.name,
+            "version": p.version,
+            "state": p.state,
+            "business_key": p.business_key,
+            "data": p.data,
+        })),
+    })
+}
+
+/// A decider backed by a script function.
+struct RhaiDecider {
+    compiled: Arc<Compiled>,
+    script: String,
+    function: String,
+}
+
+impl Decider for RhaiDecider {
+    fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, DecideError> {
+        let input = DecisionInput {
+            instance: instance_input(ctx),
+            payload: ctx.payload.clone(),
+            actor: json!({ "id": ctx.actor.id, "roles": ctx.actor.roles }),
+            now: ctx.now,
+        };
+        let (mut decision, outputs) = self.compiled.call(&self.script, &self.function, &input)?;
+        let file = &self.compiled.scripts[&self.script].file;
+        decision.provenance = Some(json!({
+            "rule_set": self.compiled.version,
+            "script": file,
+            "function": self.function,
+            "reference_data": self.compiled.data_version,
+            "inputs": {
+                "instance": input.instance,
+                "payload": input.payload,
+                "actor": input.actor,
+                "now": input.now,
+            },
+            "outputs": outputs,
+        }));
+        Ok(decision)
+    }
+}
+
+/// `line_col` for test-file errors.
+pub(crate) fn position(text: &str, offset: usize) -> (usize, usize) {
+    line_col(text, offset)
+}

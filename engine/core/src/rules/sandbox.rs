@@ -1,0 +1,276 @@
+//! The sandboxed Rhai engine a rule set evaluates in: no `eval`, no `import`, no clock, file,
+//! network or environment access; limits on operations, call depth, expression depth, string,
+//! array and map sizes; a wall-clock deadline per evaluation; strict variables; failure on
+//! missing map properties. Scripts get exact money helpers and the *engine's* clock.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rhai::packages::{
+    BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
+    MoreStringPackage, Package,
+};
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, INT};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::definition::schema::parse_decimal_text;
+
+/// Limits every evaluation runs under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleLimits {
+    /// Most Rhai operations per evaluation (default 1,000,000).
+    pub operations: u64,
+    /// Deepest function call nesting (default 32).
+    pub call_levels: usize,
+    /// Deepest expression nesting (default 64; 32 inside functions).
+    pub expression_depth: usize,
+    /// Longest string in bytes (default 64 KiB).
+    pub string_bytes: usize,
+    /// Most array items (default 10,000).
+    pub array_items: usize,
+    /// Most map entries (default 10,000).
+    pub map_items: usize,
+    /// Wall-clock time per evaluation (default 100 ms).
+    pub deadline: Duration,
+}
+
+impl Default for RuleLimits {
+    fn default() -> Self {
+        RuleLimits {
+            operations: 1_000_000,
+            call_levels: 32,
+            expression_depth: 64,
+            string_bytes: 64 * 1024,
+            array_items: 10_000,
+            map_items: 10_000,
+            deadline: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What the engine knows about the evaluation running on this thread.
+struct Evaluation {
+    now: DateTime<Utc>,
+    deadline: Instant,
+    /// The rule set's reference data (a shared map: cloning it is cheap).
+    data: Dynamic,
+}
+
+thread_local! {
+    static EVALUATION: RefCell<Option<Evaluation>> = const { RefCell::new(None) };
+    /// The last position the locator engine stepped on: (source, line, column).
+    static LAST_POSITION: RefCell<Option<(String, usize, usize)>> = const { RefCell::new(None) };
+}
+
+/// Takes the position the locator engine last stepped on.
+pub(crate) fn take_last_position() -> Option<(String, usize, usize)> {
+    LAST_POSITION.with(|p| p.borrow_mut().take())
+}
+
+/// The sandboxed engine plus a debugger that records every position it steps on. Rhai
+/// reports limit errors (operations, call depth, size, deadline) at the outermost call, so
+/// when one happens the evaluation is repeated on this engine — deterministically: same
+/// inputs, same clock — to find where in the script the limit was hit.
+pub(crate) fn build_locator(limits: &RuleLimits) -> Engine {
+    let mut engine = build_engine(limits);
+    #[allow(deprecated)] // "volatile", not deprecated: see its docs
+    engine.register_debugger(
+        |_, debugger| debugger,
+        |_, event, _, source, pos| {
+            let stepping = matches!(
+                event,
+                rhai::debugger::DebuggerEvent::Start | rhai::debugger::DebuggerEvent::Step
+            );
+            if let (true, Some(line), Some(col)) = (stepping, pos.line(), pos.position()) {
+                LAST_POSITION.with(|p| {
+                    *p.borrow_mut() = Some((source.unwrap_or_default().to_string(), line, col))
+                });
+            }
+            Ok(rhai::debugger::DebuggerCommand::StepInto)
+        },
+    );
+    engine
+}
+
+/// The token a deadline abort carries; recognised when formatting errors.
+pub(crate) const DEADLINE_TOKEN: &str = "switchyard:deadline";
+
+/// Runs `f` with `now` as the scripts' clock and a deadline `limit` from now.
+pub(crate) fn with_evaluation<T>(
+    now: DateTime<Utc>,
+    limit: Duration,
+    data: &Dynamic,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EVALUATION.with(|e| *e.borrow_mut() = None);
+        }
+    }
+    EVALUATION.with(|e| {
+        *e.borrow_mut() = Some(Evaluation {
+            now,
+            deadline: Instant::now() + limit,
+            data: data.clone(),
+        })
+    });
+    let _reset = Reset;
+    f()
+}
+
+fn now() -> Result<DateTime<Utc>, Box<EvalAltResult>> {
+    EVALUATION
+        .with(|e| e.borrow().as_ref().map(|e| e.now))
+        .ok_or_else(|| "now() is only available while a rule is evaluated".into())
+}
+
+fn date_of(text: &str) -> Result<NaiveDate, Box<EvalAltResult>> {
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d);
+    }
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc).date_naive())
+        .map_err(|_| format!("\"{text}\" is not a date (2026-04-01) or an RFC 3339 time").into())
+}
+
+fn decimal_from_str(text: &str) -> Result<Decimal, Box<EvalAltResult>> {
+    parse_decimal_text(text).ok_or_else(|| {
+        format!("decimal(\"{text}\"): not a decimal; write digits with an optional `-` and `.`")
+            .into()
+    })
+}
+
+fn places(dp: INT) -> Result<u32, Box<EvalAltResult>> {
+    u32::try_from(dp)
+        .ok()
+        .filter(|d| *d <= 28)
+        .ok_or_else(|| format!("{dp} decimal places: use 0 to 28").into())
+}
+
+/// ISO 4217 minor units for the currencies an ERP commonly bills in.
+pub(crate) fn currency_precision(code: &str) -> Option<u32> {
+    Some(match code {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        "CLF" | "UYW" => 4,
+        c if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => 2,
+        _ => return None,
+    })
+}
+
+fn rounding(mode: &str) -> Result<RoundingStrategy, Box<EvalAltResult>> {
+    match mode {
+        "half_up" => Ok(RoundingStrategy::MidpointAwayFromZero),
+        "bankers" | "half_even" => Ok(RoundingStrategy::MidpointNearestEven),
+        other => Err(format!("rounding mode \"{other}\": use \"half_up\" or \"bankers\"").into()),
+    }
+}
+
+fn round_currency(d: Decimal, code: &str, mode: &str) -> Result<Decimal, Box<EvalAltResult>> {
+    let dp = currency_precision(code)
+        .ok_or_else(|| format!("\"{code}\" is not an ISO 4217 currency code"))?;
+    Ok(d.round_dp_with_strategy(dp, rounding(mode)?))
+}
+
+/// Builds the sandboxed engine.
+pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
+    let mut engine = Engine::new_raw();
+    // The standard library minus time (scripts use the engine clock), blobs and debugging.
+    CorePackage::new().register_into_engine(&mut engine);
+    LogicPackage::new().register_into_engine(&mut engine);
+    BasicMathPackage::new().register_into_engine(&mut engine);
+    BasicArrayPackage::new().register_into_engine(&mut engine);
+    BasicMapPackage::new().register_into_engine(&mut engine);
+    MoreStringPackage::new().register_into_engine(&mut engine);
+
+    engine.disable_symbol("eval");
+    engine.disable_symbol("import");
+    engine.set_strict_variables(true);
+    engine.set_fail_on_invalid_map_property(true);
+    engine.set_max_operations(limits.operations);
+    engine.set_max_call_levels(limits.call_levels);
+    engine.set_max_expr_depths(limits.expression_depth, limits.expression_depth / 2);
+    engine.set_max_string_size(limits.string_bytes);
+    engine.set_max_array_size(limits.array_items);
+    engine.set_max_map_size(limits.map_items);
+    engine.set_max_modules(0);
+    engine.on_progress(|ops| {
+        if ops % 256 != 0 {
+            return None;
+        }
+        let late = EVALUATION.with(|e| {
+            e.borrow()
+                .as_ref()
+                .is_some_and(|e| Instant::now() > e.deadline)
+        });
+        late.then(|| Dynamic::from(DEADLINE_TOKEN))
+    });
+    engine.on_print(|text| tracing::info!(target: "switchyard::rules", "{text}"));
+    engine.on_debug(|text, source, pos| {
+        tracing::debug!(target: "switchyard::rules", source = source.unwrap_or(""), %pos, "{text}")
+    });
+
+    engine.register_fn("decimal", |s: ImmutableString| decimal_from_str(&s));
+    engine.register_fn("decimal", |i: INT| Decimal::from(i));
+    engine.register_fn("decimal", |d: Decimal| d);
+    engine.register_fn("round_half_up", |d: Decimal, dp: INT| {
+        Ok::<_, Box<EvalAltResult>>(
+            d.round_dp_with_strategy(places(dp)?, RoundingStrategy::MidpointAwayFromZero),
+        )
+    });
+    engine.register_fn("round_bankers", |d: Decimal, dp: INT| {
+        Ok::<_, Box<EvalAltResult>>(
+            d.round_dp_with_strategy(places(dp)?, RoundingStrategy::MidpointNearestEven),
+        )
+    });
+    engine.register_fn("currency_precision", |code: ImmutableString| {
+        currency_precision(&code).map(INT::from).ok_or_else(|| {
+            Box::<EvalAltResult>::from(format!("\"{code}\" is not an ISO 4217 currency code"))
+        })
+    });
+    engine.register_fn("round_currency", |d: Decimal, code: ImmutableString| {
+        round_currency(d, &code, "half_up")
+    });
+    engine.register_fn(
+        "round_currency",
+        |d: Decimal, code: ImmutableString, mode: ImmutableString| round_currency(d, &code, &mode),
+    );
+    engine.register_fn("now", || {
+        now().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    });
+    engine.register_fn("data", |name: ImmutableString| {
+        EVALUATION.with(|e| {
+            let e = e.borrow();
+            let e = e
+                .as_ref()
+                .ok_or("data() is only available while a rule is evaluated")?;
+            let map = e
+                .data
+                .read_lock::<rhai::Map>()
+                .ok_or("reference data is not a map")?;
+            map.get(name.as_str()).cloned().ok_or_else(|| {
+                let known: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+                Box::<EvalAltResult>::from(format!(
+                    "data(\"{name}\"): no reference data file data/{name}.json; known: {}",
+                    known.join(", ")
+                ))
+            })
+        })
+    });
+    engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
+    engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
+        Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())
+    });
+    engine.register_fn("add_days", |date: ImmutableString, days: INT| {
+        let d = date_of(&date)?;
+        d.checked_add_signed(chrono::Duration::days(days))
+            .map(|d| d.to_string())
+            .ok_or_else(|| {
+                Box::<EvalAltResult>::from(format!("add_days(\"{date}\", {days}): out of range"))
+            })
+    });
+    engine
+}

@@ -1,0 +1,275 @@
+//! Example-based tests for rule scripts, shipped beside them in `tests/*.toml`:
+//!
+//! ```toml
+//! [[test]]
+//! name = "a quote below 5,000 is approved automatically"
+//! function = "quote::submit"                  # the decider, script::function
+//! now = "2026-04-01T09:00:00Z"                # optional: the engine clock (default 2026-01-01T00:00:00Z)
+//! actor = { id = "rep-1", roles = ["sales_rep"] }   # optional
+//! payload = {}                                # optional
+//! instance = { state = "draft", data = { net = "4999.99" } }   # also id, version, business_key, definition, parent
+//! expect = { state = "approved", reason = "net 4999.99 < 5000 → approved" }
+//! # expect may hold state, reason, changes (compared whole) and effects (compared whole);
+//! # or, instead of expect: expect_error = "a substring of the error"
+//! ```
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use toml::Spanned;
+
+use super::{position, DecisionInput, RuleSet};
+use crate::definition::DefinitionError;
+
+/// One parsed test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleTest {
+    /// Its name.
+    pub name: String,
+    /// The file it is in.
+    pub file: String,
+    /// Its line.
+    pub line: usize,
+    /// The decider it calls.
+    pub function: String,
+    /// The input.
+    pub input: DecisionInput,
+    /// What must come out.
+    pub expect: Expect,
+}
+
+/// What a test expects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expect {
+    /// A decision; only the given parts are compared.
+    Decision(serde_json::Map<String, Value>),
+    /// An error containing this text.
+    Error(String),
+}
+
+/// The result of one test.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestOutcome {
+    /// `file:line name (function)`.
+    pub title: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// On failure, what differs, readably.
+    pub report: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    #[serde(default)]
+    test: Vec<Spanned<TestSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestSpec {
+    name: String,
+    function: String,
+    now: Option<String>,
+    actor: Option<toml::Value>,
+    payload: Option<toml::Value>,
+    instance: Option<toml::Value>,
+    expect: Option<toml::Table>,
+    expect_error: Option<String>,
+}
+
+fn json_of(v: toml::Value) -> Value {
+    serde_json::to_value(v).expect("TOML values are JSON values")
+}
+
+/// Parses a test file.
+pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionError>> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = position(text, offset);
+        DefinitionError {
+            file: path.display().to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let file: TestFile = toml::from_str(text).map_err(|e| {
+        vec![at(
+            e.span().map_or(0, |s| s.start),
+            e.message().trim().replace('\n', "; "),
+        )]
+    })?;
+    let mut tests = Vec::new();
+    let mut problems = Vec::new();
+    for spanned in file.test {
+        let offset = spanned.span().start;
+        let spec = spanned.into_inner();
+        let now = match &spec.now {
+            None => Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            Some(t) => match DateTime::parse_from_rfc3339(t) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(_) => {
+                    problems.push(at(
+                        offset,
+                        format!(
+                            "test `{}`: `now` = \"{t}\" is not an RFC 3339 time",
+                            spec.name
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let expect = match (spec.expect, spec.expect_error) {
+            (Some(e), None) => {
+                let map = match json_of(toml::Value::Table(e)) {
+                    Value::Object(m) => m,
+                    _ => unreachable!("a table is an object"),
+                };
+                if let Some(k) = map
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "state" | "reason" | "changes" | "effects"))
+                {
+                    problems.push(at(offset, format!("test `{}`: `expect.{k}` is not a part of a decision; use state, reason, changes, effects", spec.name)));
+                    continue;
+                }
+                Expect::Decision(map)
+            }
+            (None, Some(e)) => Expect::Error(e),
+            _ => {
+                problems.push(at(
+                    offset,
+                    format!(
+                        "test `{}`: give exactly one of `expect` or `expect_error`",
+                        spec.name
+                    ),
+                ));
+                continue;
+            }
+        };
+        let mut instance = json!({
+            "id": "00000000-0000-0000-0000-000000000000",
+            "definition": spec.function.split("::").next().unwrap_or_default(),
+            "version": 1,
+            "state": "",
+            "business_key": "TEST",
+            "data": {},
+            "parent": null,
+        });
+        if let Some(Value::Object(given)) = spec.instance.map(json_of) {
+            for (k, v) in given {
+                instance[k] = v;
+            }
+        }
+        tests.push(RuleTest {
+            name: spec.name,
+            file: path.display().to_string(),
+            line: position(text, offset).0,
+            function: spec.function,
+            input: DecisionInput {
+                instance,
+                payload: spec.payload.map(json_of).unwrap_or_else(|| json!({})),
+                actor: spec
+                    .actor
+                    .map(json_of)
+                    .unwrap_or_else(|| json!({ "id": "test", "roles": [] })),
+                now,
+            },
+            expect,
+        });
+    }
+    if problems.is_empty() {
+        Ok(tests)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Runs every test of the rule set.
+pub fn run(rules: &RuleSet) -> Vec<TestOutcome> {
+    rules.tests.iter().map(|t| run_one(rules, t)).collect()
+}
+
+fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
+    let title = format!(
+        "{}:{} {} ({})",
+        test.file, test.line, test.name, test.function
+    );
+    let result = rules.evaluate(&test.function, &test.input);
+    let mut report = String::new();
+    match (&test.expect, result) {
+        (Expect::Error(want), Err(e)) if e.message.contains(want.as_str()) => {}
+        (Expect::Error(want), Err(e)) => {
+            report = format!(
+                "  error: expected one containing {want:?}\n         got {:?}\n",
+                e.message
+            )
+        }
+        (Expect::Error(want), Ok((_, outputs))) => {
+            report = format!(
+                "  expected an error containing {want:?}, got a decision:\n{}\n",
+                indent(&outputs)
+            )
+        }
+        (Expect::Decision(_), Err(e)) => {
+            report = format!("  expected a decision, got an error:\n    {}\n", e.message)
+        }
+        (Expect::Decision(want), Ok((_, outputs))) => {
+            for (key, expected) in want {
+                let actual = outputs.get(key).cloned().unwrap_or(Value::Null);
+                if &actual != expected {
+                    report.push_str(&format!("  {key}:\n{}", diff(expected, &actual)));
+                }
+            }
+        }
+    }
+    TestOutcome {
+        title,
+        passed: report.is_empty(),
+        report,
+    }
+}
+
+fn indent(v: &Value) -> String {
+    serde_json::to_string_pretty(v)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A line diff of two pretty-printed values: `-` expected only, `+` actual only.
+fn diff(expected: &Value, actual: &Value) -> String {
+    let e = serde_json::to_string_pretty(expected).unwrap_or_default();
+    let a = serde_json::to_string_pretty(actual).unwrap_or_default();
+    let (e, a): (Vec<&str>, Vec<&str>) = (e.lines().collect(), a.lines().collect());
+    // Longest common subsequence, so unchanged lines line up.
+    let mut lcs = vec![vec![0usize; a.len() + 1]; e.len() + 1];
+    for i in (0..e.len()).rev() {
+        for j in (0..a.len()).rev() {
+            lcs[i][j] = if e[i] == a[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < e.len() || j < a.len() {
+        if i < e.len() && j < a.len() && e[i] == a[j] {
+            out.push_str(&format!("      {}\n", e[i]));
+            i += 1;
+            j += 1;
+        } else if j < a.len() && (i == e.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out.push_str(&format!("    + {}\n", a[j]));
+            j += 1;
+        } else {
+            out.push_str(&format!("    - {}\n", e[i]));
+            i += 1;
+        }
+    }
+    out
+}
