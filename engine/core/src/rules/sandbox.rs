@@ -175,6 +175,32 @@ fn round_currency(d: Decimal, code: &str, mode: &str) -> Result<Decimal, Box<Eva
     Ok(d.round_dp_with_strategy(dp, rounding(mode)?))
 }
 
+/// The value at `path` below `value` (map keys as strings, array indexes as integers), or `()`.
+fn walk(value: &Dynamic, path: &[Dynamic]) -> Dynamic {
+    let Some((step, rest)) = path.split_first() else {
+        return value.flatten_clone();
+    };
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        if let Ok(key) = step.clone().into_immutable_string() {
+            if let Some(next) = map.get(key.as_str()) {
+                return walk(next, rest);
+            }
+        }
+        return Dynamic::UNIT;
+    }
+    if let Some(array) = value.read_lock::<rhai::Array>() {
+        if let Some(next) = step
+            .as_int()
+            .ok()
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| array.get(i))
+        {
+            return walk(next, rest);
+        }
+    }
+    Dynamic::UNIT
+}
+
 /// Builds the sandboxed engine.
 pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     let mut engine = Engine::new_raw();
@@ -258,6 +284,27 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
                     known.join(", ")
                 ))
             })
+        })
+    });
+    // data_at("prices", ["list_prices", sku, "EUR"]): the value at a path inside a reference
+    // data file, or () where the path leads nowhere. Only the leaf is copied, so looking up
+    // one price in a large list stays cheap (`data("prices").list_prices` copies the list).
+    engine.register_fn("data_at", |name: ImmutableString, path: rhai::Array| {
+        EVALUATION.with(|e| {
+            let e = e.borrow();
+            let e = e
+                .as_ref()
+                .ok_or("data_at() is only available while a rule is evaluated")?;
+            let map = e
+                .data
+                .read_lock::<rhai::Map>()
+                .ok_or("reference data is not a map")?;
+            let Some(root) = map.get(name.as_str()) else {
+                return Err(Box::<EvalAltResult>::from(format!(
+                    "data_at(\"{name}\", …): no reference data file data/{name}.json"
+                )));
+            };
+            Ok(walk(root, &path))
         })
     });
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
