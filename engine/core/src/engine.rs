@@ -1138,13 +1138,17 @@ impl Engine {
             after.status = InstanceStatus::Completed;
         }
         // Leaving a state cancels its timers and entering one sets its own; staying keeps
-        // them, less the one that just fired.
+        // them, less the one that just fired, except that a timer `at` a data field follows
+        // the field when the decision changes it (an approval's next step, a new deadline).
         if after.status != InstanceStatus::Active {
             after.timers.clear();
         } else if after.state != instance.state {
             after.timers = timers_for(definition, &after.state, &after.data, now)?;
-        } else if let Some(timer) = fired {
-            after.timers.retain(|t| t != timer);
+        } else {
+            if let Some(timer) = fired {
+                after.timers.retain(|t| t != timer);
+            }
+            follow_data_timers(definition, &instance.data, &mut after, now)?;
         }
         let changes = if decision.changes.is_null() {
             json!({})
@@ -1509,6 +1513,35 @@ fn timers_for(
             })
         })
         .collect()
+}
+
+/// Re-plans the timers of `state` declared `at` a data field whose value the change moved.
+fn follow_data_timers(
+    definition: &Definition,
+    before: &Value,
+    after: &mut Instance,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), CommandError> {
+    let state = after.state.clone();
+    let Some(state_def) = definition.states.get(&state) else {
+        return Ok(());
+    };
+    for t in &state_def.timers {
+        let TimerDue::At(field) = &t.due else {
+            continue;
+        };
+        if before.get(field) == after.data.get(field) {
+            continue;
+        }
+        after.timers.retain(|open| open.name != t.name);
+        if after.data.get(field).is_some_and(|v| !v.is_null()) {
+            let planned = timers_for(definition, &state, &after.data, now)?;
+            after
+                .timers
+                .extend(planned.into_iter().filter(|p| p.name == t.name));
+        }
+    }
+    Ok(())
 }
 
 /// A due time from a data field: an RFC 3339 time, or a date meaning the end of that day (UTC).

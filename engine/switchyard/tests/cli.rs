@@ -44,11 +44,18 @@ fn check_accepts_the_shipped_rules_and_reports_every_problem_with_its_position()
     let rules = shipped_rules();
     let (code, out, err) = switchyard(&["rules", "check", rules.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("is valid: 1 definition(s)"), "{out}");
+    assert!(out.contains("is valid: 2 definition(s)"), "{out}");
 
     let broken = copy_rules();
     let quote = broken.path().join("scripts/quote.rhai");
-    let text = std::fs::read_to_string(&quote).unwrap().replace(
+    let original = std::fs::read_to_string(&quote).unwrap();
+    // The broken line goes right below `fn reject(`: 1-based, that is its index + 2.
+    let line = original
+        .lines()
+        .position(|l| l.starts_with("fn reject("))
+        .unwrap()
+        + 2;
+    let text = original.replace(
         "fn reject(instance, payload, actor) {",
         "fn reject(instance, payload, actor) {\n    let = 1;",
     );
@@ -57,7 +64,7 @@ fn check_accepts_the_shipped_rules_and_reports_every_problem_with_its_position()
     assert_eq!(code, 1);
     let root = broken.path().display().to_string();
     assert!(
-        err.contains(&format!("{root}/scripts/quote.rhai:43:9: syntax error")),
+        err.contains(&format!("{root}/scripts/quote.rhai:{line}:9: syntax error")),
         "{err}"
     );
     assert!(

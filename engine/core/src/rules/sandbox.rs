@@ -307,6 +307,16 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
             Ok(walk(root, &path))
         })
     });
+    engine.register_fn("add_hours", |time: ImmutableString, hours: INT| {
+        let t = DateTime::parse_from_rfc3339(&time)
+            .map_err(|_| format!("add_hours(\"{time}\", …): not an RFC 3339 time"))?
+            .with_timezone(&Utc);
+        t.checked_add_signed(chrono::Duration::hours(hours))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .ok_or_else(|| {
+                Box::<EvalAltResult>::from(format!("add_hours(\"{time}\", {hours}): out of range"))
+            })
+    });
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
     engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
         Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())

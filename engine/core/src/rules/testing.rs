@@ -9,8 +9,10 @@
 //! payload = {}                                # optional
 //! instance = { state = "draft", data = { net = "4999.99" } }   # also id, version, business_key, definition, parent
 //! expect = { state = "approved", reason = "net 4999.99 < 5000 → approved" }
-//! # expect may hold state, reason, changes (compared whole) and effects (compared whole);
-//! # or, instead of expect: expect_error = "a substring of the error"
+//! # expect may hold state, reason, changes and effects. `changes` is matched as a subset:
+//! # only the keys given are compared (maps recursively, lists whole), and "(removed)" stands
+//! # for a key the change removes (TOML has no null). Or, instead of expect:
+//! # expect_error = "a substring of the error"
 //! ```
 
 use std::path::Path;
@@ -219,8 +221,21 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
         (Expect::Decision(want), Ok((_, outputs))) => {
             for (key, expected) in want {
                 let actual = outputs.get(key).cloned().unwrap_or(Value::Null);
-                if &actual != expected {
-                    report.push_str(&format!("  {key}:\n{}", diff(expected, &actual)));
+                let matches = if key == "changes" {
+                    subset(expected, &actual)
+                } else {
+                    removed_as_null(expected) == actual
+                };
+                if !matches {
+                    let shown = if key == "changes" {
+                        restrict(&actual, expected)
+                    } else {
+                        actual
+                    };
+                    report.push_str(&format!(
+                        "  {key}:\n{}",
+                        diff(&removed_as_null(expected), &shown)
+                    ));
                 }
             }
         }
@@ -229,6 +244,45 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
         title,
         passed: report.is_empty(),
         report,
+    }
+}
+
+/// TOML has no null: `"(removed)"` in an expectation stands for a key the change removes.
+const REMOVED: &str = "(removed)";
+
+fn removed_as_null(v: &Value) -> Value {
+    match v {
+        Value::String(s) if s == REMOVED => Value::Null,
+        Value::Array(items) => Value::Array(items.iter().map(removed_as_null).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), removed_as_null(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Whether `actual` has every key of `expected` (recursively, for maps) with equal values;
+/// other keys of `actual` are ignored. Lists compare whole.
+fn subset(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| subset(v, a.get(k).unwrap_or(&Value::Null))),
+        (e, a) => &removed_as_null(e) == a,
+    }
+}
+
+/// `actual` cut down to the keys `expected` names, so a diff shows only what the test checks.
+fn restrict(actual: &Value, expected: &Value) -> Value {
+    match (actual, expected) {
+        (Value::Object(a), Value::Object(e)) => Value::Object(
+            e.iter()
+                .map(|(k, ev)| (k.clone(), restrict(a.get(k).unwrap_or(&Value::Null), ev)))
+                .collect(),
+        ),
+        (a, _) => a.clone(),
     }
 }
 

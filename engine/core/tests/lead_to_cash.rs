@@ -1,0 +1,495 @@
+//! The shipped lead and quote configuration (`rules/`), end to end through the engine:
+//! DOMAIN.md scenarios 1, 2, 5 and 9 as given/when/then tables, roles, links, coupons, expiry,
+//! and one configurability test that changes behaviour by editing rule-set files only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::{json, Value};
+use switchyard_core::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap()
+}
+
+/// A private copy of the shipped rule set, with `edits` applied to its files
+/// (`(relative path, from, to)`), so a test can change behaviour the way an analyst would.
+fn rules_copy(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let dir = tempfile::tempdir().unwrap();
+    copy(&shipped, dir.path());
+    for (file, from, to) in edits {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    dir
+}
+
+struct World {
+    engine: Engine,
+    clock: Arc<ManualClock>,
+    _rules: tempfile::TempDir,
+}
+
+async fn world(edits: &[(&str, &str, &str)], store: StoreConfig, clock: Arc<ManualClock>) -> World {
+    let rules_dir = rules_copy(edits);
+    let rules = RuleSet::load(
+        rules_dir.path(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .unwrap();
+    let mut config = EngineConfig::new(store);
+    config.clock = clock.clone();
+    config.timer_poll_interval = StdDuration::from_secs(3600);
+    let engine = Engine::open(config, rules.definitions, rules.deciders)
+        .await
+        .unwrap();
+    World {
+        engine,
+        clock,
+        _rules: rules_dir,
+    }
+}
+
+async fn memory_world(edits: &[(&str, &str, &str)]) -> World {
+    world(edits, StoreConfig::Memory, Arc::new(ManualClock::new(t0()))).await
+}
+
+fn who(spec: &str) -> Actor {
+    // "mia:sales_manager" → actor mia with that role.
+    let (id, role) = spec.split_once(':').unwrap();
+    Actor::new(id, &[role])
+}
+
+impl World {
+    async fn quote(&self, key: &str, data: Value) -> InstanceId {
+        let mut data = data;
+        data["valid_until"] = json!("2026-05-15");
+        self.engine
+            .start(StartRequest {
+                definition: "quote".into(),
+                business_key: key.into(),
+                data,
+                actor: who("ana:sales_rep"),
+                request_id: format!("start-{key}"),
+            })
+            .await
+            .unwrap()
+            .instance
+    }
+
+    async fn send(
+        &self,
+        id: InstanceId,
+        actor: &str,
+        command: &str,
+        payload: Value,
+    ) -> Result<CommandOutcome, CommandError> {
+        let rid = format!(
+            "{id}-{command}-{}",
+            self.engine.get(id).await.unwrap().version
+        );
+        self.engine
+            .send(CommandRequest {
+                instance: id,
+                command: command.into(),
+                payload,
+                actor: who(actor),
+                request_id: rid,
+                expected_version: None,
+            })
+            .await
+    }
+
+    async fn data(&self, id: InstanceId) -> Value {
+        self.engine.get(id).await.unwrap().data
+    }
+}
+
+/// One row of a scenario: when `actor` sends `command`, then the quote is in `state` and the
+/// reason reads `reason` (or the command is refused with an error containing `refused`).
+struct Step {
+    when: (&'static str, &'static str, Value),
+    then_state: &'static str,
+    then_reason: &'static str,
+}
+
+async fn play(w: &World, id: InstanceId, steps: &[Step]) {
+    for (n, s) in steps.iter().enumerate() {
+        let (actor, command, payload) = &s.when;
+        match w.send(id, actor, command, payload.clone()).await {
+            Ok(out) => {
+                assert_eq!(out.state, s.then_state, "step {n}: {actor} {command}");
+                assert_eq!(out.reason, s.then_reason, "step {n}: {actor} {command}");
+            }
+            Err(e) => {
+                assert_eq!(
+                    s.then_state, "(refused)",
+                    "step {n}: {actor} {command} refused: {e}"
+                );
+                assert!(e.to_string().contains(s.then_reason), "step {n}: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn scenario_1_manager_then_finance_and_a_finance_rejection() {
+    let w = memory_world(&[]).await;
+    // Given a quote of 12,000.00 net after an 18% discount
+    let id = w.quote("Q-1", json!({ "customer": "BETA", "currency": "EUR", "discount_pct": "18", "lines": [{ "sku": "CONSULT-PKG", "quantity": 1 }] })).await;
+    play(&w, id, &[
+        Step { when: ("ana:sales_rep", "submit", json!({})), then_state: "pending_approval",
+               then_reason: "discount 18.0000% > 10% → sales_manager; net 12000.00 > 10000 → finance" },
+        Step { when: ("fin:finance", "approve", json!({})), then_state: "(refused)",
+               then_reason: "the current approval step needs [\"sales_manager\"]; fin holds none of those roles" },
+        Step { when: ("ana:sales_rep", "approve", json!({})), then_state: "(refused)",
+               then_reason: "it needs one of the roles: sales_manager, finance" },
+        Step { when: ("mia:sales_manager", "approve", json!({})), then_state: "pending_approval",
+               then_reason: "sales_manager approved (mia); waiting for [\"finance\"]" },
+        Step { when: ("fin:finance", "reject", json!({ "reason": "margin too thin" })), then_state: "draft",
+               then_reason: "rejected by fin: margin too thin" },
+    ]).await;
+    // Then the rep and the manager are told
+    assert_eq!(
+        w.data(id).await["last_rejection"]["notify"],
+        json!(["owner", "sales_manager"])
+    );
+    assert!(
+        w.engine.get(id).await.unwrap().timers.is_empty(),
+        "back in draft, no SLA timers"
+    );
+}
+
+#[tokio::test]
+async fn scenario_2_the_auto_approve_threshold_is_strict() {
+    let w = memory_world(&[]).await;
+    let below = w.quote("Q-2a", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-4999", "quantity": 1 }] })).await;
+    let at = w.quote("Q-2b", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] })).await;
+    play(
+        &w,
+        below,
+        &[Step {
+            when: ("ana:sales_rep", "submit", json!({})),
+            then_state: "approved",
+            then_reason: "net 4999.99 < 5000 and discount 0% ≤ 10% → approved automatically",
+        }],
+    )
+    .await;
+    play(
+        &w,
+        at,
+        &[Step {
+            when: ("ana:sales_rep", "submit", json!({})),
+            then_state: "pending_approval",
+            then_reason: "net 5000.00 ≥ 5000 → sales_manager",
+        }],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn scenario_5_tax_rounded_per_line_or_on_the_total() {
+    let lines = json!([{ "sku": "SEAL-KIT", "quantity": 1 }, { "sku": "SEAL-KIT", "quantity": 1 }, { "sku": "SEAL-KIT", "quantity": 1 }]);
+    for (rounding, tax, total) in [("per_line", "4.20", "55.17"), ("total", "4.21", "55.18")] {
+        let w = memory_world(&[(
+            "data/pricing.json",
+            "\"rounding\": \"per_line\"",
+            &format!("\"rounding\": \"{rounding}\""),
+        )])
+        .await;
+        let id = w.quote("Q-5", json!({ "customer": "BETA", "currency": "EUR", "discount_pct": "15", "lines": lines })).await;
+        w.send(id, "ana:sales_rep", "submit", json!({}))
+            .await
+            .unwrap();
+        let pricing = &w.data(id).await["pricing"];
+        for line in pricing["lines"].as_array().unwrap() {
+            if rounding == "per_line" {
+                assert_eq!(line["net"], "16.99", "each line nets 16.99");
+            }
+        }
+        assert_eq!(pricing["net"], "50.97", "{rounding}");
+        assert_eq!(pricing["tax"], tax, "{rounding}");
+        assert_eq!(pricing["total"], total, "{rounding}");
+    }
+}
+
+#[tokio::test]
+async fn scenario_9_an_untouched_approval_escalates_then_is_denied_across_a_restart() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut store = SledConfig::new(store_dir.path());
+    store.durability = Durability::Flush;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let w = world(&[], StoreConfig::Sled(store.clone()), clock.clone()).await;
+    // Given a quote waiting for the sales manager since 2026-04-01 09:00
+    let id = w.quote("Q-9", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] })).await;
+    w.send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    // When 48 hours pass untouched, then it escalates and still waits
+    w.clock.advance(Duration::hours(48));
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    let q = w.engine.get(id).await.unwrap();
+    assert_eq!(q.state, "pending_approval");
+    assert_eq!(q.data["approval"]["escalated"], true);
+    assert_eq!(
+        w.engine.history(id, 2, 1).await.unwrap()[0].reason,
+        "no decision by [\"sales_manager\"] within 48h → escalated to sales_director"
+    );
+    // and the engine restarts in between
+    w.engine.shutdown().await;
+    drop(w);
+    clock.set(t0() + Duration::hours(168));
+    let w = world(&[], StoreConfig::Sled(store), clock.clone()).await;
+    // When the longer limit (7 days) passes, then the approval is denied
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    let q = w.engine.get(id).await.unwrap();
+    assert_eq!(q.state, "draft");
+    assert_eq!(
+        w.engine.history(id, 3, 1).await.unwrap()[0].reason,
+        "no decision within 168h → denied automatically"
+    );
+    assert!(q.timers.is_empty());
+    assert_eq!(
+        w.engine.fire_due_timers().await.unwrap(),
+        0,
+        "each timer fired once"
+    );
+    w.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_approval_step_gets_its_own_sla() {
+    let w = memory_world(&[]).await;
+    let id = w.quote("Q-10", json!({ "customer": "BETA", "currency": "EUR", "discount_pct": "18", "lines": [{ "sku": "CONSULT-PKG", "quantity": 1 }] })).await;
+    w.send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    w.clock.advance(Duration::hours(40));
+    w.send(id, "mia:sales_manager", "approve", json!({}))
+        .await
+        .unwrap();
+    let timers = w.engine.get(id).await.unwrap().timers;
+    let escalate = timers.iter().find(|t| t.name == "escalate").unwrap();
+    assert_eq!(
+        escalate.due,
+        t0() + Duration::hours(40 + 48),
+        "finance's step starts its own 48h"
+    );
+}
+
+#[tokio::test]
+async fn a_lead_is_qualified_and_its_quotes_are_linked_to_it() {
+    let w = memory_world(&[]).await;
+    let e = &w.engine;
+    let lead = e
+        .start(StartRequest {
+            definition: "lead".into(),
+            business_key: "L-1".into(),
+            data: json!({ "company": "ACME GmbH", "source": "event" }),
+            actor: who("ana:sales_rep"),
+            request_id: "lead-1".into(),
+        })
+        .await
+        .unwrap()
+        .instance;
+    let err = w
+        .send(lead, "ana:sales_rep", "assign", json!({ "owner": "ana" }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ROLE_NOT_ALLOWED");
+    w.send(
+        lead,
+        "mia:sales_manager",
+        "assign",
+        json!({ "owner": "ana" }),
+    )
+    .await
+    .unwrap();
+    w.send(lead, "ana:sales_rep", "qualify", json!({}))
+        .await
+        .unwrap();
+    let out = w
+        .send(lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "PUMP-200", "quantity": 2 }] }))
+        .await
+        .unwrap();
+    let quote = e.get(out.started[0]).await.unwrap();
+    assert_eq!(quote.definition.name, "quote");
+    assert_eq!(quote.parent, Some(lead));
+    assert_eq!(quote.data["lead"], lead.to_string());
+    assert_eq!(
+        e.children(lead, 0, None).await.unwrap().items,
+        vec![quote.id]
+    );
+    let out = w
+        .send(quote.id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.reason, "net 2380.00 < 5000 and discount 0% ≤ 10% → approved automatically",
+        "ACME's own price"
+    );
+    w.send(
+        lead,
+        "ana:sales_rep",
+        "lose",
+        json!({ "lost_reason": "too_expensive" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.data(lead).await["lost_reason"], "too_expensive");
+}
+
+#[tokio::test]
+async fn a_coupon_usage_limit_is_a_counter_in_the_same_commit() {
+    let w = memory_world(&[]).await;
+    for n in 1..=3 {
+        let id = w.quote(&format!("Q-C{n}"), json!({ "customer": "BETA", "currency": "EUR", "coupon": "VIP20", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await;
+        let result = w.send(id, "ana:sales_rep", "submit", json!({})).await;
+        if n <= 2 {
+            result.unwrap();
+        } else {
+            let err = result.unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "counter `coupon_uses` key `VIP20` has reached its limit of 2"
+            );
+            assert_eq!(
+                w.engine.get(id).await.unwrap().state,
+                "draft",
+                "nothing written"
+            );
+        }
+    }
+    assert_eq!(w.engine.store().counter("coupon_uses", "VIP20").unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_sent_quote_expires_after_valid_until_and_cannot_be_accepted() {
+    let w = memory_world(&[]).await;
+    let id = w.quote("Q-E", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await;
+    w.send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    w.send(id, "ana:sales_rep", "send", json!({}))
+        .await
+        .unwrap();
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 5, 15, 23, 59, 0).unwrap());
+    assert_eq!(
+        w.engine.fire_due_timers().await.unwrap(),
+        0,
+        "valid through 2026-05-15"
+    );
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 5, 16, 0, 0, 0).unwrap());
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(w.engine.get(id).await.unwrap().state, "expired");
+    let err = w
+        .send(id, "ana:sales_rep", "accept", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "NOT_ACTIVE");
+}
+
+#[tokio::test]
+async fn behaviour_changes_by_editing_rule_set_files_only() {
+    // Before: the shipped threshold (5,000) and price (SEAL-KIT 19.99).
+    let w = memory_world(&[]).await;
+    let id = w.quote("Q-K", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }, { "sku": "SEAL-KIT", "quantity": 1 }] })).await;
+    let out = w
+        .send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(out.reason, "net 5019.99 ≥ 5000 → sales_manager");
+    // After: an analyst raises the auto-approve threshold and changes a list price.
+    let w = memory_world(&[
+        (
+            "data/approval.json",
+            "\"auto_approve_net_below\": \"5000\"",
+            "\"auto_approve_net_below\": \"6000\"",
+        ),
+        (
+            "data/prices.json",
+            "\"EUR\": \"19.99\"",
+            "\"EUR\": \"24.99\"",
+        ),
+    ])
+    .await;
+    let id = w.quote("Q-K", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }, { "sku": "SEAL-KIT", "quantity": 1 }] })).await;
+    let out = w
+        .send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(out.state, "approved");
+    assert_eq!(
+        out.reason,
+        "net 5024.99 < 6000 and discount 0% ≤ 10% → approved automatically"
+    );
+}
+
+#[tokio::test]
+async fn parallel_groups_incremental_tiers_and_inclusive_tax_are_chosen_by_data() {
+    let w = memory_world(&[
+        (
+            "data/approval.json",
+            "\"mode\": \"sequential\"",
+            "\"mode\": \"parallel\"",
+        ),
+        (
+            "data/prices.json",
+            "\"tier_mode\": \"whole\"",
+            "\"tier_mode\": \"incremental\"",
+        ),
+        (
+            "data/pricing.json",
+            "\"tax_mode\": \"exclusive\"",
+            "\"tax_mode\": \"inclusive\"",
+        ),
+    ])
+    .await;
+    let id = w.quote("Q-P", json!({ "customer": "BETA", "currency": "EUR", "discount_pct": "18", "lines": [{ "sku": "CONSULT-PKG", "quantity": 1 }] })).await;
+    let out = w
+        .send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.data(id).await["approval"]["route"],
+        json!([["sales_manager", "finance"]]),
+        "{}",
+        out.reason
+    );
+    assert!(out.reason.ends_with("(in parallel)"), "{}", out.reason);
+    // 12 units incrementally: units 1–9 at list, 10–12 at the 5% tier.
+    let id = w.quote("Q-T", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 12 }] })).await;
+    w.send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    let pricing = w.data(id).await["pricing"].clone();
+    // 9 × 19.99 + 3 × 18.9905 = 236.8815 charged, tax included at 8.25%.
+    assert_eq!(pricing["lines"][0]["tier_pct"], "1.2500");
+    assert_eq!(pricing["total"], "236.88");
+    assert_eq!(pricing["net"], "218.83", "236.8815 / 1.0825 = 218.828…");
+    assert_eq!(
+        pricing["tax"], "18.05",
+        "the rounded total less the rounded net"
+    );
+    assert_eq!(pricing["tax_mode"], "inclusive");
+}
