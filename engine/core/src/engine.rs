@@ -340,24 +340,41 @@ impl Engine {
         Ok(engine)
     }
 
-    fn spawn_timer_task(&self) {
+    /// Runs `work` every `every` on the host runtime while the engine is alive and open. The
+    /// task holds only a weak reference between runs, so dropping the engine stops it.
+    fn spawn_periodic<F, Fut>(&self, every: StdDuration, skip_first: bool, work: F)
+    where
+        F: Fn(Engine) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(&self.inner);
-        let every = self.inner.config.timer_poll_interval;
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            if skip_first {
+                ticker.tick().await;
+            }
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.queue.read().expect("queue lock poisoned").is_none() {
                     return;
                 }
-                let engine = Engine { inner };
+                work(Engine { inner }).await;
+            }
+        });
+    }
+
+    fn spawn_timer_task(&self) {
+        self.spawn_periodic(
+            self.inner.config.timer_poll_interval,
+            false,
+            |engine| async move {
                 if let Err(e) = engine.fire_due_timers().await {
                     tracing::warn!(error = %e, "firing due timers failed");
                 }
-            }
-        });
+            },
+        );
     }
 
     /// Sends the command of every timer due by the engine clock's now, as the `system` actor;
@@ -398,26 +415,18 @@ impl Engine {
     }
 
     fn spawn_purge_task(&self) {
-        let weak = Arc::downgrade(&self.inner);
-        let every = self.inner.config.purge_interval;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.tick().await;
-            loop {
-                ticker.tick().await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.queue.read().expect("queue lock poisoned").is_none() {
-                    return;
-                }
-                let engine = Engine { inner };
+        self.spawn_periodic(
+            self.inner.config.purge_interval,
+            true,
+            |engine| async move {
                 if let Err(e) = engine.purge_expired_requests().await {
                     tracing::warn!(error = %e, "purging expired request records failed");
                 }
                 if let Err(e) = engine.purge_feed().await {
                     tracing::warn!(error = %e, "purging feed events past retention failed");
                 }
-            }
-        });
+            },
+        );
     }
 
     /// The loaded definitions.

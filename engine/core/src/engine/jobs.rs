@@ -161,18 +161,14 @@ impl Engine {
             leased.available_at = expires_at;
             leased.version += 1;
             leased.updated_at = now;
-            let commit = Commit {
-                at: now,
-                request: None,
-                writes: Vec::new(),
-                history: Vec::new(),
-                counters: Vec::new(),
-                jobs: vec![JobWrite {
+            let commit = Commit::job_change(
+                now,
+                JobWrite {
                     job: leased.clone(),
                     expected_version: Some(job.version),
-                }],
-                events: Vec::new(),
-            };
+                },
+                Vec::new(),
+            );
             // Enqueue every lease first so they share one group commit.
             pending.push((leased, self.enqueue(commit).await?));
         }
@@ -337,18 +333,14 @@ impl Engine {
             let job = self.job(id).await?;
             let now = self.inner.config.clock.now();
             let (expected, changed, events) = change(self, &job, now)?;
-            let commit = Commit {
-                at: now,
-                request: None,
-                writes: Vec::new(),
-                history: Vec::new(),
-                counters: Vec::new(),
-                jobs: vec![JobWrite {
+            let commit = Commit::job_change(
+                now,
+                JobWrite {
                     job: changed.clone(),
                     expected_version: Some(expected),
-                }],
+                },
                 events,
-            };
+            );
             let answer = self.enqueue(commit).await?;
             match self.answer(answer).await? {
                 Ok(_) => {

@@ -107,6 +107,21 @@ pub struct Commit {
     pub events: Vec<EventDraft>,
 }
 
+impl Commit {
+    /// A commit that changes one job and nothing else.
+    pub fn job_change(at: DateTime<Utc>, write: JobWrite, events: Vec<EventDraft>) -> Self {
+        Commit {
+            at,
+            request: None,
+            writes: Vec::new(),
+            history: Vec::new(),
+            counters: Vec::new(),
+            jobs: vec![write],
+            events,
+        }
+    }
+}
+
 /// What an applied commit produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitApplied {
