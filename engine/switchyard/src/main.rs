@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use switchyard_core::rules::{testing, DecisionInput};
+use switchyard_core::rules::{backtest, testing, DecisionInput};
 use switchyard_core::store::{ListQuery, SledConfig, SledStore, Store};
 use switchyard_core::{DeciderRegistry, InstanceId, RuleLimits, RuleSet};
 
@@ -47,6 +47,18 @@ enum Rules {
     Test {
         /// The rules directory.
         dir: PathBuf,
+    },
+    /// Replay the rule decisions recorded in a stopped store against the rule set in DIR and
+    /// report which would now come out differently, and how. Exits 0 either way (2 on error).
+    Backtest {
+        /// The candidate rules directory.
+        dir: PathBuf,
+        /// The store directory (stopped: sled allows one process per store).
+        #[arg(long)]
+        store: PathBuf,
+        /// Only decisions recorded after this feed offset.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
     },
     /// Dry-run one decider on an input file: {"instance": {...}, "payload": {...},
     /// "actor": {...}, "now": "RFC 3339"}; prints the decision, its reason and the time taken.
@@ -145,6 +157,46 @@ fn rules(what: Rules) -> Result<i32> {
             println!("{} passed, {} failed", outcomes.len() - failed, failed);
             Ok(if failed == 0 { 0 } else { 1 })
         }
+        Rules::Backtest { dir, store, from } => {
+            let rules = match load_rules(&dir) {
+                Ok(r) => r,
+                Err(_) => return Ok(2),
+            };
+            let store = open_store(&store)?;
+            let report = backtest::backtest(&store, &rules, from)?;
+            for c in &report.changed {
+                println!(
+                    "{} {} v{} {} (offset {}){}:",
+                    c.instance,
+                    c.business_key,
+                    c.version,
+                    c.decider,
+                    c.offset,
+                    if c.outcome_changed {
+                        ""
+                    } else {
+                        ", reason only"
+                    }
+                );
+                for d in &c.differences {
+                    println!("    {d}");
+                }
+            }
+            for s in &report.skipped {
+                println!("skipped: {s}");
+            }
+            let decided = report.changed.iter().filter(|c| c.outcome_changed).count();
+            println!(
+                "{} decision(s) replayed against rule set {}: {} would decide differently, {} only explain differently, {} unchanged, {} skipped",
+                report.replayed,
+                rules.version,
+                decided,
+                report.changed.len() - decided,
+                report.replayed - report.changed.len(),
+                report.skipped.len()
+            );
+            Ok(0)
+        }
         Rules::Eval {
             dir,
             function,
@@ -195,19 +247,23 @@ fn rules(what: Rules) -> Result<i32> {
     }
 }
 
-fn inspect(path: &std::path::Path, what: Inspect) -> Result<()> {
+fn open_store(path: &std::path::Path) -> Result<SledStore> {
     if !path.join("db").exists() {
         anyhow::bail!(
             "{}: no Switchyard store here (no `db` file)",
             path.display()
         );
     }
-    let store = SledStore::open(&SledConfig::new(path)).with_context(|| {
+    SledStore::open(&SledConfig::new(path)).with_context(|| {
         format!(
             "opening the store at {} (is an engine still running on it?)",
             path.display()
         )
-    })?;
+    })
+}
+
+fn inspect(path: &std::path::Path, what: Inspect) -> Result<()> {
+    let store = open_store(path)?;
     match what {
         Inspect::List {
             definition,

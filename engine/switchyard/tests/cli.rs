@@ -153,3 +153,112 @@ fn eval_prints_the_decision_its_reason_and_the_time_taken() {
         "{err}"
     );
 }
+
+#[test]
+fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
+    use switchyard_core::*;
+    let store_dir = tempfile::tempdir().unwrap();
+    // Record decisions with the shipped rules.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let rules = RuleSet::load(&shipped_rules(), DeciderRegistry::new(), RuleLimits::default()).unwrap();
+        let mut store = SledConfig::new(store_dir.path());
+        store.durability = Durability::Flush;
+        let engine = Engine::open(EngineConfig::new(StoreConfig::Sled(store)), rules.definitions, rules.deciders)
+            .await
+            .unwrap();
+        let rep = Actor::new("ana", &["sales_rep"]);
+        for (key, lines) in [
+            ("Q-4999", serde_json::json!([{ "sku": "FIXED-4999", "quantity": 1 }])),
+            ("Q-5000", serde_json::json!([{ "sku": "FIXED-5000", "quantity": 1 }])),
+            ("Q-5019", serde_json::json!([{ "sku": "FIXED-5000", "quantity": 1 }, { "sku": "SEAL-KIT", "quantity": 1 }])),
+            ("Q-12000", serde_json::json!([{ "sku": "CONSULT-PKG", "quantity": 1 }])),
+        ] {
+            let id = engine
+                .start(StartRequest {
+                    definition: "quote".into(),
+                    business_key: key.into(),
+                    data: serde_json::json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": lines }),
+                    actor: rep.clone(),
+                    request_id: format!("s-{key}"),
+                })
+                .await
+                .unwrap()
+                .instance;
+            engine
+                .send(CommandRequest { instance: id, command: "submit".into(), payload: serde_json::json!({}), actor: rep.clone(), request_id: format!("submit-{key}"), expected_version: None })
+                .await
+                .unwrap();
+        }
+        engine.shutdown().await;
+    });
+    let store = store_dir.path().to_str().unwrap();
+
+    // The same rules change nothing.
+    let rules = shipped_rules();
+    let (code, out, err) = switchyard(&[
+        "rules",
+        "backtest",
+        rules.to_str().unwrap(),
+        "--store",
+        store,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("4 decision(s) replayed against rule set "),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            ": 0 would decide differently, 0 only explain differently, 4 unchanged, 0 skipped"
+        ),
+        "{out}"
+    );
+
+    // Raising the auto-approve threshold to 5,010 flips exactly the 5,000.00 quote.
+    let candidate = copy_rules();
+    let approval = candidate.path().join("data/approval.json");
+    let text = std::fs::read_to_string(&approval).unwrap().replace(
+        "\"auto_approve_net_below\": \"5000\"",
+        "\"auto_approve_net_below\": \"5010\"",
+    );
+    std::fs::write(&approval, text).unwrap();
+    let dir = candidate.path().to_str().unwrap();
+    let (code, out, err) = switchyard(&["rules", "backtest", dir, "--store", store]);
+    assert_eq!(code, 0, "{out}{err}");
+    // One outcome flips; the 4,999.99 and 5,019.99 quotes only quote the new limit in their reasons.
+    assert!(
+        out.contains(
+            ": 1 would decide differently, 2 only explain differently, 1 unchanged, 0 skipped"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(" Q-4999 v2 quote::submit (offset 2), reason only:"),
+        "{out}"
+    );
+    assert!(
+        out.contains(" Q-5000 v2 quote::submit (offset 4):"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    state: \"pending_approval\" → \"approved\""),
+        "{out}"
+    );
+    assert!(out.contains("    reason: \"net 5000.00 ≥ 5000 → sales_manager\" → \"net 5000.00 < 5010 and discount 0% ≤ 10% → approved automatically\""), "{out}");
+    assert!(
+        out.contains("    changes.approval.route: [[\"sales_manager\"]] → []"),
+        "{out}"
+    );
+
+    // --from skips what came before: the 5,000.00 quote's submit is feed offset 4.
+    let (_, out, _) = switchyard(&["rules", "backtest", dir, "--store", store, "--from", "4"]);
+    assert!(out.contains("2 decision(s) replayed"), "{out}");
+    assert!(
+        out.contains(": 0 would decide differently, 1 only explain differently, 1 unchanged"),
+        "{out}"
+    );
+}

@@ -19,6 +19,7 @@
 //! Money arrives as decimal strings; `decimal(x)` makes an exact `Decimal`, and a `Decimal` in
 //! the result is written back as a decimal string. Nothing passes through floating point.
 
+pub mod backtest;
 mod convert;
 mod sandbox;
 pub mod testing;
