@@ -51,8 +51,19 @@ pub struct RuleSet {
     pub deciders: DeciderRegistry,
     /// Its example tests.
     pub tests: Vec<testing::RuleTest>,
+    /// Its files (relative path → text), as loaded: what a deployment keeps in the store.
+    pub files: BTreeMap<String, String>,
     compiled: Arc<Compiled>,
 }
+
+/// The subdirectories and extensions a rule set is read from.
+const RULE_FILES: [(&str, &str); 5] = [
+    ("definitions", "toml"),
+    ("scripts", "rhai"),
+    ("scripts/lib", "rhai"),
+    ("data", "json"),
+    ("tests", "toml"),
+];
 
 /// The compiled scripts, shared by the rule set's deciders.
 struct Compiled {
@@ -132,6 +143,66 @@ impl RuleSet {
         limits: RuleLimits,
     ) -> Result<RuleSet, DefinitionErrors> {
         let mut problems = Vec::new();
+        let mut files = BTreeMap::new();
+        if !dir.exists() {
+            problems.push(problem(dir, 1, 1, "the rules directory does not exist"));
+        }
+        for (sub, ext) in RULE_FILES {
+            let found = read_dir_sorted(&dir.join(sub), ext).unwrap_or_else(|p| {
+                problems.push(p);
+                Vec::new()
+            });
+            for path in found {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        files.insert(
+                            format!(
+                                "{sub}/{}",
+                                path.file_name().unwrap_or_default().to_string_lossy()
+                            ),
+                            text,
+                        );
+                    }
+                    Err(e) => {
+                        problems.push(problem(&path, 1, 1, format!("cannot read the file: {e}")))
+                    }
+                }
+            }
+        }
+        Self::build(dir, files, problems, rust_deciders, limits)
+    }
+
+    /// Loads a rule set from its files (relative path → text), e.g. a version kept in the
+    /// store; `label` stands for the directory in messages.
+    pub fn from_files(
+        label: &str,
+        files: BTreeMap<String, String>,
+        rust_deciders: DeciderRegistry,
+        limits: RuleLimits,
+    ) -> Result<RuleSet, DefinitionErrors> {
+        Self::build(Path::new(label), files, Vec::new(), rust_deciders, limits)
+    }
+
+    fn build(
+        dir: &Path,
+        files: BTreeMap<String, String>,
+        mut problems: Vec<DefinitionError>,
+        rust_deciders: DeciderRegistry,
+        limits: RuleLimits,
+    ) -> Result<RuleSet, DefinitionErrors> {
+        let select = |sub: &str, ext: &str| -> Vec<(PathBuf, String)> {
+            files
+                .iter()
+                .filter(|(rel, _)| {
+                    rel.strip_prefix(sub)
+                        .and_then(|r| r.strip_prefix('/'))
+                        .is_some_and(|name| {
+                            !name.contains('/') && name.ends_with(&format!(".{ext}"))
+                        })
+                })
+                .map(|(rel, text)| (dir.join(rel), text.clone()))
+                .collect()
+        };
         let mut hasher = Sha256::new();
         let mut hash_file = |path: &Path, text: &str| {
             hasher.update(
@@ -144,26 +215,11 @@ impl RuleSet {
             hasher.update(text.as_bytes());
             hasher.update([0]);
         };
-        let read = |path: &Path, problems: &mut Vec<DefinitionError>| match std::fs::read_to_string(
-            path,
-        ) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                problems.push(problem(path, 1, 1, format!("cannot read the file: {e}")));
-                None
-            }
-        };
         let engine = sandbox::build_engine(&limits);
 
         // Helpers first: their functions are merged under every decider script.
         let mut lib = AST::empty();
-        for path in read_dir_sorted(&dir.join("scripts").join("lib"), "rhai").unwrap_or_else(|p| {
-            problems.push(p);
-            Vec::new()
-        }) {
-            let Some(text) = read(&path, &mut problems) else {
-                continue;
-            };
+        for (path, text) in select("scripts/lib", "rhai") {
             hash_file(&path, &text);
             match compile(&engine, &path, &text) {
                 Ok(ast) => lib = lib.merge(&ast),
@@ -174,13 +230,7 @@ impl RuleSet {
         let mut deciders = rust_deciders;
         let mut scripts = BTreeMap::new();
         let mut decider_names = Vec::new();
-        for path in read_dir_sorted(&dir.join("scripts"), "rhai").unwrap_or_else(|p| {
-            problems.push(p);
-            Vec::new()
-        }) {
-            let Some(text) = read(&path, &mut problems) else {
-                continue;
-            };
+        for (path, text) in select("scripts", "rhai") {
             hash_file(&path, &text);
             let name = stem(&path);
             let ast = match compile(&engine, &path, &text) {
@@ -217,13 +267,7 @@ impl RuleSet {
 
         let mut data = Map::new();
         let mut data_hasher = Sha256::new();
-        for path in read_dir_sorted(&dir.join("data"), "json").unwrap_or_else(|p| {
-            problems.push(p);
-            Vec::new()
-        }) {
-            let Some(text) = read(&path, &mut problems) else {
-                continue;
-            };
+        for (path, text) in select("data", "json") {
             hash_file(&path, &text);
             data_hasher.update(stem(&path).as_bytes());
             data_hasher.update(text.as_bytes());
@@ -240,33 +284,16 @@ impl RuleSet {
             }
         }
 
-        let definitions_dir = dir.join("definitions");
         let mut definition_sources = Vec::new();
-        for path in read_dir_sorted(&definitions_dir, "toml").unwrap_or_else(|p| {
-            problems.push(p);
-            Vec::new()
-        }) {
-            let Some(text) = read(&path, &mut problems) else {
-                continue;
-            };
+        for (path, text) in select("definitions", "toml") {
             hash_file(&path, &text);
             definition_sources.push((path.display().to_string(), text));
         }
         let mut test_sources = Vec::new();
-        for path in read_dir_sorted(&dir.join("tests"), "toml").unwrap_or_else(|p| {
-            problems.push(p);
-            Vec::new()
-        }) {
-            let Some(text) = read(&path, &mut problems) else {
-                continue;
-            };
+        for (path, text) in select("tests", "toml") {
             hash_file(&path, &text);
             test_sources.push((path, text));
         }
-        if !dir.exists() {
-            problems.push(problem(dir, 1, 1, "the rules directory does not exist"));
-        }
-
         let version = format!("sha256:{}", hex(&hasher.finalize()[..8]));
         let compiled = Arc::new(Compiled {
             engine,
@@ -323,6 +350,7 @@ impl RuleSet {
             definitions,
             deciders,
             tests,
+            files,
             compiled,
         })
     }
