@@ -31,6 +31,7 @@ use crate::model::{
 use crate::patch::apply_merge_patch;
 
 mod jobs;
+mod rulesets;
 
 use crate::store::{
     Commit, CommitApplied, CommitRefusal, CounterDraw, InstanceWrite, JobWrite, ListQuery,
@@ -231,8 +232,13 @@ pub struct Engine {
 
 struct Inner {
     config: EngineConfig,
-    definitions: DefinitionSet,
-    deciders: DeciderRegistry,
+    /// The definitions and deciders in force; a rule-set activation swaps the whole value, so
+    /// every decision uses exactly one version.
+    rules: RwLock<Arc<Active>>,
+    /// What rule sets are built with (`None`: opened with fixed definitions).
+    rule_inputs: std::sync::OnceLock<(DeciderRegistry, crate::rules::RuleLimits)>,
+    /// Serializes deployments and activations.
+    rules_admin: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Work>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -272,6 +278,28 @@ impl Applied {
             Applied::Now(o) | Applied::Replayed(o) => o,
         }
     }
+}
+
+/// The definitions and deciders in force, with the rule-set version they came from.
+pub(crate) struct Active {
+    pub(crate) definitions: DefinitionSet,
+    pub(crate) deciders: DeciderRegistry,
+    pub(crate) rule_set: Option<RuleSetInfo>,
+}
+
+/// A deployed rule-set version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSetInfo {
+    /// Deployment number (1, 2, 3…).
+    pub number: u32,
+    /// Content version: the digest of its files.
+    pub version: String,
+    /// When it was deployed.
+    pub deployed_at: chrono::DateTime<chrono::Utc>,
+    /// Who deployed it.
+    pub deployed_by: String,
+    /// Whether it is the active version.
+    pub active: bool,
 }
 
 /// A commit ready to submit, with the outcome it will acknowledge.
@@ -323,8 +351,13 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
-                definitions,
-                deciders,
+                rules: RwLock::new(Arc::new(Active {
+                    definitions,
+                    deciders,
+                    rule_set: None,
+                })),
+                rule_inputs: std::sync::OnceLock::new(),
+                rules_admin: tokio::sync::Mutex::new(()),
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
@@ -429,9 +462,18 @@ impl Engine {
         );
     }
 
-    /// The loaded definitions.
-    pub fn definitions(&self) -> &DefinitionSet {
-        &self.inner.definitions
+    /// The definitions in force (every version instances may be pinned to).
+    pub fn definitions(&self) -> DefinitionSet {
+        self.rules().definitions.clone()
+    }
+
+    /// The definitions and deciders in force right now.
+    pub(crate) fn rules(&self) -> Arc<Active> {
+        self.inner
+            .rules
+            .read()
+            .expect("rules lock poisoned")
+            .clone()
     }
 
     /// The store (for statistics and read access).
@@ -613,7 +655,9 @@ impl Engine {
         let digest = digest(&request.data);
         let target = format!("start:{}", request.definition);
         let prepare = || -> Result<Prepared, CommandError> {
-            let definition = self.latest_definition(&request.definition)?;
+            let rules = self.rules();
+            let definition = self.latest_definition(&rules, &request.definition)?;
+            let definition = &*definition;
             require_role(&request.actor, &definition.start.roles, || {
                 format!("start {} v{}", definition.name, definition.version)
             })?;
@@ -699,7 +743,7 @@ impl Engine {
         // The parent is locked too when the command may update linked instances: deliveries
         // updating their order should queue behind the order's own commands, not race them.
         let mut lock_ids = vec![request.instance];
-        if let Ok((instance, definition)) = self.load(request.instance) {
+        if let Ok((instance, definition)) = self.load(&self.rules(), request.instance) {
             let updates_linked = definition
                 .command(&request.command)
                 .is_some_and(|c| !c.effects.update.is_empty());
@@ -734,7 +778,8 @@ impl Engine {
         let target = format!("instance:{}", request.instance);
         let _guards = self.lock_instances(&[request.instance]).await;
         let prepare = || -> Result<Prepared, CommandError> {
-            let (instance, definition) = self.load(request.instance)?;
+            let rules = self.rules();
+            let (instance, definition) = self.load(&rules, request.instance)?;
             require_role(&request.actor, &definition.cancel_roles, || {
                 format!("cancel {} v{}", definition.name, definition.version)
             })?;
@@ -980,7 +1025,11 @@ impl Engine {
         digest: &str,
         origin: Origin<'_>,
     ) -> Result<Prepared, CommandError> {
-        let (instance, definition) = self.load(request.instance)?;
+        // One snapshot of the rules for the whole decision, even if a rule set is activated
+        // meanwhile.
+        let rules = self.rules();
+        let (instance, definition) = self.load(&rules, request.instance)?;
+        let definition = &*definition;
         let fired = match origin {
             Origin::Timer(timer) => Some(timer),
             _ => None,
@@ -1032,16 +1081,20 @@ impl Engine {
             None => None,
         };
         let now = self.inner.config.clock.now();
-        let decision = self.decide(&DecisionContext {
-            definition,
-            command,
-            instance: &instance,
-            payload: &request.payload,
-            actor: &request.actor,
-            parent: parent.as_ref(),
-            now,
-        })?;
+        let decision = self.decide(
+            &rules,
+            &DecisionContext {
+                definition,
+                command,
+                instance: &instance,
+                payload: &request.payload,
+                actor: &request.actor,
+                parent: parent.as_ref(),
+                now,
+            },
+        )?;
         let mut prepared = self.build_commit(
+            &rules,
             request,
             target,
             digest,
@@ -1073,7 +1126,7 @@ impl Engine {
         Ok(prepared)
     }
 
-    fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, CommandError> {
+    fn decide(&self, rules: &Active, ctx: &DecisionContext<'_>) -> Result<Decision, CommandError> {
         let Some(name) = &ctx.command.decider else {
             let to = &ctx.command.to[0];
             return Ok(Decision::goto(
@@ -1081,15 +1134,14 @@ impl Engine {
                 format!("{} → {to}", ctx.command.name),
             ));
         };
-        let decider =
-            self.inner
-                .deciders
-                .get(name)
-                .ok_or_else(|| CommandError::DecisionFailed {
-                    decider: name.clone(),
-                    command: ctx.command.name.clone(),
-                    message: "the decider is not registered in this engine".into(),
-                })?;
+        let decider = rules
+            .deciders
+            .get(name)
+            .ok_or_else(|| CommandError::DecisionFailed {
+                decider: name.clone(),
+                command: ctx.command.name.clone(),
+                message: "the decider is not registered in this engine".into(),
+            })?;
         decider
             .decide(ctx)
             .map_err(|DecideError { message }| CommandError::DecisionFailed {
@@ -1102,6 +1154,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn build_commit(
         &self,
+        rules: &Active,
         request: &CommandRequest,
         target: &str,
         digest: &str,
@@ -1203,7 +1256,7 @@ impl Engine {
                             display_list(&command.effects.start)
                         )));
                     }
-                    let child_def = self.latest_definition(&child_name)?;
+                    let child_def = &*self.latest_definition(rules, &child_name)?;
                     check_business_key("effects.start.business_key", &business_key)
                         .map_err(|e| invalid(e.to_string()))?;
                     let violations = child_def.start.payload.validate(&data);
@@ -1431,16 +1484,20 @@ impl Engine {
         }
     }
 
-    fn load(&self, id: InstanceId) -> Result<(Instance, &Arc<Definition>), CommandError> {
+    fn load(
+        &self,
+        rules: &Active,
+        id: InstanceId,
+    ) -> Result<(Instance, Arc<Definition>), CommandError> {
         let instance = self
             .inner
             .store
             .instance(id)?
             .ok_or(CommandError::UnknownInstance(id))?;
-        let definition = self
-            .inner
+        let definition = rules
             .definitions
             .get(&instance.definition.name, instance.definition.version)
+            .cloned()
             .ok_or_else(|| CommandError::DefinitionNotLoaded {
                 instance: id,
                 definition: instance.definition.clone(),
@@ -1448,13 +1505,18 @@ impl Engine {
         Ok((instance, definition))
     }
 
-    fn latest_definition(&self, name: &str) -> Result<&Arc<Definition>, CommandError> {
-        self.inner
+    fn latest_definition(
+        &self,
+        rules: &Active,
+        name: &str,
+    ) -> Result<Arc<Definition>, CommandError> {
+        rules
             .definitions
             .latest(name)
+            .cloned()
             .ok_or_else(|| CommandError::UnknownDefinition {
                 name: name.to_string(),
-                loaded: self.inner.definitions.names().join(", "),
+                loaded: rules.definitions.names().join(", "),
             })
     }
 

@@ -198,6 +198,18 @@ pub enum CommandError {
         /// Its status.
         status: crate::job::JobStatus,
     },
+    /// A rule set was not deployed or activated; nothing changed.
+    #[error("the rule set was not activated:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    RuleSetRefused {
+        /// Every reason, one per line (`file:line:col: message` where there is a place).
+        problems: Vec<String>,
+    },
+    /// No such rule-set version.
+    #[error("there is no rule set #{0}")]
+    UnknownRuleSet(u32),
+    /// The engine was opened without rule sets (`Engine::open`), so none can be deployed.
+    #[error("this engine was opened with fixed definitions; open it with Engine::open_with_rules to deploy rule sets")]
+    NoRuleSets,
     /// The engine is shutting down and takes no more writes.
     #[error("the engine is shutting down and accepts no more commands")]
     ShuttingDown,
@@ -233,6 +245,9 @@ impl CommandError {
             CommandError::UnknownJob(_) => "UNKNOWN_JOB",
             CommandError::StaleLease { .. } => "STALE_LEASE",
             CommandError::NotAnIncident { .. } => "NOT_AN_INCIDENT",
+            CommandError::RuleSetRefused { .. } => "RULE_SET_REFUSED",
+            CommandError::UnknownRuleSet(_) => "UNKNOWN_RULE_SET",
+            CommandError::NoRuleSets => "NO_RULE_SETS",
             CommandError::ShuttingDown => "SHUTTING_DOWN",
             CommandError::Store(_) => "STORE",
         }

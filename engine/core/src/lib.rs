@@ -84,7 +84,7 @@ pub use decider::{
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
     ActivateJobs, CancelRequest, CommandRequest, Engine, EngineConfig, FailJob, ListRequest,
-    StartRequest, StoreConfig,
+    RuleSetInfo, StartRequest, StoreConfig,
 };
 pub use error::{CommandError, OpenError};
 pub use feed::{FeedEvent, Subscription};

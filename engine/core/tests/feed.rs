@@ -273,6 +273,18 @@ impl Store for GatedStore {
     fn counter(&self, c: &str, k: &str) -> Result<u64, StoreError> {
         self.inner.counter(c, k)
     }
+    fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError> {
+        self.inner.rule_sets()
+    }
+    fn add_rule_set(&self, record: &RuleSetRecord) -> Result<(), StoreError> {
+        self.inner.add_rule_set(record)
+    }
+    fn active_rule_set(&self) -> Result<Option<u32>, StoreError> {
+        self.inner.active_rule_set()
+    }
+    fn set_active_rule_set(&self, number: u32) -> Result<(), StoreError> {
+        self.inner.set_active_rule_set(number)
+    }
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner.job(id)
     }

@@ -343,6 +343,17 @@ impl DefinitionSet {
         }
     }
 
+    /// Adds `definition` unless its name and version are already present; returns the one
+    /// kept under that name and version.
+    pub fn insert(&mut self, definition: Arc<Definition>) -> Arc<Definition> {
+        self.by_name
+            .entry(definition.name.clone())
+            .or_default()
+            .entry(definition.version)
+            .or_insert(definition)
+            .clone()
+    }
+
     /// The highest version of `name`; new instances start on it.
     pub fn latest(&self, name: &str) -> Option<&Arc<Definition>> {
         self.by_name.get(name)?.values().next_back()

@@ -162,6 +162,29 @@ macro_rules! kv_store_reads {
             $crate::store::kv::counter(self, counter, key)
         }
 
+        fn rule_sets(
+            &self,
+        ) -> Result<Vec<$crate::store::RuleSetRecord>, $crate::store::StoreError> {
+            $crate::store::kv::rule_sets(self)
+        }
+
+        fn add_rule_set(
+            &self,
+            record: &$crate::store::RuleSetRecord,
+        ) -> Result<(), $crate::store::StoreError> {
+            $crate::store::kv::add_rule_set(self, record)?;
+            $crate::store::Store::flush(self)
+        }
+
+        fn active_rule_set(&self) -> Result<Option<u32>, $crate::store::StoreError> {
+            $crate::store::kv::active_rule_set(self)
+        }
+
+        fn set_active_rule_set(&self, number: u32) -> Result<(), $crate::store::StoreError> {
+            $crate::store::kv::set_active_rule_set(self, number)?;
+            $crate::store::Store::flush(self)
+        }
+
         fn job(
             &self,
             id: $crate::job::JobId,
@@ -581,6 +604,42 @@ pub(crate) fn purge_feed(
         kv.write(writes)?;
     }
     Ok(purged)
+}
+
+pub(crate) fn rule_sets(kv: &dyn KvRead) -> Result<Vec<super::RuleSetRecord>, StoreError> {
+    kv.scan(&[prefix::RULE_SET], None, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub(crate) fn add_rule_set(
+    kv: &dyn KvWrite,
+    record: &super::RuleSetRecord,
+) -> Result<(), StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    let key = records::rule_set_key(record.number);
+    if kv.get(&key)?.is_some() {
+        return Err(StoreError::Io(format!(
+            "rule set #{} already exists",
+            record.number
+        )));
+    }
+    kv.write(Writes::from([(key, Some(encode(record)))]))
+}
+
+pub(crate) fn active_rule_set(kv: &dyn KvRead) -> Result<Option<u32>, StoreError> {
+    Ok(meta(kv, records::ACTIVE_RULE_SET_KEY)?.map(|n| n as u32))
+}
+
+pub(crate) fn set_active_rule_set(kv: &dyn KvWrite, number: u32) -> Result<(), StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    kv.write(Writes::from([(
+        records::ACTIVE_RULE_SET_KEY.to_vec(),
+        Some(encode(&CounterRecord {
+            value: u64::from(number),
+        })),
+    )]))
 }
 
 pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {

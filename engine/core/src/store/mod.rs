@@ -36,6 +36,21 @@ pub enum Durability {
     Fsync,
 }
 
+/// A deployed rule-set version, as kept in the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleSetRecord {
+    /// Deployment number: 1, 2, 3… in deployment order.
+    pub number: u32,
+    /// Content version: the digest of its files.
+    pub version: String,
+    /// Its files (relative path → text).
+    pub files: std::collections::BTreeMap<String, String>,
+    /// When it was deployed.
+    pub deployed_at: DateTime<Utc>,
+    /// Who deployed it.
+    pub deployed_by: String,
+}
+
 /// One instance written by a commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceWrite {
@@ -259,6 +274,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Job>, StoreError>;
     /// Every job of an instance, oldest first.
     fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError>;
+    /// Every deployed rule-set version, by number.
+    fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError>;
+    /// Keeps a newly deployed rule-set version (durably); refused if its number exists.
+    fn add_rule_set(&self, record: &RuleSetRecord) -> Result<(), StoreError>;
+    /// The number of the active rule-set version, if any was activated.
+    fn active_rule_set(&self) -> Result<Option<u32>, StoreError>;
+    /// Makes rule-set version `number` the active one (durably).
+    fn set_active_rule_set(&self, number: u32) -> Result<(), StoreError>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
     /// Feed events with offset > `after`, in offset order, at most `limit`.

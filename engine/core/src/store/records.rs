@@ -29,6 +29,7 @@ pub(crate) mod prefix {
     pub const JOB: u8 = b'j';
     pub const ACTIVATABLE: u8 = b'a';
     pub const JOBS_OF: u8 = b'q';
+    pub const RULE_SET: u8 = b'v';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -113,6 +114,16 @@ impl Record for crate::job::Job {
         }
         if (self.status == crate::job::JobStatus::Leased) != self.lease.is_some() {
             return Err("job lease does not match its status".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for super::RuleSetRecord {
+    const TAG: u8 = b'V';
+    fn check(&self) -> Result<(), String> {
+        if self.number == 0 || self.files.is_empty() {
+            return Err("rule set with number 0 or no files".into());
         }
         Ok(())
     }
@@ -249,6 +260,15 @@ pub(crate) fn feed_key(offset: u64) -> Vec<u8> {
     k.extend_from_slice(&offset.to_be_bytes());
     k
 }
+
+pub(crate) fn rule_set_key(number: u32) -> Vec<u8> {
+    let mut k = vec![prefix::RULE_SET];
+    k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+/// The number of the active rule-set version.
+pub(crate) const ACTIVE_RULE_SET_KEY: &[u8] = b"mactive_rule_set";
 
 /// Offset of the last event assigned (meta keys start with `m`).
 pub(crate) const FEED_HEAD_KEY: &[u8] = b"mfeed_head";

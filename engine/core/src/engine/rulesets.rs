@@ -1,0 +1,317 @@
+//! Versioned rule sets: deploy (compile, validate, run the example tests, keep, activate),
+//! activate an earlier version (rollback), and restart on the last active one.
+//!
+//! Every deployed version is kept in the store. The definitions in force are the union of all
+//! versions' definitions — an instance stays on the definition version it started on, whatever
+//! is active — while decisions use the deciders (scripts) of the active version. A version that
+//! changes a deployed definition without bumping its version is refused, and so is one that
+//! lacks a decider a live instance's pinned definition names (the refusal lists them).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Active, Engine, EngineConfig, RuleSetInfo};
+use crate::decider::DeciderRegistry;
+use crate::definition::{Definition, DefinitionSet};
+use crate::error::{CommandError, OpenError};
+use crate::model::{Actor, InstanceStatus};
+use crate::rules::{testing, RuleLimits, RuleSet};
+use crate::store::{ListQuery, RuleSetRecord};
+
+const LIVE_INSTANCES_LISTED_MAX: usize = 10;
+
+fn info(record: &RuleSetRecord, active: Option<u32>) -> RuleSetInfo {
+    RuleSetInfo {
+        number: record.number,
+        version: record.version.clone(),
+        deployed_at: record.deployed_at,
+        deployed_by: record.deployed_by.clone(),
+        active: active == Some(record.number),
+    }
+}
+
+fn refused(problems: Vec<String>) -> CommandError {
+    CommandError::RuleSetRefused { problems }
+}
+
+/// Equal but for the file each was read from.
+fn same(a: &Definition, b: &Definition) -> bool {
+    let mut a = a.clone();
+    a.source = b.source.clone();
+    &a == b
+}
+
+/// Builds what is in force with `candidate` active, on top of the `stored` versions.
+fn compose(
+    stored: &[(RuleSetRecord, RuleSet)],
+    candidate: &RuleSet,
+    candidate_label: &str,
+) -> Result<DefinitionSet, Vec<String>> {
+    let mut union = DefinitionSet::default();
+    let mut first_in: BTreeMap<(String, u32), String> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let labelled = stored
+        .iter()
+        .map(|(r, s)| (format!("rule set #{}", r.number), s))
+        .chain(std::iter::once((candidate_label.to_string(), candidate)));
+    for (label, set) in labelled {
+        for def in set.definitions.iter() {
+            let kept = union.insert(def.clone());
+            let key = (def.name.clone(), def.version);
+            let first = first_in.entry(key).or_insert_with(|| label.clone()).clone();
+            if !same(&kept, def) {
+                problems.push(format!(
+                    "{}: definition `{}` version {} differs from the one deployed in {first}; give the changed definition a new version",
+                    def.source, def.name, def.version
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(union)
+    } else {
+        Err(problems)
+    }
+}
+
+impl Engine {
+    /// Opens the engine with versioned rule sets. On the first start (no version in the store)
+    /// it deploys `rules_dir` as version 1, which must pass its own tests; later it restarts on
+    /// the last active version kept in the store and `rules_dir` is not read. `rust_deciders`
+    /// and `limits` apply to every version.
+    pub async fn open_with_rules(
+        config: EngineConfig,
+        rules_dir: &Path,
+        rust_deciders: DeciderRegistry,
+        limits: RuleLimits,
+    ) -> Result<Engine, OpenError> {
+        let engine = Engine::open(config, DefinitionSet::default(), DeciderRegistry::new()).await?;
+        if engine
+            .inner
+            .rule_inputs
+            .set((rust_deciders, limits))
+            .is_err()
+        {
+            unreachable!("a new engine has no rule inputs yet");
+        }
+        let store = engine.inner.store.clone();
+        let deployed = store.rule_sets()?;
+        let active = store.active_rule_set()?;
+        let result = match (deployed.is_empty(), active) {
+            (true, _) => {
+                engine
+                    .deploy_rules(rules_dir, &Actor::new("system:first-start", &["admin"]))
+                    .await
+            }
+            (false, Some(number)) => {
+                engine
+                    .activate_rules(number, &Actor::new("system:restart", &["admin"]))
+                    .await
+            }
+            (false, None) => {
+                let last = deployed.last().map(|r| r.number).unwrap_or(1);
+                engine
+                    .activate_rules(last, &Actor::new("system:restart", &["admin"]))
+                    .await
+            }
+        };
+        result.map_err(|e| OpenError::Config {
+            field: "rules".into(),
+            message: e.to_string(),
+        })?;
+        Ok(engine)
+    }
+
+    /// Every deployed rule-set version, oldest first.
+    pub fn rule_sets(&self) -> Result<Vec<RuleSetInfo>, CommandError> {
+        let active = self.inner.store.active_rule_set()?;
+        Ok(self
+            .inner
+            .store
+            .rule_sets()?
+            .iter()
+            .map(|r| info(r, active))
+            .collect())
+    }
+
+    /// The active rule-set version, if the engine runs on rule sets.
+    pub fn active_rule_set(&self) -> Option<RuleSetInfo> {
+        self.rules().rule_set.clone()
+    }
+
+    /// Deploys the rules directory `dir` as a new version and activates it, atomically and
+    /// only if it compiles, validates, passes its own example tests, keeps every deployed
+    /// definition version unchanged and serves every live instance. Needs `analyst` or `admin`.
+    pub async fn deploy_rules(
+        &self,
+        dir: &Path,
+        actor: &Actor,
+    ) -> Result<RuleSetInfo, CommandError> {
+        let (rust, limits) = self
+            .inner
+            .rule_inputs
+            .get()
+            .cloned()
+            .ok_or(CommandError::NoRuleSets)?;
+        super::require_role(actor, &["analyst".into(), "admin".into()], || {
+            "deploy a rule set".into()
+        })?;
+        let candidate = RuleSet::load(dir, rust, limits)
+            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        let _admin = self.inner.rules_admin.lock().await;
+        let stored = self.stored_rule_sets()?;
+        let number = stored.last().map_or(1, |(r, _)| r.number + 1);
+        let label = format!("rule set #{number} ({})", dir.display());
+        let definitions = self.check(&stored, &candidate, &label)?;
+        let record = RuleSetRecord {
+            number,
+            version: candidate.version.clone(),
+            files: candidate.files.clone(),
+            deployed_at: self.inner.config.clock.now(),
+            deployed_by: actor.id.clone(),
+        };
+        self.inner.store.add_rule_set(&record)?;
+        self.inner.store.set_active_rule_set(number)?;
+        let info = info(&record, Some(number));
+        self.install(definitions, candidate, info.clone());
+        tracing::info!(number, version = %info.version, by = %actor.id, "rule set deployed and activated");
+        Ok(info)
+    }
+
+    /// Activates the deployed version `number` (a rollback, or a roll forward again), under the
+    /// same checks as a deployment. Needs `analyst` or `admin`.
+    pub async fn activate_rules(
+        &self,
+        number: u32,
+        actor: &Actor,
+    ) -> Result<RuleSetInfo, CommandError> {
+        self.inner
+            .rule_inputs
+            .get()
+            .ok_or(CommandError::NoRuleSets)?;
+        super::require_role(actor, &["analyst".into(), "admin".into()], || {
+            "activate a rule set".into()
+        })?;
+        let _admin = self.inner.rules_admin.lock().await;
+        let mut stored = self.stored_rule_sets()?;
+        let index = stored
+            .iter()
+            .position(|(r, _)| r.number == number)
+            .ok_or(CommandError::UnknownRuleSet(number))?;
+        let (record, candidate) = stored.remove(index);
+        let definitions = self.check(&stored, &candidate, &format!("rule set #{number}"))?;
+        self.inner.store.set_active_rule_set(number)?;
+        let info = info(&record, Some(number));
+        self.install(definitions, candidate, info.clone());
+        tracing::info!(number, version = %info.version, by = %actor.id, "rule set activated");
+        Ok(info)
+    }
+
+    fn stored_rule_sets(&self) -> Result<Vec<(RuleSetRecord, RuleSet)>, CommandError> {
+        let (rust, limits) = self
+            .inner
+            .rule_inputs
+            .get()
+            .cloned()
+            .ok_or(CommandError::NoRuleSets)?;
+        self.inner
+            .store
+            .rule_sets()?
+            .into_iter()
+            .map(|record| {
+                let set = RuleSet::from_files(
+                    &format!("rule set #{}", record.number),
+                    record.files.clone(),
+                    rust.clone(),
+                    limits.clone(),
+                )
+                .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+                Ok((record, set))
+            })
+            .collect()
+    }
+
+    /// The candidate's tests, definition compatibility, and live instances; returns the
+    /// definitions in force with the candidate active.
+    fn check(
+        &self,
+        stored: &[(RuleSetRecord, RuleSet)],
+        candidate: &RuleSet,
+        label: &str,
+    ) -> Result<DefinitionSet, CommandError> {
+        let failed: Vec<String> = testing::run(candidate)
+            .into_iter()
+            .filter(|o| !o.passed)
+            .map(|o| format!("test failed: {}\n{}", o.title, o.report.trim_end()))
+            .collect();
+        if !failed.is_empty() {
+            return Err(refused(failed));
+        }
+        let definitions = compose(stored, candidate, label).map_err(refused)?;
+        let mut problems = Vec::new();
+        for def in definitions.iter() {
+            let missing: Vec<&str> = def
+                .commands
+                .values()
+                .filter_map(|c| c.decider.as_deref())
+                .filter(|d| !candidate.deciders.contains(d))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let live = self.live_instances(def)?;
+            if !live.is_empty() {
+                problems.push(format!(
+                    "{} v{} names decider(s) {} that {label} lacks, and {} live instance(s) are pinned to it: {}",
+                    def.name,
+                    def.version,
+                    missing.join(", "),
+                    live.len(),
+                    live.join(", ")
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(definitions)
+        } else {
+            Err(refused(problems))
+        }
+    }
+
+    /// Active instances pinned to `def` (ids, at most a few, then "…").
+    fn live_instances(&self, def: &Definition) -> Result<Vec<String>, CommandError> {
+        let mut live = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.inner.store.list(&ListQuery {
+                definition: Some(def.name.clone()),
+                state: None,
+                business_key: None,
+                page_size: 1000,
+                after,
+            })?;
+            for i in &page.items {
+                if i.definition.version == def.version && i.status == InstanceStatus::Active {
+                    if live.len() == LIVE_INSTANCES_LISTED_MAX {
+                        live.push("…".to_string());
+                        return Ok(live);
+                    }
+                    live.push(i.id.to_string());
+                }
+            }
+            match (page.items.last(), page.next_page_token) {
+                (Some(last), Some(_)) => after = Some(last.id),
+                _ => return Ok(live),
+            }
+        }
+    }
+
+    fn install(&self, definitions: DefinitionSet, active: RuleSet, info: RuleSetInfo) {
+        *self.inner.rules.write().expect("rules lock poisoned") = Arc::new(Active {
+            definitions,
+            deciders: active.deciders,
+            rule_set: Some(info),
+        });
+    }
+}

@@ -1,0 +1,322 @@
+//! Versioned rule sets: first-start deployment, deploy with tests as the gate, live activation
+//! without a restart, rollback, restart on the last active version, refusals that list the
+//! live instances affected, and decisions racing a reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use switchyard_core::*;
+
+fn shipped() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules")
+}
+
+/// A copy of the shipped rules with `(file, from, to)` edits applied.
+fn edited(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&shipped(), dir.path());
+    for (file, from, to) in edits {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} lacks {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    dir
+}
+
+/// The threshold edit: 5,000.00 becomes auto-approved. (An analyst would update the quote
+/// tests that pin the old behaviour; here they are left out.)
+fn raised_threshold() -> tempfile::TempDir {
+    let dir = edited(&[(
+        "data/approval.json",
+        "\"auto_approve_net_below\": \"5000\"",
+        "\"auto_approve_net_below\": \"5010\"",
+    )]);
+    std::fs::remove_file(dir.path().join("tests/quote.toml")).unwrap();
+    dir
+}
+
+async fn open(store: &Path, rules: &Path) -> Engine {
+    let mut sled = SledConfig::new(store);
+    sled.durability = Durability::Flush;
+    let mut config = EngineConfig::new(StoreConfig::Sled(sled));
+    config.clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap(),
+    ));
+    config.timer_poll_interval = StdDuration::from_secs(3600);
+    Engine::open_with_rules(config, rules, DeciderRegistry::new(), RuleLimits::default())
+        .await
+        .unwrap()
+}
+
+fn analyst() -> Actor {
+    Actor::new("ada", &["analyst"])
+}
+
+/// Starts and submits a one-line quote; returns its state after submit and the decision's
+/// rule-set version.
+async fn submit(engine: &Engine, key: &str, sku: &str) -> (String, String) {
+    let rep = Actor::new("ana", &["sales_rep"]);
+    let id = engine
+        .start(StartRequest {
+            definition: "quote".into(),
+            business_key: key.into(),
+            data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": sku, "quantity": 1 }] }),
+            actor: rep.clone(),
+            request_id: format!("s-{key}"),
+        })
+        .await
+        .unwrap()
+        .instance;
+    let out = engine
+        .send(CommandRequest {
+            instance: id,
+            command: "submit".into(),
+            payload: json!({}),
+            actor: rep,
+            request_id: format!("submit-{key}"),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    let h = engine.history(id, 1, 1).await.unwrap().remove(0);
+    (
+        out.state,
+        h.provenance.unwrap()["rule_set"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn deploy_activates_live_rollback_restores_and_a_restart_keeps_the_active_version() {
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), &shipped()).await;
+    let first = engine.active_rule_set().unwrap();
+    assert_eq!(
+        (first.number, first.deployed_by.as_str()),
+        (1, "system:first-start")
+    );
+    assert_eq!(
+        submit(&engine, "Q-1", "FIXED-5000").await.0,
+        "pending_approval"
+    );
+
+    // Deploy: live, no restart.
+    let raised = raised_threshold();
+    let err = engine
+        .deploy_rules(raised.path(), &Actor::new("ana", &["sales_rep"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ROLE_NOT_ALLOWED");
+    let second = engine
+        .deploy_rules(raised.path(), &analyst())
+        .await
+        .unwrap();
+    assert_eq!((second.number, second.active), (2, true));
+    assert_ne!(second.version, first.version);
+    let (state, version) = submit(&engine, "Q-2", "FIXED-5000").await;
+    assert_eq!(
+        (state.as_str(), version.as_str()),
+        ("approved", second.version.as_str())
+    );
+
+    // Rollback.
+    engine.activate_rules(1, &analyst()).await.unwrap();
+    let (state, version) = submit(&engine, "Q-3", "FIXED-5000").await;
+    assert_eq!(
+        (state.as_str(), version.as_str()),
+        ("pending_approval", first.version.as_str())
+    );
+    let listed = engine.rule_sets().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| (r.number, r.active))
+            .collect::<Vec<_>>(),
+        vec![(1, true), (2, false)]
+    );
+    assert_eq!(
+        engine
+            .activate_rules(9, &analyst())
+            .await
+            .unwrap_err()
+            .code(),
+        "UNKNOWN_RULE_SET"
+    );
+
+    // Restart: the store's last active version wins; the directory is not read again.
+    engine.activate_rules(2, &analyst()).await.unwrap();
+    engine.shutdown().await;
+    drop(engine);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), elsewhere.path()).await;
+    assert_eq!(engine.active_rule_set().unwrap().number, 2);
+    assert_eq!(submit(&engine, "Q-4", "FIXED-5000").await.0, "approved");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_example_test_or_an_invalid_rule_set_blocks_activation() {
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), &shipped()).await;
+    // The threshold moves but the tests still expect the old behaviour.
+    let untested = edited(&[(
+        "data/approval.json",
+        "\"auto_approve_net_below\": \"5000\"",
+        "\"auto_approve_net_below\": \"5010\"",
+    )]);
+    let err = engine
+        .deploy_rules(untested.path(), &analyst())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "RULE_SET_REFUSED");
+    assert!(err.to_string().contains("test failed: "), "{err}");
+    assert!(
+        err.to_string()
+            .contains("DOMAIN 2: a net of 5,000.00 waits for the sales manager"),
+        "{err}"
+    );
+    let broken = edited(&[(
+        "scripts/quote.rhai",
+        "fn reject(instance, payload, actor) {",
+        "fn reject(instance, payload, actor) {\n    let = 1;",
+    )]);
+    let err = engine
+        .deploy_rules(broken.path(), &analyst())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("scripts/quote.rhai:"), "{err}");
+    assert!(err.to_string().contains("syntax error"), "{err}");
+    // Nothing changed.
+    assert_eq!(engine.rule_sets().unwrap().len(), 1);
+    assert_eq!(
+        submit(&engine, "Q-1", "FIXED-5000").await.0,
+        "pending_approval"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn activation_is_refused_while_live_instances_need_what_the_version_lacks() {
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), &shipped()).await;
+    let rep = Actor::new("ana", &["sales_rep"]);
+    let id = engine
+        .start(StartRequest { definition: "quote".into(), business_key: "Q-L".into(), data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] }), actor: rep, request_id: "s-live".into() })
+        .await
+        .unwrap()
+        .instance;
+    // A version whose quote definition v2 approves differently, without `quote::approve`.
+    let without = edited(&[
+        ("definitions/quote.toml", "version = 1", "version = 2"),
+        (
+            "definitions/quote.toml",
+            "decider = \"quote::approve\"",
+            "decider = \"quote::approve_all\"",
+        ),
+        (
+            "scripts/quote.rhai",
+            "fn approve(instance, payload, actor) {",
+            "fn approve_all(instance, payload, actor) {",
+        ),
+        (
+            "tests/quote.toml",
+            "function = \"quote::approve\"",
+            "function = \"quote::approve_all\"",
+        ),
+        (
+            "tests/quote.toml",
+            "function = \"quote::approve\"",
+            "function = \"quote::approve_all\"",
+        ),
+        (
+            "tests/quote.toml",
+            "function = \"quote::approve\"",
+            "function = \"quote::approve_all\"",
+        ),
+        (
+            "tests/quote.toml",
+            "function = \"quote::approve\"",
+            "function = \"quote::approve_all\"",
+        ),
+    ]);
+    let err = engine
+        .deploy_rules(without.path(), &analyst())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "RULE_SET_REFUSED");
+    assert!(
+        err.to_string().contains(&format!(
+            "quote v1 names decider(s) quote::approve that rule set #2 ("
+        )),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("1 live instance(s) are pinned to it: {id}")),
+        "{err}"
+    );
+
+    // Changing a deployed definition without a new version is refused too.
+    let changed = edited(&[(
+        "definitions/quote.toml",
+        "roles = [\"sales_rep\"]\n\n[start.payload]",
+        "roles = [\"sales_rep\", \"sales_manager\"]\n\n[start.payload]",
+    )]);
+    let err = engine
+        .deploy_rules(changed.path(), &analyst())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("definition `quote` version 1 differs from the one deployed in rule set #1; give the changed definition a new version"), "{err}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn decisions_racing_a_reload_each_use_exactly_one_version() {
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), &shipped()).await;
+    let v1 = engine.active_rule_set().unwrap().version;
+    let raised = raised_threshold();
+    let mut tasks = Vec::new();
+    for n in 0..24 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            submit(&engine, &format!("R-{n}"), "FIXED-5000").await
+        }));
+    }
+    let v2 = engine
+        .deploy_rules(raised.path(), &analyst())
+        .await
+        .unwrap()
+        .version;
+    for t in tasks {
+        let (state, version) = t.await.unwrap();
+        // Each decision is wholly one version's: its provenance and its outcome agree.
+        if version == v1 {
+            assert_eq!(state, "pending_approval");
+        } else {
+            assert_eq!(
+                (version.as_str(), state.as_str()),
+                (v2.as_str(), "approved")
+            );
+        }
+    }
+    engine.shutdown().await;
+}
