@@ -239,6 +239,10 @@ struct Inner {
     rule_inputs: std::sync::OnceLock<(DeciderRegistry, crate::rules::RuleLimits)>,
     /// Serializes deployments and activations.
     rules_admin: tokio::sync::Mutex<()>,
+    /// The periodic background tasks, stopped by `shutdown`.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Store calls running on blocking threads (see `Engine::store_call`).
+    store_calls: std::sync::atomic::AtomicUsize,
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Work>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -302,6 +306,24 @@ pub struct RuleSetInfo {
     pub active: bool,
 }
 
+/// A store call in progress on a blocking thread; see `Engine::store_call`.
+pub(crate) struct StoreCall(Arc<Inner>);
+
+impl StoreCall {
+    /// Runs `f`, then marks the call finished.
+    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        f()
+    }
+}
+
+impl Drop for StoreCall {
+    fn drop(&mut self) {
+        self.0
+            .store_calls
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// A commit ready to submit, with the outcome it will acknowledge.
 struct Prepared {
     commit: Commit,
@@ -358,6 +380,8 @@ impl Engine {
                 })),
                 rule_inputs: std::sync::OnceLock::new(),
                 rules_admin: tokio::sync::Mutex::new(()),
+                tasks: Mutex::new(Vec::new()),
+                store_calls: std::sync::atomic::AtomicUsize::new(0),
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
@@ -381,7 +405,7 @@ impl Engine {
         Fut: std::future::Future<Output = ()> + Send,
     {
         let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             if skip_first {
@@ -396,6 +420,11 @@ impl Engine {
                 work(Engine { inner }).await;
             }
         });
+        self.inner
+            .tasks
+            .lock()
+            .expect("tasks lock poisoned")
+            .push(task);
     }
 
     fn spawn_timer_task(&self) {
@@ -417,7 +446,8 @@ impl Engine {
     pub async fn fire_due_timers(&self) -> Result<usize, CommandError> {
         let now = self.inner.config.clock.now();
         let store = self.inner.store.clone();
-        let due = tokio::task::spawn_blocking(move || store.due_timers(now, 1000))
+        let call = self.store_call();
+        let due = tokio::task::spawn_blocking(move || call.run(|| store.due_timers(now, 1000)))
             .await
             .expect("timer scan task panicked")?;
         let mut fired = 0;
@@ -489,9 +519,11 @@ impl Engine {
         let mut total = 0;
         loop {
             let store = store.clone();
-            let n = tokio::task::spawn_blocking(move || store.purge_requests(now, 1000))
-                .await
-                .expect("purge task panicked")?;
+            let call = self.store_call();
+            let n =
+                tokio::task::spawn_blocking(move || call.run(|| store.purge_requests(now, 1000)))
+                    .await
+                    .expect("purge task panicked")?;
             total += n;
             if n < 1000 {
                 return Ok(total);
@@ -506,9 +538,11 @@ impl Engine {
         let mut total = 0;
         loop {
             let store = self.inner.store.clone();
-            let n = tokio::task::spawn_blocking(move || store.purge_feed(before, 1000))
-                .await
-                .expect("purge task panicked")?;
+            let call = self.store_call();
+            let n =
+                tokio::task::spawn_blocking(move || call.run(|| store.purge_feed(before, 1000)))
+                    .await
+                    .expect("purge task panicked")?;
             total += n;
             if n < 1000 {
                 return Ok(total);
@@ -563,6 +597,39 @@ impl Engine {
             .await
             .expect("join task panicked");
         }
+        // Stop the periodic tasks, then wait for any blocking store call they started to
+        // return, so that a sled store can be reopened as soon as the engine is dropped.
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock poisoned")
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        for _ in 0..500 {
+            if self
+                .inner
+                .store_calls
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+            {
+                break;
+            }
+            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        }
+    }
+
+    /// Counts a store call made on a blocking thread until it returns, so `shutdown` can wait
+    /// for it: an aborted task cannot stop a blocking call it started.
+    pub(crate) fn store_call(&self) -> StoreCall {
+        self.inner
+            .store_calls
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        StoreCall(self.inner.clone())
     }
 
     /// The instance `id`.

@@ -1092,3 +1092,23 @@ async fn an_fsync_engine_syncs_every_batch_it_acknowledges() {
     assert!(engine.store().stats().flushes >= 1);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_shut_down_engine_releases_its_store_at_once() {
+    // Background pollers running flat out must not keep the sled store open after shutdown.
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let d = deciders();
+        let mut store = SledConfig::new(dir.path());
+        store.durability = Durability::Flush;
+        let mut config = EngineConfig::new(StoreConfig::Sled(store));
+        config.timer_poll_interval = std::time::Duration::from_millis(1);
+        config.purge_interval = std::time::Duration::from_millis(1);
+        let engine = Engine::open(config, definitions(&d), d)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        started(&engine, &format!("R-{round}"), "1.00").await;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        engine.shutdown().await;
+    }
+}

@@ -263,9 +263,8 @@ async fn activation_is_refused_while_live_instances_need_what_the_version_lacks(
         .unwrap_err();
     assert_eq!(err.code(), "RULE_SET_REFUSED");
     assert!(
-        err.to_string().contains(&format!(
-            "quote v1 names decider(s) quote::approve that rule set #2 ("
-        )),
+        err.to_string()
+            .contains("quote v1 names decider(s) quote::approve that rule set #2 ("),
         "{err}"
     );
     assert!(

@@ -144,10 +144,12 @@ impl Engine {
         let store = self.inner.store.clone();
         let job_type = request.job_type.clone();
         let max = request.max_jobs;
-        let candidates =
-            tokio::task::spawn_blocking(move || store.activatable_jobs(&job_type, now, max))
-                .await
-                .expect("activation scan task panicked")?;
+        let call = self.store_call();
+        let candidates = tokio::task::spawn_blocking(move || {
+            call.run(|| store.activatable_jobs(&job_type, now, max))
+        })
+        .await
+        .expect("activation scan task panicked")?;
         let mut pending = Vec::with_capacity(candidates.len());
         for job in candidates {
             let mut leased = job.clone();
