@@ -191,6 +191,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
         version: 1,
         parent: None,
         timers: vec![],
+        rule_set: None,
         created_at: now,
         updated_at: now,
     };

@@ -7,6 +7,7 @@
 //! acknowledgement after the flush. A version conflict without `expected_version` re-runs
 //! the whole evaluation, at most `conflict_retries_max` times.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration as StdDuration;
@@ -289,6 +290,8 @@ pub(crate) struct Active {
     pub(crate) definitions: DefinitionSet,
     pub(crate) deciders: DeciderRegistry,
     pub(crate) rule_set: Option<RuleSetInfo>,
+    /// Every deployed version's deciders, for definitions whose decisions stay pinned.
+    pub(crate) deciders_by_version: BTreeMap<u32, DeciderRegistry>,
 }
 
 /// A deployed rule-set version.
@@ -377,6 +380,7 @@ impl Engine {
                     definitions,
                     deciders,
                     rule_set: None,
+                    deciders_by_version: BTreeMap::new(),
                 })),
                 rule_inputs: std::sync::OnceLock::new(),
                 rules_admin: tokio::sync::Mutex::new(()),
@@ -731,7 +735,7 @@ impl Engine {
             check_violations(definition.start.payload.validate(&request.data))?;
             let now = self.inner.config.clock.now();
             let timers = timers_for(definition, &definition.initial, &request.data, now)?;
-            let instance = new_instance(
+            let mut instance = new_instance(
                 definition,
                 &request.business_key,
                 request.data.clone(),
@@ -739,6 +743,7 @@ impl Engine {
                 timers,
                 now,
             );
+            instance.rule_set = rules.rule_set.as_ref().map(|r| r.number);
             let outcome = CommandOutcome {
                 instance: instance.id,
                 version: 1,
@@ -1201,8 +1206,15 @@ impl Engine {
                 format!("{} → {to}", ctx.command.name),
             ));
         };
-        let decider = rules
-            .deciders
+        // A definition whose decisions stay pinned is decided by the version its instance
+        // started under.
+        let deciders = match (ctx.definition.decisions, ctx.instance.rule_set) {
+            (crate::definition::DecisionBinding::Pinned, Some(n)) => {
+                rules.deciders_by_version.get(&n).unwrap_or(&rules.deciders)
+            }
+            _ => &rules.deciders,
+        };
+        let decider = deciders
             .get(name)
             .ok_or_else(|| CommandError::DecisionFailed {
                 decider: name.clone(),
@@ -1339,7 +1351,7 @@ impl Engine {
                     }
                     let timers = timers_for(child_def, &child_def.initial, &data, now)
                         .map_err(|e| invalid(format!("the new `{child_name}`: {e}")))?;
-                    let child = new_instance(
+                    let mut child = new_instance(
                         child_def,
                         &business_key,
                         data.clone(),
@@ -1347,6 +1359,7 @@ impl Engine {
                         timers,
                         now,
                     );
+                    child.rule_set = rules.rule_set.as_ref().map(|r| r.number);
                     let reason = format!(
                         "started by `{}` on {} {}",
                         command.name, definition.name, instance.id
@@ -1713,6 +1726,7 @@ fn new_instance(
         version: 1,
         parent,
         timers,
+        rule_set: None,
         created_at: now,
         updated_at: now,
     }

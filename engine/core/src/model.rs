@@ -125,6 +125,9 @@ pub struct Instance {
     /// Timers set by its current state, not yet fired.
     #[serde(default)]
     pub timers: Vec<OpenTimer>,
+    /// The rule-set version active when it started (engines running on rule sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_set: Option<u32>,
     /// When it was started.
     pub created_at: DateTime<Utc>,
     /// When its last change was committed.

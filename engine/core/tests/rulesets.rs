@@ -319,3 +319,48 @@ async fn decisions_racing_a_reload_each_use_exactly_one_version() {
     }
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_definition_may_keep_its_decisions_on_the_version_it_started_under() {
+    let pin = (
+        "definitions/quote.toml",
+        "initial = \"draft\"",
+        "initial = \"draft\"\ndecisions = \"pinned\"",
+    );
+    let v1 = edited(&[pin]);
+    let v2 = edited(&[
+        pin,
+        (
+            "data/approval.json",
+            "\"auto_approve_net_below\": \"5000\"",
+            "\"auto_approve_net_below\": \"5010\"",
+        ),
+    ]);
+    std::fs::remove_file(v2.path().join("tests/quote.toml")).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), v1.path()).await;
+    let rep = Actor::new("ana", &["sales_rep"]);
+    let old = engine
+        .start(StartRequest { definition: "quote".into(), business_key: "OLD".into(), data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] }), actor: rep.clone(), request_id: "s-old".into() })
+        .await
+        .unwrap()
+        .instance;
+    assert_eq!(engine.get(old).await.unwrap().rule_set, Some(1));
+    engine.deploy_rules(v2.path(), &analyst()).await.unwrap();
+    // Started under #1: decided by #1's rules although #2 is active.
+    let out = engine
+        .send(CommandRequest {
+            instance: old,
+            command: "submit".into(),
+            payload: json!({}),
+            actor: rep,
+            request_id: "submit-old".into(),
+            expected_version: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.state, "pending_approval");
+    // Started under #2: decided by #2's.
+    assert_eq!(submit(&engine, "NEW", "FIXED-5000").await.0, "approved");
+    engine.shutdown().await;
+}

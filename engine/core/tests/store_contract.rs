@@ -26,6 +26,7 @@ fn instance(id: InstanceId, version: u64, state: &str, key: &str) -> Instance {
         version,
         parent: None,
         timers: vec![],
+        rule_set: None,
         created_at: t0(),
         updated_at: t0(),
     }

@@ -40,6 +40,9 @@ pub struct Definition {
     pub cancel_roles: Vec<String>,
     /// Job types its transitions may create.
     pub jobs: BTreeMap<String, JobDef>,
+    /// Whose scripts decide for its instances: the active rule set's (the default) or the
+    /// one's they started under.
+    pub decisions: DecisionBinding,
     /// The file it was loaded from.
     pub source: String,
 }
@@ -129,6 +132,17 @@ pub struct CommandDef {
     pub effects: EffectsDef,
     /// Free text for humans.
     pub description: String,
+}
+
+/// Which rule-set version's deciders decide for an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionBinding {
+    /// The version active when the decision is made.
+    #[default]
+    Latest,
+    /// The version active when the instance started.
+    Pinned,
 }
 
 /// A job type: what completes it and how failures are retried.
@@ -400,6 +414,8 @@ struct DefinitionFile {
     commands: BTreeMap<String, Spanned<CommandSpec>>,
     #[serde(default)]
     jobs: BTreeMap<String, Spanned<JobSpec>>,
+    #[serde(default)]
+    decisions: DecisionBinding,
 }
 
 #[derive(Deserialize)]
@@ -859,6 +875,7 @@ fn check_file(
         },
         cancel_roles,
         jobs,
+        decisions: f.decisions,
         source: file.to_string(),
     }
 }

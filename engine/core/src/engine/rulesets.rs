@@ -174,7 +174,9 @@ impl Engine {
         self.inner.store.add_rule_set(&record)?;
         self.inner.store.set_active_rule_set(number)?;
         let info = info(&record, Some(number));
-        self.install(definitions, candidate, info.clone());
+        let mut all = stored;
+        all.push((record, candidate));
+        self.install(definitions, all, number, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set deployed and activated");
         Ok(info)
     }
@@ -203,7 +205,8 @@ impl Engine {
         let definitions = self.check(&stored, &candidate, &format!("rule set #{number}"))?;
         self.inner.store.set_active_rule_set(number)?;
         let info = info(&record, Some(number));
-        self.install(definitions, candidate, info.clone());
+        stored.insert(index, (record, candidate));
+        self.install(definitions, stored, number, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set activated");
         Ok(info)
     }
@@ -251,6 +254,9 @@ impl Engine {
         let definitions = compose(stored, candidate, label).map_err(refused)?;
         let mut problems = Vec::new();
         for def in definitions.iter() {
+            if def.decisions == crate::definition::DecisionBinding::Pinned {
+                continue; // decided by the version each instance started under
+            }
             let missing: Vec<&str> = def
                 .commands
                 .values()
@@ -307,11 +313,23 @@ impl Engine {
         }
     }
 
-    fn install(&self, definitions: DefinitionSet, active: RuleSet, info: RuleSetInfo) {
+    fn install(
+        &self,
+        definitions: DefinitionSet,
+        all: Vec<(RuleSetRecord, RuleSet)>,
+        active: u32,
+        info: RuleSetInfo,
+    ) {
+        let deciders_by_version: BTreeMap<u32, DeciderRegistry> = all
+            .into_iter()
+            .map(|(r, s)| (r.number, s.deciders))
+            .collect();
+        let deciders = deciders_by_version[&active].clone();
         *self.inner.rules.write().expect("rules lock poisoned") = Arc::new(Active {
             definitions,
-            deciders: active.deciders,
+            deciders,
             rule_set: Some(info),
+            deciders_by_version,
         });
     }
 }
