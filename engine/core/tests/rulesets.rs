@@ -364,3 +364,49 @@ async fn a_definition_may_keep_its_decisions_on_the_version_it_started_under() {
     assert_eq!(submit(&engine, "NEW", "FIXED-5000").await.0, "approved");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_watched_directory_is_deployed_when_it_changes_and_only_if_valid() {
+    let dir = edited(&[]);
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), dir.path()).await;
+    engine.watch_rules(dir.path().to_path_buf(), StdDuration::from_millis(20));
+    let wait_for = |n: u32| {
+        let engine = engine.clone();
+        async move {
+            for _ in 0..500 {
+                if engine.active_rule_set().unwrap().number == n {
+                    return true;
+                }
+                tokio::time::sleep(StdDuration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    assert_eq!(
+        engine.rule_sets().unwrap().len(),
+        1,
+        "an unchanged directory deploys nothing new"
+    );
+
+    // A broken edit is not activated...
+    let approval = dir.path().join("data/approval.json");
+    let good = std::fs::read_to_string(&approval).unwrap();
+    std::fs::write(&approval, "{ not json").unwrap();
+    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert_eq!(engine.active_rule_set().unwrap().number, 1);
+    // ...a valid one is, without a restart.
+    std::fs::write(
+        &approval,
+        good.replace(
+            "\"auto_approve_net_below\": \"5000\"",
+            "\"auto_approve_net_below\": \"5010\"",
+        ),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("tests/quote.toml")).unwrap();
+    assert!(wait_for(2).await, "the changed directory was deployed");
+    assert_eq!(submit(&engine, "W-1", "FIXED-5000").await.0, "approved");
+    engine.shutdown().await;
+}

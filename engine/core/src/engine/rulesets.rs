@@ -160,6 +160,11 @@ impl Engine {
         let candidate = RuleSet::load(dir, rust, limits)
             .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
         let _admin = self.inner.rules_admin.lock().await;
+        if let Some(active) = self.active_rule_set() {
+            if active.version == candidate.version {
+                return Ok(active); // already active: deploying it again changes nothing
+            }
+        }
         let stored = self.stored_rule_sets()?;
         let number = stored.last().map_or(1, |(r, _)| r.number + 1);
         let label = format!("rule set #{number} ({})", dir.display());
@@ -209,6 +214,33 @@ impl Engine {
         self.install(definitions, stored, number, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set activated");
         Ok(info)
+    }
+
+    /// Watches `dir` and deploys it whenever its files change, every `every`, under the same
+    /// checks as [`Engine::deploy_rules`] (as the `system` actor with the `analyst` role). A
+    /// refused version is logged and not retried until the files change again. Stops with
+    /// the engine.
+    pub fn watch_rules(&self, dir: std::path::PathBuf, every: std::time::Duration) {
+        let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        self.spawn_periodic(every, false, move |engine| {
+            let dir = dir.clone();
+            let seen = seen.clone();
+            async move {
+                let digest = crate::rules::files_digest(&dir);
+                {
+                    let mut seen = seen.lock().expect("watch lock poisoned");
+                    if seen.as_deref() == Some(digest.as_str()) {
+                        return;
+                    }
+                    *seen = Some(digest);
+                }
+                let watcher = Actor::new("system:rules-watcher", &["analyst"]);
+                match engine.deploy_rules(&dir, &watcher).await {
+                    Ok(info) => tracing::info!(number = info.number, version = %info.version, "rules directory deployed"),
+                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "rules directory changed but was not activated"),
+                }
+            }
+        });
     }
 
     fn stored_rule_sets(&self) -> Result<Vec<(RuleSetRecord, RuleSet)>, CommandError> {

@@ -142,33 +142,7 @@ impl RuleSet {
         rust_deciders: DeciderRegistry,
         limits: RuleLimits,
     ) -> Result<RuleSet, DefinitionErrors> {
-        let mut problems = Vec::new();
-        let mut files = BTreeMap::new();
-        if !dir.exists() {
-            problems.push(problem(dir, 1, 1, "the rules directory does not exist"));
-        }
-        for (sub, ext) in RULE_FILES {
-            let found = read_dir_sorted(&dir.join(sub), ext).unwrap_or_else(|p| {
-                problems.push(p);
-                Vec::new()
-            });
-            for path in found {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        files.insert(
-                            format!(
-                                "{sub}/{}",
-                                path.file_name().unwrap_or_default().to_string_lossy()
-                            ),
-                            text,
-                        );
-                    }
-                    Err(e) => {
-                        problems.push(problem(&path, 1, 1, format!("cannot read the file: {e}")))
-                    }
-                }
-            }
-        }
+        let (files, problems) = read_files(dir);
         Self::build(dir, files, problems, rust_deciders, limits)
     }
 
@@ -378,6 +352,53 @@ impl RuleSet {
     pub fn limits(&self) -> &RuleLimits {
         &self.compiled.limits
     }
+}
+
+/// Reads a rules directory's files (relative path → text), with a problem per file or
+/// directory that cannot be read.
+fn read_files(dir: &Path) -> (BTreeMap<String, String>, Vec<DefinitionError>) {
+    let mut problems = Vec::new();
+    let mut files = BTreeMap::new();
+    if !dir.exists() {
+        problems.push(problem(dir, 1, 1, "the rules directory does not exist"));
+    }
+    for (sub, ext) in RULE_FILES {
+        let found = read_dir_sorted(&dir.join(sub), ext).unwrap_or_else(|p| {
+            problems.push(p);
+            Vec::new()
+        });
+        for path in found {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let name = path
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned();
+                    files.insert(format!("{sub}/{name}"), text);
+                }
+                Err(e) => problems.push(problem(&path, 1, 1, format!("cannot read the file: {e}"))),
+            }
+        }
+    }
+    (files, problems)
+}
+
+/// A digest of a rules directory's files, cheap to compare (nothing is compiled): used to
+/// notice that the directory changed.
+pub fn files_digest(dir: &Path) -> String {
+    let (files, problems) = read_files(dir);
+    let mut hasher = Sha256::new();
+    for (path, text) in &files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    for p in &problems {
+        hasher.update(p.to_string().as_bytes());
+    }
+    hex(&hasher.finalize()[..8])
 }
 
 fn hex(bytes: &[u8]) -> String {
