@@ -3,13 +3,16 @@
 //! Today it offers offline inspection of a stopped store: sled allows one process per
 //! store, so operators read a store with this tool only while no engine has it open.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use switchyard_core::rules::{backtest, testing, DecisionInput};
 use switchyard_core::store::{ListQuery, SledConfig, SledStore, Store};
-use switchyard_core::{DeciderRegistry, InstanceId, RuleLimits, RuleSet};
+use switchyard_core::{
+    Actor, CommandError, DeciderRegistry, Durability, Engine, EngineConfig, InstanceId, RuleLimits,
+    RuleSet, StoreConfig,
+};
 
 #[derive(Parser)]
 #[command(name = "switchyard", version, about = "Switchyard workflow engine")]
@@ -47,6 +50,36 @@ enum Rules {
     Test {
         /// The rules directory.
         dir: PathBuf,
+    },
+    /// Deploy DIR into a stopped store as a new rule-set version and activate it — only if it
+    /// compiles, validates, passes its tests and serves every live instance. On a store without
+    /// versions, DIR becomes version 1.
+    Deploy {
+        /// The rules directory.
+        dir: PathBuf,
+        /// The store directory (stopped: sled allows one process per store).
+        #[arg(long)]
+        store: PathBuf,
+        /// Who deploys (recorded with the version).
+        #[arg(long = "as", default_value = "analyst")]
+        actor: String,
+    },
+    /// Activate an already deployed version of a stopped store (a rollback, or forward again).
+    Activate {
+        /// The version number, as `versions` lists it.
+        number: u32,
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Who activates it.
+        #[arg(long = "as", default_value = "analyst")]
+        actor: String,
+    },
+    /// List the rule-set versions deployed in a stopped store.
+    Versions {
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
     },
     /// Replay the rule decisions recorded in a stopped store against the rule set in DIR and
     /// report which would now come out differently, and how. Exits 0 either way (2 on error).
@@ -157,6 +190,46 @@ fn rules(what: Rules) -> Result<i32> {
             println!("{} passed, {} failed", outcomes.len() - failed, failed);
             Ok(if failed == 0 { 0 } else { 1 })
         }
+        Rules::Deploy { dir, store, actor } => {
+            let target = dir.clone();
+            versioned(&store, &dir, |engine| async move {
+                let info = engine
+                    .deploy_rules(&target, &Actor::new(actor, &["analyst"]))
+                    .await?;
+                println!("rule set #{} ({}) is active", info.number, info.version);
+                Ok(())
+            })
+        }
+        Rules::Activate {
+            number,
+            store,
+            actor,
+        } => versioned(&store, Path::new("."), |engine| async move {
+            let info = engine
+                .activate_rules(number, &Actor::new(actor, &["analyst"]))
+                .await?;
+            println!("rule set #{} ({}) is active", info.number, info.version);
+            Ok(())
+        }),
+        Rules::Versions { store } => {
+            let store = open_store(&store)?;
+            let active = store.active_rule_set()?;
+            for r in store.rule_sets()? {
+                println!(
+                    "#{:<4} {} deployed {} by {}{}",
+                    r.number,
+                    r.version,
+                    r.deployed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    r.deployed_by,
+                    if active == Some(r.number) {
+                        "  (active)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Ok(0)
+        }
         Rules::Backtest { dir, store, from } => {
             let rules = match load_rules(&dir) {
                 Ok(r) => r,
@@ -245,6 +318,44 @@ fn rules(what: Rules) -> Result<i32> {
             }
         }
     }
+}
+
+/// Opens an engine on the stopped store at `store` with versioned rule sets (deploying
+/// `first` if the store has none), runs `work`, and shuts down. Returns the exit code.
+fn versioned<F, Fut>(store: &Path, first: &Path, work: F) -> Result<i32>
+where
+    F: FnOnce(Engine) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), CommandError>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config = SledConfig::new(store);
+        config.durability = Durability::Fsync;
+        let engine = Engine::open_with_rules(
+            EngineConfig::new(StoreConfig::Sled(config)),
+            first,
+            DeciderRegistry::new(),
+            RuleLimits::default(),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "opening the store at {} (is an engine still running on it?)",
+                store.display()
+            )
+        })?;
+        let result = work(engine.clone()).await;
+        engine.shutdown().await;
+        match result {
+            Ok(()) => Ok(0),
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(1)
+            }
+        }
+    })
 }
 
 fn open_store(path: &std::path::Path) -> Result<SledStore> {

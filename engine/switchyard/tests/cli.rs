@@ -262,3 +262,45 @@ fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
         "{out}"
     );
 }
+
+#[test]
+fn deploy_versions_and_activate_manage_a_stopped_store() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().to_str().unwrap();
+    let rules = shipped_rules();
+    let (code, out, err) =
+        switchyard(&["rules", "deploy", rules.to_str().unwrap(), "--store", store]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("rule set #1 ("), "{out}");
+
+    let candidate = copy_rules();
+    let approval = candidate.path().join("data/approval.json");
+    let text = std::fs::read_to_string(&approval).unwrap().replace(
+        "\"auto_approve_net_below\": \"5000\"",
+        "\"auto_approve_net_below\": \"5010\"",
+    );
+    std::fs::write(&approval, text).unwrap();
+    let dir = candidate.path().to_str().unwrap();
+    // Its own tests still expect 5,000: refused, nothing changes.
+    let (code, _, err) = switchyard(&["rules", "deploy", dir, "--store", store, "--as", "ada"]);
+    assert_eq!(code, 1);
+    assert!(err.starts_with("the rule set was not activated:"), "{err}");
+    std::fs::remove_file(candidate.path().join("tests/quote.toml")).unwrap();
+    let (code, out, err) = switchyard(&["rules", "deploy", dir, "--store", store, "--as", "ada"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("rule set #2 ("), "{out}");
+
+    let (_, out, _) = switchyard(&["rules", "versions", "--store", store]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[1].contains(" by ada") && lines[1].ends_with("(active)"),
+        "{out}"
+    );
+
+    let (code, out, _) = switchyard(&["rules", "activate", "1", "--store", store]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("rule set #1 ("), "{out}");
+    let (_, out, _) = switchyard(&["rules", "versions", "--store", store]);
+    assert!(out.lines().next().unwrap().ends_with("(active)"), "{out}");
+}
