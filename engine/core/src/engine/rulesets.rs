@@ -148,12 +148,7 @@ impl Engine {
         dir: &Path,
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
-        let (rust, limits) = self
-            .inner
-            .rule_inputs
-            .get()
-            .cloned()
-            .ok_or(CommandError::NoRuleSets)?;
+        let (rust, limits) = self.rule_inputs()?;
         super::require_role(actor, &["analyst".into(), "admin".into()], || {
             "deploy a rule set".into()
         })?;
@@ -193,10 +188,7 @@ impl Engine {
         number: u32,
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
-        self.inner
-            .rule_inputs
-            .get()
-            .ok_or(CommandError::NoRuleSets)?;
+        self.rule_inputs()?;
         super::require_role(actor, &["analyst".into(), "admin".into()], || {
             "activate a rule set".into()
         })?;
@@ -243,13 +235,17 @@ impl Engine {
         });
     }
 
-    fn stored_rule_sets(&self) -> Result<Vec<(RuleSetRecord, RuleSet)>, CommandError> {
-        let (rust, limits) = self
-            .inner
+    /// The Rust deciders and limits every version is built with.
+    fn rule_inputs(&self) -> Result<(DeciderRegistry, RuleLimits), CommandError> {
+        self.inner
             .rule_inputs
             .get()
             .cloned()
-            .ok_or(CommandError::NoRuleSets)?;
+            .ok_or(CommandError::NoRuleSets)
+    }
+
+    fn stored_rule_sets(&self) -> Result<Vec<(RuleSetRecord, RuleSet)>, CommandError> {
+        let (rust, limits) = self.rule_inputs()?;
         self.inner
             .store
             .rule_sets()?
