@@ -165,9 +165,9 @@ async fn run_engine(
 }
 
 /// The raw limit: sled alone writing what the engine writes per command (instance, history
-/// entry, idempotency record and its expiry key; the benchmark's command keeps its state, so
-/// no index key changes), `batch` commands per `apply_batch`, one flush (plus fdatasync in
-/// fsync mode) per batch, no engine at all.
+/// entry, idempotency record and its expiry key, feed event; the benchmark's command keeps its
+/// state, so no index key changes) plus the feed head once per batch, `batch` commands per
+/// `apply_batch`, one flush (plus fdatasync in fsync mode) per batch, no engine at all.
 fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Result<f64> {
     let db = sled::Config::new()
         .path(dir)
@@ -259,7 +259,30 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
                 key(b'r', request_id.as_bytes()),
                 with_header(b'R', serde_json::to_vec(&record)?),
             );
+            // The feed event, shaped like the engine's `instance.transitioned`.
+            let event = switchyard_core::feed::EventDraft {
+                source: "switchyard".into(),
+                kind: "switchyard.instance.transitioned".into(),
+                subject: id.to_string(),
+                time: now,
+                data: json!({
+                    "instance": id, "definition": instance.definition, "business_key": instance.business_key,
+                    "version": instance.version, "from_state": "approved", "to_state": "approved",
+                    "status": "active", "command": "review", "actor": rep, "request_id": request_id,
+                    "reason": history.reason, "changes": history.changes, "data": instance.data,
+                }),
+            }
+            .at_offset(commits);
+            b.insert(
+                key(b'f', &commits.to_be_bytes()),
+                with_header(b'F', serde_json::to_vec(&event)?),
+            );
         }
+        // The feed head, once per batch as the engine's staging leaves it.
+        b.insert(
+            b"mfeed_head".to_vec(),
+            with_header(b'C', serde_json::to_vec(&json!({ "value": commits }))?),
+        );
         db.apply_batch(b)?;
         db.flush()?;
         if durability == Durability::Fsync {
