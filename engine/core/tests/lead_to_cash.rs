@@ -2,7 +2,6 @@
 //! DOMAIN.md scenarios 1, 2, 5 and 9 as given/when/then tables, roles, links, coupons, expiry,
 //! and one configurability test that changes behaviour by editing rule-set files only.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
@@ -10,35 +9,11 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 use switchyard_core::*;
 
+mod common;
+use common::rules_copy;
+
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap()
-}
-
-/// A private copy of the shipped rule set, with `edits` applied to its files
-/// (`(relative path, from, to)`), so a test can change behaviour the way an analyst would.
-fn rules_copy(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let path = entry.unwrap().path();
-            let target = to.join(path.file_name().unwrap());
-            if path.is_dir() {
-                copy(&path, &target);
-            } else {
-                std::fs::copy(&path, &target).unwrap();
-            }
-        }
-    }
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules");
-    let dir = tempfile::tempdir().unwrap();
-    copy(&shipped, dir.path());
-    for (file, from, to) in edits {
-        let path = dir.path().join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{file} does not contain {from:?}");
-        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    }
-    dir
 }
 
 struct World {

@@ -10,33 +10,12 @@ use chrono::{TimeZone, Utc};
 use serde_json::json;
 use switchyard_core::*;
 
+mod common;
+// A copy of the shipped rules with `(file, from, to)` edits applied.
+use common::rules_copy as edited;
+
 fn shipped() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules")
-}
-
-/// A copy of the shipped rules with `(file, from, to)` edits applied.
-fn edited(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let path = entry.unwrap().path();
-            let target = to.join(path.file_name().unwrap());
-            if path.is_dir() {
-                copy(&path, &target);
-            } else {
-                std::fs::copy(&path, &target).unwrap();
-            }
-        }
-    }
-    let dir = tempfile::tempdir().unwrap();
-    copy(&shipped(), dir.path());
-    for (file, from, to) in edits {
-        let path = dir.path().join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{file} lacks {from:?}");
-        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    }
-    dir
 }
 
 /// The threshold edit: 5,000.00 becomes auto-approved. (An analyst would update the quote

@@ -1,6 +1,7 @@
 //! Shared fixtures: a small order/shipment pair of definitions and their Rust deciders.
 #![allow(dead_code)] // each test file uses a different part of the fixtures
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -208,4 +209,31 @@ pub fn command(
         request_id: request_id.into(),
         expected_version: None,
     }
+}
+
+/// A private copy of the shipped rule set, with `edits` applied to its files
+/// (`(relative path, from, to)`), so a test can change behaviour the way an analyst would.
+pub fn rules_copy(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let dir = tempfile::tempdir().unwrap();
+    copy(&shipped, dir.path());
+    for (file, from, to) in edits {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    dir
 }
