@@ -511,10 +511,7 @@ impl<'a> Staged<'a> {
 
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
         let k = records::counter_key(counter, key);
-        Ok(match self.get(&k)? {
-            Some(bytes) => decode::<CounterRecord>(&k, &bytes)?.value,
-            None => 0,
-        })
+        Ok(u64_record(&k, self.get(&k)?)?.unwrap_or(0))
     }
 
     /// Stages the deletion of up to `limit` request records expired at `now`.
@@ -554,10 +551,15 @@ impl<'a> Staged<'a> {
 }
 
 /// A meta value (a `u64` kept as a counter record).
-fn meta(kv: &dyn KvRead, key: &[u8]) -> Result<Option<u64>, StoreError> {
-    kv.get(key)?
+/// The value of a `u64` record (a counter or a meta value) read at `key`.
+fn u64_record(key: &[u8], bytes: Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
+    bytes
         .map(|b| decode::<CounterRecord>(key, &b).map(|c| c.value))
         .transpose()
+}
+
+fn meta(kv: &dyn KvRead, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    u64_record(key, kv.get(key)?)
 }
 
 pub(crate) fn feed(
@@ -723,11 +725,7 @@ pub(crate) fn request(
 }
 
 pub(crate) fn counter(kv: &dyn KvRead, counter: &str, key: &str) -> Result<u64, StoreError> {
-    let k = records::counter_key(counter, key);
-    Ok(match kv.get(&k)? {
-        Some(bytes) => decode::<CounterRecord>(&k, &bytes)?.value,
-        None => 0,
-    })
+    Ok(meta(kv, &records::counter_key(counter, key))?.unwrap_or(0))
 }
 
 pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>, StoreError> {
