@@ -243,7 +243,7 @@ struct Inner {
     /// The periodic background tasks, stopped by `shutdown`.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Store calls running on blocking threads (see `Engine::store_call`).
-    store_calls: std::sync::atomic::AtomicUsize,
+    store_calls: Arc<std::sync::atomic::AtomicUsize>,
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Work>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -309,21 +309,26 @@ pub struct RuleSetInfo {
     pub active: bool,
 }
 
-/// A store call in progress on a blocking thread; see `Engine::store_call`.
-pub(crate) struct StoreCall(Arc<Inner>);
+/// A store call in progress on a blocking thread; see `Engine::store_call`. It owns the only
+/// store handle the call uses and releases it before the call counts as finished, so once the
+/// count is zero no blocking call holds the store.
+pub(crate) struct StoreCall {
+    store: Option<Arc<dyn Store>>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 impl StoreCall {
-    /// Runs `f`, then marks the call finished.
-    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> T {
-        f()
+    /// Runs `f` on the store, then marks the call finished.
+    pub(crate) fn run<T>(mut self, f: impl FnOnce(&dyn Store) -> T) -> T {
+        let store = self.store.take().expect("a store call runs once");
+        f(&*store)
     }
 }
 
 impl Drop for StoreCall {
     fn drop(&mut self) {
-        self.0
-            .store_calls
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.store = None;
+        self.calls.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -385,7 +390,7 @@ impl Engine {
                 rule_inputs: std::sync::OnceLock::new(),
                 rules_admin: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
-                store_calls: std::sync::atomic::AtomicUsize::new(0),
+                store_calls: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
@@ -449,11 +454,11 @@ impl Engine {
     /// restarts. Runs every `timer_poll_interval` on its own; exposed for operators and tests.
     pub async fn fire_due_timers(&self) -> Result<usize, CommandError> {
         let now = self.inner.config.clock.now();
-        let store = self.inner.store.clone();
         let call = self.store_call();
-        let due = tokio::task::spawn_blocking(move || call.run(|| store.due_timers(now, 1000)))
-            .await
-            .expect("timer scan task panicked")?;
+        let due =
+            tokio::task::spawn_blocking(move || call.run(|store| store.due_timers(now, 1000)))
+                .await
+                .expect("timer scan task panicked")?;
         let mut fired = 0;
         for due in due {
             let request = CommandRequest {
@@ -518,16 +523,15 @@ impl Engine {
     /// Deletes request records past their retention; returns how many. Runs periodically on
     /// its own; exposed for operators and tests.
     pub async fn purge_expired_requests(&self) -> Result<usize, CommandError> {
-        let store = self.inner.store.clone();
         let now = self.inner.config.clock.now();
         let mut total = 0;
         loop {
-            let store = store.clone();
             let call = self.store_call();
-            let n =
-                tokio::task::spawn_blocking(move || call.run(|| store.purge_requests(now, 1000)))
-                    .await
-                    .expect("purge task panicked")?;
+            let n = tokio::task::spawn_blocking(move || {
+                call.run(|store| store.purge_requests(now, 1000))
+            })
+            .await
+            .expect("purge task panicked")?;
             total += n;
             if n < 1000 {
                 return Ok(total);
@@ -541,12 +545,12 @@ impl Engine {
         let before = self.inner.config.clock.now() - self.inner.config.feed_retention;
         let mut total = 0;
         loop {
-            let store = self.inner.store.clone();
             let call = self.store_call();
-            let n =
-                tokio::task::spawn_blocking(move || call.run(|| store.purge_feed(before, 1000)))
-                    .await
-                    .expect("purge task panicked")?;
+            let n = tokio::task::spawn_blocking(move || {
+                call.run(|store| store.purge_feed(before, 1000))
+            })
+            .await
+            .expect("purge task panicked")?;
             total += n;
             if n < 1000 {
                 return Ok(total);
@@ -633,7 +637,10 @@ impl Engine {
         self.inner
             .store_calls
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        StoreCall(self.inner.clone())
+        StoreCall {
+            store: Some(self.inner.store.clone()),
+            calls: self.inner.store_calls.clone(),
+        }
     }
 
     /// The instance `id`.
@@ -815,12 +822,21 @@ impl Engine {
         // The parent is locked too when the command may update linked instances: deliveries
         // updating their order should queue behind the order's own commands, not race them.
         let mut lock_ids = vec![request.instance];
-        if let Ok((instance, definition)) = self.load(&self.rules(), request.instance) {
-            let updates_linked = definition
-                .command(&request.command)
-                .is_some_and(|c| !c.effects.update.is_empty());
-            if let (true, Some(parent)) = (updates_linked, instance.parent) {
-                lock_ids.push(parent);
+        // Reading the instance to find its parent costs a store read on the hot path: only
+        // pay it when some definition's command of this name may update a linked instance.
+        let rules = self.rules();
+        let may_update_linked = rules.definitions.iter().any(|d| {
+            d.command(&request.command)
+                .is_some_and(|c| !c.effects.update.is_empty())
+        });
+        if may_update_linked {
+            if let Ok((instance, definition)) = self.load(&rules, request.instance) {
+                let updates_linked = definition
+                    .command(&request.command)
+                    .is_some_and(|c| !c.effects.update.is_empty());
+                if let (true, Some(parent)) = (updates_linked, instance.parent) {
+                    lock_ids.push(parent);
+                }
             }
         }
         let _guards = self.lock_instances(&lock_ids).await;

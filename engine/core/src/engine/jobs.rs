@@ -141,12 +141,11 @@ impl Engine {
         }
         let now = self.inner.config.clock.now();
         let lease = Duration::from_std(request.lease).expect("bounded above");
-        let store = self.inner.store.clone();
         let job_type = request.job_type.clone();
         let max = request.max_jobs;
         let call = self.store_call();
         let candidates = tokio::task::spawn_blocking(move || {
-            call.run(|| store.activatable_jobs(&job_type, now, max))
+            call.run(|store| store.activatable_jobs(&job_type, now, max))
         })
         .await
         .expect("activation scan task panicked")?;
