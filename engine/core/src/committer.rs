@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::metrics::EngineMetrics;
 use crate::store::{Commit, CommitApplied, CommitRefusal, Store};
 
 /// The answer for one commit: applied, refused, or the store failed (message).
@@ -45,11 +46,12 @@ pub(crate) fn start(
     queue_max: usize,
     batch_max: usize,
     durable_offset: watch::Sender<u64>,
+    metrics: Arc<EngineMetrics>,
 ) -> std::io::Result<(mpsc::Sender<Work>, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel(queue_max);
     let handle = std::thread::Builder::new()
         .name("switchyard-committer".into())
-        .spawn(move || run(&*store, rx, batch_max, &durable_offset))?;
+        .spawn(move || run(&*store, rx, batch_max, &durable_offset, &metrics))?;
     Ok((tx, handle))
 }
 
@@ -59,6 +61,7 @@ fn run(
     mut rx: mpsc::Receiver<Work>,
     batch_max: usize,
     durable_offset: &watch::Sender<u64>,
+    metrics: &EngineMetrics,
 ) {
     let mut jobs = Vec::with_capacity(batch_max);
     let mut failed = false;
@@ -87,6 +90,7 @@ fn run(
         } else if commits.is_empty() {
             Ok(Vec::new())
         } else {
+            metrics.batch_size.observe(commits.len() as u64);
             store.apply(&commits).map_err(|e| {
                 tracing::error!(error = %e, batch = commits.len(), "store apply failed");
                 e.to_string()

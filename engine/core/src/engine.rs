@@ -25,6 +25,7 @@ use crate::definition::{CommandDef, Definition, DefinitionSet, TimerDue};
 use crate::error::{CommandError, OpenError};
 use crate::feed::{self, Subscription};
 use crate::job::{Job, JobId, JobStatus};
+use crate::metrics::{EngineMetrics, MetricsSnapshot, JOB_BACKLOG_COUNT_MAX};
 use crate::model::{
     Actor, ChangeKind, CommandOutcome, DefinitionRef, HistoryEntry, Instance, InstanceId,
     InstanceStatus, OpenTimer,
@@ -256,6 +257,10 @@ struct Inner {
     /// otherwise exhaust the retries on a hot instance). Version checks in the store still
     /// guard against every other writer.
     instance_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// What the engine measures about itself (shared with the committer thread).
+    metrics: Arc<EngineMetrics>,
+    /// Positions of the open subscriptions, for the feed-lag metric.
+    subscribers: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicU64>>>,
 }
 
 const INSTANCE_LOCK_STRIPES: usize = 4096;
@@ -292,6 +297,8 @@ pub(crate) struct Active {
     pub(crate) rule_set: Option<RuleSetInfo>,
     /// Every deployed version's deciders, for definitions whose decisions stay pinned.
     pub(crate) deciders_by_version: BTreeMap<u32, DeciderRegistry>,
+    /// Every deployed version, for dry runs.
+    pub(crate) rule_sets: BTreeMap<u32, Arc<crate::rules::RuleSet>>,
 }
 
 /// A deployed rule-set version.
@@ -371,11 +378,13 @@ impl Engine {
         config.check()?;
         let (_, head) = store.feed_bounds()?;
         let (durable_tx, durable_offset) = watch::channel(head);
+        let metrics = Arc::new(EngineMetrics::default());
         let (tx, handle) = committer::start(
             store.clone(),
             config.queue_max,
             config.batch_max,
             durable_tx,
+            metrics.clone(),
         )
         .map_err(OpenError::Thread)?;
         let engine = Engine {
@@ -386,6 +395,7 @@ impl Engine {
                     deciders,
                     rule_set: None,
                     deciders_by_version: BTreeMap::new(),
+                    rule_sets: BTreeMap::new(),
                 })),
                 rule_inputs: std::sync::OnceLock::new(),
                 rules_admin: tokio::sync::Mutex::new(()),
@@ -399,6 +409,8 @@ impl Engine {
                 instance_locks: (0..INSTANCE_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
+                metrics,
+                subscribers: Mutex::new(Vec::new()),
             }),
         };
         engine.spawn_purge_task();
@@ -575,11 +587,56 @@ impl Engine {
                 head,
             });
         }
+        let position = Arc::new(std::sync::atomic::AtomicU64::new(after_offset));
+        {
+            let mut subscribers = self.inner.subscribers.lock().expect("lock poisoned");
+            subscribers.retain(|s| s.strong_count() > 0);
+            subscribers.push(Arc::downgrade(&position));
+        }
         Ok(Subscription::new(
             self.inner.store.clone(),
             self.inner.durable_offset.clone(),
             after_offset,
+            position,
         ))
+    }
+
+    /// What the engine has measured so far, plus the feed, job and queue gauges read now.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot, CommandError> {
+        let (commands, [commit_latency, batch_size, rule_evaluation]) =
+            self.inner.metrics.snapshot();
+        let job_backlog = self.inner.store.job_backlog(JOB_BACKLOG_COUNT_MAX)?;
+        let (_, feed_head) = self.inner.store.feed_bounds()?;
+        let feed_durable = *self.inner.durable_offset.borrow();
+        let positions: Vec<u64> = self
+            .inner
+            .subscribers
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .filter_map(|s| s.upgrade())
+            .map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        let slowest = positions.iter().min().copied().unwrap_or(feed_durable);
+        let commit_queue = self
+            .inner
+            .queue
+            .read()
+            .expect("lock poisoned")
+            .as_ref()
+            .map_or(0, |q| q.max_capacity() - q.capacity());
+        Ok(MetricsSnapshot {
+            commands,
+            commit_latency_micros: commit_latency,
+            batch_size,
+            rule_evaluation_micros: rule_evaluation,
+            feed_head,
+            feed_durable,
+            feed_subscribers: positions.len(),
+            feed_lag: feed_durable.saturating_sub(slowest),
+            job_backlog: job_backlog as u64,
+            commit_queue,
+        })
     }
 
     /// Stops taking writes, waits for every queued commit to be applied and flushed, and
@@ -690,6 +747,38 @@ impl Engine {
         Ok(self.inner.store.history(id, after_version, page_size)?)
     }
 
+    /// A page of `id`'s history, oldest first; `page_token` is a previous page's
+    /// `next_page_token`.
+    pub async fn history_page(
+        &self,
+        id: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page<HistoryEntry>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        let after = match page_token {
+            None | Some("") => 0,
+            Some(token) => token
+                .parse::<u64>()
+                .map_err(|_| CommandError::InvalidInput {
+                    field: "page_token".into(),
+                    message: "is not a token this list returned".into(),
+                })?,
+        };
+        self.get(id).await?;
+        let mut items = self.inner.store.history(id, after, page_size + 1)?;
+        let more = items.len() > page_size;
+        items.truncate(page_size);
+        Ok(Page {
+            next_page_token: if more {
+                items.last().map(|e| e.version.to_string())
+            } else {
+                None
+            },
+            items,
+        })
+    }
+
     /// Instances started by `parent`'s transitions (the other direction is
     /// [`Instance::parent`]).
     pub async fn children(
@@ -791,16 +880,31 @@ impl Engine {
                 outcome,
             })
         };
-        self.run(
-            &request.request_id,
-            &target,
-            "$start",
-            &digest,
-            None,
-            prepare,
-        )
-        .await
-        .map(Applied::into_outcome)
+        let result = self
+            .run(
+                &request.request_id,
+                &target,
+                "$start",
+                &digest,
+                None,
+                prepare,
+            )
+            .await
+            .map(Applied::into_outcome);
+        self.count(Some(&request.definition), "$start", &result);
+        result
+    }
+
+    /// Counts a request for the metrics: `definition` is `None` when the request ended before
+    /// its instance was read (or was answered from its request record).
+    fn count<T>(&self, definition: Option<&str>, command: &str, result: &Result<T, CommandError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        self.inner
+            .metrics
+            .count_command(definition.unwrap_or("(unknown)"), command, outcome);
     }
 
     /// Sends a command to an instance.
@@ -840,16 +944,20 @@ impl Engine {
             }
         }
         let _guards = self.lock_instances(&lock_ids).await;
-        let prepare = || self.prepare_command(&request, &target, &digest, origin);
-        self.run(
-            &request.request_id,
-            &target,
-            &request.command,
-            &digest,
-            request.expected_version,
-            prepare,
-        )
-        .await
+        let seen = std::sync::OnceLock::new();
+        let prepare = || self.prepare_command(&request, &target, &digest, origin, &seen);
+        let result = self
+            .run(
+                &request.request_id,
+                &target,
+                &request.command,
+                &digest,
+                request.expected_version,
+                prepare,
+            )
+            .await;
+        self.count(seen.get().map(String::as_str), &request.command, &result);
+        result
     }
 
     /// Cancels an active instance (status `cancelled`; its state is kept).
@@ -865,9 +973,11 @@ impl Engine {
         let digest = digest(&payload);
         let target = format!("instance:{}", request.instance);
         let _guards = self.lock_instances(&[request.instance]).await;
+        let seen = std::sync::OnceLock::new();
         let prepare = || -> Result<Prepared, CommandError> {
             let rules = self.rules();
             let (instance, definition) = self.load(&rules, request.instance)?;
+            let _ = seen.set(definition.name.clone());
             require_role(&request.actor, &definition.cancel_roles, || {
                 format!("cancel {} v{}", definition.name, definition.version)
             })?;
@@ -944,16 +1054,19 @@ impl Engine {
                 outcome,
             })
         };
-        self.run(
-            &request.request_id,
-            &target,
-            "$cancel",
-            &digest,
-            request.expected_version,
-            prepare,
-        )
-        .await
-        .map(Applied::into_outcome)
+        let result = self
+            .run(
+                &request.request_id,
+                &target,
+                "$cancel",
+                &digest,
+                request.expected_version,
+                prepare,
+            )
+            .await
+            .map(Applied::into_outcome);
+        self.count(seen.get().map(String::as_str), "$cancel", &result);
+        result
     }
 
     /// Takes the stripe locks of `ids` in ascending stripe order (so two commands never wait
@@ -1095,11 +1208,17 @@ impl Engine {
         commit: Commit,
     ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
         let (reply, answer) = oneshot::channel();
+        let submitted = std::time::Instant::now();
         self.queue()?
             .send(Work::Commit { commit, reply })
             .await
             .map_err(|_| CommandError::ShuttingDown)?;
-        match answer.await {
+        let answer = answer.await;
+        self.inner
+            .metrics
+            .commit_latency
+            .observe_duration(submitted.elapsed());
+        match answer {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(message)) => Err(CommandError::Store(crate::store::StoreError::Io(message))),
             Err(_) => Err(CommandError::ShuttingDown),
@@ -1112,12 +1231,14 @@ impl Engine {
         target: &str,
         digest: &str,
         origin: Origin<'_>,
+        seen_definition: &std::sync::OnceLock<String>,
     ) -> Result<Prepared, CommandError> {
         // One snapshot of the rules for the whole decision, even if a rule set is activated
         // meanwhile.
         let rules = self.rules();
         let (instance, definition) = self.load(&rules, request.instance)?;
         let definition = &*definition;
+        let _ = seen_definition.set(definition.name.clone());
         let fired = match origin {
             Origin::Timer(timer) => Some(timer),
             _ => None,
@@ -1237,13 +1358,17 @@ impl Engine {
                 command: ctx.command.name.clone(),
                 message: "the decider is not registered in this engine".into(),
             })?;
-        decider
-            .decide(ctx)
-            .map_err(|DecideError { message }| CommandError::DecisionFailed {
-                decider: name.clone(),
-                command: ctx.command.name.clone(),
-                message,
-            })
+        let started = std::time::Instant::now();
+        let decided = decider.decide(ctx);
+        self.inner
+            .metrics
+            .rule_evaluation
+            .observe_duration(started.elapsed());
+        decided.map_err(|DecideError { message }| CommandError::DecisionFailed {
+            decider: name.clone(),
+            command: ctx.command.name.clone(),
+            message,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

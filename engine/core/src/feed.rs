@@ -155,6 +155,8 @@ pub struct Subscription {
     durable: watch::Receiver<u64>,
     cursor: u64,
     page: VecDeque<FeedEvent>,
+    /// The cursor, shared with the engine's metrics (feed lag).
+    position: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Subscription {
@@ -162,12 +164,15 @@ impl Subscription {
         store: std::sync::Arc<dyn Store>,
         durable: watch::Receiver<u64>,
         after: u64,
+        position: std::sync::Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
+        position.store(after, std::sync::atomic::Ordering::Relaxed);
         Subscription {
             store,
             durable,
             cursor: after,
             page: VecDeque::new(),
+            position,
         }
     }
 
@@ -184,6 +189,8 @@ impl Subscription {
         loop {
             if let Some(event) = self.page.pop_front() {
                 self.cursor = event.offset;
+                self.position
+                    .store(event.offset, std::sync::atomic::Ordering::Relaxed);
                 return Ok(event);
             }
             let durable = *self.durable.borrow_and_update();

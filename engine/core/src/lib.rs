@@ -72,6 +72,7 @@ mod engine;
 mod error;
 pub mod feed;
 pub mod job;
+pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod rules;

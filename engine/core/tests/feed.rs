@@ -299,6 +299,9 @@ impl Store for GatedStore {
     fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
         self.inner.jobs_of(instance)
     }
+    fn job_backlog(&self, limit: usize) -> Result<usize, StoreError> {
+        self.inner.job_backlog(limit)
+    }
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError> {
         self.inner.due_timers(now, limit)
     }

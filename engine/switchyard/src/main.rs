@@ -1,7 +1,8 @@
-//! `switchyard`: the command-line tool (and, with the gRPC issue, the server).
+//! `switchyard`: the server (`serve`) and the command-line tool.
 //!
-//! Today it offers offline inspection of a stopped store: sled allows one process per
-//! store, so operators read a store with this tool only while no engine has it open.
+//! `serve` runs the gRPC server (see `switchyard_grpc`). The other commands work offline:
+//! sled allows one process per store, so `inspect` and `rules deploy|activate|versions|
+//! backtest` read or change a store only while no server has it open.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,18 @@ struct Cli {
     command: Command,
 }
 
+mod serve;
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gRPC server until SIGTERM or SIGINT (graceful: drains in-flight calls and
+    /// flushes the store before exiting).
+    Serve(serve::ServeArgs),
+    /// Make bearer tokens for the server's configuration.
+    Token {
+        #[command(subcommand)]
+        what: serve::Token,
+    },
     /// Work on a rule set (definitions, Rhai scripts, reference data, tests).
     Rules {
         #[command(subcommand)]
@@ -138,6 +149,8 @@ enum Inspect {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::serve(args),
+        Command::Token { what } => serve::token(what),
         Command::Inspect { store, what } => inspect(&store, what),
         Command::Rules { what } => {
             let code = rules(what)?;

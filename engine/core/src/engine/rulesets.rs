@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use super::{Active, Engine, EngineConfig, RuleSetInfo};
 use crate::decider::DeciderRegistry;
+use crate::decider::Decision;
 use crate::definition::{Definition, DefinitionSet};
 use crate::error::{CommandError, OpenError};
 use crate::model::{Actor, InstanceStatus};
-use crate::rules::{testing, RuleLimits, RuleSet};
+use crate::rules::{testing, DecisionInput, RuleLimits, RuleSet};
 use crate::store::{ListQuery, RuleSetRecord};
 
 const LIVE_INSTANCES_LISTED_MAX: usize = 10;
@@ -33,6 +34,28 @@ fn info(record: &RuleSetRecord, active: Option<u32>) -> RuleSetInfo {
 
 fn refused(problems: Vec<String>) -> CommandError {
     CommandError::RuleSetRefused { problems }
+}
+
+fn require_rules_role(actor: &Actor, action: &str) -> Result<(), CommandError> {
+    super::require_role(actor, &["analyst".into(), "admin".into()], || {
+        action.to_string()
+    })
+}
+
+/// Refuses a file a rule set would not read, so nothing sent is silently ignored.
+fn check_rule_paths(files: &BTreeMap<String, String>) -> Result<(), CommandError> {
+    for path in files.keys() {
+        if !crate::rules::is_rule_file_path(path) {
+            return Err(CommandError::InvalidInput {
+                field: format!("files[{path}]"),
+                message: format!(
+                    "`{path}` is not a rule-set file; accepted: {}",
+                    crate::rules::RULE_FILE_KINDS
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Equal but for the file each was read from.
@@ -149,11 +172,99 @@ impl Engine {
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
         let (rust, limits) = self.rule_inputs()?;
-        super::require_role(actor, &["analyst".into(), "admin".into()], || {
-            "deploy a rule set".into()
-        })?;
+        require_rules_role(actor, "deploy a rule set")?;
         let candidate = RuleSet::load(dir, rust, limits)
             .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        self.deploy_candidate(candidate, &dir.display().to_string(), actor)
+            .await
+    }
+
+    /// [`Engine::deploy_rules`] for a rule set given as its files (path relative to the rule
+    /// set's root → text), e.g. received over the network. Problems name files by these
+    /// relative paths.
+    pub async fn deploy_rule_files(
+        &self,
+        files: BTreeMap<String, String>,
+        actor: &Actor,
+    ) -> Result<RuleSetInfo, CommandError> {
+        let (rust, limits) = self.rule_inputs()?;
+        require_rules_role(actor, "deploy a rule set")?;
+        check_rule_paths(&files)?;
+        let candidate = RuleSet::from_files("", files, rust, limits)
+            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        self.deploy_candidate(candidate, &format!("files from {}", actor.id), actor)
+            .await
+    }
+
+    /// Runs every check [`Engine::deploy_rule_files`] would (compile, validate, example tests,
+    /// definition versions, live instances) without deploying; returns the content version the
+    /// rule set would get.
+    pub async fn validate_rule_files(
+        &self,
+        files: BTreeMap<String, String>,
+    ) -> Result<String, CommandError> {
+        let (rust, limits) = self.rule_inputs()?;
+        check_rule_paths(&files)?;
+        let candidate = RuleSet::from_files("", files, rust, limits)
+            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        let _admin = self.inner.rules_admin.lock().await;
+        let stored = self.stored_rule_sets()?;
+        self.check(&stored, &candidate, "the candidate rule set")?;
+        Ok(candidate.version)
+    }
+
+    /// Evaluates the decider `decider` (`script::function`) of rule-set version `number` (the
+    /// active one when `None`) on `input`, as a dry run: nothing is written. Returns the
+    /// version used, the decision and everything the function returned.
+    pub fn evaluate_rule(
+        &self,
+        number: Option<u32>,
+        decider: &str,
+        input: &DecisionInput,
+    ) -> Result<(u32, Decision, serde_json::Value), CommandError> {
+        self.rule_inputs()?;
+        let active = self.rules();
+        let number = match number {
+            Some(n) => n,
+            None => active
+                .rule_set
+                .as_ref()
+                .map(|r| r.number)
+                .ok_or(CommandError::NoRuleSets)?,
+        };
+        let set = active
+            .rule_sets
+            .get(&number)
+            .ok_or(CommandError::UnknownRuleSet(number))?;
+        if !set.deciders.contains(decider) {
+            return Err(CommandError::InvalidInput {
+                field: "decider".into(),
+                message: format!(
+                    "`{decider}` is not a decider of rule set #{number}; its deciders: {}",
+                    set.deciders
+                        .names()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        let (decision, outputs) =
+            set.evaluate(decider, input)
+                .map_err(|e| CommandError::DecisionFailed {
+                    decider: decider.to_string(),
+                    command: "(dry run)".into(),
+                    message: e.message,
+                })?;
+        Ok((number, decision, outputs))
+    }
+
+    async fn deploy_candidate(
+        &self,
+        candidate: RuleSet,
+        source: &str,
+        actor: &Actor,
+    ) -> Result<RuleSetInfo, CommandError> {
         let _admin = self.inner.rules_admin.lock().await;
         if let Some(active) = self.active_rule_set() {
             if active.version == candidate.version {
@@ -162,7 +273,7 @@ impl Engine {
         }
         let stored = self.stored_rule_sets()?;
         let number = stored.last().map_or(1, |(r, _)| r.number + 1);
-        let label = format!("rule set #{number} ({})", dir.display());
+        let label = format!("rule set #{number} ({source})");
         let definitions = self.check(&stored, &candidate, &label)?;
         let record = RuleSetRecord {
             number,
@@ -189,9 +300,7 @@ impl Engine {
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
         self.rule_inputs()?;
-        super::require_role(actor, &["analyst".into(), "admin".into()], || {
-            "activate a rule set".into()
-        })?;
+        require_rules_role(actor, "activate a rule set")?;
         let _admin = self.inner.rules_admin.lock().await;
         let mut stored = self.stored_rule_sets()?;
         let index = stored
@@ -348,9 +457,13 @@ impl Engine {
         active: u32,
         info: RuleSetInfo,
     ) {
-        let deciders_by_version: BTreeMap<u32, DeciderRegistry> = all
+        let rule_sets: BTreeMap<u32, Arc<RuleSet>> = all
             .into_iter()
-            .map(|(r, s)| (r.number, s.deciders))
+            .map(|(r, s)| (r.number, Arc::new(s)))
+            .collect();
+        let deciders_by_version: BTreeMap<u32, DeciderRegistry> = rule_sets
+            .iter()
+            .map(|(n, s)| (*n, s.deciders.clone()))
             .collect();
         let deciders = deciders_by_version[&active].clone();
         *self.inner.rules.write().expect("rules lock poisoned") = Arc::new(Active {
@@ -358,6 +471,7 @@ impl Engine {
             deciders,
             rule_set: Some(info),
             deciders_by_version,
+            rule_sets,
         });
     }
 }

@@ -65,6 +65,25 @@ const RULE_FILES: [(&str, &str); 5] = [
     ("tests", "toml"),
 ];
 
+/// What a rule-set file may be, for messages.
+pub const RULE_FILE_KINDS: &str =
+    "definitions/*.toml, scripts/*.rhai, scripts/lib/*.rhai, data/*.json, tests/*.toml";
+
+/// Whether `path` (relative to a rule set's root) is a file a rule set reads.
+pub fn is_rule_file_path(path: &str) -> bool {
+    RULE_FILES.iter().any(|(sub, ext)| {
+        path.strip_prefix(sub)
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|name| name.strip_suffix(&format!(".{ext}")))
+            .is_some_and(|stem| {
+                !stem.is_empty()
+                    && !stem.contains('/')
+                    && !stem.contains("..")
+                    && !stem.starts_with('.')
+            })
+    })
+}
+
 /// The compiled scripts, shared by the rule set's deciders.
 struct Compiled {
     engine: rhai::Engine,

@@ -201,6 +201,10 @@ macro_rules! kv_store_reads {
             $crate::store::kv::activatable_jobs(self, job_type, now, limit)
         }
 
+        fn job_backlog(&self, limit: usize) -> Result<usize, $crate::store::StoreError> {
+            $crate::store::kv::job_backlog(self, limit)
+        }
+
         fn jobs_of(
             &self,
             instance: $crate::model::InstanceId,
@@ -647,6 +651,12 @@ pub(crate) fn set_active_rule_set(kv: &dyn KvWrite, number: u32) -> Result<(), S
 pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {
     let key = records::job_key(id);
     kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn job_backlog(kv: &dyn KvRead, limit: usize) -> Result<usize, StoreError> {
+    Ok(kv
+        .scan(&records::activation_index_prefix(), None, limit)?
+        .len())
 }
 
 pub(crate) fn activatable_jobs(

@@ -272,6 +272,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
+    /// Jobs waiting for a worker or leased (neither finished nor incidents), counted up to
+    /// `limit`.
+    fn job_backlog(&self, limit: usize) -> Result<usize, StoreError>;
     /// Every job of an instance, oldest first.
     fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError>;
     /// Every deployed rule-set version, by number.

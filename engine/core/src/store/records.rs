@@ -231,6 +231,11 @@ pub(crate) fn job_key(id: crate::job::JobId) -> Vec<u8> {
     k
 }
 
+/// The whole activation index: every job that is waiting or leased.
+pub(crate) fn activation_index_prefix() -> Vec<u8> {
+    vec![prefix::ACTIVATABLE]
+}
+
 pub(crate) fn activatable_prefix(job_type: &str) -> Vec<u8> {
     let mut k = vec![prefix::ACTIVATABLE];
     push_terminated(&mut k, job_type);

@@ -1,0 +1,452 @@
+//! The server's configuration: a TOML file (every key optional) plus environment overrides.
+//! Every key, its default and its environment variable are listed in [`ENV_KEYS`] and in
+//! `switchyard.example.toml`; an unknown key, a wrong type or a bad value is an error naming
+//! the file and line, or the variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Directory of the sled store (created if missing).
+    pub data_dir: PathBuf,
+    /// The rules directory deployed on the first start (an empty store).
+    pub rules_dir: PathBuf,
+    /// The gRPC listener.
+    pub grpc: GrpcConfig,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsConfig,
+    /// Storage settings.
+    pub store: StoreSettings,
+    /// Engine limits.
+    pub engine: EngineSettings,
+    /// TLS; off unless both files are set.
+    pub tls: TlsConfig,
+    /// Credentials.
+    pub auth: AuthConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// gRPC listener settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address to listen on (default `127.0.0.1:50051`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest request or response message, in bytes (default 4 MiB).
+    pub message_bytes_max: usize,
+}
+
+/// Metrics listener settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (default true).
+    pub enabled: bool,
+    /// Address (default `127.0.0.1:9464`); keep it on loopback or a private network.
+    pub listen: SocketAddr,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `fsync` (default: survives a power loss) or `flush` (survives a process crash).
+    pub durability: String,
+    /// sled's page cache, in bytes (default 256 MiB).
+    pub cache_bytes: u64,
+}
+
+/// Engine limits (see `switchyard_core::EngineConfig`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Largest payload or data document, JSON bytes (default 65536).
+    pub payload_bytes_max: usize,
+    /// Largest page size of any list (default 1000).
+    pub page_size_max: usize,
+    /// Most commits per group commit (default 512).
+    pub batch_max: usize,
+    /// Most commits waiting for the committer (default 8192).
+    pub queue_max: usize,
+    /// How long request ids are remembered, e.g. `7d` (default).
+    pub request_retention: String,
+    /// How long feed events are kept, e.g. `30d` (default).
+    pub feed_retention: String,
+}
+
+/// TLS settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Credentials.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Opaque bearer tokens, stored as SHA-256 hashes.
+    pub tokens: Vec<TokenConfig>,
+    /// JWT bearer tokens.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// One opaque bearer token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Hex SHA-256 of the token (`switchyard token hash` prints it).
+    pub sha256: String,
+    /// The actor id recorded on its changes.
+    pub actor: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+}
+
+/// JWT verification.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`, `ES256` or `ES384`.
+    pub algorithm: String,
+    /// Shared secret (HS*). Prefer `secret_env`.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Name of an environment variable holding the shared secret (HS*).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// PEM public key file (RS*, ES*).
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud`.
+    pub audience: String,
+    /// Claim holding the roles: an array of strings, or one space-separated string
+    /// (default `roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim holding the actor id (default `sub`).
+    #[serde(default = "default_actor_claim")]
+    pub actor_claim: String,
+    /// Clock skew allowed on `exp`/`nbf`, seconds (default 30).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_actor_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+
+/// Graceful shutdown settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Longest wait for in-flight calls after SIGTERM/SIGINT, e.g. `30s` (default).
+    pub drain_timeout: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("switchyard-data"),
+            rules_dir: PathBuf::from("rules"),
+            grpc: GrpcConfig::default(),
+            metrics: MetricsConfig::default(),
+            store: StoreSettings::default(),
+            engine: EngineSettings::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            message_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            durability: "fsync".into(),
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            payload_bytes_max: 64 * 1024,
+            page_size_max: 1000,
+            batch_max: 512,
+            queue_max: 8192,
+            request_retention: "7d".into(),
+            feed_retention: "30d".into(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: "30s".into(),
+        }
+    }
+}
+
+/// What kind of value an environment variable carries.
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Integer,
+    Bool,
+}
+
+/// Every environment override: variable, key (dotted path), kind. Token lists cannot be set
+/// from the environment; the JWT secret can, through `auth.jwt.secret_env`.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("SWITCHYARD_DATA_DIR", "data_dir"),
+    ("SWITCHYARD_RULES_DIR", "rules_dir"),
+    ("SWITCHYARD_GRPC_LISTEN", "grpc.listen"),
+    (
+        "SWITCHYARD_GRPC_MESSAGE_BYTES_MAX",
+        "grpc.message_bytes_max",
+    ),
+    ("SWITCHYARD_METRICS_ENABLED", "metrics.enabled"),
+    ("SWITCHYARD_METRICS_LISTEN", "metrics.listen"),
+    ("SWITCHYARD_STORE_DURABILITY", "store.durability"),
+    ("SWITCHYARD_STORE_CACHE_BYTES", "store.cache_bytes"),
+    (
+        "SWITCHYARD_ENGINE_PAYLOAD_BYTES_MAX",
+        "engine.payload_bytes_max",
+    ),
+    ("SWITCHYARD_ENGINE_PAGE_SIZE_MAX", "engine.page_size_max"),
+    ("SWITCHYARD_ENGINE_BATCH_MAX", "engine.batch_max"),
+    ("SWITCHYARD_ENGINE_QUEUE_MAX", "engine.queue_max"),
+    (
+        "SWITCHYARD_ENGINE_REQUEST_RETENTION",
+        "engine.request_retention",
+    ),
+    ("SWITCHYARD_ENGINE_FEED_RETENTION", "engine.feed_retention"),
+    ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
+    ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
+    (
+        "SWITCHYARD_SHUTDOWN_DRAIN_TIMEOUT",
+        "shutdown.drain_timeout",
+    ),
+];
+
+fn kind_of(key: &str) -> Kind {
+    match key {
+        "grpc.message_bytes_max"
+        | "store.cache_bytes"
+        | "engine.payload_bytes_max"
+        | "engine.page_size_max"
+        | "engine.batch_max"
+        | "engine.queue_max" => Kind::Integer,
+        "metrics.enabled" => Kind::Bool,
+        _ => Kind::Text,
+    }
+}
+
+impl ServerConfig {
+    /// Reads `file` (if given; the defaults otherwise), then applies the overrides found by
+    /// `env` (normally `std::env::var`), then checks every value.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let (label, text) = match file {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?,
+            ),
+            None => ("(defaults)".to_string(), String::new()),
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError(located(&label, &text, &e)))?;
+        // Type and key errors located in the file itself, before any override.
+        toml::from_str::<ServerConfig>(&text)
+            .map_err(|e| ConfigError(located(&label, &text, &e)))?;
+        for (var, key) in ENV_KEYS {
+            let Some(value) = env(var) else { continue };
+            let parsed = match kind_of(key) {
+                Kind::Text => toml::Value::String(value.clone()),
+                Kind::Integer => toml::Value::Integer(value.trim().parse().map_err(|_| {
+                    ConfigError(format!("{var}: `{value}` is not a whole number ({key})"))
+                })?),
+                Kind::Bool => toml::Value::Boolean(value.trim().parse().map_err(|_| {
+                    ConfigError(format!("{var}: `{value}` is not true or false ({key})"))
+                })?),
+            };
+            set_path(&mut table, key, parsed);
+        }
+        let config: ServerConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    ConfigError(format!("an environment override: {}", e.message()))
+                })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| Err(ConfigError(format!("`{key}`: {message}")));
+        if !matches!(self.store.durability.as_str(), "fsync" | "flush") {
+            return bad("store.durability", "must be `fsync` or `flush`");
+        }
+        for (key, value) in [
+            ("engine.request_retention", &self.engine.request_retention),
+            ("engine.feed_retention", &self.engine.feed_retention),
+            ("shutdown.drain_timeout", &self.shutdown.drain_timeout),
+        ] {
+            if switchyard_core::definition::parse_duration(value).is_none() {
+                return bad(
+                    key,
+                    "must be a duration such as `30s`, `90m`, `48h` or `7d`",
+                );
+            }
+        }
+        if self.grpc.message_bytes_max < 1024 {
+            return bad("grpc.message_bytes_max", "must be at least 1024");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls", "set both `cert_file` and `key_file`, or neither");
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.sha256.len() != 64 || !token.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return bad(
+                    &format!("auth.tokens[{i}].sha256"),
+                    "must be 64 hex digits (run `switchyard token hash`)",
+                );
+            }
+            if token.actor.trim().is_empty() {
+                return bad(&format!("auth.tokens[{i}].actor"), "must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    /// A duration setting already checked by `load`.
+    pub fn duration(value: &str) -> chrono::Duration {
+        switchyard_core::definition::parse_duration(value).expect("checked when loaded")
+    }
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("keys are not empty");
+    let mut at = table;
+    for part in parts {
+        let entry = at
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        at = entry.as_table_mut().expect("made a table");
+    }
+    at.insert(last.to_string(), value);
+}
+
+fn located(label: &str, text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let (line, col) = switchyard_core::definition::line_col(text, span.start);
+            format!("{label}:{line}:{col}: {}", error.message())
+        }
+        None => format!("{label}: {}", error.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = ServerConfig::load(None, no_env).unwrap();
+        assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.store.durability, "fsync");
+        assert!(c.auth.tokens.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[grpc]\nlisten = \"127.0.0.1:7000\"\n").unwrap();
+        let env = |k: &str| match k {
+            "SWITCHYARD_GRPC_LISTEN" => Some("127.0.0.1:7001".to_string()),
+            "SWITCHYARD_ENGINE_PAGE_SIZE_MAX" => Some("50".to_string()),
+            _ => None,
+        };
+        let c = ServerConfig::load(Some(&file), env).unwrap();
+        assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:7001");
+        assert_eq!(c.engine.page_size_max, 50);
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "data_dir = \"d\"\n[grpc]\nlisten_port = 1\n").unwrap();
+        let e = ServerConfig::load(Some(&file), no_env).unwrap_err().0;
+        assert!(e.contains("c.toml:3:1"), "{e}");
+        assert!(e.contains("listen_port"), "{e}");
+        let e = ServerConfig::load(None, |k| {
+            (k == "SWITCHYARD_ENGINE_BATCH_MAX").then(|| "many".to_string())
+        })
+        .unwrap_err()
+        .0;
+        assert!(e.contains("SWITCHYARD_ENGINE_BATCH_MAX"), "{e}");
+        let e = ServerConfig::load(None, |k| {
+            (k == "SWITCHYARD_STORE_DURABILITY").then(|| "sometimes".to_string())
+        })
+        .unwrap_err()
+        .0;
+        assert!(e.contains("store.durability"), "{e}");
+    }
+}

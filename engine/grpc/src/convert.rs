@@ -1,0 +1,249 @@
+//! Domain types to wire types and back. The only place that knows both: the core never
+//! sees a generated type, and handlers never build wire messages by hand.
+
+use prost_types::Timestamp;
+use serde_json::Value;
+use switchyard_core::definition::TimerDue;
+use switchyard_core::{
+    ChangeKind, CommandOutcome, Definition, HistoryEntry, Instance, InstanceId, InstanceStatus,
+    RuleSetInfo,
+};
+use tonic::Status;
+
+use crate::pb;
+use crate::status::bad_request;
+
+pub(crate) fn timestamp(at: chrono::DateTime<chrono::Utc>) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    })
+}
+
+#[allow(clippy::result_large_err)]
+pub(crate) fn from_timestamp(
+    field: &str,
+    at: &Timestamp,
+) -> Result<chrono::DateTime<chrono::Utc>, Status> {
+    u32::try_from(at.nanos)
+        .ok()
+        .and_then(|nanos| chrono::DateTime::from_timestamp(at.seconds, nanos))
+        .ok_or_else(|| bad_request(field, "is not a valid timestamp"))
+}
+
+fn status(s: InstanceStatus) -> i32 {
+    match s {
+        InstanceStatus::Active => pb::InstanceStatus::Active,
+        InstanceStatus::Completed => pb::InstanceStatus::Completed,
+        InstanceStatus::Cancelled => pb::InstanceStatus::Cancelled,
+    }
+    .into()
+}
+
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).expect("JSON values serialize")
+}
+
+pub(crate) fn instance(i: &Instance) -> pb::Instance {
+    pb::Instance {
+        id: i.id.to_string(),
+        definition: i.definition.name.clone(),
+        definition_version: i.definition.version,
+        business_key: i.business_key.clone(),
+        state: i.state.clone(),
+        status: status(i.status),
+        data_json: json_text(&i.data),
+        version: i.version,
+        parent_id: i.parent.map(|p| p.to_string()).unwrap_or_default(),
+        timers: i
+            .timers
+            .iter()
+            .map(|t| pb::Timer {
+                name: t.name.clone(),
+                command: t.command.clone(),
+                due: timestamp(t.due),
+            })
+            .collect(),
+        rule_set: i.rule_set.unwrap_or(0),
+        created_at: timestamp(i.created_at),
+        updated_at: timestamp(i.updated_at),
+    }
+}
+
+pub(crate) fn result(o: &CommandOutcome) -> pb::CommandResult {
+    pb::CommandResult {
+        instance_id: o.instance.to_string(),
+        version: o.version,
+        state: o.state.clone(),
+        status: status(o.status),
+        reason: o.reason.clone(),
+        started_instance_ids: o.started.iter().map(ToString::to_string).collect(),
+        counters: o
+            .counters
+            .iter()
+            .map(|c| pb::CounterValue {
+                counter: c.counter.clone(),
+                key: c.key.clone(),
+                value: c.value,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
+    let (kind, by) = match &e.kind {
+        ChangeKind::Started { by } => (pb::ChangeKind::Started, *by),
+        ChangeKind::Command => (pb::ChangeKind::Command, None),
+        ChangeKind::Cancelled => (pb::ChangeKind::Cancelled, None),
+        ChangeKind::LinkedUpdate { by } => (pb::ChangeKind::LinkedUpdate, Some(*by)),
+    };
+    pb::HistoryEntry {
+        version: e.version,
+        at: timestamp(e.at),
+        actor: Some(pb::Actor {
+            id: e.actor.id.clone(),
+            roles: e.actor.roles.clone(),
+        }),
+        request_id: e.request_id.clone().unwrap_or_default(),
+        kind: kind.into(),
+        by_instance_id: by.map(|b| b.to_string()).unwrap_or_default(),
+        command: e.command.clone().unwrap_or_default(),
+        payload_json: json_text(&e.payload),
+        from_state: e.from_state.clone().unwrap_or_default(),
+        to_state: e.to_state.clone(),
+        decider: e.decider.clone().unwrap_or_default(),
+        reason: e.reason.clone(),
+        changes_json: json_text(&e.changes),
+        provenance_json: e.provenance.as_ref().map(json_text).unwrap_or_default(),
+    }
+}
+
+pub(crate) fn definition(d: &Definition) -> pb::Definition {
+    pb::Definition {
+        name: d.name.clone(),
+        version: d.version,
+        description: d.description.clone(),
+        initial_state: d.initial.clone(),
+        states: d
+            .states
+            .iter()
+            .map(|(name, s)| pb::State {
+                name: name.clone(),
+                terminal: s.terminal,
+                description: s.description.clone(),
+                timers: s
+                    .timers
+                    .iter()
+                    .map(|t| pb::StateTimer {
+                        name: t.name.clone(),
+                        command: t.command.clone(),
+                        due: match &t.due {
+                            TimerDue::After(d) => format!("after {}s", d.num_seconds()),
+                            TimerDue::At(field) => format!("at {field}"),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+        commands: d
+            .commands
+            .values()
+            .map(|c| pb::Command {
+                name: c.name.clone(),
+                from_states: c.from.clone(),
+                to_states: c.to.clone(),
+                roles: c.roles.clone(),
+                decider: c.decider.clone().unwrap_or_default(),
+                description: c.description.clone(),
+            })
+            .collect(),
+        start_roles: d.start.roles.clone(),
+        cancel_roles: d.cancel_roles.clone(),
+        job_types: d.jobs.keys().cloned().collect(),
+        source: d.source.clone(),
+    }
+}
+
+pub(crate) fn rule_set(r: &RuleSetInfo) -> pb::RuleSet {
+    pb::RuleSet {
+        number: r.number,
+        version: r.version.clone(),
+        deployed_at: timestamp(r.deployed_at),
+        deployed_by: r.deployed_by.clone(),
+        active: r.active,
+    }
+}
+
+#[allow(clippy::result_large_err)]
+pub(crate) fn instance_id(field: &str, text: &str) -> Result<InstanceId, Status> {
+    if text.is_empty() {
+        return Err(bad_request(field, "is required: an instance id (a UUID)"));
+    }
+    text.parse()
+        .map_err(|_| bad_request(field, format!("`{text}` is not an instance id (a UUID)")))
+}
+
+/// A JSON object from a `*_json` field; empty text means `{}`.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_object(field: &str, text: &str) -> Result<Value, Status> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        bad_request(
+            field,
+            format!(
+                "is not JSON: {} at line {} column {}",
+                e,
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(bad_request(field, "must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// A page size from the wire: 0 means the default; negative is refused.
+#[allow(clippy::result_large_err)]
+pub(crate) fn page_size(size: i32) -> Result<usize, Status> {
+    usize::try_from(size).map_err(|_| bad_request("page_size", format!("{size} is negative")))
+}
+
+/// An offset-based page over an in-memory list (definitions, rule sets).
+#[allow(clippy::result_large_err)]
+pub(crate) fn offset_page<T: Clone>(
+    items: &[T],
+    size: i32,
+    token: &str,
+    size_max: usize,
+) -> Result<(Vec<T>, String), Status> {
+    let size = match page_size(size)? {
+        0 => 100.min(size_max),
+        n if n > size_max => {
+            return Err(bad_request(
+                "page_size",
+                format!("{n} is above the maximum page size {size_max}"),
+            ))
+        }
+        n => n,
+    };
+    let start = if token.is_empty() {
+        0
+    } else {
+        token
+            .parse::<usize>()
+            .ok()
+            .filter(|s| *s <= items.len())
+            .ok_or_else(|| bad_request("page_token", "is not a token this list returned"))?
+    };
+    let end = (start + size).min(items.len());
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    Ok((items[start..end].to_vec(), next))
+}

@@ -1,0 +1,279 @@
+//! Runs Switchyard as a gRPC server: opens the sled store (deploying the rules directory on
+//! the first start), registers the three `switchyard.v1` services behind the authenticator,
+//! `grpc.health.v1` and reflection (both open), optionally TLS, and serves metrics on their
+//! own port.
+//!
+//! Shutdown order, which is what makes it lose no acknowledged command: health turns
+//! NOT_SERVING; the listener stops accepting; in-flight calls finish (each one answers only
+//! after its commit is flushed), up to the drain timeout; then the engine drains its commit
+//! queue and flushes, and the store is closed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchyard_core::{
+    DeciderRegistry, Durability, Engine, EngineConfig, RuleLimits, SledConfig, StoreConfig,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::pb;
+use crate::services::Services;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A configuration value is unusable.
+    #[error("configuration {0}")]
+    Config(String),
+    /// The engine could not open its store or deploy the rules.
+    #[error("cannot open the engine: {0}")]
+    Open(#[from] switchyard_core::OpenError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("the gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The names health reports on (besides the whole server, "").
+pub const SERVICE_NAMES: [&str; 3] = [
+    "switchyard.v1.InstanceService",
+    "switchyard.v1.DefinitionService",
+    "switchyard.v1.RuleSetService",
+];
+
+/// A running server.
+pub struct Running {
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Whether the gRPC listener speaks TLS.
+    pub tls: bool,
+    /// The engine, for in-process inspection (tests, embedding).
+    pub engine: Engine,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stops gracefully (see the module docs) and waits until the store is closed.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServeError::Config(format!("the server task failed: {e}"))),
+        }
+    }
+}
+
+/// The engine settings a server configuration asks for.
+pub fn engine_config(config: &ServerConfig) -> EngineConfig {
+    let mut sled = SledConfig::new(&config.data_dir);
+    sled.durability = if config.store.durability == "flush" {
+        Durability::Flush
+    } else {
+        Durability::Fsync
+    };
+    sled.cache_bytes = config.store.cache_bytes;
+    let mut engine = EngineConfig::new(StoreConfig::Sled(sled));
+    engine.payload_bytes_max = config.engine.payload_bytes_max;
+    engine.page_size_max = config.engine.page_size_max;
+    engine.batch_max = config.engine.batch_max;
+    engine.queue_max = config.engine.queue_max;
+    engine.request_retention = ServerConfig::duration(&config.engine.request_retention);
+    engine.feed_retention = ServerConfig::duration(&config.engine.feed_retention);
+    engine
+}
+
+/// Opens the engine and starts serving; returns once both listeners are bound.
+pub async fn start(
+    config: ServerConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Running, ServeError> {
+    let auth =
+        Authenticator::new(&config.auth, &env).map_err(|e| ServeError::Config(e.to_string()))?;
+    if !auth.accepts_anything() {
+        tracing::warn!("no credentials are configured: every switchyard.v1 call will be refused (add [[auth.tokens]] or [auth.jwt]; see `switchyard token new`)");
+    }
+    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &std::path::Path, key: &str| {
+                std::fs::read(path).map_err(|e| {
+                    ServeError::Config(format!("`tls.{key}`: cannot read {}: {e}", path.display()))
+                })
+            };
+            Some(ServerTlsConfig::new().identity(Identity::from_pem(
+                read(cert, "cert_file")?,
+                read(key, "key_file")?,
+            )))
+        }
+        _ => None,
+    };
+    let drain = ServerConfig::duration(&config.shutdown.drain_timeout)
+        .to_std()
+        .unwrap_or(Duration::from_secs(30));
+    let engine = Engine::open_with_rules(
+        engine_config(&config),
+        &config.rules_dir,
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await?;
+    match engine.active_rule_set() {
+        Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
+        None => tracing::warn!("no rule set is active"),
+    }
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServeError::Bind { addr, error })
+    };
+    let listener = match bind(config.grpc.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(e);
+        }
+    };
+    let grpc_addr = listener.local_addr().map_err(|error| ServeError::Bind {
+        addr: config.grpc.listen,
+        error,
+    })?;
+    let (metrics_task, metrics_addr) = if config.metrics.enabled {
+        let metrics_listener = match bind(config.metrics.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                engine.shutdown().await;
+                return Err(e);
+            }
+        };
+        let addr = metrics_listener.local_addr().ok();
+        let task = tokio::spawn(crate::metrics_http::serve(
+            metrics_listener,
+            engine.clone(),
+            auth.refusals(),
+        ));
+        (Some(task), addr)
+    } else {
+        (None, None)
+    };
+
+    let services = Services {
+        engine: engine.clone(),
+        page_size_max: config.engine.page_size_max,
+    };
+    let size = config.grpc.message_bytes_max;
+    let instances = InterceptedService::new(
+        pb::instance_service_server::InstanceServiceServer::new(services.clone())
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        auth.clone(),
+    );
+    let definitions = InterceptedService::new(
+        pb::definition_service_server::DefinitionServiceServer::new(services.clone())
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        auth.clone(),
+    );
+    let rule_sets = InterceptedService::new(
+        pb::rule_set_service_server::RuleSetServiceServer::new(services)
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        auth.clone(),
+    );
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+
+    let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
+        // The path only: headers carry credentials and are never logged.
+        tracing::info_span!("rpc", path = %request.uri().path())
+    });
+    if let Some(tls) = tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(instances)
+        .add_service(definitions)
+        .add_service(rule_sets);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (draining_tx, draining_rx) = oneshot::channel::<()>();
+    let serve_engine = engine.clone();
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = stopped.await;
+            tracing::info!("shutting down: no new connections; draining in-flight calls");
+            for name in SERVICE_NAMES {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let _ = draining_tx.send(());
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(serve);
+        let served = tokio::select! {
+            result = &mut serve => result.map_err(ServeError::from),
+            () = async {
+                let _ = draining_rx.await;
+                tokio::time::sleep(drain).await;
+            } => {
+                tracing::warn!(timeout = ?drain, "in-flight calls did not finish within the drain timeout; closing them");
+                Ok(())
+            }
+        };
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
+        // Every call has answered (or was cut off unanswered): now drain the engine's commit
+        // queue and flush, so nothing acknowledged or queued is lost.
+        serve_engine.shutdown().await;
+        tracing::info!("stopped; the store is flushed and closed");
+        served
+    });
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        tls: tls.is_some(),
+        engine,
+        stop,
+        task,
+    })
+}

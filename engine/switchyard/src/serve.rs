@@ -1,0 +1,144 @@
+//! `switchyard serve` and `switchyard token`: run the gRPC server until SIGTERM or SIGINT,
+//! and make bearer tokens for its configuration.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use switchyard_grpc::config::ServerConfig;
+
+/// `switchyard serve`'s flags; each overrides the configuration file and the environment.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML); without it the embedded defaults apply. Environment
+    /// variables (SWITCHYARD_GRPC_LISTEN, …) override it; see switchyard.example.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The rules directory deployed on the first start (default ./rules).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// The store directory (default ./switchyard-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The gRPC address (default 127.0.0.1:50051).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+}
+
+/// Installs the log subscriber: `RUST_LOG` filters (default `info`);
+/// `SWITCHYARD_LOG_FORMAT=json` writes one JSON object per event.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    init_logs();
+    let mut config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(rules) = args.rules {
+        config.rules_dir = rules;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        config.grpc.listen = listen;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let running = switchyard_grpc::server::start(config.clone(), |k| std::env::var(k).ok())
+            .await
+            .with_context(|| {
+                format!("starting the server (store {})", config.data_dir.display())
+            })?;
+        // Scripts and tests wait for these lines: keep their shape.
+        println!(
+            "switchyard listening on {}://{}",
+            if running.tls { "https" } else { "http" },
+            running.grpc_addr
+        );
+        if let Some(addr) = running.metrics_addr {
+            println!("metrics on http://{addr}/metrics");
+        }
+        if let Some(r) = running.engine.active_rule_set() {
+            println!("rule set #{} active ({})", r.number, r.version);
+        }
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        running.shutdown().await?;
+        println!("switchyard stopped");
+        Ok(())
+    })
+}
+
+/// `switchyard token …`.
+#[derive(clap::Subcommand)]
+pub enum Token {
+    /// Make a new random bearer token; prints it once, with the configuration entry that
+    /// accepts it (only its SHA-256 is kept in the configuration).
+    New {
+        /// The actor id recorded on the token's changes.
+        #[arg(long)]
+        actor: String,
+        /// Its roles, comma-separated (e.g. sales_rep,sales_manager).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Print the SHA-256 of a token read from standard input (for `[[auth.tokens]] sha256`).
+    Hash,
+}
+
+pub fn token(what: Token) -> Result<()> {
+    match what {
+        Token::New { actor, roles } => {
+            let token = format!(
+                "sy_{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            println!("token (shown once; give it to the caller):\n  {token}\n");
+            println!("configuration entry:\n");
+            println!("[[auth.tokens]]");
+            println!("sha256 = \"{}\"", switchyard_grpc::auth::token_hash(&token));
+            println!("actor = {}", toml_string(&actor));
+            println!(
+                "roles = [{}]",
+                roles
+                    .iter()
+                    .map(|r| toml_string(r))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(())
+        }
+        Token::Hash => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_line(&mut text)
+                .context("reading the token from standard input")?;
+            let token = text.trim();
+            anyhow::ensure!(!token.is_empty(), "no token on standard input");
+            println!("{}", switchyard_grpc::auth::token_hash(token));
+            Ok(())
+        }
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("strings serialize")
+}
