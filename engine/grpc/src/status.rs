@@ -90,11 +90,39 @@ pub(crate) fn split_problem(problem: &str) -> (Option<(String, u32, u32)>, Strin
     (None, problem.to_string())
 }
 
+/// Longest status message: gRPC carries it in a header (percent-encoded), and HTTP/2 peers
+/// refuse header blocks beyond 16 KiB by default.
+const MESSAGE_BYTES_MAX: usize = 1024;
+/// Most violations listed in one status's details; the rest are counted in one more entry.
+const VIOLATIONS_MAX: usize = 20;
+/// Longest text of one violation.
+const DESCRIPTION_BYTES_MAX: usize = 400;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The status for an engine error.
 pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
     use CommandError as E;
     let reason = error.code();
-    let message = error.to_string();
+    let message = match error {
+        E::RuleSetRefused { problems } => format!(
+            "the rule set was not activated: {} problem(s), listed in the PreconditionFailure details; the first: {}",
+            problems.len(),
+            problems.first().map(String::as_str).unwrap_or_default()
+        ),
+        _ => error.to_string(),
+    };
+    let message = clip(&message, MESSAGE_BYTES_MAX);
     let mut details = ErrorDetails::new();
     let mut metadata: Vec<(&str, String)> = Vec::new();
     let code = match error {
@@ -154,13 +182,25 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             Code::PermissionDenied
         }
         E::InvalidPayload { violations } => {
-            for v in violations {
-                details.add_bad_request_violation(wire.payload_field(&v.field), v.message.clone());
+            for v in violations.iter().take(VIOLATIONS_MAX) {
+                details.add_bad_request_violation(
+                    wire.payload_field(&v.field),
+                    clip(&v.message, DESCRIPTION_BYTES_MAX),
+                );
+            }
+            if violations.len() > VIOLATIONS_MAX {
+                details.add_bad_request_violation(
+                    wire.payload,
+                    format!(
+                        "…and {} more violation(s)",
+                        violations.len() - VIOLATIONS_MAX
+                    ),
+                );
             }
             Code::InvalidArgument
         }
         E::InvalidInput { field, message: m } => {
-            details.add_bad_request_violation(field.clone(), m.clone());
+            details.add_bad_request_violation(field.clone(), clip(m, DESCRIPTION_BYTES_MAX));
             metadata.push(("field", field.clone()));
             Code::InvalidArgument
         }
@@ -248,12 +288,26 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             Code::FailedPrecondition
         }
         E::RuleSetRefused { problems } => {
-            for p in problems {
+            for p in problems.iter().take(VIOLATIONS_MAX) {
                 let (place, text) = split_problem(p);
                 let subject = place
                     .map(|(file, line, col)| format!("{file}:{line}:{col}"))
                     .unwrap_or_default();
-                details.add_precondition_failure_violation("RULE_SET", subject, text);
+                details.add_precondition_failure_violation(
+                    "RULE_SET",
+                    subject,
+                    clip(&text, DESCRIPTION_BYTES_MAX),
+                );
+            }
+            if problems.len() > VIOLATIONS_MAX {
+                details.add_precondition_failure_violation(
+                    "RULE_SET",
+                    "",
+                    format!(
+                        "…and {} more problem(s); ValidateRuleSet lists them all",
+                        problems.len() - VIOLATIONS_MAX
+                    ),
+                );
             }
             metadata.push(("problems", problems.len().to_string()));
             Code::FailedPrecondition
@@ -286,6 +340,22 @@ fn error_message_body(error: &CommandError) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_refusals_stay_small_enough_for_a_header() {
+        let problems: Vec<String> = (0..100)
+            .map(|i| format!("scripts/s.rhai:{i}:1: {}", "x".repeat(2000)))
+            .collect();
+        let status = to_status(&CommandError::RuleSetRefused { problems }, Wire::NONE);
+        assert!(status.message().len() <= MESSAGE_BYTES_MAX);
+        assert!(
+            status.details().len() < 16 * 1024,
+            "{}",
+            status.details().len()
+        );
+        assert_eq!(clip("añb", 3), "…");
+        assert_eq!(clip("abc", 3), "abc");
+    }
 
     #[test]
     fn problems_split_into_place_and_message() {
