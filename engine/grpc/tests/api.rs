@@ -1134,3 +1134,63 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         _ => String::new(),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+    let mut config = harness::config(dir.path());
+    config.tls.cert_file = Some(cert_file);
+    config.tls.key_file = Some(key_file);
+    let running = switchyard_grpc::server::start(config, |_| None)
+        .await
+        .unwrap();
+    assert!(running.tls);
+    let port = running.grpc_addr.port();
+
+    // A client that trusts the certificate gets through, and is still authenticated.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            certified.cert.pem(),
+        ))
+        .domain_name("localhost");
+    let channel = tonic::transport::Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::definition_service_client::DefinitionServiceClient::new(channel);
+    let listed = client
+        .list_definitions(as_role("sales_rep", pb::ListDefinitionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.definitions.len(), 2);
+    expect_refusal(
+        client
+            .list_definitions(tonic::Request::new(pb::ListDefinitionsRequest::default()))
+            .await,
+        Code::Unauthenticated,
+        "MISSING_CREDENTIALS",
+    );
+
+    // Plaintext HTTP/2 to the TLS port fails.
+    let plain = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let mut client = pb::definition_service_client::DefinitionServiceClient::new(channel);
+        assert!(client
+            .list_definitions(as_role("sales_rep", pb::ListDefinitionsRequest::default()))
+            .await
+            .is_err());
+    }
+    running.shutdown().await.unwrap();
+}

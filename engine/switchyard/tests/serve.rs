@@ -1,0 +1,159 @@
+//! `switchyard serve` as a process: it starts with a file plus environment overrides, prints
+//! its address, serves under load, and on SIGTERM stops accepting, drains in-flight calls and
+//! flushes — every acknowledged command is in the store afterwards.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switchyard_grpc::auth::token_hash;
+use switchyard_grpc::pb;
+use switchyard_grpc::pb::instance_service_client::InstanceServiceClient;
+
+const TOKEN: &str = "load-test-token";
+
+fn rules_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules")
+}
+
+#[test]
+fn sigterm_under_load_loses_no_acknowledged_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\ndurability = \"fsync\"\n\n[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"loader\"\nroles = [\"sales_rep\"]\n",
+            token_hash(TOKEN)
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--rules")
+        .arg(rules_dir())
+        .arg("--data-dir")
+        .arg(&data)
+        // Environment overrides beat the file: flush mode keeps the test fast.
+        .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_STORE_DURABILITY", "flush")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    assert!(addr.starts_with("http://127.0.0.1:"), "{addr}");
+
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = child.id();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut workers = Vec::new();
+        for worker in 0..16 {
+            let acked = acked.clone();
+            let channel = channel.clone();
+            workers.push(tokio::spawn(async move {
+                let mut client = InstanceServiceClient::new(channel);
+                for n in 0.. {
+                    let request_id = format!("w{worker}-{n}");
+                    let mut request = tonic::Request::new(pb::StartInstanceRequest {
+                        request_id: request_id.clone(),
+                        definition: "lead".into(),
+                        business_key: request_id.clone(),
+                        data_json: format!("{{\"company\": \"{request_id}\"}}"),
+                    });
+                    request
+                        .metadata_mut()
+                        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+                    match client.start_instance(request).await {
+                        Ok(answer) => {
+                            let result = answer.into_inner().result.unwrap();
+                            acked.lock().unwrap().push((request_id, result.instance_id));
+                        }
+                        // Refused or cut off while shutting down: not acknowledged.
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        // Let the load build up, then ask the server to stop while calls are in flight.
+        let started = Instant::now();
+        while acked.lock().unwrap().len() < 200 && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for w in workers {
+            tokio::time::timeout(Duration::from_secs(60), w)
+                .await
+                .expect("every worker ends once the server stops")
+                .unwrap();
+        }
+    });
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "the server exits cleanly: {exit:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("switchyard stopped"), "{rest}");
+
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} starts acknowledged before the server stopped",
+        acked.len()
+    );
+    assert!(
+        acked.len() >= 200,
+        "only {} commands were acknowledged",
+        acked.len()
+    );
+    // Reopen the store: every acknowledged start is there, with its data.
+    runtime.block_on(async {
+        let mut config = switchyard_core::EngineConfig::new(switchyard_core::StoreConfig::Sled(
+            switchyard_core::SledConfig::new(&data),
+        ));
+        config.purge_interval = Duration::from_secs(3600);
+        let engine = switchyard_core::Engine::open_with_rules(
+            config,
+            &rules_dir(),
+            switchyard_core::DeciderRegistry::new(),
+            switchyard_core::RuleLimits::default(),
+        )
+        .await
+        .unwrap();
+        for (request_id, id) in &acked {
+            let instance = engine
+                .get(id.parse().unwrap())
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged {request_id} is lost: {e}"));
+            assert_eq!(&instance.business_key, request_id);
+            assert_eq!(instance.data["company"], request_id.as_str());
+        }
+        engine.shutdown().await;
+    });
+}
