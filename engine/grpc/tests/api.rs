@@ -1194,3 +1194,110 @@ async fn tls_when_a_certificate_is_configured() {
     }
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_verified_against_a_public_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // An ES256 key pair: the server only gets the public half.
+    let keys = rcgen::KeyPair::generate().unwrap();
+    let public = dir.path().join("issuer.pub.pem");
+    std::fs::write(&public, keys.public_key_pem()).unwrap();
+    let mut config = harness::config(dir.path());
+    config.auth.jwt = Some(switchyard_grpc::config::JwtConfig {
+        algorithm: "ES256".into(),
+        secret: None,
+        secret_env: None,
+        public_key_file: Some(public),
+        issuer: JWT_ISSUER.into(),
+        audience: JWT_AUDIENCE.into(),
+        roles_claim: "groups".into(),
+        actor_claim: "email".into(),
+        leeway_seconds: 0,
+    });
+    let server = TestServer::start_with(dir, config).await;
+    let sign = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_pem(keys.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let good = sign(serde_json::json!({
+        "email": "ana@example.test", "groups": "sales_rep sales_manager",
+        "iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "exp": chrono::Utc::now().timestamp() + 600,
+    }));
+    let started = server
+        .instances()
+        .start_instance(authed(
+            &good,
+            pb::StartInstanceRequest {
+                request_id: "r-es".into(),
+                definition: "lead".into(),
+                business_key: "L-1".into(),
+                data_json: "{\"company\": \"Acme\"}".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    let history = server
+        .instances()
+        .list_instance_history(authed(
+            &good,
+            pb::ListInstanceHistoryRequest {
+                instance_id: started.instance_id,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let actor = history.entries[0].actor.clone().unwrap();
+    assert_eq!(actor.id, "ana@example.test");
+    assert_eq!(actor.roles, vec!["sales_rep", "sales_manager"]);
+    // Signed by the HS256 secret of the other tests: refused here.
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "email": "x@example.test", "groups": "admin", "iss": JWT_ISSUER,
+            "aud": JWT_AUDIENCE, "exp": chrono::Utc::now().timestamp() + 600 }),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    expect_refusal(
+        server
+            .definitions()
+            .list_definitions(authed(&forged, pb::ListDefinitionsRequest::default()))
+            .await,
+        Code::Unauthenticated,
+        "INVALID_JWT",
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = harness::config(dir.path());
+    config.grpc.message_bytes_max = 4096;
+    let server = TestServer::start_with(dir, config).await;
+    let big = serde_json::json!({ "company": "y".repeat(8000) }).to_string();
+    let status = server
+        .instances()
+        .start_instance(as_role(
+            "sales_rep",
+            pb::StartInstanceRequest {
+                request_id: "r-big".into(),
+                definition: "lead".into(),
+                business_key: "L-big".into(),
+                data_json: big,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(instance_count(&server).await, 0);
+    server.stop().await;
+}

@@ -157,3 +157,83 @@ fn sigterm_under_load_loses_no_acknowledged_command() {
         engine.shutdown().await;
     });
 }
+
+#[test]
+fn credentials_never_reach_the_logs_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"loader\"\nroles = [\"sales_rep\"]\n",
+            token_hash(TOKEN)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--rules")
+        .arg(rules_dir())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_STORE_DURABILITY", "flush")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap()
+        .to_string();
+    let unknown = "an-unknown-secret-token-value";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(addr)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = InstanceServiceClient::new(channel);
+        for (n, bearer) in [TOKEN, unknown, "e30.e30.c2ln"].iter().enumerate() {
+            let mut request = tonic::Request::new(pb::StartInstanceRequest {
+                request_id: format!("r-{n}"),
+                definition: "lead".into(),
+                business_key: "L".into(),
+                data_json: "{\"company\": \"Acme\"}".into(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+            let _ = client.start_instance(request).await;
+        }
+    });
+    // Close the client's connection: an open but silent one would hold the drain until its
+    // timeout.
+    drop(runtime);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("refused an unknown credential"),
+        "the refusal is logged"
+    );
+    for secret in [TOKEN, unknown, "e30.e30.c2ln"] {
+        assert!(!text.contains(secret), "`{secret}` appears in the log");
+    }
+}
