@@ -429,6 +429,38 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads_and_documents_every_variable() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../switchyard.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let loaded = ServerConfig::load(Some(&path), no_env).unwrap();
+        let defaults = ServerConfig::load(None, no_env).unwrap();
+        assert_eq!(
+            format!("{loaded:?}"),
+            format!("{defaults:?}"),
+            "the file shows the defaults"
+        );
+        for (var, _) in ENV_KEYS {
+            assert!(
+                text.contains(var),
+                "{var} is not documented in {}",
+                path.display()
+            );
+        }
+        // The commented examples are valid too.
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.starts_with('[') || r.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .map(|l| l.split("  #").next().unwrap_or(l).trim_end().to_string() + "\n")
+            .collect();
+        let parsed: Result<ServerConfig, _> = toml::from_str(&uncommented);
+        assert!(parsed.is_ok(), "{parsed:?}\n{uncommented}");
+    }
+
+    #[test]
     fn errors_name_the_file_line_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

@@ -89,8 +89,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
 /// `switchyard token …`.
 #[derive(clap::Subcommand)]
 pub enum Token {
-    /// Make a new random bearer token; prints it once, with the configuration entry that
-    /// accepts it (only its SHA-256 is kept in the configuration).
+    /// Make a new random bearer token: prints the configuration entry that accepts it on
+    /// stdout (only its SHA-256 is kept) and the token itself, once, on stderr.
     New {
         /// The actor id recorded on the token's changes.
         #[arg(long)]
@@ -111,9 +111,10 @@ pub fn token(what: Token) -> Result<()> {
                 uuid::Uuid::new_v4().simple(),
                 uuid::Uuid::new_v4().simple()
             );
-            println!("token (shown once; give it to the caller):\n  {token}\n");
-            println!("configuration entry:\n");
-            println!("[[auth.tokens]]");
+            // The entry goes to stdout (append it to a configuration file), the token to
+            // stderr (the terminal), so `token new … >> switchyard.toml` keeps it out of the file.
+            eprintln!("token for {actor} (shown once; give it to the caller): {token}");
+            println!("\n[[auth.tokens]]");
             println!("sha256 = \"{}\"", switchyard_grpc::auth::token_hash(&token));
             println!("actor = {}", toml_string(&actor));
             println!(
