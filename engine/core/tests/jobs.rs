@@ -386,3 +386,58 @@ async fn in_process_handlers_run_jobs_through_the_same_leases() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn metrics_report_the_job_backlog_and_the_slowest_subscriber() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let before = engine.metrics().await.unwrap();
+    assert_eq!((before.job_backlog, before.feed_head), (0, 0));
+    let mut sub = engine.subscribe(0).unwrap();
+    let id = submitted(&engine, "O-1").await;
+    let m = engine.metrics().await.unwrap();
+    assert_eq!(m.job_backlog, 1, "the reserve_stock job waits for a worker");
+    assert_eq!(m.feed_subscribers, 1);
+    assert_eq!(m.feed_head, m.feed_durable);
+    assert_eq!(
+        m.feed_lag, m.feed_durable,
+        "the subscriber has read nothing yet"
+    );
+    assert!(m.commit_latency_micros.count >= 2);
+    assert!(m.batch_size.count >= 1);
+    let submits: Vec<_> = m
+        .commands
+        .iter()
+        .filter(|c| c.command == "submit")
+        .collect();
+    assert_eq!(submits.len(), 1);
+    assert_eq!(
+        (
+            submits[0].definition.as_str(),
+            submits[0].outcome,
+            submits[0].count
+        ),
+        ("order", "ok", 1)
+    );
+    while sub.offset() < m.feed_durable {
+        sub.next().await.unwrap();
+    }
+    assert_eq!(engine.metrics().await.unwrap().feed_lag, 0);
+
+    let job = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    assert_eq!(
+        engine.metrics().await.unwrap().job_backlog,
+        1,
+        "leased still counts"
+    );
+    engine
+        .complete_job(job.id, job.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap();
+    let m = engine.metrics().await.unwrap();
+    assert_eq!(m.job_backlog, 0);
+    assert!(m.feed_lag > 0, "the completion's events are unread");
+    drop(sub);
+    assert_eq!(engine.metrics().await.unwrap().feed_subscribers, 0);
+    assert_eq!(engine.get(id).await.unwrap().state, "reserved");
+}
