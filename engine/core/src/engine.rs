@@ -314,6 +314,10 @@ pub struct RuleSetInfo {
     pub deployed_by: String,
     /// Whether it is the active version.
     pub active: bool,
+    /// When it was last made active (deployed or activated), if ever.
+    pub activated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who last made it active.
+    pub activated_by: Option<String>,
 }
 
 /// A store call in progress on a blocking thread; see `Engine::store_call`. It owns the only

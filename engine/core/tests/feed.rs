@@ -282,8 +282,18 @@ impl Store for GatedStore {
     fn active_rule_set(&self) -> Result<Option<u32>, StoreError> {
         self.inner.active_rule_set()
     }
-    fn set_active_rule_set(&self, number: u32) -> Result<(), StoreError> {
-        self.inner.set_active_rule_set(number)
+    fn set_active_rule_set(
+        &self,
+        number: u32,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> Result<switchyard_core::store::RuleSetActivation, StoreError> {
+        self.inner.set_active_rule_set(number, at, by)
+    }
+    fn rule_set_activations(
+        &self,
+    ) -> Result<Vec<switchyard_core::store::RuleSetActivation>, StoreError> {
+        self.inner.rule_set_activations()
     }
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner.job(id)

@@ -171,6 +171,8 @@ pub(crate) fn rule_set(r: &RuleSetInfo) -> pb::RuleSet {
         deployed_at: timestamp(r.deployed_at),
         deployed_by: r.deployed_by.clone(),
         active: r.active,
+        activated_at: r.activated_at.and_then(timestamp),
+        activated_by: r.activated_by.clone().unwrap_or_default(),
     }
 }
 

@@ -34,7 +34,7 @@ pub enum ServeError {
     #[error("configuration {0}")]
     Config(String),
     /// The engine could not open its store or deploy the rules.
-    #[error("cannot open the engine: {0}")]
+    #[error("cannot open the engine")]
     Open(#[from] switchyard_core::OpenError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {error}")]
@@ -45,7 +45,7 @@ pub enum ServeError {
         error: std::io::Error,
     },
     /// The transport failed.
-    #[error("the gRPC transport failed: {0}")]
+    #[error("the gRPC transport failed")]
     Transport(#[from] tonic::transport::Error),
 }
 

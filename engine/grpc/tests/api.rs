@@ -960,6 +960,20 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         .rule_set
         .unwrap();
     assert_eq!((rolled_back.number, rolled_back.active), (1, true));
+    // Every activation records its actor: the first start, the analyst's deployment, the
+    // admin's rollback.
+    let listed = client
+        .list_rule_sets(as_role("sales_rep", pb::ListRuleSetsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let who: Vec<(u32, bool, &str)> = listed
+        .rule_sets
+        .iter()
+        .map(|r| (r.number, r.active, r.activated_by.as_str()))
+        .collect();
+    assert_eq!(who, vec![(1, true, "u-admin"), (2, false, "u-analyst")]);
+    assert!(listed.rule_sets.iter().all(|r| r.activated_at.is_some()));
     expect_refusal(
         client
             .activate_rule_set(as_role(

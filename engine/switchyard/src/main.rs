@@ -227,13 +227,21 @@ fn rules(what: Rules) -> Result<i32> {
         Rules::Versions { store } => {
             let store = open_store(&store)?;
             let active = store.active_rule_set()?;
+            let activations = store.rule_set_activations()?;
             for r in store.rule_sets()? {
+                let last = activations.iter().rev().find(|a| a.number == r.number);
                 println!(
-                    "#{:<4} {} deployed {} by {}{}",
+                    "#{:<4} {} deployed {} by {}{}{}",
                     r.number,
                     r.version,
                     r.deployed_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     r.deployed_by,
+                    last.map(|a| format!(
+                        "; last activated {} by {}",
+                        a.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        a.by
+                    ))
+                    .unwrap_or_default(),
                     if active == Some(r.number) {
                         "  (active)"
                     } else {

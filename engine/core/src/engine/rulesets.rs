@@ -18,17 +18,25 @@ use crate::definition::{Definition, DefinitionSet};
 use crate::error::{CommandError, OpenError};
 use crate::model::{Actor, InstanceStatus};
 use crate::rules::{testing, DecisionInput, RuleLimits, RuleSet};
-use crate::store::{ListQuery, RuleSetRecord};
+use crate::store::{ListQuery, RuleSetActivation, RuleSetRecord};
 
 const LIVE_INSTANCES_LISTED_MAX: usize = 10;
 
-fn info(record: &RuleSetRecord, active: Option<u32>) -> RuleSetInfo {
+/// `activations`: the store's activation log (or just the relevant entry).
+fn info(
+    record: &RuleSetRecord,
+    active: Option<u32>,
+    activations: &[RuleSetActivation],
+) -> RuleSetInfo {
+    let last = activations.iter().rev().find(|a| a.number == record.number);
     RuleSetInfo {
         number: record.number,
         version: record.version.clone(),
         deployed_at: record.deployed_at,
         deployed_by: record.deployed_by.clone(),
         active: active == Some(record.number),
+        activated_at: last.map(|a| a.at),
+        activated_by: last.map(|a| a.by.clone()),
     }
 }
 
@@ -149,12 +157,13 @@ impl Engine {
     /// Every deployed rule-set version, oldest first.
     pub fn rule_sets(&self) -> Result<Vec<RuleSetInfo>, CommandError> {
         let active = self.inner.store.active_rule_set()?;
+        let activations = self.inner.store.rule_set_activations()?;
         Ok(self
             .inner
             .store
             .rule_sets()?
             .iter()
-            .map(|r| info(r, active))
+            .map(|r| info(r, active, &activations))
             .collect())
     }
 
@@ -283,8 +292,11 @@ impl Engine {
             deployed_by: actor.id.clone(),
         };
         self.inner.store.add_rule_set(&record)?;
-        self.inner.store.set_active_rule_set(number)?;
-        let info = info(&record, Some(number));
+        let activation =
+            self.inner
+                .store
+                .set_active_rule_set(number, record.deployed_at, &actor.id)?;
+        let info = info(&record, Some(number), &[activation]);
         let mut all = stored;
         all.push((record, candidate));
         self.install(definitions, all, number, info.clone());
@@ -309,8 +321,18 @@ impl Engine {
             .ok_or(CommandError::UnknownRuleSet(number))?;
         let (record, candidate) = stored.remove(index);
         let definitions = self.check(&stored, &candidate, &format!("rule set #{number}"))?;
-        self.inner.store.set_active_rule_set(number)?;
-        let info = info(&record, Some(number));
+        // Activating the version already active (as on every restart) changes nothing, so it
+        // records nothing.
+        let activations = if self.inner.store.active_rule_set()? == Some(number) {
+            self.inner.store.rule_set_activations()?
+        } else {
+            vec![self.inner.store.set_active_rule_set(
+                number,
+                self.inner.config.clock.now(),
+                &actor.id,
+            )?]
+        };
+        let info = info(&record, Some(number), &activations);
         stored.insert(index, (record, candidate));
         self.install(definitions, stored, number, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set activated");

@@ -180,9 +180,21 @@ macro_rules! kv_store_reads {
             $crate::store::kv::active_rule_set(self)
         }
 
-        fn set_active_rule_set(&self, number: u32) -> Result<(), $crate::store::StoreError> {
-            $crate::store::kv::set_active_rule_set(self, number)?;
-            $crate::store::Store::flush(self)
+        fn set_active_rule_set(
+            &self,
+            number: u32,
+            at: chrono::DateTime<chrono::Utc>,
+            by: &str,
+        ) -> Result<$crate::store::RuleSetActivation, $crate::store::StoreError> {
+            let activation = $crate::store::kv::set_active_rule_set(self, number, at, by)?;
+            $crate::store::Store::flush(self)?;
+            Ok(activation)
+        }
+
+        fn rule_set_activations(
+            &self,
+        ) -> Result<Vec<$crate::store::RuleSetActivation>, $crate::store::StoreError> {
+            $crate::store::kv::rule_set_activations(self)
         }
 
         fn job(
@@ -638,14 +650,47 @@ pub(crate) fn active_rule_set(kv: &dyn KvRead) -> Result<Option<u32>, StoreError
     Ok(meta(kv, records::ACTIVE_RULE_SET_KEY)?.map(|n| n as u32))
 }
 
-pub(crate) fn set_active_rule_set(kv: &dyn KvWrite, number: u32) -> Result<(), StoreError> {
+pub(crate) fn set_active_rule_set(
+    kv: &dyn KvWrite,
+    number: u32,
+    at: DateTime<Utc>,
+    by: &str,
+) -> Result<super::RuleSetActivation, StoreError> {
     let _writer = kv.writer().lock().expect("store writer lock poisoned");
-    kv.write(Writes::from([(
-        records::ACTIVE_RULE_SET_KEY.to_vec(),
-        Some(encode(&CounterRecord {
-            value: u64::from(number),
-        })),
-    )]))
+    // Activations are rare (deployments and rollbacks): reading them all is cheap.
+    let last = kv
+        .scan(&[prefix::ACTIVATION], None, usize::MAX)?
+        .pop()
+        .map(|(k, v)| decode::<super::RuleSetActivation>(&k, &v))
+        .transpose()?;
+    let activation = super::RuleSetActivation {
+        seq: last.map_or(1, |a| a.seq + 1),
+        number,
+        at,
+        by: by.to_string(),
+    };
+    kv.write(Writes::from([
+        (
+            records::ACTIVE_RULE_SET_KEY.to_vec(),
+            Some(encode(&CounterRecord {
+                value: u64::from(number),
+            })),
+        ),
+        (
+            records::activation_key(activation.seq),
+            Some(encode(&activation)),
+        ),
+    ]))?;
+    Ok(activation)
+}
+
+pub(crate) fn rule_set_activations(
+    kv: &dyn KvRead,
+) -> Result<Vec<super::RuleSetActivation>, StoreError> {
+    kv.scan(&[prefix::ACTIVATION], None, usize::MAX)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
 }
 
 pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {

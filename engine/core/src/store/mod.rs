@@ -51,6 +51,20 @@ pub struct RuleSetRecord {
     pub deployed_by: String,
 }
 
+/// One activation of a rule-set version (a deployment activates too), as kept in the store:
+/// who changed which version is in force, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSetActivation {
+    /// 1, 2, 3… in activation order.
+    pub seq: u64,
+    /// The version made active.
+    pub number: u32,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub by: String,
+}
+
 /// One instance written by a commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceWrite {
@@ -283,8 +297,16 @@ pub trait Store: Send + Sync + 'static {
     fn add_rule_set(&self, record: &RuleSetRecord) -> Result<(), StoreError>;
     /// The number of the active rule-set version, if any was activated.
     fn active_rule_set(&self) -> Result<Option<u32>, StoreError>;
-    /// Makes rule-set version `number` the active one (durably).
-    fn set_active_rule_set(&self, number: u32) -> Result<(), StoreError>;
+    /// Makes rule-set version `number` the active one and records who did it, in one write
+    /// (durably); returns the activation record.
+    fn set_active_rule_set(
+        &self,
+        number: u32,
+        at: DateTime<Utc>,
+        by: &str,
+    ) -> Result<RuleSetActivation, StoreError>;
+    /// Every activation, oldest first.
+    fn rule_set_activations(&self) -> Result<Vec<RuleSetActivation>, StoreError>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
     /// Feed events with offset > `after`, in offset order, at most `limit`.

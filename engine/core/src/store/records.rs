@@ -30,6 +30,7 @@ pub(crate) mod prefix {
     pub const ACTIVATABLE: u8 = b'a';
     pub const JOBS_OF: u8 = b'q';
     pub const RULE_SET: u8 = b'v';
+    pub const ACTIVATION: u8 = b'w';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -124,6 +125,16 @@ impl Record for super::RuleSetRecord {
     fn check(&self) -> Result<(), String> {
         if self.number == 0 || self.files.is_empty() {
             return Err("rule set with number 0 or no files".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for super::RuleSetActivation {
+    const TAG: u8 = b'W';
+    fn check(&self) -> Result<(), String> {
+        if self.seq == 0 || self.number == 0 || self.by.is_empty() {
+            return Err("rule-set activation with seq or number 0, or no actor".into());
         }
         Ok(())
     }
@@ -269,6 +280,12 @@ pub(crate) fn feed_key(offset: u64) -> Vec<u8> {
 pub(crate) fn rule_set_key(number: u32) -> Vec<u8> {
     let mut k = vec![prefix::RULE_SET];
     k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+pub(crate) fn activation_key(seq: u64) -> Vec<u8> {
+    let mut k = vec![prefix::ACTIVATION];
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
