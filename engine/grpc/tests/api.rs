@@ -987,8 +987,35 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         Code::NotFound,
         "UNKNOWN_RULE_SET",
     );
-    // A quote at 5,000 now waits for approval again.
+    // A quote at 5,000 now waits for approval again — first as a dry run on the live
+    // instance, which changes nothing.
     let quote = start_quote(&server, "r-after", "FIXED-5000").await;
+    let mut on_live = evaluate(0).into_inner();
+    on_live.instance_json = String::new();
+    on_live.instance_id = quote.instance_id.clone();
+    let dry = client
+        .evaluate_rule(as_role("analyst", on_live))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (dry.rule_set, dry.next_state.as_str()),
+        (1, "pending_approval")
+    );
+    let live = server
+        .instances()
+        .get_instance(as_role(
+            "analyst",
+            pb::GetInstanceRequest {
+                instance_id: quote.instance_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .instance
+        .unwrap();
+    assert_eq!((live.version, live.state.as_str()), (1, "draft"));
     let submitted = server
         .instances()
         .send_command(as_role(
