@@ -17,6 +17,10 @@ use switchyard_grpc::config::{ServerConfig, TokenConfig};
 use switchyard_grpc::pb;
 use switchyard_grpc::pb::instance_service_client::InstanceServiceClient;
 
+/// The same allocator as the `switchyard` server binary, so this measures what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TOKEN: &str = "bench-token";
 
 const DEFINITION: &str = r#"

@@ -17,7 +17,6 @@ use switchyard_core::{
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -247,7 +246,11 @@ pub async fn start(
                 .await;
             let _ = draining_tx.send(());
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // Small request/response pairs: Nagle's algorithm would only add latency.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let serve = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
         let served = tokio::select! {
             result = &mut serve => result.map_err(ServeError::from),

@@ -24,6 +24,10 @@ struct Cli {
 
 mod serve;
 
+/// See Cargo.toml: measured faster than the system allocator for the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC server until SIGTERM or SIGINT (graceful: drains in-flight calls and
