@@ -1971,7 +1971,7 @@ fn check_violations(
     }
 }
 
-fn check_request_id(request_id: &str) -> Result<(), CommandError> {
+pub(crate) fn check_request_id(request_id: &str) -> Result<(), CommandError> {
     let bad = |message: &str| {
         Err(CommandError::InvalidInput {
             field: "request_id".into(),

@@ -290,6 +290,18 @@ impl Store for GatedStore {
     ) -> Result<switchyard_core::store::RuleSetActivation, StoreError> {
         self.inner.set_active_rule_set(number, at, by)
     }
+    fn rule_set_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<switchyard_core::store::RuleSetRequestRecord>, StoreError> {
+        self.inner.rule_set_request(request_id)
+    }
+    fn put_rule_set_request(
+        &self,
+        record: &switchyard_core::store::RuleSetRequestRecord,
+    ) -> Result<(), StoreError> {
+        self.inner.put_rule_set_request(record)
+    }
     fn rule_set_activations(
         &self,
     ) -> Result<Vec<switchyard_core::store::RuleSetActivation>, StoreError> {

@@ -389,3 +389,83 @@ async fn a_watched_directory_is_deployed_when_it_changes_and_only_if_valid() {
     assert_eq!(submit(&engine, "W-1", "FIXED-5000").await.0, "approved");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn rule_set_requests_are_idempotent_until_their_id_expires_and_activations_keep_their_actor()
+{
+    let store = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap(),
+    ));
+    let config = || {
+        let mut sled = SledConfig::new(store.path());
+        sled.durability = Durability::Flush;
+        let mut config = EngineConfig::new(StoreConfig::Sled(sled));
+        config.clock = clock.clone();
+        config.timer_poll_interval = StdDuration::from_secs(3600);
+        config
+    };
+    let engine = Engine::open_with_rules(
+        config(),
+        &shipped(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await
+    .unwrap();
+    let raised = raised_threshold();
+    engine
+        .deploy_rules(raised.path(), &analyst())
+        .await
+        .unwrap();
+    let admin = Actor::new("root", &["admin"]);
+    let back = engine.activate_rules_once(1, &admin, "rb-1").await.unwrap();
+    assert_eq!(
+        (back.number, back.activated_by.as_deref()),
+        (1, Some("root"))
+    );
+    engine.activate_rules(2, &analyst()).await.unwrap();
+    // The retry answers as the first call did, without rolling back again.
+    let retried = engine.activate_rules_once(1, &admin, "rb-1").await.unwrap();
+    assert_eq!((retried.number, retried.active), (1, false));
+    assert_eq!(engine.active_rule_set().unwrap().number, 2);
+    assert!(matches!(
+        engine.activate_rules_once(2, &admin, "rb-1").await,
+        Err(CommandError::RequestIdReused { .. })
+    ));
+    // Once the id expires (7 days), it may be used again.
+    clock.advance(chrono::Duration::days(8));
+    let again = engine.activate_rules_once(1, &admin, "rb-1").await.unwrap();
+    assert!(again.active);
+    engine.shutdown().await;
+    drop(engine);
+
+    // Every activation is kept with its actor, across a restart; the restart itself (the
+    // active version again) adds none.
+    let engine = Engine::open_with_rules(
+        config(),
+        &shipped(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await
+    .unwrap();
+    let log: Vec<(u32, String)> = engine
+        .store()
+        .rule_set_activations()
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.number, a.by))
+        .collect();
+    assert_eq!(
+        log,
+        vec![
+            (1, "system:first-start".to_string()),
+            (2, "ada".to_string()),
+            (1, "root".to_string()),
+            (2, "ada".to_string()),
+            (1, "root".to_string()),
+        ]
+    );
+    engine.shutdown().await;
+}

@@ -315,7 +315,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         let files = rule_files(r.files)?;
         let info = self
             .engine
-            .deploy_rule_files(files, &actor)
+            .deploy_rule_files(files, &actor, &r.request_id)
             .await
             .map_err(engine_error(Wire::NONE))?;
         tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
@@ -354,7 +354,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         }
         let info = self
             .engine
-            .activate_rules(r.number, &actor)
+            .activate_rules_once(r.number, &actor, &r.request_id)
             .await
             .map_err(engine_error(Wire::NONE))?;
         tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set activated over gRPC");

@@ -877,6 +877,55 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
     assert_eq!(deployed.number, 2);
     assert_eq!(deployed.deployed_by, "u-analyst");
     assert!(deployed.active);
+    // A retried deployment answers with the same version; the same id with other files, or an
+    // instance request's id, is refused.
+    let retried = client
+        .deploy_rule_set(as_role(
+            "analyst",
+            pb::DeployRuleSetRequest {
+                request_id: "r-d2".into(),
+                files: rule_files(work.path()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rule_set
+        .unwrap();
+    assert_eq!(retried.number, 2);
+    let mut other = rule_files(work.path());
+    other.push(pb::RuleFile {
+        path: "data/extra.json".into(),
+        content: "{}".into(),
+    });
+    let status = expect_refusal(
+        client
+            .deploy_rule_set(as_role(
+                "analyst",
+                pb::DeployRuleSetRequest {
+                    request_id: "r-d2".into(),
+                    files: other,
+                },
+            ))
+            .await,
+        Code::AlreadyExists,
+        "REQUEST_ID_REUSED",
+    );
+    assert_eq!(bad_fields(&status), vec!["request_id"]);
+    start_quote(&server, "r-instance", "SKU-001").await;
+    expect_refusal(
+        client
+            .activate_rule_set(as_role(
+                "admin",
+                pb::ActivateRuleSetRequest {
+                    request_id: "r-instance".into(),
+                    number: 1,
+                },
+            ))
+            .await,
+        Code::AlreadyExists,
+        "REQUEST_ID_REUSED",
+    );
 
     let listed = client
         .list_rule_sets(as_role("sales_rep", pb::ListRuleSetsRequest::default()))
@@ -960,8 +1009,43 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         .rule_set
         .unwrap();
     assert_eq!((rolled_back.number, rolled_back.active), (1, true));
-    // Every activation records its actor: the first start, the analyst's deployment, the
-    // admin's rollback.
+    // Retrying the rollback later, after a roll forward, does not roll back again.
+    client
+        .activate_rule_set(as_role(
+            "admin",
+            pb::ActivateRuleSetRequest {
+                request_id: "r-act2".into(),
+                number: 2,
+            },
+        ))
+        .await
+        .unwrap();
+    let retried = client
+        .activate_rule_set(as_role(
+            "admin",
+            pb::ActivateRuleSetRequest {
+                request_id: "r-act1".into(),
+                number: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .rule_set
+        .unwrap();
+    assert_eq!((retried.number, retried.active), (1, false));
+    client
+        .activate_rule_set(as_role(
+            "admin",
+            pb::ActivateRuleSetRequest {
+                request_id: "r-act1b".into(),
+                number: 1,
+            },
+        ))
+        .await
+        .unwrap();
+    // Every activation records its actor: #1 was last activated by the admin's rollback, #2
+    // by the admin's roll forward (after the analyst's deployment).
     let listed = client
         .list_rule_sets(as_role("sales_rep", pb::ListRuleSetsRequest::default()))
         .await
@@ -972,7 +1056,7 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         .iter()
         .map(|r| (r.number, r.active, r.activated_by.as_str()))
         .collect();
-    assert_eq!(who, vec![(1, true, "u-admin"), (2, false, "u-analyst")]);
+    assert_eq!(who, vec![(1, true, "u-admin"), (2, false, "u-admin")]);
     assert!(listed.rule_sets.iter().all(|r| r.activated_at.is_some()));
     expect_refusal(
         client

@@ -18,7 +18,33 @@ use crate::definition::{Definition, DefinitionSet};
 use crate::error::{CommandError, OpenError};
 use crate::model::{Actor, InstanceStatus};
 use crate::rules::{testing, DecisionInput, RuleLimits, RuleSet};
-use crate::store::{ListQuery, RuleSetActivation, RuleSetRecord};
+use crate::store::{ListQuery, RuleSetActivation, RuleSetRecord, RuleSetRequestRecord};
+
+/// A rule-set request made idempotent by its id.
+struct Request<'a> {
+    id: &'a str,
+    /// `deploy` or `activate`.
+    operation: &'static str,
+    /// What was asked: the files' digest, or the version number.
+    digest: String,
+}
+
+/// SHA-256 of a rule set's files (path and text, in path order), hex.
+fn files_digest(files: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (path, text) in files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        hasher.update([0]);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 const LIVE_INSTANCES_LISTED_MAX: usize = 10;
 
@@ -184,25 +210,41 @@ impl Engine {
         require_rules_role(actor, "deploy a rule set")?;
         let candidate = RuleSet::load(dir, rust, limits)
             .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
-        self.deploy_candidate(candidate, &dir.display().to_string(), actor)
+        self.deploy_candidate_once(candidate, &dir.display().to_string(), actor, None)
             .await
     }
 
     /// [`Engine::deploy_rules`] for a rule set given as its files (path relative to the rule
     /// set's root → text), e.g. received over the network. Problems name files by these
     /// relative paths.
+    ///
+    /// `request_id` makes it idempotent like an instance command: a retry with the same id and
+    /// the same files answers with the version the first call produced; the same id with other
+    /// files, or one already used by another request, is refused (`REQUEST_ID_REUSED`).
     pub async fn deploy_rule_files(
         &self,
         files: BTreeMap<String, String>,
         actor: &Actor,
+        request_id: &str,
     ) -> Result<RuleSetInfo, CommandError> {
         let (rust, limits) = self.rule_inputs()?;
         require_rules_role(actor, "deploy a rule set")?;
+        super::check_request_id(request_id)?;
         check_rule_paths(&files)?;
+        let digest = files_digest(&files);
         let candidate = RuleSet::from_files("", files, rust, limits)
             .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
-        self.deploy_candidate(candidate, &format!("files from {}", actor.id), actor)
-            .await
+        self.deploy_candidate_once(
+            candidate,
+            &format!("files from {}", actor.id),
+            actor,
+            Some(Request {
+                id: request_id,
+                operation: "deploy",
+                digest,
+            }),
+        )
+        .await
     }
 
     /// Runs every check [`Engine::deploy_rule_files`] would (compile, validate, example tests,
@@ -268,13 +310,33 @@ impl Engine {
         Ok((number, decision, outputs))
     }
 
-    async fn deploy_candidate(
+    async fn deploy_candidate_once(
+        &self,
+        candidate: RuleSet,
+        source: &str,
+        actor: &Actor,
+        request: Option<Request<'_>>,
+    ) -> Result<RuleSetInfo, CommandError> {
+        let _admin = self.inner.rules_admin.lock().await;
+        if let Some(request) = &request {
+            if let Some(info) = self.replay(request)? {
+                return Ok(info);
+            }
+        }
+        let info = self.deploy_candidate(candidate, source, actor)?;
+        if let Some(request) = &request {
+            self.remember(request, info.number)?;
+        }
+        Ok(info)
+    }
+
+    /// Deploys under the `rules_admin` lock, which the caller holds.
+    fn deploy_candidate(
         &self,
         candidate: RuleSet,
         source: &str,
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
-        let _admin = self.inner.rules_admin.lock().await;
         if let Some(active) = self.active_rule_set() {
             if active.version == candidate.version {
                 return Ok(active); // already active: deploying it again changes nothing
@@ -314,6 +376,85 @@ impl Engine {
         self.rule_inputs()?;
         require_rules_role(actor, "activate a rule set")?;
         let _admin = self.inner.rules_admin.lock().await;
+        self.activate(number, actor)
+    }
+
+    /// [`Engine::activate_rules`], idempotent by `request_id` as
+    /// [`Engine::deploy_rule_files`] is.
+    pub async fn activate_rules_once(
+        &self,
+        number: u32,
+        actor: &Actor,
+        request_id: &str,
+    ) -> Result<RuleSetInfo, CommandError> {
+        self.rule_inputs()?;
+        require_rules_role(actor, "activate a rule set")?;
+        super::check_request_id(request_id)?;
+        let request = Request {
+            id: request_id,
+            operation: "activate",
+            digest: number.to_string(),
+        };
+        let _admin = self.inner.rules_admin.lock().await;
+        if let Some(info) = self.replay(&request)? {
+            return Ok(info);
+        }
+        let info = self.activate(number, actor)?;
+        self.remember(&request, info.number)?;
+        Ok(info)
+    }
+
+    /// The answer to a rule-set request already made with this id, if it asked the same;
+    /// refused if the id was used for anything else. The caller holds `rules_admin`.
+    fn replay(&self, request: &Request<'_>) -> Result<Option<RuleSetInfo>, CommandError> {
+        let now = self.inner.config.clock.now();
+        if let Some(other) = self.inner.store.request(request.id)? {
+            if other.expires_at > now {
+                return Err(CommandError::RequestIdReused {
+                    request_id: request.id.to_string(),
+                    original: format!("`{}` on {}", other.command, other.target),
+                });
+            }
+        }
+        let Some(record) = self.inner.store.rule_set_request(request.id)? else {
+            return Ok(None);
+        };
+        if record.expires_at <= now {
+            return Ok(None);
+        }
+        if record.operation != request.operation || record.digest != request.digest {
+            return Err(CommandError::RequestIdReused {
+                request_id: request.id.to_string(),
+                original: format!(
+                    "`{}` of rule set #{} with other content",
+                    record.operation, record.number
+                ),
+            });
+        }
+        self.rule_sets()?
+            .into_iter()
+            .find(|r| r.number == record.number)
+            .map(Some)
+            .ok_or(CommandError::UnknownRuleSet(record.number))
+    }
+
+    fn remember(&self, request: &Request<'_>, number: u32) -> Result<(), CommandError> {
+        let now = self.inner.config.clock.now();
+        self.inner
+            .store
+            .put_rule_set_request(&RuleSetRequestRecord {
+                request_id: request.id.to_string(),
+                operation: request.operation.to_string(),
+                digest: request.digest.clone(),
+                number,
+                recorded_at: now,
+                expires_at: now + self.inner.config.request_retention,
+            })?;
+        Ok(())
+    }
+
+    /// Activates under the `rules_admin` lock, which the caller holds.
+    fn activate(&self, number: u32, actor: &Actor) -> Result<RuleSetInfo, CommandError> {
         let mut stored = self.stored_rule_sets()?;
         let index = stored
             .iter()

@@ -197,6 +197,21 @@ macro_rules! kv_store_reads {
             $crate::store::kv::rule_set_activations(self)
         }
 
+        fn rule_set_request(
+            &self,
+            request_id: &str,
+        ) -> Result<Option<$crate::store::RuleSetRequestRecord>, $crate::store::StoreError> {
+            $crate::store::kv::rule_set_request(self, request_id)
+        }
+
+        fn put_rule_set_request(
+            &self,
+            record: &$crate::store::RuleSetRequestRecord,
+        ) -> Result<(), $crate::store::StoreError> {
+            $crate::store::kv::put_rule_set_request(self, record)?;
+            $crate::store::Store::flush(self)
+        }
+
         fn job(
             &self,
             id: $crate::job::JobId,
@@ -691,6 +706,25 @@ pub(crate) fn rule_set_activations(
         .into_iter()
         .map(|(k, v)| decode(&k, &v))
         .collect()
+}
+
+pub(crate) fn rule_set_request(
+    kv: &dyn KvRead,
+    request_id: &str,
+) -> Result<Option<super::RuleSetRequestRecord>, StoreError> {
+    let key = records::rule_set_request_key(request_id);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn put_rule_set_request(
+    kv: &dyn KvWrite,
+    record: &super::RuleSetRequestRecord,
+) -> Result<(), StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    kv.write(Writes::from([(
+        records::rule_set_request_key(&record.request_id),
+        Some(encode(record)),
+    )]))
 }
 
 pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {

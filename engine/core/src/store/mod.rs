@@ -65,6 +65,24 @@ pub struct RuleSetActivation {
     pub by: String,
 }
 
+/// The idempotency record of a rule-set request (deploy or activate), kept apart from
+/// instance request records because it answers with a rule-set version, not an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSetRequestRecord {
+    /// The caller's request id.
+    pub request_id: String,
+    /// `deploy` or `activate`.
+    pub operation: String,
+    /// SHA-256 of what was asked (the files, or the version number), hex.
+    pub digest: String,
+    /// The rule-set version it resulted in.
+    pub number: u32,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// After this the request id may be used again.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One instance written by a commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceWrite {
@@ -307,6 +325,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RuleSetActivation, StoreError>;
     /// Every activation, oldest first.
     fn rule_set_activations(&self) -> Result<Vec<RuleSetActivation>, StoreError>;
+    /// The record of the rule-set request `request_id`, live or expired.
+    fn rule_set_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<RuleSetRequestRecord>, StoreError>;
+    /// Keeps (durably) the record of a rule-set request, replacing an expired one.
+    fn put_rule_set_request(&self, record: &RuleSetRequestRecord) -> Result<(), StoreError>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
     /// Feed events with offset > `after`, in offset order, at most `limit`.

@@ -31,6 +31,7 @@ pub(crate) mod prefix {
     pub const JOBS_OF: u8 = b'q';
     pub const RULE_SET: u8 = b'v';
     pub const ACTIVATION: u8 = b'w';
+    pub const RULE_SET_REQUEST: u8 = b'g';
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -135,6 +136,19 @@ impl Record for super::RuleSetActivation {
     fn check(&self) -> Result<(), String> {
         if self.seq == 0 || self.number == 0 || self.by.is_empty() {
             return Err("rule-set activation with seq or number 0, or no actor".into());
+        }
+        Ok(())
+    }
+}
+
+impl Record for super::RuleSetRequestRecord {
+    const TAG: u8 = b'G';
+    fn check(&self) -> Result<(), String> {
+        if self.request_id.is_empty() || self.number == 0 || self.expires_at < self.recorded_at {
+            return Err(
+                "rule-set request without an id or a version, or expiring before it was recorded"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -280,6 +294,12 @@ pub(crate) fn feed_key(offset: u64) -> Vec<u8> {
 pub(crate) fn rule_set_key(number: u32) -> Vec<u8> {
     let mut k = vec![prefix::RULE_SET];
     k.extend_from_slice(&number.to_be_bytes());
+    k
+}
+
+pub(crate) fn rule_set_request_key(request_id: &str) -> Vec<u8> {
+    let mut k = vec![prefix::RULE_SET_REQUEST];
+    k.extend_from_slice(request_id.as_bytes());
     k
 }
 
