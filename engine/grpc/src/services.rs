@@ -17,6 +17,49 @@ use crate::status::{bad_request, not_found, split_problem, to_status, Wire};
 
 type Answer<T> = Result<Response<T>, Status>;
 
+/// One call, for the debug-level access log: RPC, actor, outcome and time taken. (Refused
+/// credentials never get here; the authenticator logs those without the credential.)
+struct Call {
+    rpc: &'static str,
+    actor: String,
+    started: std::time::Instant,
+}
+
+impl Call {
+    fn begin<T>(rpc: &'static str, request: &Request<T>) -> Call {
+        Call {
+            rpc,
+            actor: request
+                .extensions()
+                .get::<switchyard_core::Actor>()
+                .map(|a| a.id.clone())
+                .unwrap_or_default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn end<T>(self, answer: Answer<T>) -> Answer<T> {
+        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        match &answer {
+            Ok(_) => tracing::debug!(rpc = self.rpc, actor = %self.actor, micros, "ok"),
+            Err(status) => {
+                let reason = tonic_types::StatusExt::get_details_error_info(status)
+                    .map(|i| i.reason)
+                    .unwrap_or_default();
+                match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal => {
+                        tracing::warn!(rpc = self.rpc, actor = %self.actor, micros, code = ?status.code(), %reason, message = status.message(), "failed")
+                    }
+                    code => {
+                        tracing::debug!(rpc = self.rpc, actor = %self.actor, micros, ?code, %reason, "refused")
+                    }
+                }
+            }
+        }
+        answer
+    }
+}
+
 /// Handlers share the engine and the server's page-size cap.
 #[derive(Clone)]
 pub(crate) struct Services {
@@ -43,135 +86,171 @@ impl pb::instance_service_server::InstanceService for Services {
         &self,
         request: Request<pb::StartInstanceRequest>,
     ) -> Answer<pb::StartInstanceResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("request_id", &r.request_id)?;
-        required("definition", &r.definition)?;
-        let data = convert::json_object("data_json", &r.data_json)?;
-        let outcome = self
-            .engine
-            .start(StartRequest {
-                definition: r.definition,
-                business_key: r.business_key,
-                data,
-                actor,
-                request_id: r.request_id,
-            })
-            .await
-            .map_err(engine_error(Wire::START))?;
-        Ok(Response::new(pb::StartInstanceResponse {
-            result: Some(convert::result(&outcome)),
-        }))
+        let call = Call::begin("StartInstance", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                required("definition", &r.definition)?;
+                let data = convert::json_object("data_json", &r.data_json)?;
+                let outcome = self
+                    .engine
+                    .start(StartRequest {
+                        definition: r.definition,
+                        business_key: r.business_key,
+                        data,
+                        actor,
+                        request_id: r.request_id,
+                    })
+                    .await
+                    .map_err(engine_error(Wire::START))?;
+                Ok(Response::new(pb::StartInstanceResponse {
+                    result: Some(convert::result(&outcome)),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn send_command(
         &self,
         request: Request<pb::SendCommandRequest>,
     ) -> Answer<pb::SendCommandResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("request_id", &r.request_id)?;
-        let instance = convert::instance_id("instance_id", &r.instance_id)?;
-        required("command", &r.command)?;
-        let payload = convert::json_object("payload_json", &r.payload_json)?;
-        let outcome = self
-            .engine
-            .send(CommandRequest {
-                instance,
-                command: r.command,
-                payload,
-                actor,
-                request_id: r.request_id,
-                expected_version: r.expected_version,
-            })
-            .await
-            .map_err(engine_error(Wire::COMMAND))?;
-        Ok(Response::new(pb::SendCommandResponse {
-            result: Some(convert::result(&outcome)),
-        }))
+        let call = Call::begin("SendCommand", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                let instance = convert::instance_id("instance_id", &r.instance_id)?;
+                required("command", &r.command)?;
+                let payload = convert::json_object("payload_json", &r.payload_json)?;
+                let outcome = self
+                    .engine
+                    .send(CommandRequest {
+                        instance,
+                        command: r.command,
+                        payload,
+                        actor,
+                        request_id: r.request_id,
+                        expected_version: r.expected_version,
+                    })
+                    .await
+                    .map_err(engine_error(Wire::COMMAND))?;
+                Ok(Response::new(pb::SendCommandResponse {
+                    result: Some(convert::result(&outcome)),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn get_instance(
         &self,
         request: Request<pb::GetInstanceRequest>,
     ) -> Answer<pb::GetInstanceResponse> {
-        actor_of(&request)?;
-        let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
-        let instance = self
-            .engine
-            .get(id)
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        Ok(Response::new(pb::GetInstanceResponse {
-            instance: Some(convert::instance(&instance)),
-        }))
+        let call = Call::begin("GetInstance", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
+                let instance = self
+                    .engine
+                    .get(id)
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::GetInstanceResponse {
+                    instance: Some(convert::instance(&instance)),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn list_instances(
         &self,
         request: Request<pb::ListInstancesRequest>,
     ) -> Answer<pb::ListInstancesResponse> {
-        actor_of(&request)?;
-        let r = request.into_inner();
-        let some = |s: String| (!s.is_empty()).then_some(s);
-        let page = self
-            .engine
-            .list(ListRequest {
-                definition: some(r.definition),
-                state: some(r.state),
-                business_key: some(r.business_key),
-                page_size: convert::page_size(r.page_size)?,
-                page_token: some(r.page_token),
-            })
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        Ok(Response::new(pb::ListInstancesResponse {
-            instances: page.items.iter().map(convert::instance).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        let call = Call::begin("ListInstances", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let r = request.into_inner();
+                let some = |s: String| (!s.is_empty()).then_some(s);
+                let page = self
+                    .engine
+                    .list(ListRequest {
+                        definition: some(r.definition),
+                        state: some(r.state),
+                        business_key: some(r.business_key),
+                        page_size: convert::page_size(r.page_size)?,
+                        page_token: some(r.page_token),
+                    })
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::ListInstancesResponse {
+                    instances: page.items.iter().map(convert::instance).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn list_instance_history(
         &self,
         request: Request<pb::ListInstanceHistoryRequest>,
     ) -> Answer<pb::ListInstanceHistoryResponse> {
-        actor_of(&request)?;
-        let r = request.into_inner();
-        let id = convert::instance_id("instance_id", &r.instance_id)?;
-        let page = self
-            .engine
-            .history_page(id, convert::page_size(r.page_size)?, Some(&r.page_token))
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        Ok(Response::new(pb::ListInstanceHistoryResponse {
-            entries: page.items.iter().map(convert::history_entry).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        let call = Call::begin("ListInstanceHistory", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let r = request.into_inner();
+                let id = convert::instance_id("instance_id", &r.instance_id)?;
+                let page = self
+                    .engine
+                    .history_page(id, convert::page_size(r.page_size)?, Some(&r.page_token))
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::ListInstanceHistoryResponse {
+                    entries: page.items.iter().map(convert::history_entry).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            }
+            .await,
+        )
     }
 
     async fn cancel_instance(
         &self,
         request: Request<pb::CancelInstanceRequest>,
     ) -> Answer<pb::CancelInstanceResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("request_id", &r.request_id)?;
-        let instance = convert::instance_id("instance_id", &r.instance_id)?;
-        required("reason", &r.reason)?;
-        let outcome = self
-            .engine
-            .cancel(CancelRequest {
-                instance,
-                reason: r.reason,
-                actor,
-                request_id: r.request_id,
-                expected_version: r.expected_version,
-            })
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        Ok(Response::new(pb::CancelInstanceResponse {
-            result: Some(convert::result(&outcome)),
-        }))
+        let call = Call::begin("CancelInstance", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                let instance = convert::instance_id("instance_id", &r.instance_id)?;
+                required("reason", &r.reason)?;
+                let outcome = self
+                    .engine
+                    .cancel(CancelRequest {
+                        instance,
+                        reason: r.reason,
+                        actor,
+                        request_id: r.request_id,
+                        expected_version: r.expected_version,
+                    })
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::CancelInstanceResponse {
+                    result: Some(convert::result(&outcome)),
+                }))
+            }
+            .await,
+        )
     }
 }
 
@@ -181,55 +260,67 @@ impl pb::definition_service_server::DefinitionService for Services {
         &self,
         request: Request<pb::ListDefinitionsRequest>,
     ) -> Answer<pb::ListDefinitionsResponse> {
-        actor_of(&request)?;
-        let r = request.into_inner();
-        let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
-        let (page, next) =
-            convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
-        Ok(Response::new(pb::ListDefinitionsResponse {
-            definitions: page.iter().map(|d| convert::definition(d)).collect(),
-            next_page_token: next,
-        }))
+        let call = Call::begin("ListDefinitions", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let r = request.into_inner();
+                let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
+                let (page, next) =
+                    convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
+                Ok(Response::new(pb::ListDefinitionsResponse {
+                    definitions: page.iter().map(|d| convert::definition(d)).collect(),
+                    next_page_token: next,
+                }))
+            }
+            .await,
+        )
     }
 
     async fn get_definition(
         &self,
         request: Request<pb::GetDefinitionRequest>,
     ) -> Answer<pb::GetDefinitionResponse> {
-        actor_of(&request)?;
-        let r = request.into_inner();
-        required("name", &r.name)?;
-        let definitions = self.engine.definitions();
-        let found = if r.version == 0 {
-            definitions.latest(&r.name)
-        } else {
-            definitions.get(&r.name, r.version)
-        };
-        let definition = match found {
-            Some(d) => d,
-            None if definitions.latest(&r.name).is_some() => {
-                return Err(not_found(
-                    "UNKNOWN_DEFINITION_VERSION",
-                    format!("definition `{}` has no version {}", r.name, r.version),
-                    &[
-                        ("definition", r.name.clone()),
-                        ("version", r.version.to_string()),
-                    ],
-                ))
+        let call = Call::begin("GetDefinition", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let r = request.into_inner();
+                required("name", &r.name)?;
+                let definitions = self.engine.definitions();
+                let found = if r.version == 0 {
+                    definitions.latest(&r.name)
+                } else {
+                    definitions.get(&r.name, r.version)
+                };
+                let definition = match found {
+                    Some(d) => d,
+                    None if definitions.latest(&r.name).is_some() => {
+                        return Err(not_found(
+                            "UNKNOWN_DEFINITION_VERSION",
+                            format!("definition `{}` has no version {}", r.name, r.version),
+                            &[
+                                ("definition", r.name.clone()),
+                                ("version", r.version.to_string()),
+                            ],
+                        ))
+                    }
+                    None => {
+                        return Err(to_status(
+                            &CommandError::UnknownDefinition {
+                                name: r.name.clone(),
+                                loaded: definitions.names().join(", "),
+                            },
+                            Wire::NONE,
+                        ))
+                    }
+                };
+                Ok(Response::new(pb::GetDefinitionResponse {
+                    definition: Some(convert::definition(definition)),
+                }))
             }
-            None => {
-                return Err(to_status(
-                    &CommandError::UnknownDefinition {
-                        name: r.name.clone(),
-                        loaded: definitions.names().join(", "),
-                    },
-                    Wire::NONE,
-                ))
-            }
-        };
-        Ok(Response::new(pb::GetDefinitionResponse {
-            definition: Some(convert::definition(definition)),
-        }))
+            .await,
+        )
     }
 }
 
@@ -274,170 +365,199 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         &self,
         request: Request<pb::ValidateRuleSetRequest>,
     ) -> Answer<pb::ValidateRuleSetResponse> {
-        actor_of(&request)?;
-        let files = rule_files(request.into_inner().files)?;
-        match self.engine.validate_rule_files(files).await {
-            Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
-                valid: true,
-                version,
-                problems: Vec::new(),
-            })),
-            Err(CommandError::RuleSetRefused { problems }) => {
-                Ok(Response::new(pb::ValidateRuleSetResponse {
-                    valid: false,
-                    version: String::new(),
-                    problems: problems
-                        .iter()
-                        .map(|p| {
-                            let (place, message) = split_problem(p);
-                            let (file, line, column) = place.unwrap_or_default();
-                            pb::RuleSetProblem {
-                                file,
-                                line,
-                                column,
-                                message,
-                            }
-                        })
-                        .collect(),
-                }))
+        let call = Call::begin("ValidateRuleSet", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let files = rule_files(request.into_inner().files)?;
+                match self.engine.validate_rule_files(files).await {
+                    Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
+                        valid: true,
+                        version,
+                        problems: Vec::new(),
+                    })),
+                    Err(CommandError::RuleSetRefused { problems }) => {
+                        Ok(Response::new(pb::ValidateRuleSetResponse {
+                            valid: false,
+                            version: String::new(),
+                            problems: problems
+                                .iter()
+                                .map(|p| {
+                                    let (place, message) = split_problem(p);
+                                    let (file, line, column) = place.unwrap_or_default();
+                                    pb::RuleSetProblem {
+                                        file,
+                                        line,
+                                        column,
+                                        message,
+                                    }
+                                })
+                                .collect(),
+                        }))
+                    }
+                    Err(e) => Err(to_status(&e, Wire::NONE)),
+                }
             }
-            Err(e) => Err(to_status(&e, Wire::NONE)),
-        }
+            .await,
+        )
     }
 
     async fn deploy_rule_set(
         &self,
         request: Request<pb::DeployRuleSetRequest>,
     ) -> Answer<pb::DeployRuleSetResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("request_id", &r.request_id)?;
-        let files = rule_files(r.files)?;
-        let info = self
-            .engine
-            .deploy_rule_files(files, &actor, &r.request_id)
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
-        Ok(Response::new(pb::DeployRuleSetResponse {
-            rule_set: Some(convert::rule_set(&info)),
-        }))
+        let call = Call::begin("DeployRuleSet", &request);
+        call.end(async move {
+            let actor = actor_of(&request)?;
+            let r = request.into_inner();
+            required("request_id", &r.request_id)?;
+            let files = rule_files(r.files)?;
+            let info = self
+                .engine
+                .deploy_rule_files(files, &actor, &r.request_id)
+                .await
+                .map_err(engine_error(Wire::NONE))?;
+            tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
+            Ok(Response::new(pb::DeployRuleSetResponse {
+                rule_set: Some(convert::rule_set(&info)),
+            }))
+        }
+        .await)
     }
 
     async fn list_rule_sets(
         &self,
         request: Request<pb::ListRuleSetsRequest>,
     ) -> Answer<pb::ListRuleSetsResponse> {
-        actor_of(&request)?;
-        let r = request.into_inner();
-        let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
-        let (page, next) =
-            convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
-        Ok(Response::new(pb::ListRuleSetsResponse {
-            rule_sets: page.iter().map(convert::rule_set).collect(),
-            next_page_token: next,
-        }))
+        let call = Call::begin("ListRuleSets", &request);
+        call.end(
+            async move {
+                actor_of(&request)?;
+                let r = request.into_inner();
+                let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
+                let (page, next) =
+                    convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
+                Ok(Response::new(pb::ListRuleSetsResponse {
+                    rule_sets: page.iter().map(convert::rule_set).collect(),
+                    next_page_token: next,
+                }))
+            }
+            .await,
+        )
     }
 
     async fn activate_rule_set(
         &self,
         request: Request<pb::ActivateRuleSetRequest>,
     ) -> Answer<pb::ActivateRuleSetResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("request_id", &r.request_id)?;
-        if r.number == 0 {
-            return Err(bad_request(
-                "number",
-                "is required: a deployed version (1, 2, …)",
-            ));
+        let call = Call::begin("ActivateRuleSet", &request);
+        call.end(async move {
+            let actor = actor_of(&request)?;
+            let r = request.into_inner();
+            required("request_id", &r.request_id)?;
+            if r.number == 0 {
+                return Err(bad_request(
+                    "number",
+                    "is required: a deployed version (1, 2, …)",
+                ));
+            }
+            let info = self
+                .engine
+                .activate_rules_once(r.number, &actor, &r.request_id)
+                .await
+                .map_err(engine_error(Wire::NONE))?;
+            tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set activated over gRPC");
+            Ok(Response::new(pb::ActivateRuleSetResponse {
+                rule_set: Some(convert::rule_set(&info)),
+            }))
         }
-        let info = self
-            .engine
-            .activate_rules_once(r.number, &actor, &r.request_id)
-            .await
-            .map_err(engine_error(Wire::NONE))?;
-        tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set activated over gRPC");
-        Ok(Response::new(pb::ActivateRuleSetResponse {
-            rule_set: Some(convert::rule_set(&info)),
-        }))
+        .await)
     }
 
     async fn evaluate_rule(
         &self,
         request: Request<pb::EvaluateRuleRequest>,
     ) -> Answer<pb::EvaluateRuleResponse> {
-        let actor = actor_of(&request)?;
-        let r = request.into_inner();
-        required("decider", &r.decider)?;
-        if !r.decider.contains("::") {
-            return Err(bad_request(
-                "decider",
-                format!(
-                    "`{}` is not a script function; write script::function",
-                    r.decider
-                ),
-            ));
-        }
-        let instance = if r.instance_id.is_empty() {
-            convert::json_object("instance_json", &r.instance_json)?
-        } else {
-            let id = convert::instance_id("instance_id", &r.instance_id)?;
-            let live = self
-                .engine
-                .get(id)
-                .await
-                .map_err(engine_error(Wire::NONE))?;
-            let parent = match live.parent {
-                Some(p) => Some(self.engine.get(p).await.map_err(engine_error(Wire::NONE))?),
-                None => None,
-            };
-            let view = |i: &switchyard_core::Instance| {
-                serde_json::json!({
-                    "id": i.id,
-                    "definition": i.definition.name,
-                    "version": i.version,
-                    "state": i.state,
-                    "business_key": i.business_key,
-                    "data": i.data,
-                })
-            };
-            let mut input = view(&live);
-            input["parent"] = parent.as_ref().map(view).unwrap_or_default();
-            input
-        };
-        let payload = convert::json_object("payload_json", &r.payload_json)?;
-        let now = match &r.now {
-            Some(t) => convert::from_timestamp("now", t)?,
-            None => chrono::Utc::now(),
-        };
-        let input = DecisionInput {
-            instance,
-            payload,
-            actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
-            now,
-        };
-        let number = (r.rule_set != 0).then_some(r.rule_set);
-        let started = std::time::Instant::now();
-        let (used, decision, outputs) = self
-            .engine
-            .evaluate_rule(number, &r.decider, &input)
-            .map_err(|e| match e {
-                CommandError::UnknownRuleSet(n) => not_found(
-                    "UNKNOWN_RULE_SET",
-                    format!("there is no rule set #{n}"),
-                    &[("rule_set", n.to_string())],
-                ),
-                other => to_status(&other, Wire::COMMAND),
-            })?;
-        let elapsed = started.elapsed();
-        Ok(Response::new(pb::EvaluateRuleResponse {
-            next_state: decision.next_state,
-            reason: decision.reason,
-            changes_json: serde_json::to_string(&decision.changes).expect("JSON serializes"),
-            outputs_json: serde_json::to_string(&outputs).expect("JSON serializes"),
-            rule_set: used,
-            elapsed_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        }))
+        let call = Call::begin("EvaluateRule", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let r = request.into_inner();
+                required("decider", &r.decider)?;
+                if !r.decider.contains("::") {
+                    return Err(bad_request(
+                        "decider",
+                        format!(
+                            "`{}` is not a script function; write script::function",
+                            r.decider
+                        ),
+                    ));
+                }
+                let instance = if r.instance_id.is_empty() {
+                    convert::json_object("instance_json", &r.instance_json)?
+                } else {
+                    let id = convert::instance_id("instance_id", &r.instance_id)?;
+                    let live = self
+                        .engine
+                        .get(id)
+                        .await
+                        .map_err(engine_error(Wire::NONE))?;
+                    let parent = match live.parent {
+                        Some(p) => {
+                            Some(self.engine.get(p).await.map_err(engine_error(Wire::NONE))?)
+                        }
+                        None => None,
+                    };
+                    let view = |i: &switchyard_core::Instance| {
+                        serde_json::json!({
+                            "id": i.id,
+                            "definition": i.definition.name,
+                            "version": i.version,
+                            "state": i.state,
+                            "business_key": i.business_key,
+                            "data": i.data,
+                        })
+                    };
+                    let mut input = view(&live);
+                    input["parent"] = parent.as_ref().map(view).unwrap_or_default();
+                    input
+                };
+                let payload = convert::json_object("payload_json", &r.payload_json)?;
+                let now = match &r.now {
+                    Some(t) => convert::from_timestamp("now", t)?,
+                    None => chrono::Utc::now(),
+                };
+                let input = DecisionInput {
+                    instance,
+                    payload,
+                    actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
+                    now,
+                };
+                let number = (r.rule_set != 0).then_some(r.rule_set);
+                let started = std::time::Instant::now();
+                let (used, decision, outputs) = self
+                    .engine
+                    .evaluate_rule(number, &r.decider, &input)
+                    .map_err(|e| match e {
+                        CommandError::UnknownRuleSet(n) => not_found(
+                            "UNKNOWN_RULE_SET",
+                            format!("there is no rule set #{n}"),
+                            &[("rule_set", n.to_string())],
+                        ),
+                        other => to_status(&other, Wire::COMMAND),
+                    })?;
+                let elapsed = started.elapsed();
+                Ok(Response::new(pb::EvaluateRuleResponse {
+                    next_state: decision.next_state,
+                    reason: decision.reason,
+                    changes_json: serde_json::to_string(&decision.changes)
+                        .expect("JSON serializes"),
+                    outputs_json: serde_json::to_string(&outputs).expect("JSON serializes"),
+                    rule_set: used,
+                    elapsed_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                }))
+            }
+            .await,
+        )
     }
 }
