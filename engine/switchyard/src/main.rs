@@ -209,10 +209,9 @@ fn rules(what: Rules) -> Result<i32> {
         }
         Rules::Deploy { dir, store, actor } => {
             let target = dir.clone();
-            versioned(&store, &dir, |engine| async move {
-                let info = engine
-                    .deploy_rules(&target, &Actor::new(actor, &["analyst"]))
-                    .await?;
+            let actor = Actor::new(actor, &["analyst"]);
+            versioned(&store, &dir, &actor.clone(), |engine| async move {
+                let info = engine.deploy_rules(&target, &actor).await?;
                 println!("rule set #{} ({}) is active", info.number, info.version);
                 Ok(())
             })
@@ -221,13 +220,18 @@ fn rules(what: Rules) -> Result<i32> {
             number,
             store,
             actor,
-        } => versioned(&store, Path::new("."), |engine| async move {
-            let info = engine
-                .activate_rules(number, &Actor::new(actor, &["analyst"]))
-                .await?;
-            println!("rule set #{} ({}) is active", info.number, info.version);
-            Ok(())
-        }),
+        } => versioned(
+            &store,
+            Path::new("."),
+            &system_first_start(),
+            |engine| async move {
+                let info = engine
+                    .activate_rules(number, &Actor::new(actor, &["analyst"]))
+                    .await?;
+                println!("rule set #{} ({}) is active", info.number, info.version);
+                Ok(())
+            },
+        ),
         Rules::Versions { store } => {
             let store = open_store(&store)?;
             let active = store.active_rule_set()?;
@@ -345,9 +349,14 @@ fn rules(what: Rules) -> Result<i32> {
     }
 }
 
+fn system_first_start() -> Actor {
+    Actor::new("system:first-start", &["admin"])
+}
+
 /// Opens an engine on the stopped store at `store` with versioned rule sets (deploying
-/// `first` if the store has none), runs `work`, and shuts down. Returns the exit code.
-fn versioned<F, Fut>(store: &Path, first: &Path, work: F) -> Result<i32>
+/// `first` as `first_actor` if the store has none), runs `work`, and shuts down. Returns the
+/// exit code.
+fn versioned<F, Fut>(store: &Path, first: &Path, first_actor: &Actor, work: F) -> Result<i32>
 where
     F: FnOnce(Engine) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<(), CommandError>>,
@@ -358,11 +367,12 @@ where
     runtime.block_on(async {
         let mut config = SledConfig::new(store);
         config.durability = Durability::Fsync;
-        let engine = Engine::open_with_rules(
+        let engine = Engine::open_with_rules_as(
             EngineConfig::new(StoreConfig::Sled(config)),
             first,
             DeciderRegistry::new(),
             RuleLimits::default(),
+            first_actor,
         )
         .await
         .with_context(|| {

@@ -268,10 +268,20 @@ fn deploy_versions_and_activate_manage_a_stopped_store() {
     let store_dir = tempfile::tempdir().unwrap();
     let store = store_dir.path().to_str().unwrap();
     let rules = shipped_rules();
-    let (code, out, err) =
-        switchyard(&["rules", "deploy", rules.to_str().unwrap(), "--store", store]);
+    let (code, out, err) = switchyard(&[
+        "rules",
+        "deploy",
+        rules.to_str().unwrap(),
+        "--store",
+        store,
+        "--as",
+        "bea",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("rule set #1 ("), "{out}");
+    // The first version of a new store is recorded as deployed by whoever deployed it.
+    let (_, out, _) = switchyard(&["rules", "versions", "--store", store]);
+    assert!(out.contains(" by bea; last activated "), "{out}");
 
     let candidate = copy_rules();
     let approval = candidate.path().join("data/approval.json");
@@ -302,5 +312,6 @@ fn deploy_versions_and_activate_manage_a_stopped_store() {
     assert_eq!(code, 0);
     assert!(out.starts_with("rule set #1 ("), "{out}");
     let (_, out, _) = switchyard(&["rules", "versions", "--store", store]);
-    assert!(out.lines().next().unwrap().ends_with("(active)"), "{out}");
+    let first = out.lines().next().unwrap();
+    assert!(first.ends_with("by analyst  (active)"), "{out}");
 }

@@ -143,6 +143,19 @@ impl Engine {
         rust_deciders: DeciderRegistry,
         limits: RuleLimits,
     ) -> Result<Engine, OpenError> {
+        let first_start = Actor::new("system:first-start", &["admin"]);
+        Self::open_with_rules_as(config, rules_dir, rust_deciders, limits, &first_start).await
+    }
+
+    /// [`Engine::open_with_rules`], recording `first_start` as the deployer of version 1 when
+    /// the store has none (e.g. an analyst deploying into a new store).
+    pub async fn open_with_rules_as(
+        config: EngineConfig,
+        rules_dir: &Path,
+        rust_deciders: DeciderRegistry,
+        limits: RuleLimits,
+        first_start: &Actor,
+    ) -> Result<Engine, OpenError> {
         let engine = Engine::open(config, DefinitionSet::default(), DeciderRegistry::new()).await?;
         if engine
             .inner
@@ -156,11 +169,7 @@ impl Engine {
         let deployed = store.rule_sets()?;
         let active = store.active_rule_set()?;
         let result = match (deployed.is_empty(), active) {
-            (true, _) => {
-                engine
-                    .deploy_rules(rules_dir, &Actor::new("system:first-start", &["admin"]))
-                    .await
-            }
+            (true, _) => engine.deploy_rules(rules_dir, first_start).await,
             (false, Some(number)) => {
                 engine
                     .activate_rules(number, &Actor::new("system:restart", &["admin"]))
