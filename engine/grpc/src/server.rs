@@ -123,9 +123,46 @@ pub async fn start(
         }
         _ => None,
     };
+    // Everything that can fail without the store comes first: a busy port or a bad
+    // certificate must not leave a store opened.
     let drain = ServerConfig::duration(&config.shutdown.drain_timeout)
         .to_std()
         .unwrap_or(Duration::from_secs(30));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+
+    let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
+        // The path only: headers carry credentials and are never logged.
+        tracing::info_span!("rpc", path = %request.uri().path())
+    });
+    if let Some(tls) = tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| ServeError::Bind { addr, error })
+    };
+    let listener = bind(config.grpc.listen).await?;
+    let grpc_addr = listener.local_addr().map_err(|error| ServeError::Bind {
+        addr: config.grpc.listen,
+        error,
+    })?;
+    let metrics_listener = if config.metrics.enabled {
+        Some(bind(config.metrics.listen).await?)
+    } else {
+        None
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let engine = Engine::open_with_rules(
         engine_config(&config),
         &config.rules_dir,
@@ -137,40 +174,13 @@ pub async fn start(
         Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
         None => tracing::warn!("no rule set is active"),
     }
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|error| ServeError::Bind { addr, error })
-    };
-    let listener = match bind(config.grpc.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            engine.shutdown().await;
-            return Err(e);
-        }
-    };
-    let grpc_addr = listener.local_addr().map_err(|error| ServeError::Bind {
-        addr: config.grpc.listen,
-        error,
-    })?;
-    let (metrics_task, metrics_addr) = if config.metrics.enabled {
-        let metrics_listener = match bind(config.metrics.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                engine.shutdown().await;
-                return Err(e);
-            }
-        };
-        let addr = metrics_listener.local_addr().ok();
-        let task = tokio::spawn(crate::metrics_http::serve(
-            metrics_listener,
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(crate::metrics_http::serve(
+            listener,
             engine.clone(),
             auth.refusals(),
-        ));
-        (Some(task), addr)
-    } else {
-        (None, None)
-    };
+        ))
+    });
 
     let services = Services {
         engine: engine.clone(),
@@ -201,25 +211,6 @@ pub async fn start(
         health
             .set_service_status(name, ServingStatus::Serving)
             .await;
-    }
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-
-    let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
-        // The path only: headers carry credentials and are never logged.
-        tracing::info_span!("rpc", path = %request.uri().path())
-    });
-    if let Some(tls) = tls.clone() {
-        builder = builder.tls_config(tls)?;
     }
     let router = builder
         .add_service(health_service)
