@@ -1426,3 +1426,23 @@ async fn oversized_messages_are_refused_and_nothing_is_written() {
     assert_eq!(instance_count(&server).await, 0);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_is_reported_before_the_store_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = harness::config(dir.path());
+    config.grpc.listen = taken.local_addr().unwrap();
+    let error = match switchyard_grpc::server::start(config, |_| None).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started on a taken port"),
+    };
+    assert!(
+        error.contains(&taken.local_addr().unwrap().to_string()),
+        "{error}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "the store was not opened"
+    );
+}
