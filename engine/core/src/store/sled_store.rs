@@ -6,12 +6,13 @@
 //! log file is also `fdatasync`ed, because sled's flush only asks the kernel to write the
 //! pages (`sync_file_range`) and does not flush the device cache or file metadata.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::kv::{kv_store_reads, Entry, KvRead, KvStats, KvWrite, Writes};
 use super::{Durability, Store, StoreError};
@@ -38,8 +39,24 @@ impl SledConfig {
     }
 }
 
+/// Stores this process closed, by path, with when. After the last handle to a sled database
+/// is dropped, sled's background I/O threads can keep its file — and with it the file's
+/// lock — open a little longer; on a loaded machine that was long enough for an immediate
+/// reopen to fail now and then (`could not acquire lock`). An open of a path closed here
+/// shortly before therefore waits for the lock; any other lock conflict (another process) is
+/// reported at once.
+static CLOSED: Mutex<BTreeMap<PathBuf, Instant>> = Mutex::new(BTreeMap::new());
+/// How long after a close a reopen waits for sled's threads to let go.
+const REOPEN_WAIT: Duration = Duration::from_secs(15);
+
+fn lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 /// The sled-backed store.
 pub struct SledStore {
+    /// Where it lives (canonical), for [`CLOSED`].
+    path: PathBuf,
     db: sled::Db,
     durability: Durability,
     /// Held while a batch is checked and applied: the store's single writer.
@@ -56,30 +73,60 @@ fn io(e: impl std::fmt::Display) -> StoreError {
 impl SledStore {
     /// Opens (or creates) the store at `config.path`.
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // The engine flushes after every batch; sled's own periodic flusher would only add
-            // untracked fsyncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "cannot open store at {}: {e}",
-                    config.path.display()
-                ))
-            })?;
+        let path = std::fs::canonicalize(&config.path).unwrap_or_else(|_| config.path.clone());
+        let closed_at = CLOSED.lock().expect("lock poisoned").get(&path).copied();
+        let wait_until = closed_at.map(|at| at + REOPEN_WAIT);
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                // The engine flushes after every batch; sled's own periodic flusher would only
+                // add untracked fsyncs.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if lock_conflict(&e) => {
+                    if wait_until.is_some_and(|until| Instant::now() < until) {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    return Err(StoreError::Io(format!(
+                        "cannot open store at {}: it is already open (sled allows one open store per directory: is another process, e.g. a running server, using it?): {e}",
+                        config.path.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(StoreError::Io(format!(
+                        "cannot open store at {}: {e}",
+                        config.path.display()
+                    )))
+                }
+            }
+        };
+        let path = std::fs::canonicalize(&config.path).unwrap_or(path);
         let log = File::open(config.path.join("db"))
             .map_err(|e| StoreError::Io(format!("cannot open the store's log file: {e}")))?;
         tracing::debug!(path = %config.path.display(), durability = ?config.durability, "opened sled store");
         Ok(SledStore {
+            path,
             db,
             durability: config.durability,
             writer: Mutex::new(()),
             log,
             counters: KvStats::default(),
         })
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        let mut closed = CLOSED.lock().expect("lock poisoned");
+        let now = Instant::now();
+        // Keep the map small: entries older than the wait no longer matter.
+        closed.retain(|_, at| now.duration_since(*at) < REOPEN_WAIT);
+        closed.insert(self.path.clone(), now);
     }
 }
 
@@ -147,5 +194,32 @@ impl Store for SledStore {
             .flush_micros
             .fetch_add(micros, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_in_use_is_refused_at_once_and_a_closed_one_reopens_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SledConfig::new(dir.path());
+        config.durability = Durability::Flush;
+        config.cache_bytes = 1024 * 1024;
+        let open = SledStore::open(&config).unwrap();
+        let started = Instant::now();
+        let Err(e) = SledStore::open(&config) else {
+            panic!("opened twice")
+        };
+        assert!(e.to_string().contains("it is already open"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused without waiting for a close"
+        );
+        drop(open);
+        for _ in 0..20 {
+            drop(SledStore::open(&config).unwrap());
+        }
     }
 }
