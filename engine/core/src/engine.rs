@@ -1117,6 +1117,20 @@ impl Engine {
                     return replay(&record, target, command, digest).map(Applied::Replayed);
                 }
             }
+            // Request ids are global: one a rule-set deployment or activation used is taken.
+            if attempt == 1 {
+                if let Some(other) = self.inner.store.rule_set_request(request_id)? {
+                    if other.expires_at > self.inner.config.clock.now() {
+                        return Err(CommandError::RequestIdReused {
+                            request_id: request_id.to_string(),
+                            original: format!(
+                                "`{}` of rule set #{}",
+                                other.operation, other.number
+                            ),
+                        });
+                    }
+                }
+            }
             let mut prepared = prepare()?;
             let makes_jobs_available = prepared.makes_jobs_available();
             let source = &self.inner.config.feed_source;

@@ -912,6 +912,23 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         "REQUEST_ID_REUSED",
     );
     assert_eq!(bad_fields(&status), vec!["request_id"]);
+    // Ids are global in both directions: an instance request cannot take a deployment's id.
+    expect_refusal(
+        server
+            .instances()
+            .start_instance(as_role(
+                "sales_rep",
+                pb::StartInstanceRequest {
+                    request_id: "r-d2".into(),
+                    definition: "quote".into(),
+                    business_key: "Q-x".into(),
+                    data_json: quote_data("SKU-001"),
+                },
+            ))
+            .await,
+        Code::AlreadyExists,
+        "REQUEST_ID_REUSED",
+    );
     start_quote(&server, "r-instance", "SKU-001").await;
     expect_refusal(
         client
