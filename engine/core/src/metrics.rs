@@ -81,7 +81,16 @@ pub(crate) struct EngineMetrics {
     pub(crate) batch_size: Histogram,
     /// One decider call, µs.
     pub(crate) rule_evaluation: Histogram,
-    commands: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// definition → command → outcome → count; looked up by `&str`, so counting allocates
+    /// only for a new series.
+    commands: Mutex<CommandCounts>,
+}
+
+#[derive(Debug, Default)]
+struct CommandCounts {
+    map: BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    /// How many (definition, command, outcome) series `map` holds.
+    series: usize,
 }
 
 impl Default for EngineMetrics {
@@ -90,7 +99,7 @@ impl Default for EngineMetrics {
             commit_latency: Histogram::new(MICROS_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
             rule_evaluation: Histogram::new(MICROS_BOUNDS),
-            commands: Mutex::new(BTreeMap::new()),
+            commands: Mutex::default(),
         }
     }
 }
@@ -102,14 +111,32 @@ const COMMAND_SERIES_MAX: usize = 10_000;
 impl EngineMetrics {
     /// Counts one request; `outcome` is `ok` or a [`crate::CommandError::code`].
     pub(crate) fn count_command(&self, definition: &str, command: &str, outcome: &'static str) {
-        let mut map = self.commands.lock().expect("metrics lock poisoned");
-        let key = (definition.to_string(), command.to_string(), outcome);
-        if map.len() >= COMMAND_SERIES_MAX && !map.contains_key(&key) {
-            *map.entry(("(other)".into(), "(other)".into(), outcome))
-                .or_default() += 1;
+        let mut counts = self.commands.lock().expect("metrics lock poisoned");
+        let CommandCounts { map, series } = &mut *counts;
+        if let Some(count) = map
+            .get_mut(definition)
+            .and_then(|c| c.get_mut(command))
+            .and_then(|o| o.get_mut(outcome))
+        {
+            *count += 1;
             return;
         }
-        *map.entry(key).or_default() += 1;
+        let (definition, command) = if *series >= COMMAND_SERIES_MAX {
+            ("(other)", "(other)")
+        } else {
+            (definition, command)
+        };
+        let count = map
+            .entry(definition.to_string())
+            .or_default()
+            .entry(command.to_string())
+            .or_default()
+            .entry(outcome)
+            .or_insert(0);
+        if *count == 0 {
+            *series += 1;
+        }
+        *count += 1;
     }
 
     pub(crate) fn snapshot(&self) -> (Vec<CommandCount>, [HistogramSnapshot; 3]) {
@@ -117,12 +144,17 @@ impl EngineMetrics {
             .commands
             .lock()
             .expect("metrics lock poisoned")
+            .map
             .iter()
-            .map(|((definition, command, outcome), count)| CommandCount {
-                definition: definition.clone(),
-                command: command.clone(),
-                outcome,
-                count: *count,
+            .flat_map(|(definition, commands)| {
+                commands.iter().flat_map(move |(command, outcomes)| {
+                    outcomes.iter().map(move |(outcome, count)| CommandCount {
+                        definition: definition.clone(),
+                        command: command.clone(),
+                        outcome,
+                        count: *count,
+                    })
+                })
             })
             .collect();
         (
