@@ -13,6 +13,8 @@
 //! This crate converts between wire and domain types and maps errors to statuses; it makes no
 //! business decision of its own: roles, states, payloads and versions are checked by the core.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 mod convert;
