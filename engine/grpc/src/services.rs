@@ -508,19 +508,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                         }
                         None => None,
                     };
-                    let view = |i: &switchyard_core::Instance| {
-                        serde_json::json!({
-                            "id": i.id,
-                            "definition": i.definition.name,
-                            "version": i.version,
-                            "state": i.state,
-                            "business_key": i.business_key,
-                            "data": i.data,
-                        })
-                    };
-                    let mut input = view(&live);
-                    input["parent"] = parent.as_ref().map(view).unwrap_or_default();
-                    input
+                    switchyard_core::rules::instance_value(&live, parent.as_ref())
                 };
                 let payload = convert::json_object("payload_json", &r.payload_json)?;
                 let now = match &r.now {

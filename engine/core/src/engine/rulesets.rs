@@ -25,25 +25,8 @@ struct Request<'a> {
     id: &'a str,
     /// `deploy` or `activate`.
     operation: &'static str,
-    /// What was asked: the files' digest, or the version number.
+    /// What was asked: the rule set's content version, or the version number.
     digest: String,
-}
-
-/// SHA-256 of a rule set's files (path and text, in path order), hex.
-fn files_digest(files: &BTreeMap<String, String>) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    for (path, text) in files {
-        hasher.update(path.as_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 const LIVE_INSTANCES_LISTED_MAX: usize = 10;
@@ -240,9 +223,10 @@ impl Engine {
         require_rules_role(actor, "deploy a rule set")?;
         super::check_request_id(request_id)?;
         check_rule_paths(&files)?;
-        let digest = files_digest(&files);
         let candidate = RuleSet::from_files("", files, rust, limits)
             .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        // Every file sent is part of the content version (unknown paths were refused).
+        let digest = candidate.version.clone();
         self.deploy_candidate_once(
             candidate,
             &format!("files from {}", actor.id),

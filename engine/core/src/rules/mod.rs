@@ -37,7 +37,7 @@ use crate::decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
 };
 use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
-use crate::model::InstanceId;
+use crate::model::{Instance, InstanceId};
 pub use convert::{to_dynamic, to_json};
 pub use sandbox::RuleLimits;
 
@@ -689,23 +689,25 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
 
 /// The instance map a decider function receives.
 pub fn instance_input(ctx: &DecisionContext<'_>) -> Value {
-    let i = ctx.instance;
-    json!({
-        "id": i.id,
-        "definition": i.definition.name,
-        "version": i.version,
-        "state": i.state,
-        "business_key": i.business_key,
-        "data": i.data,
-        "parent": ctx.parent.map(|p| json!({
-            "id": p.id,
-            "definition": p.definition.name,
-            "version": p.version,
-            "state": p.state,
-            "business_key": p.business_key,
-            "data": p.data,
-        })),
-    })
+    instance_value(ctx.instance, ctx.parent)
+}
+
+/// The instance map a decider function receives for `instance` and its `parent` — also what
+/// a dry run on a live instance passes.
+pub fn instance_value(instance: &Instance, parent: Option<&Instance>) -> Value {
+    let view = |i: &Instance| {
+        json!({
+            "id": i.id,
+            "definition": i.definition.name,
+            "version": i.version,
+            "state": i.state,
+            "business_key": i.business_key,
+            "data": i.data,
+        })
+    };
+    let mut value = view(instance);
+    value["parent"] = parent.map(view).unwrap_or(Value::Null);
+    value
 }
 
 /// A decider backed by a script function.
