@@ -18,32 +18,6 @@ use serde_json::json;
 use switchyard_core::store::RequestRecord;
 use switchyard_core::*;
 
-const DEFINITION: &str = r#"
-name = "quote"
-version = 1
-initial = "draft"
-[start]
-roles = ["sales_rep"]
-[start.payload]
-net = { type = "money" }
-discount_pct = { type = "decimal" }
-[states]
-draft = {}
-pending_approval = {}
-approved = {}
-won = { terminal = true }
-[commands.review]
-from = ["draft", "pending_approval", "approved"]
-to = ["pending_approval", "approved"]
-roles = ["sales_rep"]
-decider = "quote.approval"
-payload = { net = { type = "money" }, discount_pct = { type = "decimal" } }
-[commands.win]
-from = ["approved"]
-to = ["won"]
-roles = ["sales_rep"]
-"#;
-
 fn deciders() -> DeciderRegistry {
     let mut r = DeciderRegistry::new();
     r.register("quote.approval", |ctx: &DecisionContext<'_>| {
@@ -89,8 +63,14 @@ async fn run_engine(
     seconds: f64,
 ) -> Result<Measured> {
     let d = deciders();
-    let definitions = DefinitionSet::from_sources(&[("quote.toml".into(), DEFINITION.into())], &d)
-        .map_err(|e| anyhow!("{e}"))?;
+    let definitions = DefinitionSet::from_sources(
+        &[(
+            "quote.toml".into(),
+            switchyard_benches::review_definition("quote.approval"),
+        )],
+        &d,
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     let mut store = SledConfig::new(dir);
     store.durability = durability;
     let engine = Engine::open(EngineConfig::new(StoreConfig::Sled(store)), definitions, d).await?;

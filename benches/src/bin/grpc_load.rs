@@ -23,32 +23,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const TOKEN: &str = "bench-token";
 
-const DEFINITION: &str = r#"
-name = "deal"
-version = 1
-initial = "draft"
-[start]
-roles = ["sales_rep"]
-[start.payload]
-net = { type = "money" }
-discount_pct = { type = "decimal" }
-[states]
-draft = {}
-pending_approval = {}
-approved = {}
-won = { terminal = true }
-[commands.review]
-from = ["draft", "pending_approval", "approved"]
-to = ["pending_approval", "approved"]
-roles = ["sales_rep"]
-decider = "approval::review"
-payload = { net = { type = "money" }, discount_pct = { type = "decimal" } }
-[commands.win]
-from = ["approved"]
-to = ["won"]
-roles = ["sales_rep"]
-"#;
-
 /// The approval-threshold decision: strict `<` on the net, `≤` on the discount.
 const SCRIPT: &str = r#"
 fn review(instance, payload, actor) {
@@ -67,7 +41,10 @@ fn review(instance, payload, actor) {
 fn write_rules(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("definitions"))?;
     std::fs::create_dir_all(dir.join("scripts"))?;
-    std::fs::write(dir.join("definitions/deal.toml"), DEFINITION)?;
+    std::fs::write(
+        dir.join("definitions/quote.toml"),
+        switchyard_benches::review_definition("approval::review"),
+    )?;
     std::fs::write(dir.join("scripts/approval.rhai"), SCRIPT)?;
     Ok(())
 }
@@ -125,8 +102,8 @@ async fn run(durability: &str, clients: usize, seconds: f64) -> Result<Measured>
         let started = client
             .start_instance(authed(pb::StartInstanceRequest {
                 request_id: format!("start-{c}"),
-                definition: "deal".into(),
-                business_key: format!("D-{c}"),
+                definition: "quote".into(),
+                business_key: format!("Q-{c}"),
                 data_json: r#"{"net": "100.00", "discount_pct": "0"}"#.into(),
             }))
             .await?
