@@ -810,7 +810,10 @@ impl Engine {
         })
     }
 
-    fn page_size(&self, requested: usize) -> Result<usize, CommandError> {
+    /// The page size a list uses for `requested`: 0 means the default (100), above the
+    /// configured `page_size_max` is refused. Every list of the engine (and of a server on top
+    /// of it) applies this one rule.
+    pub fn page_size(&self, requested: usize) -> Result<usize, CommandError> {
         let max = self.inner.config.page_size_max;
         match requested {
             0 => Ok(PAGE_SIZE_DEFAULT.min(max)),

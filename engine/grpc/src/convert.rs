@@ -214,24 +214,14 @@ pub(crate) fn page_size(size: i32) -> Result<usize, Status> {
     usize::try_from(size).map_err(|_| bad_request("page_size", format!("{size} is negative")))
 }
 
-/// An offset-based page over an in-memory list (definitions, rule sets).
+/// An offset-based page over an in-memory list (definitions, rule sets); `size` is already
+/// checked by [`switchyard_core::Engine::page_size`].
 #[allow(clippy::result_large_err)]
 pub(crate) fn offset_page<T: Clone>(
     items: &[T],
-    size: i32,
+    size: usize,
     token: &str,
-    size_max: usize,
 ) -> Result<(Vec<T>, String), Status> {
-    let size = match page_size(size)? {
-        0 => 100.min(size_max),
-        n if n > size_max => {
-            return Err(bad_request(
-                "page_size",
-                format!("{n} is above the maximum page size {size_max}"),
-            ))
-        }
-        n => n,
-    };
     let start = if token.is_empty() {
         0
     } else {

@@ -184,7 +184,6 @@ pub async fn start(
 
     let services = Services {
         engine: engine.clone(),
-        page_size_max: config.engine.page_size_max,
     };
     let size = config.grpc.message_bytes_max;
     let instances = InterceptedService::new(

@@ -60,11 +60,21 @@ impl Call {
     }
 }
 
-/// Handlers share the engine and the server's page-size cap.
+/// Handlers share the engine.
 #[derive(Clone)]
 pub(crate) struct Services {
     pub(crate) engine: Engine,
-    pub(crate) page_size_max: usize,
+}
+
+impl Services {
+    /// A wire page size checked by the engine's one rule for page sizes.
+    #[allow(clippy::result_large_err)]
+    fn page_size(&self, size: i32) -> Result<usize, Status> {
+        let size = convert::page_size(size)?;
+        self.engine
+            .page_size(size)
+            .map_err(|e| to_status(&e, Wire::NONE))
+    }
 }
 
 #[allow(clippy::result_large_err)]
@@ -267,7 +277,7 @@ impl pb::definition_service_server::DefinitionService for Services {
                 let r = request.into_inner();
                 let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
                 let (page, next) =
-                    convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
+                    convert::offset_page(&all, self.page_size(r.page_size)?, &r.page_token)?;
                 Ok(Response::new(pb::ListDefinitionsResponse {
                     definitions: page.iter().map(|d| convert::definition(d)).collect(),
                     next_page_token: next,
@@ -436,7 +446,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                 let r = request.into_inner();
                 let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
                 let (page, next) =
-                    convert::offset_page(&all, r.page_size, &r.page_token, self.page_size_max)?;
+                    convert::offset_page(&all, self.page_size(r.page_size)?, &r.page_token)?;
                 Ok(Response::new(pb::ListRuleSetsResponse {
                     rule_sets: page.iter().map(convert::rule_set).collect(),
                     next_page_token: next,

@@ -266,6 +266,17 @@ async fn definitions_list_and_get() {
         .await;
     let status = expect_refusal(bad_token, Code::InvalidArgument, "INVALID_INPUT");
     assert_eq!(bad_fields(&status), vec!["page_token"]);
+    let too_big = client
+        .list_definitions(as_role(
+            "sales_rep",
+            pb::ListDefinitionsRequest {
+                page_size: 5000,
+                page_token: String::new(),
+            },
+        ))
+        .await;
+    let status = expect_refusal(too_big, Code::InvalidArgument, "INVALID_INPUT");
+    assert_eq!(bad_fields(&status), vec!["page_size"]);
     server.stop().await;
 }
 
