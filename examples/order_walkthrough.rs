@@ -117,14 +117,7 @@ fn send(
     actor: Actor,
     request_id: &str,
 ) -> CommandRequest {
-    CommandRequest {
-        instance,
-        command: command.into(),
-        payload,
-        actor,
-        request_id: request_id.into(),
-        expected_version: None,
-    }
+    CommandRequest::new(instance, command, actor, request_id).payload(payload)
 }
 
 fn show(step: &str, outcome: &CommandOutcome) {
@@ -165,22 +158,20 @@ async fn main() -> Result<()> {
     println!("\n1. A sales rep enters an order of 6,000.00 for a customer with limit 50,000.00, open balance 38,000.00 and 7,000.00 uninvoiced");
     let rep = actor("rep-ana", "sales_rep");
     let started = engine
-        .start(StartRequest {
-            definition: "sales_order".into(),
-            business_key: "ACME-PO-4711".into(),
-            data: json!({
-                "customer": "ACME GmbH",
-                "open_balance": "38000.00",
-                "uninvoiced": "7000.00",
-                "credit_limit": "50000.00",
-                "lines": [
-                    { "sku": "PUMP-200", "quantity": 4, "unit_price": "1250.00" },
-                    { "sku": "SEAL-KIT", "quantity": "10", "unit_price": "100.00" }
-                ]
-            }),
-            actor: rep.clone(),
-            request_id: format!("{run}-start"),
-        })
+        .start(
+            StartRequest::new("sales_order", rep.clone(), format!("{run}-start"))
+                .business_key("ACME-PO-4711")
+                .data(json!({
+                    "customer": "ACME GmbH",
+                    "open_balance": "38000.00",
+                    "uninvoiced": "7000.00",
+                    "credit_limit": "50000.00",
+                    "lines": [
+                        { "sku": "PUMP-200", "quantity": 4, "unit_price": "1250.00" },
+                        { "sku": "SEAL-KIT", "quantity": "10", "unit_price": "100.00" }
+                    ]
+                })),
+        )
         .await?;
     let order = started.instance;
     show("started", &started);
@@ -208,13 +199,7 @@ async fn main() -> Result<()> {
         .expect_err("a sales rep may not release a credit hold");
     println!("  refused [{}]: {refused}", refused.code());
     let bad = engine
-        .start(StartRequest {
-            definition: "sales_order".into(),
-            business_key: "BAD".into(),
-            data: json!({ "customer": "X", "open_balance": 0.1, "uninvoiced": "0", "credit_limit": "0", "lines": [] }),
-            actor: rep.clone(),
-            request_id: format!("{run}-bad"),
-        })
+        .start(StartRequest::new("sales_order", rep.clone(), format!("{run}-bad")).business_key("BAD").data(json!({ "customer": "X", "open_balance": 0.1, "uninvoiced": "0", "credit_limit": "0", "lines": [] })))
         .await
         .expect_err("money as a JSON number is refused");
     println!("  refused [{}]: {bad}", bad.code());
@@ -276,12 +261,12 @@ async fn main() -> Result<()> {
         .await?;
     show("book", &booking);
     let job = engine
-        .activate_jobs(ActivateJobs {
-            job_type: "book_carrier".into(),
-            worker: "carrier-gateway".into(),
-            max_jobs: 1,
-            lease: std::time::Duration::from_secs(60),
-        })
+        .activate_jobs(ActivateJobs::new(
+            "book_carrier",
+            "carrier-gateway",
+            1,
+            std::time::Duration::from_secs(60),
+        ))
         .await?
         .pop()
         .context("the booking job should be available")?;
@@ -331,7 +316,7 @@ async fn main() -> Result<()> {
                 ChangeKind::Started { .. } => "(start)",
                 ChangeKind::LinkedUpdate { .. } => "(linked)",
                 ChangeKind::Cancelled => "(cancel)",
-                ChangeKind::Command => "?",
+                _ => "?",
             }),
             h.from_state.as_deref().unwrap_or("-"),
             h.to_state,
@@ -348,7 +333,7 @@ async fn main() -> Result<()> {
         "\n7. The event feed, replayed from offset 0 (only flushed commits are ever delivered)"
     );
     let mut feed = engine.subscribe(0)?;
-    let (_, head) = engine.store().feed_bounds()?;
+    let (_, head) = engine.feed_bounds()?;
     while feed.offset() < head {
         let event = feed.next().await?;
         println!(
@@ -356,7 +341,7 @@ async fn main() -> Result<()> {
             event.offset, event.kind, event.subject
         );
     }
-    println!("\nStore: {:?}", engine.store().stats());
+    println!("\nStore: {:?}", engine.store_stats());
     engine.shutdown().await;
     Ok(())
 }

@@ -34,14 +34,15 @@ impl Walk {
         self.n += 1;
         let out = self
             .engine
-            .send(CommandRequest {
-                instance: id,
-                command: command.into(),
-                payload,
-                actor: actor(who),
-                request_id: format!("walk-{}-{}", self.n, InstanceId::new()),
-                expected_version: None,
-            })
+            .send(
+                CommandRequest::new(
+                    id,
+                    command,
+                    actor(who),
+                    format!("walk-{}-{}", self.n, InstanceId::new()),
+                )
+                .payload(payload),
+            )
             .await?;
         println!(
             "  {who:<22} {command:<13} → {:<17} {}",
@@ -75,13 +76,15 @@ async fn main() -> Result<()> {
 
     println!("\n1. A lead comes in from an event, is assigned and qualified");
     let lead = engine
-        .start(StartRequest {
-            definition: "lead".into(),
-            business_key: "L-2026-017".into(),
-            data: json!({ "company": "Beta Industries", "source": "event" }),
-            actor: actor("ana:sales_rep"),
-            request_id: format!("lead-{}", InstanceId::new()),
-        })
+        .start(
+            StartRequest::new(
+                "lead",
+                actor("ana:sales_rep"),
+                format!("lead-{}", InstanceId::new()),
+            )
+            .business_key("L-2026-017")
+            .data(json!({ "company": "Beta Industries", "source": "event" })),
+        )
         .await?
         .instance;
     walk.send(
@@ -150,15 +153,11 @@ async fn main() -> Result<()> {
     for h in engine.history(big, 0, 0).await? {
         if let Some(p) = &h.provenance {
             println!(
-                "  v{} {:<9} {} {}::{} → {}",
+                "  v{} {:<9} {} {} → {}",
                 h.version,
                 h.command.as_deref().unwrap_or(""),
-                p["rule_set"].as_str().unwrap_or(""),
-                PathBuf::from(p["script"].as_str().unwrap_or(""))
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                p["function"].as_str().unwrap_or(""),
+                p.rule_set,
+                p.decider(),
                 h.reason
             );
         }

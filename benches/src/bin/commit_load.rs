@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use rust_decimal::Decimal;
 use serde_json::json;
-use switchyard_core::store::RequestRecord;
 use switchyard_core::*;
 
 fn deciders() -> DeciderRegistry {
@@ -79,13 +78,11 @@ async fn run_engine(
     let mut instances = Vec::new();
     for s in 0..submitters {
         let out = engine
-            .start(StartRequest {
-                definition: "quote".into(),
-                business_key: format!("Q-{s}"),
-                data: json!({ "net": "100.00", "discount_pct": "0" }),
-                actor: rep.clone(),
-                request_id: format!("start-{s}"),
-            })
+            .start(
+                StartRequest::new("quote", rep.clone(), format!("start-{s}"))
+                    .business_key(format!("Q-{s}"))
+                    .data(json!({ "net": "100.00", "discount_pct": "0" })),
+            )
             .await?;
         instances.push(out.instance);
     }
@@ -103,14 +100,10 @@ async fn run_engine(
                 let net = format!("{}.{:02}", 1000 + (n * 37 + s as u64 * 11) % 9000, n % 100);
                 let t = Instant::now();
                 engine
-                    .send(CommandRequest {
-                        instance,
-                        command: "review".into(),
-                        payload: json!({ "net": net, "discount_pct": format!("{}", n % 20) }),
-                        actor: rep.clone(),
-                        request_id: format!("s{s}-n{n}"),
-                        expected_version: None,
-                    })
+                    .send(
+                        CommandRequest::new(instance, "review", rep.clone(), format!("s{s}-n{n}"))
+                            .payload(json!({ "net": net, "discount_pct": format!("{}", n % 20) })),
+                    )
                     .await
                     .expect("command");
                 latencies.push(t.elapsed());
@@ -205,23 +198,24 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
                 changes: json!({ "net": "1234.56", "discount_pct": "5" }),
                 provenance: None,
             };
-            let record = RequestRecord {
-                request_id: request_id.clone(),
-                target: format!("instance:{id}"),
-                command: "review".into(),
-                payload_digest: "0".repeat(64),
-                outcome: CommandOutcome {
-                    instance: id,
-                    version: instance.version,
-                    state: "approved".into(),
-                    status: InstanceStatus::Active,
-                    reason: history.reason.clone(),
-                    started: vec![],
-                    counters: vec![],
+            // The request record as the engine stores it (format 1).
+            let record = json!({
+                "request_id": request_id,
+                "target": format!("instance:{id}"),
+                "command": "review",
+                "payload_digest": "0".repeat(64),
+                "outcome": {
+                    "instance": id,
+                    "version": instance.version,
+                    "state": "approved",
+                    "status": "active",
+                    "reason": history.reason,
+                    "started": [],
+                    "counters": [],
                 },
-                recorded_at: now,
-                expires_at: now,
-            };
+                "recorded_at": now,
+                "expires_at": now,
+            });
             let key = |p: u8, rest: &[u8]| {
                 let mut k = vec![p];
                 k.extend_from_slice(rest);
@@ -242,7 +236,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
             // The feed event, shaped like the engine's `instance.transitioned`.
             let event = switchyard_core::feed::EventDraft {
                 source: "switchyard".into(),
-                kind: "switchyard.instance.transitioned".into(),
+                kind: switchyard_core::EventType::InstanceTransitioned,
                 subject: id.to_string(),
                 time: now,
                 data: json!({

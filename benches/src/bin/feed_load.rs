@@ -54,7 +54,7 @@ fn fill(store: &SledStore, events: u64) -> Result<()> {
                 jobs: vec![],
                 events: vec![EventDraft {
                     source: "switchyard".into(),
-                    kind: "switchyard.instance.transitioned".into(),
+                    kind: switchyard_core::EventType::InstanceTransitioned,
                     subject: instance.to_string(),
                     time: now,
                     data: json!({
@@ -126,13 +126,10 @@ async fn live(seconds: f64) -> Result<()> {
     let mut instances = Vec::new();
     for s in 0..64 {
         let out = engine
-            .start(StartRequest {
-                definition: "quote".into(),
-                business_key: format!("Q-{s}"),
-                data: json!({}),
-                actor: rep.clone(),
-                request_id: format!("start-{s}"),
-            })
+            .start(
+                StartRequest::new("quote", rep.clone(), format!("start-{s}"))
+                    .business_key(format!("Q-{s}")),
+            )
             .await?;
         instances.push(out.instance);
     }
@@ -158,14 +155,10 @@ async fn live(seconds: f64) -> Result<()> {
             let mut n = 0u64;
             while Instant::now() < deadline {
                 engine
-                    .send(CommandRequest {
-                        instance,
-                        command: "note".into(),
-                        payload: json!({ "net": format!("{n}.00") }),
-                        actor: rep.clone(),
-                        request_id: format!("s{s}-n{n}"),
-                        expected_version: None,
-                    })
+                    .send(
+                        CommandRequest::new(instance, "note", rep.clone(), format!("s{s}-n{n}"))
+                            .payload(json!({ "net": format!("{n}.00") })),
+                    )
                     .await
                     .expect("command");
                 n += 1;

@@ -17,10 +17,11 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::EngineMetrics;
-use crate::store::{Commit, CommitApplied, CommitRefusal, Store};
+use crate::store::{Commit, CommitApplied, CommitRefusal, Store, StoreError};
 
-/// The answer for one commit: applied, refused, or the store failed (message).
-pub(crate) type Reply = Result<Result<CommitApplied, CommitRefusal>, String>;
+/// The answer for one commit: applied, refused, or the store failed. The store's error keeps
+/// its kind across the thread boundary (a corrupt record stays `Corrupt`).
+pub(crate) type Reply = Result<Result<CommitApplied, CommitRefusal>, StoreError>;
 
 // Nearly all work is a commit: boxing it would add an allocation per command for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -32,7 +33,7 @@ pub(crate) enum Work {
     },
     /// Answer once everything applied before this job is durable.
     Barrier {
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
 
@@ -86,23 +87,21 @@ fn run(
             }
         }
         let results = if failed {
-            Err(FAILED.to_string())
+            Err(StoreError::Io(FAILED.to_string()))
         } else if commits.is_empty() {
             Ok(Vec::new())
         } else {
             metrics.batch_size.observe(commits.len() as u64);
-            store.apply(&commits).map_err(|e| {
+            store.apply(&commits).inspect_err(|e| {
                 tracing::error!(error = %e, batch = commits.len(), "store apply failed");
-                e.to_string()
             })
         };
         let flushed = if failed {
-            Err(FAILED.to_string())
+            Err(StoreError::Io(FAILED.to_string()))
         } else {
-            store.flush().map_err(|e| {
+            store.flush().inspect_err(|e| {
                 tracing::error!(error = %e, "store flush failed; refusing further commits");
                 failed = true;
-                e.to_string()
             })
         };
         // A submitter that stopped waiting still had its commit applied; its request id lets

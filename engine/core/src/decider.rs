@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::definition::{CommandDef, Definition};
-use crate::model::{Actor, Instance, InstanceId};
+use crate::model::{Actor, Instance, InstanceId, Provenance};
 
 /// Everything a decider may look at.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ pub struct DecisionContext<'a> {
 
 /// What a command does, as decided.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Decision {
     /// The state to move to; must be one of the command's `to` states.
     pub next_state: String,
@@ -49,7 +50,7 @@ pub struct Decision {
     pub reason: String,
     /// Which rule decided and from what (rule-set version, script, function, inputs,
     /// outputs); recorded in history. Rule-script deciders always fill it.
-    pub provenance: Option<Value>,
+    pub provenance: Option<Provenance>,
 }
 
 impl Decision {
@@ -80,6 +81,7 @@ impl Decision {
 /// Something a decision does besides moving its own instance. All effects commit in the same
 /// atomic write as the transition, or not at all.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Effect {
     /// Start a new instance of `definition` (its latest version), linked as a child.
     StartLinked {
@@ -143,19 +145,68 @@ impl CounterAssign {
     }
 }
 
-/// A decider's failure: the command is refused and nothing is written.
+/// Why a decider gave no decision: the command is refused and nothing is written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DecideError {
-    /// What went wrong, with the script location when there is one.
-    pub message: String,
+#[non_exhaustive]
+pub enum DecideError {
+    /// The rule decided to refuse the command for a business reason (`code`, e.g.
+    /// `CREDIT_LIMIT`): a decision, not a fault.
+    #[error("refused ({code}): {message}")]
+    Refused {
+        /// A stable reason code, upper snake case.
+        code: String,
+        /// The explanation for people.
+        message: String,
+    },
+    /// The decider failed: a script error or a limit hit, with the script location when there
+    /// is one.
+    #[error("{message}")]
+    Failed {
+        /// What went wrong (starting with the place, when there is one).
+        message: String,
+        /// Where in the rule set it went wrong, when known.
+        location: Option<SourceLocation>,
+    },
+}
+
+/// A place in a rule-set file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLocation {
+    /// The file, relative to the rule set's root.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
 }
 
 impl DecideError {
     /// A failure with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        DecideError {
+        DecideError::Failed {
             message: message.into(),
+            location: None,
+        }
+    }
+
+    /// A business refusal with a reason code and an explanation.
+    pub fn refuse(code: impl Into<String>, message: impl Into<String>) -> Self {
+        DecideError::Refused {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The explanation, whichever kind.
+    pub fn message(&self) -> &str {
+        match self {
+            DecideError::Refused { message, .. } | DecideError::Failed { message, .. } => message,
         }
     }
 }

@@ -6,9 +6,81 @@ use crate::definition::DefinitionErrors;
 use crate::model::{DefinitionRef, InstanceId, InstanceStatus};
 use crate::store::StoreError;
 
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut: every
+/// value a refusal echoes back goes through this, so a refusal stays small whatever was sent.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// One reason a rule set was refused, with its place when it has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleSetProblem {
+    /// The rule-set file, relative to the rule set's root (empty when the problem has no
+    /// file).
+    pub file: String,
+    /// 1-based line (0 when the problem has no place in the file).
+    pub line: usize,
+    /// 1-based column (0 when the problem has no place in the file).
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RuleSetProblem {
+    /// A problem at `file:line:column`.
+    pub fn at(file: &str, line: usize, column: usize, message: String) -> Self {
+        RuleSetProblem {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// A problem about a whole file.
+    pub fn in_file(file: &str, message: String) -> Self {
+        RuleSetProblem {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for RuleSetProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.file.as_str(), self.line) {
+            ("", _) => write!(f, "{}", self.message),
+            (file, 0) => write!(f, "{file}: {}", self.message),
+            (file, line) => write!(f, "{file}:{line}:{}: {}", self.column, self.message),
+        }
+    }
+}
+
+impl From<crate::definition::DefinitionError> for RuleSetProblem {
+    fn from(e: crate::definition::DefinitionError) -> Self {
+        RuleSetProblem {
+            file: e.file,
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        }
+    }
+}
+
 /// Why a start, command, cancel or query was refused or failed. A refused request wrote
 /// nothing.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// No definition with that name is loaded.
     #[error("unknown definition `{name}`; loaded definitions: {loaded}")]
@@ -135,7 +207,20 @@ pub enum CommandError {
         /// Limit.
         limit: u64,
     },
-    /// The decider returned an error.
+    /// The rule refused the command for a business reason (a credit limit reached, a
+    /// coupon used up): not a fault of the rule or the caller's input.
+    #[error("decider `{decider}` refused command `{command}` ({code}): {message}")]
+    DecisionRefused {
+        /// The decider.
+        decider: String,
+        /// The command.
+        command: String,
+        /// The rule's reason code, e.g. `CREDIT_LIMIT`.
+        code: String,
+        /// Its explanation.
+        message: String,
+    },
+    /// The decider failed (a script error, a limit hit): a fault of the rule, not a decision.
     #[error("decider `{decider}` failed on command `{command}`: {message}")]
     DecisionFailed {
         /// The decider.
@@ -144,6 +229,8 @@ pub enum CommandError {
         command: String,
         /// Its error.
         message: String,
+        /// Where in the rule set it failed, when known.
+        location: Option<crate::decider::SourceLocation>,
     },
     /// The decider returned a decision the definition does not allow.
     #[error("decider `{decider}` returned an invalid decision for command `{command}`: {message}")]
@@ -201,8 +288,8 @@ pub enum CommandError {
     /// A rule set was not deployed or activated; nothing changed.
     #[error("the rule set was not activated:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     RuleSetRefused {
-        /// Every reason, one per line (`file:line:col: message` where there is a place).
-        problems: Vec<String>,
+        /// Every reason, with its place where it has one.
+        problems: Vec<RuleSetProblem>,
     },
     /// No such rule-set version.
     #[error("there is no rule set #{0}")]
@@ -220,6 +307,39 @@ pub enum CommandError {
 }
 
 impl CommandError {
+    /// Every code [`CommandError::code`] returns, for wire mappings to check themselves
+    /// against (a test here keeps the list and the variants in step).
+    pub const CODES: &'static [&'static str] = &[
+        "UNKNOWN_DEFINITION",
+        "DEFINITION_NOT_LOADED",
+        "UNKNOWN_INSTANCE",
+        "UNKNOWN_COMMAND",
+        "WRONG_STATE",
+        "NOT_ACTIVE",
+        "ROLE_NOT_ALLOWED",
+        "INVALID_PAYLOAD",
+        "INVALID_INPUT",
+        "PAYLOAD_TOO_LARGE",
+        "VERSION_MISMATCH",
+        "CONFLICT",
+        "REQUEST_ID_REUSED",
+        "COUNTER_LIMIT",
+        "DECISION_REFUSED",
+        "DECISION_FAILED",
+        "DECISION_INVALID",
+        "FEED_HORIZON",
+        "FEED_BEYOND_HEAD",
+        "TIMER_NOT_OPEN",
+        "UNKNOWN_JOB",
+        "STALE_LEASE",
+        "NOT_AN_INCIDENT",
+        "RULE_SET_REFUSED",
+        "UNKNOWN_RULE_SET",
+        "NO_RULE_SETS",
+        "SHUTTING_DOWN",
+        "STORE",
+    ];
+
     /// A stable, machine-readable code (used as the gRPC `ErrorInfo` reason).
     pub fn code(&self) -> &'static str {
         match self {
@@ -237,6 +357,7 @@ impl CommandError {
             CommandError::Conflict { .. } => "CONFLICT",
             CommandError::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
+            CommandError::DecisionRefused { .. } => "DECISION_REFUSED",
             CommandError::DecisionFailed { .. } => "DECISION_FAILED",
             CommandError::DecisionInvalid { .. } => "DECISION_INVALID",
             CommandError::FeedHorizon { .. } => "FEED_HORIZON",
@@ -256,7 +377,11 @@ impl CommandError {
 
 /// Why the engine could not open.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OpenError {
+    /// The rule set to start on could not be deployed or activated.
+    #[error("rules: {0}")]
+    Rules(#[source] CommandError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -274,4 +399,125 @@ pub enum OpenError {
     /// The committer thread could not start.
     #[error("cannot start the committer thread: {0}")]
     Thread(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstanceId;
+
+    /// One of each variant. `code` is an exhaustive match, so a new variant needs a code; add
+    /// its sample here and its code to `CODES`, or this test fails.
+    fn samples() -> Vec<CommandError> {
+        let id = InstanceId::new();
+        let job = crate::job::JobId(id.0);
+        let s = String::new;
+        vec![
+            CommandError::UnknownDefinition {
+                name: s(),
+                loaded: s(),
+            },
+            CommandError::DefinitionNotLoaded {
+                instance: id,
+                definition: crate::model::DefinitionRef {
+                    name: s(),
+                    version: 1,
+                },
+            },
+            CommandError::UnknownInstance(id),
+            CommandError::UnknownCommand {
+                definition: crate::model::DefinitionRef {
+                    name: s(),
+                    version: 1,
+                },
+                command: s(),
+                accepted: s(),
+            },
+            CommandError::WrongState {
+                instance: id,
+                command: s(),
+                state: s(),
+                allowed: s(),
+            },
+            CommandError::NotActive {
+                instance: id,
+                status: crate::model::InstanceStatus::Completed,
+                state: s(),
+            },
+            CommandError::RoleNotAllowed {
+                actor: s(),
+                action: s(),
+                held: s(),
+                required: s(),
+            },
+            CommandError::InvalidPayload { violations: vec![] },
+            CommandError::InvalidInput {
+                field: s(),
+                message: s(),
+            },
+            CommandError::PayloadTooLarge { size: 2, max: 1 },
+            CommandError::VersionMismatch {
+                instance: id,
+                expected: 1,
+                current: 2,
+            },
+            CommandError::Conflict {
+                instance: id,
+                current: 2,
+                attempts: 9,
+            },
+            CommandError::RequestIdReused {
+                request_id: s(),
+                original: s(),
+            },
+            CommandError::CounterLimit {
+                counter: s(),
+                key: s(),
+                limit: 1,
+            },
+            CommandError::DecisionRefused {
+                decider: s(),
+                command: s(),
+                code: s(),
+                message: s(),
+            },
+            CommandError::DecisionFailed {
+                decider: s(),
+                command: s(),
+                message: s(),
+                location: None,
+            },
+            CommandError::DecisionInvalid {
+                decider: s(),
+                command: s(),
+                message: s(),
+            },
+            CommandError::FeedHorizon {
+                after: 0,
+                earliest: 2,
+            },
+            CommandError::FeedBeyondHead { after: 2, head: 1 },
+            CommandError::TimerNotOpen {
+                instance: id,
+                timer: s(),
+            },
+            CommandError::UnknownJob(job),
+            CommandError::StaleLease { job, reason: s() },
+            CommandError::NotAnIncident {
+                job,
+                status: crate::job::JobStatus::Completed,
+            },
+            CommandError::RuleSetRefused { problems: vec![] },
+            CommandError::UnknownRuleSet(1),
+            CommandError::NoRuleSets,
+            CommandError::ShuttingDown,
+            CommandError::Store(StoreError::Io(s())),
+        ]
+    }
+
+    #[test]
+    fn codes_lists_every_variants_code_once() {
+        let codes: Vec<&str> = samples().iter().map(CommandError::code).collect();
+        assert_eq!(codes, CommandError::CODES);
+    }
 }

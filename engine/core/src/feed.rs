@@ -10,6 +10,9 @@
 //!
 //! # Event types
 //!
+//! [`EventType`] is the catalog: one variant per type, named as below on the wire and on
+//! disk (a test keeps this table and the enum in step).
+//!
 //! | type | subject | when | `data` |
 //! |---|---|---|---|
 //! | `switchyard.instance.started` | instance id | an instance was started (by a caller or a linked transition) | instance fields (below) |
@@ -43,6 +46,103 @@ use crate::error::CommandError;
 use crate::model::{ChangeKind, HistoryEntry, Instance};
 use crate::store::Store;
 
+/// The type of a feed event. Serialized as its dotted name (`switchyard.instance.started`);
+/// new types are added as variants, never renamed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EventType {
+    /// `switchyard.instance.started`: an instance was started.
+    #[serde(rename = "switchyard.instance.started")]
+    InstanceStarted,
+    /// `switchyard.instance.transitioned`: a command was applied.
+    #[serde(rename = "switchyard.instance.transitioned")]
+    InstanceTransitioned,
+    /// `switchyard.instance.cancelled`: an instance was cancelled.
+    #[serde(rename = "switchyard.instance.cancelled")]
+    InstanceCancelled,
+    /// `switchyard.instance.updated`: a linked instance's transition changed its data.
+    #[serde(rename = "switchyard.instance.updated")]
+    InstanceUpdated,
+    /// `switchyard.timer.fired`: a timer fell due.
+    #[serde(rename = "switchyard.timer.fired")]
+    TimerFired,
+    /// `switchyard.job.created`: a transition created a job.
+    #[serde(rename = "switchyard.job.created")]
+    JobCreated,
+    /// `switchyard.job.completed`: a worker completed a job.
+    #[serde(rename = "switchyard.job.completed")]
+    JobCompleted,
+    /// `switchyard.job.failed`: a worker reported a failure.
+    #[serde(rename = "switchyard.job.failed")]
+    JobFailed,
+    /// `switchyard.job.cancelled`: the job's instance was cancelled.
+    #[serde(rename = "switchyard.job.cancelled")]
+    JobCancelled,
+    /// `switchyard.incident.raised`: a job's retries ran out.
+    #[serde(rename = "switchyard.incident.raised")]
+    IncidentRaised,
+    /// `switchyard.incident.resolved`: an operator retried or cancelled an incident.
+    #[serde(rename = "switchyard.incident.resolved")]
+    IncidentResolved,
+}
+
+impl EventType {
+    /// Every type, in catalog order.
+    pub const ALL: &'static [EventType] = &[
+        EventType::InstanceStarted,
+        EventType::InstanceTransitioned,
+        EventType::InstanceCancelled,
+        EventType::InstanceUpdated,
+        EventType::TimerFired,
+        EventType::JobCreated,
+        EventType::JobCompleted,
+        EventType::JobFailed,
+        EventType::JobCancelled,
+        EventType::IncidentRaised,
+        EventType::IncidentResolved,
+    ];
+
+    /// The dotted name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::InstanceStarted => "switchyard.instance.started",
+            EventType::InstanceTransitioned => "switchyard.instance.transitioned",
+            EventType::InstanceCancelled => "switchyard.instance.cancelled",
+            EventType::InstanceUpdated => "switchyard.instance.updated",
+            EventType::TimerFired => "switchyard.timer.fired",
+            EventType::JobCreated => "switchyard.job.created",
+            EventType::JobCompleted => "switchyard.job.completed",
+            EventType::JobFailed => "switchyard.job.failed",
+            EventType::JobCancelled => "switchyard.job.cancelled",
+            EventType::IncidentRaised => "switchyard.incident.raised",
+            EventType::IncidentResolved => "switchyard.incident.resolved",
+        }
+    }
+
+    /// The type named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.iter().copied().find(|t| t.as_str() == name)
+    }
+}
+
+impl PartialEq<str> for EventType {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for EventType {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A committed event, CloudEvents-style.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FeedEvent {
@@ -55,7 +155,7 @@ pub struct FeedEvent {
     pub source: String,
     /// Event type, e.g. `switchyard.instance.transitioned`; see the module docs.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventType,
     /// What it is about: an instance id.
     pub subject: String,
     /// Commit time.
@@ -91,7 +191,7 @@ pub struct EventDraft {
     /// Source.
     pub source: String,
     /// Event type.
-    pub kind: String,
+    pub kind: EventType,
     /// Subject.
     pub subject: String,
     /// Time.
@@ -107,7 +207,7 @@ impl EventDraft {
             offset,
             id: format!("{}/{offset}", self.source),
             source: self.source.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind,
             subject: self.subject.clone(),
             time: self.time,
             data_json: serde_json::value::to_raw_value(&self.data).expect("JSON values serialize"),
@@ -118,14 +218,14 @@ impl EventDraft {
 /// The event for one history entry and the instance as it is after it.
 pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instance) -> EventDraft {
     let kind = match entry.kind {
-        ChangeKind::Started { .. } => "switchyard.instance.started",
-        ChangeKind::Command => "switchyard.instance.transitioned",
-        ChangeKind::Cancelled => "switchyard.instance.cancelled",
-        ChangeKind::LinkedUpdate { .. } => "switchyard.instance.updated",
+        ChangeKind::Started { .. } => EventType::InstanceStarted,
+        ChangeKind::Command => EventType::InstanceTransitioned,
+        ChangeKind::Cancelled => EventType::InstanceCancelled,
+        ChangeKind::LinkedUpdate { .. } => EventType::InstanceUpdated,
     };
     EventDraft {
         source: source.to_string(),
-        kind: kind.to_string(),
+        kind,
         subject: after.id.to_string(),
         time: entry.at,
         data: json!({
@@ -220,6 +320,28 @@ impl Subscription {
             if self.durable.changed().await.is_err() {
                 return Err(CommandError::ShuttingDown);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventType;
+
+    #[test]
+    fn the_catalog_in_the_docs_lists_every_event_type_and_nothing_else() {
+        let source = include_str!("feed.rs");
+        let documented: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! | `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        let catalog: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(documented, catalog);
+        for t in EventType::ALL {
+            let json = serde_json::to_string(t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(EventType::from_name(t.as_str()), Some(*t));
         }
     }
 }

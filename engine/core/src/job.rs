@@ -98,6 +98,156 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Job {
+    /// A new job of type `spec` for `instance`, available at once.
+    pub(crate) fn new(
+        spec: &crate::definition::JobDef,
+        instance: InstanceId,
+        payload: Value,
+        now: DateTime<Utc>,
+    ) -> Job {
+        Job {
+            id: JobId(Uuid::now_v7()),
+            job_type: spec.name.clone(),
+            instance,
+            payload,
+            status: JobStatus::Activatable,
+            failures: 0,
+            retries: spec.retries,
+            backoff_ms: spec.backoff.num_milliseconds().max(0) as u64,
+            available_at: now,
+            lease: None,
+            last_error: None,
+            complete_command: spec.complete.clone(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Whether the job still waits for a worker, is leased, or is an incident: what
+    /// cancelling its instance cancels.
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self.status,
+            JobStatus::Activatable | JobStatus::Leased | JobStatus::Incident
+        )
+    }
+
+    /// Every change: a new version, changed now.
+    fn changed(&mut self, now: DateTime<Utc>) {
+        self.version += 1;
+        self.updated_at = now;
+    }
+
+    /// Leases the job to `worker` until `expires_at`. Legal for a job that is waiting, or
+    /// leased with a lease that expired.
+    pub(crate) fn lease_to(&mut self, worker: &str, expires_at: DateTime<Utc>, now: DateTime<Utc>) {
+        assert!(
+            self.status == JobStatus::Activatable
+                || (self.status == JobStatus::Leased && self.available_at <= now),
+            "job {} cannot be leased while {:?}",
+            self.id,
+            self.status
+        );
+        self.status = JobStatus::Leased;
+        self.lease = Some(Lease {
+            id: Uuid::now_v7(),
+            worker: worker.to_string(),
+            expires_at,
+        });
+        self.available_at = expires_at;
+        self.changed(now);
+    }
+
+    /// Marks a leased job completed.
+    pub(crate) fn complete(&mut self, now: DateTime<Utc>) {
+        assert_eq!(
+            self.status,
+            JobStatus::Leased,
+            "job {} completed while not leased",
+            self.id
+        );
+        self.status = JobStatus::Completed;
+        self.lease = None;
+        self.changed(now);
+    }
+
+    /// Records a failed attempt of a leased job: available again at `retry_at`, or, when its
+    /// retries are used up, an incident. Returns whether it became an incident.
+    pub(crate) fn fail(
+        &mut self,
+        error: &str,
+        retry_in: Option<chrono::Duration>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        assert_eq!(
+            self.status,
+            JobStatus::Leased,
+            "job {} failed while not leased",
+            self.id
+        );
+        self.failures += 1;
+        self.lease = None;
+        self.last_error = Some(error.to_string());
+        self.changed(now);
+        if self.failures <= self.retries {
+            let delay = retry_in.unwrap_or_else(|| self.backoff());
+            self.status = JobStatus::Activatable;
+            self.available_at = now.checked_add_signed(delay).unwrap_or(now);
+            false
+        } else {
+            self.status = JobStatus::Incident;
+            self.available_at = now;
+            true
+        }
+    }
+
+    /// The delay before the next attempt: the backoff, doubled for each failure before the
+    /// last one.
+    fn backoff(&self) -> chrono::Duration {
+        let doublings = self.failures.saturating_sub(1).min(20);
+        let millis = self
+            .backoff_ms
+            .saturating_mul(1 << doublings)
+            .min(i64::MAX as u64);
+        chrono::Duration::milliseconds(millis as i64)
+    }
+
+    /// Resolves an incident: available again with `retries` more failures allowed, or
+    /// cancelled.
+    pub(crate) fn resolve(&mut self, action: IncidentAction, now: DateTime<Utc>) {
+        assert_eq!(
+            self.status,
+            JobStatus::Incident,
+            "job {} resolved while not an incident",
+            self.id
+        );
+        match action {
+            IncidentAction::Retry { retries } => {
+                self.status = JobStatus::Activatable;
+                self.available_at = now;
+                self.retries = self.failures.saturating_add(retries.max(1));
+            }
+            IncidentAction::Cancel => self.status = JobStatus::Cancelled,
+        }
+        self.changed(now);
+    }
+
+    /// Cancels an open job (its instance was cancelled).
+    pub(crate) fn cancel(&mut self, now: DateTime<Utc>) {
+        assert!(
+            self.is_open(),
+            "job {} cancelled while {:?}",
+            self.id,
+            self.status
+        );
+        self.status = JobStatus::Cancelled;
+        self.lease = None;
+        self.changed(now);
+    }
+}
+
 /// A job handed to a worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActivatedJob {
@@ -120,6 +270,7 @@ pub struct ActivatedJob {
 /// What an operator does with an incident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum IncidentAction {
     /// Make the job available again, allowing this many more failures.
     Retry {

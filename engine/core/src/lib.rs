@@ -36,24 +36,11 @@
 //! let engine = Engine::open(EngineConfig::in_memory(), definitions, deciders).await.unwrap();
 //! let agent = Actor::new("u-1", &["agent"]);
 //! let started = engine
-//!     .start(StartRequest {
-//!         definition: "ticket".into(),
-//!         business_key: "T-1".into(),
-//!         data: json!({}),
-//!         actor: agent.clone(),
-//!         request_id: "r-1".into(),
-//!     })
+//!     .start(StartRequest::new("ticket", agent.clone(), "r-1").business_key("T-1"))
 //!     .await
 //!     .unwrap();
 //! let closed = engine
-//!     .send(CommandRequest {
-//!         instance: started.instance,
-//!         command: "close".into(),
-//!         payload: json!({}),
-//!         actor: agent,
-//!         request_id: "r-2".into(),
-//!         expected_version: None,
-//!     })
+//!     .send(CommandRequest::new(started.instance, "close", agent, "r-2").payload(json!({})))
 //!     .await
 //!     .unwrap();
 //! assert_eq!(closed.state, "closed");
@@ -76,23 +63,28 @@ pub mod metrics;
 pub mod model;
 pub mod patch;
 pub mod rules;
+#[cfg(feature = "testing")]
 pub mod store;
+#[cfg(not(feature = "testing"))]
+mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
+    SourceLocation,
 };
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
-    ActivateJobs, CancelRequest, CommandRequest, Engine, EngineConfig, FailJob, ListRequest,
-    RuleSetInfo, StartRequest, StoreConfig,
+    ActivateJobs, CancelRequest, CommandRequest, DryRun, DryRunInput, Engine, EngineConfig,
+    FailJob, ListRequest, RuleSetInfo, StartRequest, StoreConfig,
 };
-pub use error::{CommandError, OpenError};
-pub use feed::{FeedEvent, Subscription};
+pub use error::{clip, CommandError, OpenError, RuleSetProblem};
+pub use feed::{EventType, FeedEvent, Subscription};
 pub use job::{ActivatedJob, IncidentAction, Job, JobId, JobStatus};
 pub use model::{
-    Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
-    Instance, InstanceId, InstanceStatus, OpenTimer,
+    roles, Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
+    Instance, InstanceId, InstanceStatus, OpenTimer, Provenance, ProvenanceInputs, RequestTarget,
 };
+pub use rules::backtest::{BacktestReport, ChangedDecision};
 pub use rules::{RuleLimits, RuleSet};
-pub use store::{Durability, Page, SledConfig};
+pub use store::{Durability, Page, SledConfig, StoreError, StoreStats};

@@ -41,6 +41,16 @@ impl FromStr for InstanceId {
     }
 }
 
+/// The role names the engine itself gives meaning to; every other role is the definitions'.
+pub mod roles {
+    /// Timers, job completions and integrations act as `system`.
+    pub const SYSTEM: &str = "system";
+    /// Resolves incidents and deploys rule sets.
+    pub const ADMIN: &str = "admin";
+    /// Deploys, activates, validates and dry-runs rule sets.
+    pub const ANALYST: &str = "analyst";
+}
+
 /// Who sends a command. Authentication happens outside the core (the gRPC layer maps
 /// credentials to an actor); the core only checks the roles against the definition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +94,7 @@ impl fmt::Display for DefinitionRef {
 /// Lifecycle of an instance, independent of the definition's own state names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum InstanceStatus {
     /// In a non-terminal state: commands may move it on.
     Active,
@@ -134,6 +145,79 @@ pub struct Instance {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Instance {
+    /// A new instance of `definition` in its initial state, version 1, without timers,
+    /// parent or rule set (the caller adds those it has).
+    pub(crate) fn new_started(
+        definition: &crate::definition::Definition,
+        business_key: &str,
+        data: Value,
+        now: DateTime<Utc>,
+    ) -> Instance {
+        Instance {
+            id: InstanceId::new(),
+            definition: DefinitionRef {
+                name: definition.name.clone(),
+                version: definition.version,
+            },
+            business_key: business_key.to_string(),
+            state: definition.initial.clone(),
+            status: InstanceStatus::Active,
+            data: if data.is_null() {
+                Value::Object(Default::default())
+            } else {
+                data
+            },
+            version: 1,
+            parent: None,
+            timers: Vec::new(),
+            rule_set: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Moves an active instance to `state` (completed if `terminal`), as version + 1.
+    pub(crate) fn transition(&mut self, state: &str, terminal: bool, now: DateTime<Utc>) {
+        assert_eq!(
+            self.status,
+            InstanceStatus::Active,
+            "instance {} moved while {}",
+            self.id,
+            self.status
+        );
+        self.state = state.to_string();
+        if terminal {
+            self.status = InstanceStatus::Completed;
+        }
+        self.version += 1;
+        self.updated_at = now;
+    }
+
+    /// Cancels an active instance, keeping its state; its timers go.
+    pub(crate) fn cancel(&mut self, now: DateTime<Utc>) {
+        assert_eq!(
+            self.status,
+            InstanceStatus::Active,
+            "instance {} cancelled while {}",
+            self.id,
+            self.status
+        );
+        self.status = InstanceStatus::Cancelled;
+        self.timers.clear();
+        self.version += 1;
+        self.updated_at = now;
+    }
+
+    /// Merges `changes` into the data of a linked instance last seen at version `seen`; its
+    /// state does not change.
+    pub(crate) fn update_data(&mut self, changes: &Value, seen: u64, now: DateTime<Utc>) {
+        crate::patch::apply_merge_patch(&mut self.data, changes);
+        self.version = seen + 1;
+        self.updated_at = now;
+    }
+}
+
 /// A timer waiting to fire on an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenTimer {
@@ -157,6 +241,7 @@ pub struct DueTimer {
 /// What kind of change a history entry records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
+#[non_exhaustive]
 pub enum ChangeKind {
     /// The instance was started (by a caller, or by a linked instance's transition).
     Started {
@@ -206,7 +291,126 @@ pub struct HistoryEntry {
     /// Which rule decided and from what: rule-set version, script, function, reference-data
     /// version, the full inputs and the outputs (`None` for Rust deciders and fixed moves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provenance: Option<Value>,
+    pub provenance: Option<Provenance>,
+}
+
+impl HistoryEntry {
+    /// The entry that records how `instance` (version 1) was started with `payload`.
+    pub(crate) fn started(
+        instance: &Instance,
+        actor: &Actor,
+        request_id: Option<&str>,
+        payload: &Value,
+        reason: String,
+        by: Option<InstanceId>,
+    ) -> HistoryEntry {
+        HistoryEntry {
+            instance: instance.id,
+            version: 1,
+            at: instance.created_at,
+            actor: actor.clone(),
+            request_id: request_id.map(str::to_string),
+            kind: ChangeKind::Started { by },
+            command: None,
+            payload: payload.clone(),
+            from_state: None,
+            to_state: instance.state.clone(),
+            decider: None,
+            reason,
+            changes: instance.data.clone(),
+            provenance: None,
+        }
+    }
+}
+
+/// Which rule decided, and from what: enough to answer "why" and to replay the decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Provenance {
+    /// The rule set's content version (a digest of every file).
+    pub rule_set: String,
+    /// The script file, relative to the rule set's root.
+    pub script: String,
+    /// The function that decided.
+    pub function: String,
+    /// The version of the reference data it read (a digest of the data files).
+    pub reference_data: String,
+    /// Everything the function was given.
+    pub inputs: ProvenanceInputs,
+    /// Everything it returned.
+    pub outputs: Value,
+}
+
+impl Provenance {
+    /// The decider's name, `script::function` (the script file's stem).
+    pub fn decider(&self) -> String {
+        let stem = std::path::Path::new(&self.script)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{stem}::{}", self.function)
+    }
+}
+
+/// The inputs a rule function was given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ProvenanceInputs {
+    /// The instance map.
+    pub instance: Value,
+    /// The payload.
+    pub payload: Value,
+    /// The actor map (`id`, `roles`).
+    pub actor: Value,
+    /// The engine clock's time.
+    pub now: DateTime<Utc>,
+}
+
+/// What a request acted on; kept with its request record, so that a retry is matched to the
+/// request it repeats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestTarget {
+    /// Started an instance of `definition`.
+    Start {
+        /// The definition name.
+        definition: String,
+    },
+    /// Sent `command` to `instance`.
+    Command {
+        /// The instance.
+        instance: InstanceId,
+        /// The command.
+        command: String,
+    },
+    /// Cancelled `instance`.
+    Cancel {
+        /// The instance.
+        instance: InstanceId,
+    },
+}
+
+impl RequestTarget {
+    /// The name the metrics count the request under (`$start`, `$cancel` or the command).
+    pub fn metric_label(&self) -> &str {
+        match self {
+            RequestTarget::Start { .. } => "$start",
+            RequestTarget::Command { command, .. } => command,
+            RequestTarget::Cancel { .. } => "$cancel",
+        }
+    }
+}
+
+impl fmt::Display for RequestTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestTarget::Start { definition } => write!(f, "`$start` on start:{definition}"),
+            RequestTarget::Command { instance, command } => {
+                write!(f, "`{command}` on instance:{instance}")
+            }
+            RequestTarget::Cancel { instance } => write!(f, "`$cancel` on instance:{instance}"),
+        }
+    }
 }
 
 /// A number drawn from a named counter in a commit.
@@ -223,6 +427,7 @@ pub struct CounterValue {
 /// What a successful command (or start, or cancel) returns. A retry with the same request id
 /// returns this exact value again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CommandOutcome {
     /// The instance the command acted on (or started).
     pub instance: InstanceId,
@@ -238,4 +443,19 @@ pub struct CommandOutcome {
     pub started: Vec<InstanceId>,
     /// Counter values drawn in this commit.
     pub counters: Vec<CounterValue>,
+}
+
+impl CommandOutcome {
+    /// The outcome of a change that left the instance as `after`.
+    pub fn of(after: &Instance, reason: String) -> CommandOutcome {
+        CommandOutcome {
+            instance: after.id,
+            version: after.version,
+            state: after.state.clone(),
+            status: after.status,
+            reason,
+            started: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
 }

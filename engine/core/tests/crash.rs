@@ -186,10 +186,7 @@ fn every_acknowledged_command_survives_sigkill_exactly_once() {
             let total_versions: u64 = {
                 let mut total = 0;
                 let page = engine
-                    .list(ListRequest {
-                        page_size: 1000,
-                        ..Default::default()
-                    })
+                    .list(ListRequest::new().page_size(1000))
                     .await
                     .unwrap();
                 for i in page.items {

@@ -148,22 +148,17 @@ async fn roles_are_enforced_and_refusals_write_nothing() {
 
     let nobody = Actor::new("x", &[]);
     let err = engine
-        .start(StartRequest {
-            actor: nobody,
-            ..start_order("O-x", "1.00", "s-x")
+        .start({
+            let mut r = start_order("O-x", "1.00", "s-x");
+            r.actor = nobody;
+            r
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ROLE_NOT_ALLOWED");
     assert!(err.to_string().contains("may not start order v1"), "{err}");
     let err = engine
-        .cancel(CancelRequest {
-            instance: id,
-            reason: "no".into(),
-            actor: rep(),
-            request_id: "x-1".into(),
-            expected_version: None,
-        })
+        .cancel(CancelRequest::new(id, rep(), "x-1").reason("no"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), "ROLE_NOT_ALLOWED");
@@ -205,9 +200,10 @@ async fn wrong_state_unknown_command_and_unknown_instance_are_refused() {
         .unwrap_err();
     assert_eq!(err.to_string(), format!("instance {ghost} does not exist"));
     let err = engine
-        .start(StartRequest {
-            definition: "invoice".into(),
-            ..start_order("I", "1.00", "s-4")
+        .start({
+            let mut r = start_order("I", "1.00", "s-4");
+            r.definition = "invoice".into();
+            r
         })
         .await
         .unwrap_err();
@@ -224,9 +220,10 @@ async fn payloads_are_checked_field_by_field() {
         let engine = engine.clone();
         async move {
             let err = engine
-                .start(StartRequest {
-                    data,
-                    ..start_order("O", "1.00", "bad-start")
+                .start({
+                    let mut r = start_order("O", "1.00", "bad-start");
+                    r.data = data;
+                    r
                 })
                 .await
                 .unwrap_err();
@@ -433,11 +430,7 @@ async fn a_retried_request_is_applied_once_and_returns_the_original_result() {
     assert_eq!(a, b);
     assert_eq!(
         engine
-            .list(ListRequest {
-                definition: Some("order".into()),
-                business_key: Some("O-9".into()),
-                ..Default::default()
-            })
+            .list(ListRequest::new().definition("order").business_key("O-9"))
             .await
             .unwrap()
             .items
@@ -517,14 +510,8 @@ async fn two_writers_on_one_instance_cannot_both_win() {
     let a = command(id, "note", json!({"text": "a"}), rep(), "w-a");
     let b = command(id, "note", json!({"text": "b"}), rep(), "w-b");
     let (ra, rb) = tokio::join!(
-        engine.send(CommandRequest {
-            expected_version: Some(1),
-            ..a
-        }),
-        engine.send(CommandRequest {
-            expected_version: Some(1),
-            ..b
-        })
+        engine.send(a.expected_version(Some(1))),
+        engine.send(b.expected_version(Some(1)))
     );
     let (won, lost) = match (ra, rb) {
         (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
@@ -738,13 +725,7 @@ async fn cancel_and_completion_end_an_instance() {
     let engine = memory_engine().await;
     let id = started(&engine, "O-16", "1.00").await;
     let admin = Actor::new("ops", &["admin"]);
-    let cancel = CancelRequest {
-        instance: id,
-        reason: "duplicate order".into(),
-        actor: admin.clone(),
-        request_id: "x-16".into(),
-        expected_version: None,
-    };
+    let cancel = CancelRequest::new(id, admin.clone(), "x-16").reason("duplicate order");
     let out = engine.cancel(cancel.clone()).await.unwrap();
     assert_eq!(out.status, InstanceStatus::Cancelled);
     assert_eq!(out.state, "created");
@@ -819,14 +800,13 @@ async fn lists_filter_by_definition_state_and_business_key_with_pages() {
         .await
         .unwrap();
 
-    let page =
-        |state: Option<&str>, key: Option<&str>, size: usize, token: Option<String>| ListRequest {
-            definition: Some("order".into()),
-            state: state.map(Into::into),
-            business_key: key.map(Into::into),
-            page_size: size,
-            page_token: token,
-        };
+    let page = |state: Option<&str>, key: Option<&str>, size: usize, token: Option<String>| {
+        let mut r = ListRequest::new().definition("order").page_size(size);
+        r.state = state.map(Into::into);
+        r.business_key = key.map(Into::into);
+        r.page_token = token;
+        r
+    };
     let first = engine.list(page(None, None, 4, None)).await.unwrap();
     assert_eq!(first.items.len(), 4);
     let second = engine
@@ -892,10 +872,7 @@ async fn lists_filter_by_definition_state_and_business_key_with_pages() {
         .iter()
         .all(|i| i.state == "created" && i.business_key == "EVEN"));
     let shipments = engine
-        .list(ListRequest {
-            definition: Some("shipment".into()),
-            ..Default::default()
-        })
+        .list(ListRequest::new().definition("shipment"))
         .await
         .unwrap();
     assert_eq!(shipments.items.len(), 1);
@@ -914,10 +891,7 @@ async fn lists_filter_by_definition_state_and_business_key_with_pages() {
         "field `page_token`: `nope` is not a page token returned by a previous page"
     );
     let err = engine
-        .list(ListRequest {
-            state: Some("created".into()),
-            ..Default::default()
-        })
+        .list(ListRequest::new().state("created"))
         .await
         .unwrap_err();
     assert_eq!(

@@ -65,46 +65,40 @@ async fn engine(clock: Arc<ManualClock>) -> Engine {
 
 async fn submitted(engine: &Engine, key: &str) -> InstanceId {
     let id = engine
-        .start(StartRequest {
-            definition: "order".into(),
-            business_key: key.into(),
-            data: json!({}),
-            actor: Actor::new("rep", &["sales_rep"]),
-            request_id: format!("start-{key}"),
-        })
+        .start(
+            StartRequest::new(
+                "order",
+                Actor::new("rep", &["sales_rep"]),
+                format!("start-{key}"),
+            )
+            .business_key(key),
+        )
         .await
         .unwrap()
         .instance;
     engine
-        .send(CommandRequest {
-            instance: id,
-            command: "submit".into(),
-            payload: json!({}),
-            actor: Actor::new("rep", &["sales_rep"]),
-            request_id: format!("submit-{key}"),
-            expected_version: None,
-        })
+        .send(CommandRequest::new(
+            id,
+            "submit",
+            Actor::new("rep", &["sales_rep"]),
+            format!("submit-{key}"),
+        ))
         .await
         .unwrap();
     id
 }
 
 fn activate(lease_secs: u64) -> ActivateJobs {
-    ActivateJobs {
-        job_type: "reserve_stock".into(),
-        worker: "wms-1".into(),
-        max_jobs: 10,
-        lease: StdDuration::from_secs(lease_secs),
-    }
+    ActivateJobs::new(
+        "reserve_stock",
+        "wms-1",
+        10,
+        StdDuration::from_secs(lease_secs),
+    )
 }
 
 fn fail(job: &ActivatedJob, error: &str) -> FailJob {
-    FailJob {
-        job: job.id,
-        lease: job.lease,
-        error: error.into(),
-        retry_in: None,
-    }
+    FailJob::new(job.id, job.lease, error)
 }
 
 #[tokio::test]
@@ -153,7 +147,7 @@ async fn a_completed_job_becomes_its_completion_command_in_the_same_commit() {
     let mut sub = engine.subscribe(0).unwrap();
     let mut kinds = Vec::new();
     for _ in 0..5 {
-        kinds.push(sub.next().await.unwrap().kind);
+        kinds.push(sub.next().await.unwrap().kind.to_string());
     }
     assert_eq!(
         kinds,
@@ -292,7 +286,7 @@ async fn failures_retry_with_backoff_then_raise_an_incident_an_operator_resolves
     let mut sub = engine.subscribe(0).unwrap();
     let mut kinds = Vec::new();
     for _ in 0..10 {
-        kinds.push(sub.next().await.unwrap().kind);
+        kinds.push(sub.next().await.unwrap().kind.to_string());
     }
     assert!(
         kinds.contains(&"switchyard.incident.raised".to_string()),
@@ -305,7 +299,7 @@ async fn failures_retry_with_backoff_then_raise_an_incident_an_operator_resolves
     assert_eq!(
         kinds
             .iter()
-            .filter(|k| *k == "switchyard.job.failed")
+            .filter(|k| k.as_str() == "switchyard.job.failed")
             .count(),
         3
     );
@@ -318,13 +312,10 @@ async fn cancelling_the_instance_cancels_its_open_jobs() {
     let id = submitted(&engine, "O-4").await;
     let leased = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
     engine
-        .cancel(CancelRequest {
-            instance: id,
-            reason: "customer withdrew".into(),
-            actor: Actor::new("ops", &["admin"]),
-            request_id: "x-4".into(),
-            expected_version: None,
-        })
+        .cancel(
+            CancelRequest::new(id, Actor::new("ops", &["admin"]), "x-4")
+                .reason("customer withdrew"),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -344,9 +335,10 @@ async fn cancelling_the_instance_cancels_its_open_jobs() {
 async fn activation_requests_are_checked() {
     let engine = engine(Arc::new(ManualClock::new(t0()))).await;
     let err = engine
-        .activate_jobs(ActivateJobs {
-            max_jobs: 0,
-            ..activate(30)
+        .activate_jobs({
+            let mut a = activate(30);
+            a.max_jobs = 0;
+            a
         })
         .await
         .unwrap_err();

@@ -58,13 +58,11 @@ impl World {
         let mut data = data;
         data["valid_until"] = json!("2026-05-15");
         self.engine
-            .start(StartRequest {
-                definition: "quote".into(),
-                business_key: key.into(),
-                data,
-                actor: who("ana:sales_rep"),
-                request_id: format!("start-{key}"),
-            })
+            .start(
+                StartRequest::new("quote", who("ana:sales_rep"), format!("start-{key}"))
+                    .business_key(key)
+                    .data(data),
+            )
             .await
             .unwrap()
             .instance
@@ -82,14 +80,7 @@ impl World {
             self.engine.get(id).await.unwrap().version
         );
         self.engine
-            .send(CommandRequest {
-                instance: id,
-                command: command.into(),
-                payload,
-                actor: who(actor),
-                request_id: rid,
-                expected_version: None,
-            })
+            .send(CommandRequest::new(id, command, who(actor), rid).payload(payload))
             .await
     }
 
@@ -275,13 +266,11 @@ async fn a_lead_is_qualified_and_its_quotes_are_linked_to_it() {
     let w = memory_world(&[]).await;
     let e = &w.engine;
     let lead = e
-        .start(StartRequest {
-            definition: "lead".into(),
-            business_key: "L-1".into(),
-            data: json!({ "company": "ACME GmbH", "source": "event" }),
-            actor: who("ana:sales_rep"),
-            request_id: "lead-1".into(),
-        })
+        .start(
+            StartRequest::new("lead", who("ana:sales_rep"), "lead-1")
+                .business_key("L-1")
+                .data(json!({ "company": "ACME GmbH", "source": "event" })),
+        )
         .await
         .unwrap()
         .instance;

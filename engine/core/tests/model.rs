@@ -77,20 +77,12 @@ async fn check_store_matches(engine: &Engine, model: &Model) {
         );
     }
     let listed = engine
-        .list(ListRequest {
-            definition: Some("order".into()),
-            page_size: 1000,
-            ..Default::default()
-        })
+        .list(ListRequest::new().definition("order").page_size(1000))
         .await
         .unwrap();
     assert_eq!(listed.items.len(), model.orders.len());
     let shipments = engine
-        .list(ListRequest {
-            definition: Some("shipment".into()),
-            page_size: 1000,
-            ..Default::default()
-        })
+        .list(ListRequest::new().definition("shipment").page_size(1000))
         .await
         .unwrap();
     assert_eq!(shipments.items.len(), model.shipments);
@@ -147,13 +139,10 @@ fn run(ops: Vec<Op>) {
                         Op::Confirm(_) => {
                             Request::Send(command(id, "confirm", json!({}), rep(), &rid))
                         }
-                        _ => Request::Cancel(CancelRequest {
-                            instance: id,
-                            reason: "test".into(),
-                            actor: Actor::new("ops", &["admin"]),
-                            request_id: rid.clone(),
-                            expected_version: None,
-                        }),
+                        _ => Request::Cancel(
+                            CancelRequest::new(id, Actor::new("ops", &["admin"]), rid.clone())
+                                .reason("test"),
+                        ),
                     };
                     let result = execute(&engine, &request).await;
                     let mut next = m.clone();

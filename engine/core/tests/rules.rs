@@ -68,7 +68,8 @@ fn eval_error_with(script: &str, limits: RuleLimits) -> String {
     let message = rules
         .evaluate("deal::decide", &input(json!({})))
         .unwrap_err()
-        .message;
+        .message()
+        .to_string();
     message.replace(&dir.path().display().to_string(), "RULES")
 }
 
@@ -266,7 +267,8 @@ fn decide(instance, payload, actor) {
             &input(json!({ "big": "12,5", "small": "0" })),
         )
         .unwrap_err()
-        .message;
+        .message()
+        .to_string();
     assert!(err.contains("decimal(\"12,5\"): not a decimal"), "{err}");
 }
 
@@ -291,7 +293,8 @@ fn time_comes_from_the_engine_clock() {
         .unwrap()
         .evaluate("deal::decide", &input(json!({})))
         .unwrap_err()
-        .message;
+        .message()
+        .to_string();
     assert!(
         err.contains("Function not found: timestamp"),
         "the real clock is out of reach: {err}"
@@ -321,21 +324,12 @@ fn decide(instance, payload, actor) {
         .await
         .unwrap();
     let rep = Actor::new("rep", &["sales_rep"]);
-    let start = |key: &str, amount: &str| StartRequest {
-        definition: "deal".into(),
-        business_key: key.into(),
-        data: json!({ "amount": amount }),
-        actor: rep.clone(),
-        request_id: format!("s-{key}"),
+    let start = |key: &str, amount: &str| {
+        StartRequest::new("deal", rep.clone(), format!("s-{key}"))
+            .business_key(key)
+            .data(json!({ "amount": amount }))
     };
-    let send = |id, rid: &str| CommandRequest {
-        instance: id,
-        command: "decide".into(),
-        payload: json!({}),
-        actor: rep.clone(),
-        request_id: rid.into(),
-        expected_version: None,
-    };
+    let send = |id, rid: &str| CommandRequest::new(id, "decide", rep.clone(), rid);
 
     let id = engine.start(start("D-1", "16.99")).await.unwrap().instance;
     let out = engine.send(send(id, "d-1")).await.unwrap();
@@ -343,9 +337,12 @@ fn decide(instance, payload, actor) {
     assert_eq!(out.reason, "amount 16.99 ≤ 1000 → closed with fee 1.40");
     assert_eq!(engine.get(id).await.unwrap().data["fee"], "1.40");
     let entry = engine.history(id, 1, 1).await.unwrap().remove(0);
-    let p = entry
-        .provenance
-        .expect("a rule decision records its provenance");
+    let p = serde_json::to_value(
+        entry
+            .provenance
+            .expect("a rule decision records its provenance"),
+    )
+    .unwrap();
     assert_eq!(p["rule_set"], version.as_str());
     assert!(p["script"].as_str().unwrap().ends_with("scripts/deal.rhai"));
     assert_eq!(p["function"], "decide");

@@ -52,35 +52,21 @@ fn analyst() -> Actor {
 async fn submit(engine: &Engine, key: &str, sku: &str) -> (String, String) {
     let rep = Actor::new("ana", &["sales_rep"]);
     let id = engine
-        .start(StartRequest {
-            definition: "quote".into(),
-            business_key: key.into(),
-            data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": sku, "quantity": 1 }] }),
-            actor: rep.clone(),
-            request_id: format!("s-{key}"),
-        })
+        .start(StartRequest::new("quote", rep.clone(), format!("s-{key}")).business_key(key).data(json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": sku, "quantity": 1 }] })))
         .await
         .unwrap()
         .instance;
     let out = engine
-        .send(CommandRequest {
-            instance: id,
-            command: "submit".into(),
-            payload: json!({}),
-            actor: rep,
-            request_id: format!("submit-{key}"),
-            expected_version: None,
-        })
+        .send(CommandRequest::new(
+            id,
+            "submit",
+            rep,
+            format!("submit-{key}"),
+        ))
         .await
         .unwrap();
     let h = engine.history(id, 1, 1).await.unwrap().remove(0);
-    (
-        out.state,
-        h.provenance.unwrap()["rule_set"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    )
+    (out.state, h.provenance.unwrap().rule_set)
 }
 
 #[tokio::test]
@@ -198,7 +184,7 @@ async fn activation_is_refused_while_live_instances_need_what_the_version_lacks(
     let engine = open(store.path(), &shipped()).await;
     let rep = Actor::new("ana", &["sales_rep"]);
     let id = engine
-        .start(StartRequest { definition: "quote".into(), business_key: "Q-L".into(), data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] }), actor: rep, request_id: "s-live".into() })
+        .start(StartRequest::new("quote", rep, "s-live").business_key("Q-L").data(json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] })))
         .await
         .unwrap()
         .instance;
@@ -320,7 +306,7 @@ async fn a_definition_may_keep_its_decisions_on_the_version_it_started_under() {
     let engine = open(store.path(), v1.path()).await;
     let rep = Actor::new("ana", &["sales_rep"]);
     let old = engine
-        .start(StartRequest { definition: "quote".into(), business_key: "OLD".into(), data: json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] }), actor: rep.clone(), request_id: "s-old".into() })
+        .start(StartRequest::new("quote", rep.clone(), "s-old").business_key("OLD").data(json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] })))
         .await
         .unwrap()
         .instance;
@@ -328,14 +314,7 @@ async fn a_definition_may_keep_its_decisions_on_the_version_it_started_under() {
     engine.deploy_rules(v2.path(), &analyst()).await.unwrap();
     // Started under #1: decided by #1's rules although #2 is active.
     let out = engine
-        .send(CommandRequest {
-            instance: old,
-            command: "submit".into(),
-            payload: json!({}),
-            actor: rep,
-            request_id: "submit-old".into(),
-            expected_version: None,
-        })
+        .send(CommandRequest::new(old, "submit", rep, "submit-old"))
         .await
         .unwrap();
     assert_eq!(out.state, "pending_approval");

@@ -69,7 +69,7 @@ fn write(i: Instance, expected: Option<u64>) -> Commit {
 fn event(i: &Instance) -> switchyard_core::feed::EventDraft {
     switchyard_core::feed::EventDraft {
         source: "test".into(),
-        kind: "switchyard.instance.transitioned".into(),
+        kind: EventType::InstanceTransitioned,
         subject: i.id.to_string(),
         time: i.updated_at,
         data: json!({ "data": i.data, "version": i.version }),
@@ -79,18 +79,12 @@ fn event(i: &Instance) -> switchyard_core::feed::EventDraft {
 fn request(id: &str, outcome_instance: InstanceId, at: DateTime<Utc>) -> RequestRecord {
     RequestRecord {
         request_id: id.into(),
-        target: format!("instance:{outcome_instance}"),
-        command: "c".into(),
-        payload_digest: "0".repeat(64),
-        outcome: CommandOutcome {
+        target: RequestTarget::Command {
             instance: outcome_instance,
-            version: 1,
-            state: "created".into(),
-            status: InstanceStatus::Active,
-            reason: "r".into(),
-            started: vec![],
-            counters: vec![],
+            command: "c".into(),
         },
+        payload_digest: "0".repeat(64),
+        outcome: CommandOutcome::of(&instance(outcome_instance, 1, "created", ""), "r".into()),
         recorded_at: at,
         expires_at: at + Duration::days(7),
     }

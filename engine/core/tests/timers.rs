@@ -88,13 +88,11 @@ async fn start(
     rid: &str,
 ) -> Result<CommandOutcome, CommandError> {
     engine
-        .start(StartRequest {
-            definition: "approval".into(),
-            business_key: rid.into(),
-            data,
-            actor: Actor::new("rep", &["sales_rep"]),
-            request_id: rid.into(),
-        })
+        .start(
+            StartRequest::new("approval", Actor::new("rep", &["sales_rep"]), rid)
+                .business_key(rid)
+                .data(data),
+        )
         .await
 }
 
@@ -171,14 +169,12 @@ async fn leaving_the_state_cancels_its_timers() {
         .unwrap()
         .instance;
     engine
-        .send(CommandRequest {
-            instance: id,
-            command: "approve".into(),
-            payload: json!({}),
-            actor: Actor::new("mgr", &["sales_manager"]),
-            request_id: "c-2".into(),
-            expected_version: None,
-        })
+        .send(CommandRequest::new(
+            id,
+            "approve",
+            Actor::new("mgr", &["sales_manager"]),
+            "c-2",
+        ))
         .await
         .unwrap();
     let now = engine.get(id).await.unwrap();
@@ -257,14 +253,12 @@ async fn a_timer_from_a_data_field_needs_the_field() {
     let engine = engine(clock, StoreConfig::Memory).await;
     let id = start(&engine, json!({}), "d-1").await.unwrap().instance;
     let err = engine
-        .send(CommandRequest {
-            instance: id,
-            command: "approve".into(),
-            payload: json!({}),
-            actor: Actor::new("mgr", &["sales_manager"]),
-            request_id: "d-2".into(),
-            expected_version: None,
-        })
+        .send(CommandRequest::new(
+            id,
+            "approve",
+            Actor::new("mgr", &["sales_manager"]),
+            "d-2",
+        ))
         .await
         .unwrap_err();
     assert_eq!(

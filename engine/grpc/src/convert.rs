@@ -36,6 +36,7 @@ fn status(s: InstanceStatus) -> i32 {
         InstanceStatus::Active => pb::InstanceStatus::Active,
         InstanceStatus::Completed => pb::InstanceStatus::Completed,
         InstanceStatus::Cancelled => pb::InstanceStatus::Cancelled,
+        _ => pb::InstanceStatus::Unspecified,
     }
     .into()
 }
@@ -96,6 +97,7 @@ pub(crate) fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
         ChangeKind::Command => (pb::ChangeKind::Command, None),
         ChangeKind::Cancelled => (pb::ChangeKind::Cancelled, None),
         ChangeKind::LinkedUpdate { by } => (pb::ChangeKind::LinkedUpdate, Some(*by)),
+        _ => (pb::ChangeKind::Unspecified, None),
     };
     pb::HistoryEntry {
         version: e.version,
@@ -114,7 +116,11 @@ pub(crate) fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
         decider: e.decider.clone().unwrap_or_default(),
         reason: e.reason.clone(),
         changes_json: json_text(&e.changes),
-        provenance_json: e.provenance.as_ref().map(json_text).unwrap_or_default(),
+        provenance_json: e
+            .provenance
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("provenance serializes"))
+            .unwrap_or_default(),
     }
 }
 

@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use switchyard_core::rules::DecisionInput;
 use switchyard_core::{
-    CancelRequest, CommandError, CommandRequest, Engine, ListRequest, StartRequest,
+    CancelRequest, CommandError, CommandRequest, DryRunInput, Engine, ListRequest, StartRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::auth::actor_of;
 use crate::convert;
 use crate::pb;
-use crate::status::{bad_request, not_found, split_problem, to_status, Wire};
+use crate::status::{bad_request, not_found, to_status, Wire};
 
 type Answer<T> = Result<Response<T>, Status>;
 
@@ -106,13 +105,11 @@ impl pb::instance_service_server::InstanceService for Services {
                 let data = convert::json_object("data_json", &r.data_json)?;
                 let outcome = self
                     .engine
-                    .start(StartRequest {
-                        definition: r.definition,
-                        business_key: r.business_key,
-                        data,
-                        actor,
-                        request_id: r.request_id,
-                    })
+                    .start(
+                        StartRequest::new(r.definition, actor, r.request_id)
+                            .business_key(r.business_key)
+                            .data(data),
+                    )
                     .await
                     .map_err(engine_error(Wire::START))?;
                 Ok(Response::new(pb::StartInstanceResponse {
@@ -138,14 +135,11 @@ impl pb::instance_service_server::InstanceService for Services {
                 let payload = convert::json_object("payload_json", &r.payload_json)?;
                 let outcome = self
                     .engine
-                    .send(CommandRequest {
-                        instance,
-                        command: r.command,
-                        payload,
-                        actor,
-                        request_id: r.request_id,
-                        expected_version: r.expected_version,
-                    })
+                    .send(
+                        CommandRequest::new(instance, r.command, actor, r.request_id)
+                            .payload(payload)
+                            .expected_version(r.expected_version),
+                    )
                     .await
                     .map_err(engine_error(Wire::COMMAND))?;
                 Ok(Response::new(pb::SendCommandResponse {
@@ -190,12 +184,14 @@ impl pb::instance_service_server::InstanceService for Services {
                 let some = |s: String| (!s.is_empty()).then_some(s);
                 let page = self
                     .engine
-                    .list(ListRequest {
-                        definition: some(r.definition),
-                        state: some(r.state),
-                        business_key: some(r.business_key),
-                        page_size: convert::page_size(r.page_size)?,
-                        page_token: some(r.page_token),
+                    .list({
+                        let mut list =
+                            ListRequest::new().page_size(convert::page_size(r.page_size)?);
+                        list.definition = some(r.definition);
+                        list.state = some(r.state);
+                        list.business_key = some(r.business_key);
+                        list.page_token = some(r.page_token);
+                        list
                     })
                     .await
                     .map_err(engine_error(Wire::NONE))?;
@@ -243,16 +239,13 @@ impl pb::instance_service_server::InstanceService for Services {
                 let r = request.into_inner();
                 required("request_id", &r.request_id)?;
                 let instance = convert::instance_id("instance_id", &r.instance_id)?;
-                required("reason", &r.reason)?;
                 let outcome = self
                     .engine
-                    .cancel(CancelRequest {
-                        instance,
-                        reason: r.reason,
-                        actor,
-                        request_id: r.request_id,
-                        expected_version: r.expected_version,
-                    })
+                    .cancel(
+                        CancelRequest::new(instance, actor, r.request_id)
+                            .reason(r.reason)
+                            .expected_version(r.expected_version),
+                    )
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::CancelInstanceResponse {
@@ -392,15 +385,11 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                             version: String::new(),
                             problems: problems
                                 .iter()
-                                .map(|p| {
-                                    let (place, message) = split_problem(p);
-                                    let (file, line, column) = place.unwrap_or_default();
-                                    pb::RuleSetProblem {
-                                        file,
-                                        line,
-                                        column,
-                                        message,
-                                    }
+                                .map(|p| pb::RuleSetProblem {
+                                    file: p.file.clone(),
+                                    line: u32::try_from(p.line).unwrap_or(u32::MAX),
+                                    column: u32::try_from(p.column).unwrap_or(u32::MAX),
+                                    message: p.message.clone(),
                                 })
                                 .collect(),
                         }))
@@ -503,39 +492,22 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                         ),
                     ));
                 }
-                let instance = if r.instance_id.is_empty() {
-                    convert::json_object("instance_json", &r.instance_json)?
+                let input = if r.instance_id.is_empty() {
+                    DryRunInput::Sample(convert::json_object("instance_json", &r.instance_json)?)
                 } else {
-                    let id = convert::instance_id("instance_id", &r.instance_id)?;
-                    let live = self
-                        .engine
-                        .get(id)
-                        .await
-                        .map_err(engine_error(Wire::NONE))?;
-                    let parent = match live.parent {
-                        Some(p) => {
-                            Some(self.engine.get(p).await.map_err(engine_error(Wire::NONE))?)
-                        }
-                        None => None,
-                    };
-                    switchyard_core::rules::instance_value(&live, parent.as_ref())
+                    DryRunInput::Instance(convert::instance_id("instance_id", &r.instance_id)?)
                 };
                 let payload = convert::json_object("payload_json", &r.payload_json)?;
                 let now = match &r.now {
-                    Some(t) => convert::from_timestamp("now", t)?,
-                    None => chrono::Utc::now(),
-                };
-                let input = DecisionInput {
-                    instance,
-                    payload,
-                    actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
-                    now,
+                    Some(t) => Some(convert::from_timestamp("now", t)?),
+                    None => None,
                 };
                 let number = (r.rule_set != 0).then_some(r.rule_set);
                 let started = std::time::Instant::now();
-                let (used, decision, outputs) = self
+                let run = self
                     .engine
-                    .evaluate_rule(number, &r.decider, &input)
+                    .dry_run(number, &r.decider, input, payload, &actor, now)
+                    .await
                     .map_err(|e| match e {
                         CommandError::UnknownRuleSet(n) => not_found(
                             "UNKNOWN_RULE_SET",
@@ -546,12 +518,12 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                     })?;
                 let elapsed = started.elapsed();
                 Ok(Response::new(pb::EvaluateRuleResponse {
-                    next_state: decision.next_state,
-                    reason: decision.reason,
-                    changes_json: serde_json::to_string(&decision.changes)
+                    next_state: run.decision.next_state,
+                    reason: run.decision.reason,
+                    changes_json: serde_json::to_string(&run.decision.changes)
                         .expect("JSON serializes"),
-                    outputs_json: serde_json::to_string(&outputs).expect("JSON serializes"),
-                    rule_set: used,
+                    outputs_json: serde_json::to_string(&run.outputs).expect("JSON serializes"),
+                    rule_set: run.rule_set,
                     elapsed_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
                 }))
             }

@@ -72,24 +72,6 @@ fn meta(pairs: &[(&str, String)]) -> HashMap<String, String> {
         .collect()
 }
 
-/// Splits a rule-set problem `file:line:col: message` into its place and message.
-pub(crate) fn split_problem(problem: &str) -> (Option<(String, u32, u32)>, String) {
-    let first_line = problem.lines().next().unwrap_or_default();
-    let mut parts = first_line.splitn(4, ':');
-    if let (Some(file), Some(line), Some(col), Some(rest)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    {
-        if let (Ok(line), Ok(col)) = (line.trim().parse(), col.trim().parse()) {
-            let rest_of_problem = problem[first_line.len()..].to_string();
-            return (
-                Some((file.to_string(), line, col)),
-                format!("{}{}", rest.trim_start(), rest_of_problem),
-            );
-        }
-    }
-    (None, problem.to_string())
-}
-
 /// Longest status message: gRPC carries it in a header (percent-encoded), and HTTP/2 peers
 /// refuse header blocks beyond 16 KiB by default.
 const MESSAGE_BYTES_MAX: usize = 1024;
@@ -110,6 +92,37 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// The canonical code for each of the engine's stable reasons ([`CommandError::CODES`]); a
+/// test checks that every reason has one, so no caller mistake turns into INTERNAL.
+fn code_for(reason: &str) -> Option<Code> {
+    Some(match reason {
+        "UNKNOWN_DEFINITION" | "UNKNOWN_INSTANCE" | "UNKNOWN_JOB" | "UNKNOWN_RULE_SET" => {
+            Code::NotFound
+        }
+        "UNKNOWN_COMMAND" | "INVALID_PAYLOAD" | "INVALID_INPUT" | "PAYLOAD_TOO_LARGE" => {
+            Code::InvalidArgument
+        }
+        "DEFINITION_NOT_LOADED"
+        | "WRONG_STATE"
+        | "NOT_ACTIVE"
+        | "COUNTER_LIMIT"
+        | "DECISION_REFUSED"
+        | "DECISION_FAILED"
+        | "DECISION_INVALID"
+        | "TIMER_NOT_OPEN"
+        | "STALE_LEASE"
+        | "NOT_AN_INCIDENT"
+        | "RULE_SET_REFUSED"
+        | "NO_RULE_SETS" => Code::FailedPrecondition,
+        "ROLE_NOT_ALLOWED" => Code::PermissionDenied,
+        "VERSION_MISMATCH" | "CONFLICT" => Code::Aborted,
+        "REQUEST_ID_REUSED" => Code::AlreadyExists,
+        "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
+        "SHUTTING_DOWN" | "STORE" => Code::Unavailable,
+        _ => return None,
+    })
+}
+
 /// The status for an engine error.
 pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
     use CommandError as E;
@@ -118,18 +131,17 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
         E::RuleSetRefused { problems } => format!(
             "the rule set was not activated: {} problem(s), listed in the PreconditionFailure details; the first: {}",
             problems.len(),
-            problems.first().map(String::as_str).unwrap_or_default()
+            problems.first().map(ToString::to_string).unwrap_or_default()
         ),
         _ => error.to_string(),
     };
     let message = clip(&message, MESSAGE_BYTES_MAX);
     let mut details = ErrorDetails::new();
     let mut metadata: Vec<(&str, String)> = Vec::new();
-    let code = match error {
+    match error {
         E::UnknownDefinition { name, .. } => {
             details.add_bad_request_violation("definition", message.clone());
             metadata.push(("definition", name.clone()));
-            Code::NotFound
         }
         E::DefinitionNotLoaded {
             instance,
@@ -137,16 +149,13 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
         } => {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("definition", definition.to_string()));
-            Code::FailedPrecondition
         }
         E::UnknownInstance(id) => {
             metadata.push(("instance_id", id.to_string()));
-            Code::NotFound
         }
         E::UnknownCommand { command, .. } => {
             details.add_bad_request_violation("command", message.clone());
             metadata.push(("command", command.clone()));
-            Code::InvalidArgument
         }
         E::WrongState {
             instance,
@@ -158,7 +167,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("command", command.clone()));
             metadata.push(("state", state.clone()));
             metadata.push(("allowed_states", allowed.clone()));
-            Code::FailedPrecondition
         }
         E::NotActive {
             instance,
@@ -168,7 +176,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("status", status.to_string()));
             metadata.push(("state", state.clone()));
-            Code::FailedPrecondition
         }
         E::RoleNotAllowed {
             actor,
@@ -179,7 +186,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("actor", actor.clone()));
             metadata.push(("roles", held.clone()));
             metadata.push(("required_roles", required.clone()));
-            Code::PermissionDenied
         }
         E::InvalidPayload { violations } => {
             for v in violations.iter().take(VIOLATIONS_MAX) {
@@ -197,18 +203,15 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
                     ),
                 );
             }
-            Code::InvalidArgument
         }
         E::InvalidInput { field, message: m } => {
             details.add_bad_request_violation(field.clone(), clip(m, DESCRIPTION_BYTES_MAX));
             metadata.push(("field", field.clone()));
-            Code::InvalidArgument
         }
         E::PayloadTooLarge { size, max } => {
             details.add_bad_request_violation(wire.payload, message.clone());
             metadata.push(("size", size.to_string()));
             metadata.push(("max", max.to_string()));
-            Code::InvalidArgument
         }
         E::VersionMismatch {
             instance,
@@ -218,7 +221,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("expected_version", expected.to_string()));
             metadata.push(("current_version", current.to_string()));
-            Code::Aborted
         }
         E::Conflict {
             instance,
@@ -228,7 +230,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("current_version", current.to_string()));
             metadata.push(("attempts", attempts.to_string()));
-            Code::Aborted
         }
         E::RequestIdReused {
             request_id,
@@ -237,7 +238,6 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             details.add_bad_request_violation("request_id", message.clone());
             metadata.push(("request_id", request_id.clone()));
             metadata.push(("original", original.clone()));
-            Code::AlreadyExists
         }
         E::CounterLimit {
             counter,
@@ -247,56 +247,66 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("counter", counter.clone()));
             metadata.push(("key", key.clone()));
             metadata.push(("limit", limit.to_string()));
-            Code::FailedPrecondition
+        }
+        E::DecisionRefused {
+            decider,
+            command,
+            code,
+            ..
+        } => {
+            metadata.push(("decider", decider.clone()));
+            metadata.push(("command", command.clone()));
+            metadata.push(("code", code.clone()));
         }
         E::DecisionFailed {
-            decider, command, ..
+            decider,
+            command,
+            location,
+            ..
+        } => {
+            metadata.push(("decider", decider.clone()));
+            metadata.push(("command", command.clone()));
+            if let Some(location) = location {
+                metadata.push(("location", location.to_string()));
+            }
         }
-        | E::DecisionInvalid {
+        E::DecisionInvalid {
             decider, command, ..
         } => {
             metadata.push(("decider", decider.clone()));
             metadata.push(("command", command.clone()));
-            if let (Some((file, line, col)), _) = split_problem(error_message_body(error)) {
-                metadata.push(("location", format!("{file}:{line}:{col}")));
-            }
-            Code::FailedPrecondition
         }
         E::FeedHorizon { after, earliest } => {
             details.add_bad_request_violation("after_offset", message.clone());
             metadata.push(("after_offset", after.to_string()));
             metadata.push(("earliest_offset", earliest.to_string()));
-            Code::OutOfRange
         }
         E::FeedBeyondHead { after, head } => {
             details.add_bad_request_violation("after_offset", message.clone());
             metadata.push(("after_offset", after.to_string()));
             metadata.push(("head_offset", head.to_string()));
-            Code::OutOfRange
         }
         E::TimerNotOpen { instance, timer } => {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("timer", timer.clone()));
-            Code::FailedPrecondition
         }
         E::UnknownJob(job) => {
             metadata.push(("job_id", job.to_string()));
-            Code::NotFound
         }
         E::StaleLease { job, .. } | E::NotAnIncident { job, .. } => {
             metadata.push(("job_id", job.to_string()));
-            Code::FailedPrecondition
         }
         E::RuleSetRefused { problems } => {
             for p in problems.iter().take(VIOLATIONS_MAX) {
-                let (place, text) = split_problem(p);
-                let subject = place
-                    .map(|(file, line, col)| format!("{file}:{line}:{col}"))
-                    .unwrap_or_default();
+                let subject = match (p.file.as_str(), p.line) {
+                    ("", _) => String::new(),
+                    (file, 0) => file.to_string(),
+                    (file, line) => format!("{file}:{line}:{}", p.column),
+                };
                 details.add_precondition_failure_violation(
                     "RULE_SET",
-                    subject,
-                    clip(&text, DESCRIPTION_BYTES_MAX),
+                    clip(&subject, DESCRIPTION_BYTES_MAX),
+                    clip(&p.message, DESCRIPTION_BYTES_MAX),
                 );
             }
             if problems.len() > VIOLATIONS_MAX {
@@ -310,31 +320,22 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
                 );
             }
             metadata.push(("problems", problems.len().to_string()));
-            Code::FailedPrecondition
         }
         E::UnknownRuleSet(number) => {
             details.add_bad_request_violation("number", message.clone());
             metadata.push(("number", number.to_string()));
-            Code::NotFound
         }
-        E::NoRuleSets => Code::FailedPrecondition,
-        E::ShuttingDown => Code::Unavailable,
-        E::Store(switchyard_core::store::StoreError::Corrupt { .. }) => Code::DataLoss,
-        // No catch-all arm: a new refusal must be given its code here (the match is
-        // exhaustive), so a caller's mistake never turns into a bare INTERNAL.
-        E::Store(_) => Code::Unavailable,
+        E::NoRuleSets => {}
+        E::ShuttingDown => {}
+        // Other errors carry no details beyond their reason.
+        _ => {}
+    }
+    let code = match error {
+        E::Store(switchyard_core::StoreError::Corrupt { .. }) => Code::DataLoss,
+        _ => code_for(reason).unwrap_or(Code::Internal),
     };
     details.set_error_info(reason, ERROR_DOMAIN, meta(&metadata));
     Status::with_error_details(code, message, details)
-}
-
-/// The part of a decision error that may start with `file:line:col`.
-fn error_message_body(error: &CommandError) -> &str {
-    match error {
-        CommandError::DecisionFailed { message, .. }
-        | CommandError::DecisionInvalid { message, .. } => message,
-        _ => "",
-    }
 }
 
 #[cfg(test)]
@@ -342,9 +343,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_engine_reason_has_a_status_code() {
+        for reason in CommandError::CODES {
+            let code = code_for(reason);
+            assert!(
+                code.is_some_and(|c| c != Code::Internal),
+                "{reason} has no status code"
+            );
+        }
+    }
+
+    #[test]
     fn long_refusals_stay_small_enough_for_a_header() {
-        let problems: Vec<String> = (0..100)
-            .map(|i| format!("scripts/s.rhai:{i}:1: {}", "x".repeat(2000)))
+        let problems: Vec<_> = (0..100)
+            .map(|i| switchyard_core::RuleSetProblem::at("scripts/s.rhai", i, 1, "x".repeat(2000)))
             .collect();
         let status = to_status(&CommandError::RuleSetRefused { problems }, Wire::NONE);
         assert!(status.message().len() <= MESSAGE_BYTES_MAX);
@@ -355,20 +367,5 @@ mod tests {
         );
         assert_eq!(clip("añb", 3), "…");
         assert_eq!(clip("abc", 3), "abc");
-    }
-
-    #[test]
-    fn problems_split_into_place_and_message() {
-        assert_eq!(
-            split_problem("scripts/quote.rhai:12:5: unknown variable `x`"),
-            (
-                Some(("scripts/quote.rhai".into(), 12, 5)),
-                "unknown variable `x`".into()
-            )
-        );
-        assert_eq!(
-            split_problem("test failed: auto-approve"),
-            (None, "test failed: auto-approve".into())
-        );
     }
 }

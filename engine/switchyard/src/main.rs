@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use switchyard_core::rules::{backtest, testing, DecisionInput};
-use switchyard_core::store::{ListQuery, SledConfig, SledStore, Store};
+use switchyard_core::rules::{testing, DecisionInput};
 use switchyard_core::{
-    Actor, CommandError, DeciderRegistry, Durability, Engine, EngineConfig, InstanceId, RuleLimits,
-    RuleSet, StoreConfig,
+    roles, Actor, CommandError, DeciderRegistry, DefinitionSet, Durability, Engine, EngineConfig,
+    InstanceId, ListRequest, RuleLimits, RuleSet, SledConfig, StoreConfig,
 };
 
 #[derive(Parser)]
@@ -104,9 +103,10 @@ enum Rules {
         /// The store directory (stopped: sled allows one process per store).
         #[arg(long)]
         store: PathBuf,
-        /// Only decisions recorded after this feed offset.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// Only decisions recorded at or after this time (RFC 3339, or a date meaning its
+        /// start in UTC); all when absent.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Dry-run one decider on an input file: {"instance": {...}, "payload": {...},
     /// "actor": {...}, "now": "RFC 3339"}; prints the decision, its reason and the time taken.
@@ -209,7 +209,7 @@ fn rules(what: Rules) -> Result<i32> {
         }
         Rules::Deploy { dir, store, actor } => {
             let target = dir.clone();
-            let actor = Actor::new(actor, &["analyst"]);
+            let actor = Actor::new(actor, &[roles::ANALYST]);
             versioned(&store, &dir, &actor.clone(), |engine| async move {
                 let info = engine.deploy_rules(&target, &actor).await?;
                 println!("rule set #{} ({}) is active", info.number, info.version);
@@ -226,78 +226,42 @@ fn rules(what: Rules) -> Result<i32> {
             &system_first_start(),
             |engine| async move {
                 let info = engine
-                    .activate_rules(number, &Actor::new(actor, &["analyst"]))
+                    .activate_rules(number, &Actor::new(actor, &[roles::ANALYST]))
                     .await?;
                 println!("rule set #{} ({}) is active", info.number, info.version);
                 Ok(())
             },
         ),
-        Rules::Versions { store } => {
-            let store = open_store(&store)?;
-            let active = store.active_rule_set()?;
-            let activations = store.rule_set_activations()?;
-            for r in store.rule_sets()? {
-                let last = activations.iter().rev().find(|a| a.number == r.number);
+        Rules::Versions { store } => offline(&store, |engine| async move {
+            for r in engine.rule_sets()? {
                 println!(
                     "#{:<4} {} deployed {} by {}{}{}",
                     r.number,
                     r.version,
                     r.deployed_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     r.deployed_by,
-                    last.map(|a| format!(
-                        "; last activated {} by {}",
-                        a.at.format("%Y-%m-%d %H:%M:%S UTC"),
-                        a.by
-                    ))
-                    .unwrap_or_default(),
-                    if active == Some(r.number) {
-                        "  (active)"
-                    } else {
-                        ""
-                    }
+                    match (r.activated_at, &r.activated_by) {
+                        (Some(at), Some(by)) => format!(
+                            "; last activated {} by {by}",
+                            at.format("%Y-%m-%d %H:%M:%S UTC")
+                        ),
+                        _ => String::new(),
+                    },
+                    if r.active { "  (active)" } else { "" }
                 );
             }
             Ok(0)
-        }
-        Rules::Backtest { dir, store, from } => {
+        }),
+        Rules::Backtest { dir, store, since } => {
             let rules = match load_rules(&dir) {
                 Ok(r) => r,
                 Err(_) => return Ok(2),
             };
-            let store = open_store(&store)?;
-            let report = backtest::backtest(&store, &rules, from)?;
-            for c in &report.changed {
-                println!(
-                    "{} {} v{} {} (offset {}){}:",
-                    c.instance,
-                    c.business_key,
-                    c.version,
-                    c.decider,
-                    c.offset,
-                    if c.outcome_changed {
-                        ""
-                    } else {
-                        ", reason only"
-                    }
-                );
-                for d in &c.differences {
-                    println!("    {d}");
-                }
-            }
-            for s in &report.skipped {
-                println!("skipped: {s}");
-            }
-            let decided = report.changed.iter().filter(|c| c.outcome_changed).count();
-            println!(
-                "{} decision(s) replayed against rule set {}: {} would decide differently, {} only explain differently, {} unchanged, {} skipped",
-                report.replayed,
-                rules.version,
-                decided,
-                report.changed.len() - decided,
-                report.replayed - report.changed.len(),
-                report.skipped.len()
-            );
-            Ok(0)
+            offline(&store, |engine| async move {
+                let report = engine.backtest(&rules, since)?;
+                print_backtest(&report, &rules.version);
+                Ok(0)
+            })
         }
         Rules::Eval {
             dir,
@@ -340,7 +304,7 @@ fn rules(what: Rules) -> Result<i32> {
                     Ok(0)
                 }
                 Err(e) => {
-                    eprintln!("{}", e.message);
+                    eprintln!("{}", e.message());
                     eprintln!("time:   {took:?}");
                     Ok(1)
                 }
@@ -350,7 +314,7 @@ fn rules(what: Rules) -> Result<i32> {
 }
 
 fn system_first_start() -> Actor {
-    Actor::new("system:first-start", &["admin"])
+    Actor::new("system:first-start", &[roles::ADMIN])
 }
 
 /// Opens an engine on the stopped store at `store` with versioned rule sets (deploying
@@ -367,8 +331,11 @@ where
     runtime.block_on(async {
         let mut config = SledConfig::new(store);
         config.durability = Durability::Fsync;
+        let mut config = EngineConfig::new(StoreConfig::Sled(config));
+        // Offline: deploy or activate, nothing else (no timer fires, nothing is purged).
+        config.background_tasks = false;
         let engine = Engine::open_with_rules_as(
-            EngineConfig::new(StoreConfig::Sled(config)),
+            config,
             first,
             DeciderRegistry::new(),
             RuleLimits::default(),
@@ -393,72 +360,149 @@ where
     })
 }
 
-fn open_store(path: &std::path::Path) -> Result<SledStore> {
+/// `--since`: an RFC 3339 time, or a date meaning its start (UTC).
+fn parse_since(text: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor a date (2026-03-01)"))
+}
+
+fn print_backtest(report: &switchyard_core::BacktestReport, version: &str) {
+    for c in &report.changed {
+        println!(
+            "{} {} v{} {} (at {}){}:",
+            c.instance,
+            c.business_key,
+            c.version,
+            c.decider,
+            c.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            if c.outcome_changed {
+                ""
+            } else {
+                ", reason only"
+            }
+        );
+        for d in &c.differences {
+            println!("    {d}");
+        }
+    }
+    for s in &report.skipped {
+        println!("skipped: {s}");
+    }
+    match report.covered {
+        Some((from, to)) => println!(
+            "covered: every decision recorded from {} to {} in the history of {} instance(s)",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            report.instances
+        ),
+        None => println!(
+            "covered: no decision in the history of {} instance(s)",
+            report.instances
+        ),
+    }
+    let decided = report.changed.iter().filter(|c| c.outcome_changed).count();
+    println!(
+        "{} decision(s) replayed against rule set {}: {} would decide differently, {} only explain differently, {} unchanged, {} skipped",
+        report.replayed,
+        version,
+        decided,
+        report.changed.len() - decided,
+        report.replayed - report.changed.len(),
+        report.skipped.len()
+    );
+}
+
+/// Opens an engine on the stopped store at `path` for reading — no rules, no background work
+/// (no timer fires, nothing is purged) — runs `work`, and shuts down. Returns the exit code.
+fn offline<F, Fut>(path: &Path, work: F) -> Result<i32>
+where
+    F: FnOnce(Engine) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<i32, CommandError>>,
+{
     if !path.join("db").exists() {
         anyhow::bail!(
             "{}: no Switchyard store here (no `db` file)",
             path.display()
         );
     }
-    SledStore::open(&SledConfig::new(path)).with_context(|| {
-        format!(
-            "opening the store at {} (is an engine still running on it?)",
-            path.display()
-        )
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config = EngineConfig::new(StoreConfig::Sled(SledConfig::new(path)));
+        config.background_tasks = false;
+        let engine = Engine::open(config, DefinitionSet::default(), DeciderRegistry::new())
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the store at {} (is an engine still running on it?)",
+                    path.display()
+                )
+            })?;
+        let result = work(engine.clone()).await;
+        engine.shutdown().await;
+        Ok(result?)
     })
 }
 
 fn inspect(path: &std::path::Path, what: Inspect) -> Result<()> {
-    let store = open_store(path)?;
-    match what {
-        Inspect::List {
-            definition,
-            state,
-            business_key,
-            limit,
-        } => {
-            let mut after = None;
-            let mut printed = 0;
-            while printed < limit {
-                let page = store.list(&ListQuery {
-                    definition: definition.clone(),
-                    state: state.clone(),
-                    business_key: business_key.clone(),
-                    page_size: (limit - printed).min(1000),
-                    after,
-                })?;
-                for instance in &page.items {
-                    println!("{}", serde_json::to_string(instance)?);
+    offline(path, |engine| async move {
+        match what {
+            Inspect::List {
+                definition,
+                state,
+                business_key,
+                limit,
+            } => {
+                let mut token: Option<String> = None;
+                let mut printed = 0;
+                while printed < limit {
+                    let mut request = ListRequest::new().page_size((limit - printed).min(1000));
+                    request.definition = definition.clone();
+                    request.state = state.clone();
+                    request.business_key = business_key.clone();
+                    request.page_token = token.take();
+                    let page = engine.list(request).await?;
+                    for instance in &page.items {
+                        println!("{}", json_line(instance));
+                    }
+                    printed += page.items.len();
+                    match page.next_page_token {
+                        Some(next) if !page.items.is_empty() => token = Some(next),
+                        _ => break,
+                    }
                 }
-                printed += page.items.len();
-                match (page.items.last(), page.next_page_token) {
-                    (Some(last), Some(_)) => after = Some(last.id),
-                    _ => break,
+            }
+            Inspect::Get { id } => {
+                let instance = engine.get(id).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&instance).expect("instances serialize")
+                );
+            }
+            Inspect::History { id } => {
+                let mut token: Option<String> = None;
+                loop {
+                    let page = engine.history_page(id, 1000, token.as_deref()).await?;
+                    for e in &page.items {
+                        println!("{}", json_line(e));
+                    }
+                    match page.next_page_token {
+                        Some(next) => token = Some(next),
+                        None => break,
+                    }
                 }
             }
         }
-        Inspect::Get { id } => {
-            let instance = store
-                .instance(id)?
-                .with_context(|| format!("instance {id} does not exist"))?;
-            println!("{}", serde_json::to_string_pretty(&instance)?);
-        }
-        Inspect::History { id } => {
-            store
-                .instance(id)?
-                .with_context(|| format!("instance {id} does not exist"))?;
-            let mut after = 0;
-            loop {
-                let entries = store.history(id, after, 1000)?;
-                for e in &entries {
-                    println!("{}", serde_json::to_string(e)?);
-                }
-                match entries.last() {
-                    Some(last) => after = last.version,
-                    None => break,
-                }
-            }
-        }
-    }
-    Ok(())
+        Ok(0)
+    })
+    .map(|_| ())
+}
+
+fn json_line(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("domain values serialize")
 }

@@ -167,7 +167,11 @@ fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
         let rules = RuleSet::load(&shipped_rules(), DeciderRegistry::new(), RuleLimits::default()).unwrap();
         let mut store = SledConfig::new(store_dir.path());
         store.durability = Durability::Flush;
-        let engine = Engine::open(EngineConfig::new(StoreConfig::Sled(store)), rules.definitions, rules.deciders)
+        // One quote an hour from midnight, so `--since` can cut between them.
+        let clock = std::sync::Arc::new(ManualClock::new("2026-03-01T00:00:00Z".parse().unwrap()));
+        let mut config = EngineConfig::new(StoreConfig::Sled(store));
+        config.clock = clock.clone();
+        let engine = Engine::open(config, rules.definitions, rules.deciders)
             .await
             .unwrap();
         let rep = Actor::new("ana", &["sales_rep"]);
@@ -178,20 +182,15 @@ fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
             ("Q-12000", serde_json::json!([{ "sku": "CONSULT-PKG", "quantity": 1 }])),
         ] {
             let id = engine
-                .start(StartRequest {
-                    definition: "quote".into(),
-                    business_key: key.into(),
-                    data: serde_json::json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": lines }),
-                    actor: rep.clone(),
-                    request_id: format!("s-{key}"),
-                })
+                .start(StartRequest::new("quote", rep.clone(), format!("s-{key}")).business_key(key).data(serde_json::json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": lines })))
                 .await
                 .unwrap()
                 .instance;
             engine
-                .send(CommandRequest { instance: id, command: "submit".into(), payload: serde_json::json!({}), actor: rep.clone(), request_id: format!("submit-{key}"), expected_version: None })
+                .send(CommandRequest::new(id, "submit", rep.clone(), format!("submit-{key}")))
                 .await
                 .unwrap();
+            clock.advance(chrono::Duration::hours(1));
         }
         engine.shutdown().await;
     });
@@ -237,11 +236,15 @@ fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
         "{out}"
     );
     assert!(
-        out.contains(" Q-4999 v2 quote::submit (offset 2), reason only:"),
+        out.contains(" Q-4999 v2 quote::submit (at 2026-03-01T00:00:00.000Z), reason only:"),
         "{out}"
     );
     assert!(
-        out.contains(" Q-5000 v2 quote::submit (offset 4):"),
+        out.contains(" Q-5000 v2 quote::submit (at 2026-03-01T01:00:00.000Z):"),
+        "{out}"
+    );
+    assert!(
+        out.contains("covered: every decision recorded from 2026-03-01T00:00:00.000Z to 2026-03-01T03:00:00.000Z in the history of 4 instance(s)"),
         "{out}"
     );
     assert!(
@@ -254,8 +257,16 @@ fn backtest_reports_exactly_the_decisions_a_changed_threshold_flips() {
         "{out}"
     );
 
-    // --from skips what came before: the 5,000.00 quote's submit is feed offset 4.
-    let (_, out, _) = switchyard(&["rules", "backtest", dir, "--store", store, "--from", "4"]);
+    // --since skips what came before: the quotes decided from 02:00 on.
+    let (_, out, _) = switchyard(&[
+        "rules",
+        "backtest",
+        dir,
+        "--store",
+        store,
+        "--since",
+        "2026-03-01T02:00:00Z",
+    ]);
     assert!(out.contains("2 decision(s) replayed"), "{out}");
     assert!(
         out.contains(": 0 would decide differently, 1 only explain differently, 1 unchanged"),

@@ -271,6 +271,22 @@ impl DefinitionSet {
         sources: &[(String, String)],
         deciders: &DeciderRegistry,
     ) -> Result<Self, DefinitionErrors> {
+        Self::load_sources(sources, Some(deciders))
+    }
+
+    /// Loads definitions that passed every check when their rule set was deployed, without
+    /// the deciders that checked them (which need the scripts compiled): only to compare and
+    /// index deployed versions, never to decide with.
+    pub(crate) fn from_deployed_sources(
+        sources: &[(String, String)],
+    ) -> Result<Self, DefinitionErrors> {
+        Self::load_sources(sources, None)
+    }
+
+    fn load_sources(
+        sources: &[(String, String)],
+        deciders: Option<&DeciderRegistry>,
+    ) -> Result<Self, DefinitionErrors> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
         for (file, text) in sources {
@@ -521,7 +537,7 @@ fn check_roles(
 fn check_file(
     file: &str,
     f: &DefinitionFile,
-    deciders: &DeciderRegistry,
+    deciders: Option<&DeciderRegistry>,
     problems: &mut Vec<SchemaProblem>,
 ) -> Definition {
     let mut problem = |span: std::ops::Range<usize>, message: String| {
@@ -644,22 +660,25 @@ fn check_file(
                 .extend(cmd.to.get_ref().iter().map(String::as_str));
         }
         match &cmd.decider {
-            Some(d) if deciders.rejection(d.get_ref()).is_some() => problem(
-                d.span(),
-                format!(
-                    "{what}: decider `{}`: {}",
-                    d.get_ref(),
-                    deciders.rejection(d.get_ref()).unwrap_or_default()
+            Some(d) => match deciders {
+                Some(r) if r.rejection(d.get_ref()).is_some() => problem(
+                    d.span(),
+                    format!(
+                        "{what}: decider `{}`: {}",
+                        d.get_ref(),
+                        r.rejection(d.get_ref()).unwrap_or_default()
+                    ),
                 ),
-            ),
-            Some(d) if !deciders.contains(d.get_ref()) => problem(
-                d.span(),
-                format!(
-                    "{what}: decider `{}` is not registered; registered deciders: {}",
-                    d.get_ref(),
-                    list(deciders.names())
+                Some(r) if !r.contains(d.get_ref()) => problem(
+                    d.span(),
+                    format!(
+                        "{what}: decider `{}` is not registered; registered deciders: {}",
+                        d.get_ref(),
+                        list(r.names())
+                    ),
                 ),
-            ),
+                _ => {}
+            },
             None if cmd.to.get_ref().len() != 1 => problem(
                 cmd.to.span(),
                 format!(

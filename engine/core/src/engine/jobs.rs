@@ -1,5 +1,6 @@
 //! The job side of the engine: activation with leases, completion (a command on the
 //! instance, in the same commit), failure with backoff, incidents, and in-process handlers.
+//! Job state changes go through `Job`'s methods, which assert that each move is legal.
 
 use std::future::Future;
 use std::time::Duration as StdDuration;
@@ -8,16 +9,18 @@ use chrono::Duration;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::{Applied, Engine, Origin, Prepared};
-use crate::committer::{Reply, Work};
+use super::requests::CommandRequest;
+use super::{Applied, Engine, Origin};
+use crate::committer::Reply;
 use crate::error::CommandError;
-use crate::feed::EventDraft;
-use crate::job::{ActivatedJob, IncidentAction, Job, JobId, JobStatus, Lease};
-use crate::model::{Actor, CommandOutcome, InstanceId};
-use crate::store::{Commit, CommitRefusal, JobWrite};
+use crate::feed::{EventDraft, EventType};
+use crate::job::{ActivatedJob, IncidentAction, Job, JobId, JobStatus};
+use crate::model::{roles, Actor, CommandOutcome, InstanceId};
+use crate::store::{Commit, CommitApplied, CommitRefusal, JobWrite};
 
 /// Ask for jobs of one type.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ActivateJobs {
     /// The job type.
     pub job_type: String,
@@ -29,8 +32,26 @@ pub struct ActivateJobs {
     pub lease: StdDuration,
 }
 
+impl ActivateJobs {
+    /// Up to `max_jobs` jobs of `job_type` for `worker`, each leased for `lease`.
+    pub fn new(
+        job_type: impl Into<String>,
+        worker: impl Into<String>,
+        max_jobs: usize,
+        lease: StdDuration,
+    ) -> Self {
+        ActivateJobs {
+            job_type: job_type.into(),
+            worker: worker.into(),
+            max_jobs,
+            lease,
+        }
+    }
+}
+
 /// Report that a leased job failed.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FailJob {
     /// The job.
     pub job: JobId,
@@ -42,11 +63,29 @@ pub struct FailJob {
     pub retry_in: Option<StdDuration>,
 }
 
+impl FailJob {
+    /// `job`, leased as `lease`, failed with `error`; retried after the job type's backoff.
+    pub fn new(job: JobId, lease: uuid::Uuid, error: impl Into<String>) -> Self {
+        FailJob {
+            job,
+            lease,
+            error: error.into(),
+            retry_in: None,
+        }
+    }
+
+    /// Retried after `delay` instead.
+    pub fn retry_in(mut self, delay: StdDuration) -> Self {
+        self.retry_in = Some(delay);
+        self
+    }
+}
+
 const LEASE_MAX: StdDuration = StdDuration::from_secs(24 * 3600);
 const ERROR_CHARS_MAX: usize = 4096;
 
 impl Engine {
-    pub(super) fn job_event(&self, kind: &str, job: &Job, extra: Value) -> EventDraft {
+    pub(super) fn job_event(&self, kind: EventType, job: &Job, extra: Value) -> EventDraft {
         let mut data = json!({
             "job": job.id,
             "job_type": job.job_type,
@@ -61,7 +100,7 @@ impl Engine {
         }
         EventDraft {
             source: self.inner.config.feed_source.clone(),
-            kind: kind.to_string(),
+            kind,
             subject: job.instance.to_string(),
             time: job.updated_at,
             data,
@@ -115,30 +154,7 @@ impl Engine {
         &self,
         request: ActivateJobs,
     ) -> Result<Vec<ActivatedJob>, CommandError> {
-        let invalid = |field: &str, message: String| {
-            Err(CommandError::InvalidInput {
-                field: field.into(),
-                message,
-            })
-        };
-        if request.max_jobs == 0 || request.max_jobs > self.inner.config.page_size_max {
-            return invalid(
-                "max_jobs",
-                format!(
-                    "{} is outside 1..={}",
-                    request.max_jobs, self.inner.config.page_size_max
-                ),
-            );
-        }
-        if request.lease < StdDuration::from_secs(1) || request.lease > LEASE_MAX {
-            return invalid("lease", "must be between 1 second and 24 hours".into());
-        }
-        if request.worker.is_empty() || request.worker.chars().any(char::is_control) {
-            return invalid(
-                "worker",
-                "must be a non-empty name without control characters".into(),
-            );
-        }
+        self.check_activation(&request)?;
         let now = self.inner.config.clock.now();
         let lease = Duration::from_std(request.lease).expect("bounded above");
         let job_type = request.job_type.clone();
@@ -152,16 +168,7 @@ impl Engine {
         let mut pending = Vec::with_capacity(candidates.len());
         for job in candidates {
             let mut leased = job.clone();
-            let expires_at = now + lease;
-            leased.status = JobStatus::Leased;
-            leased.lease = Some(Lease {
-                id: uuid::Uuid::now_v7(),
-                worker: request.worker.clone(),
-                expires_at,
-            });
-            leased.available_at = expires_at;
-            leased.version += 1;
-            leased.updated_at = now;
+            leased.lease_to(&request.worker, now + lease, now);
             let commit = Commit::job_change(
                 now,
                 JobWrite {
@@ -198,6 +205,35 @@ impl Engine {
         Ok(activated)
     }
 
+    fn check_activation(&self, request: &ActivateJobs) -> Result<(), CommandError> {
+        let invalid = |field: &str, message: String| {
+            Err(CommandError::InvalidInput {
+                field: field.into(),
+                message,
+            })
+        };
+        let max = self.inner.config.page_size_max;
+        if request.max_jobs == 0 || request.max_jobs > max {
+            return invalid(
+                "max_jobs",
+                format!("{} is outside 1..={max}", request.max_jobs),
+            );
+        }
+        if request.lease < StdDuration::from_secs(1) || request.lease > LEASE_MAX {
+            return invalid("lease", "must be between 1 second and 24 hours".into());
+        }
+        if request.worker.is_empty()
+            || request.worker.len() > 256
+            || request.worker.chars().any(char::is_control)
+        {
+            return invalid(
+                "worker",
+                "must be a name of 1 to 256 bytes without control characters".into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Completes a leased job: its type's completion command is sent to the instance with
     /// `result` as payload, and the job is marked completed in the same commit. Retrying with
     /// the same lease and result returns the same outcome; a stale lease is refused.
@@ -213,14 +249,13 @@ impl Engine {
             .as_ref()
             .map(|l| l.worker.clone())
             .unwrap_or_default();
-        let request = crate::CommandRequest {
-            instance: job.instance,
-            command: job.complete_command.clone(),
-            payload: result,
-            actor: Actor::new(format!("job-worker:{worker}"), &["system"]),
-            request_id: format!("job:{id}:{lease}:complete"),
-            expected_version: None,
-        };
+        let request = CommandRequest::new(
+            job.instance,
+            job.complete_command.clone(),
+            Actor::new(format!("job-worker:{worker}"), &[roles::SYSTEM]),
+            format!("job:{id}:{lease}:complete"),
+        )
+        .payload(result);
         self.send_inner(request, Origin::Job { job: id, lease })
             .await
             .map(Applied::into_outcome)
@@ -235,45 +270,30 @@ impl Engine {
                 message: format!("is longer than {ERROR_CHARS_MAX} characters"),
             });
         }
+        let retry_in = request
+            .retry_in
+            .map(|d| Duration::from_std(d).unwrap_or(Duration::days(1)));
         self.change_job(request.job, |engine, job, now| {
             let job = engine.current_lease(job.id, request.lease, job.instance)?;
             let mut failed = job.clone();
-            failed.failures += 1;
-            failed.lease = None;
-            failed.last_error = Some(request.error.clone());
-            failed.version += 1;
-            failed.updated_at = now;
+            let incident = failed.fail(&request.error, retry_in, now);
             let mut events = Vec::new();
-            if failed.failures <= failed.retries {
-                let delay = match request.retry_in {
-                    Some(d) => Duration::from_std(d).unwrap_or(Duration::days(1)),
-                    None => {
-                        let doublings = (failed.failures - 1).min(20);
-                        Duration::milliseconds(
-                            (failed.backoff_ms.saturating_mul(1 << doublings)).min(i64::MAX as u64)
-                                as i64,
-                        )
-                    }
-                };
-                failed.status = JobStatus::Activatable;
-                failed.available_at = now + delay;
+            if incident {
                 events.push(engine.job_event(
-                    "switchyard.job.failed",
-                    &failed,
-                    json!({ "error": request.error, "will_retry": true, "next_attempt_at": failed.available_at }),
-                ));
-            } else {
-                failed.status = JobStatus::Incident;
-                failed.available_at = now;
-                events.push(engine.job_event(
-                    "switchyard.job.failed",
+                    EventType::JobFailed,
                     &failed,
                     json!({ "error": request.error, "will_retry": false }),
                 ));
                 events.push(engine.job_event(
-                    "switchyard.incident.raised",
+                    EventType::IncidentRaised,
                     &failed,
                     json!({ "error": request.error }),
+                ));
+            } else {
+                events.push(engine.job_event(
+                    EventType::JobFailed,
+                    &failed,
+                    json!({ "error": request.error, "will_retry": true, "next_attempt_at": failed.available_at }),
                 ));
             }
             Ok((job.version, failed, events))
@@ -289,7 +309,7 @@ impl Engine {
         action: IncidentAction,
         actor: &Actor,
     ) -> Result<Job, CommandError> {
-        super::require_role(actor, &["admin".to_string()], || {
+        super::require_role(actor, &[roles::ADMIN.to_string()], || {
             format!("resolve the incident of job {id}")
         })?;
         self.change_job(id, |engine, job, now| {
@@ -300,18 +320,9 @@ impl Engine {
                 });
             }
             let mut resolved = job.clone();
-            resolved.version += 1;
-            resolved.updated_at = now;
-            match action {
-                IncidentAction::Retry { retries } => {
-                    resolved.status = JobStatus::Activatable;
-                    resolved.available_at = now;
-                    resolved.retries = resolved.failures.saturating_add(retries.max(1));
-                }
-                IncidentAction::Cancel => resolved.status = JobStatus::Cancelled,
-            }
+            resolved.resolve(action, now);
             let event = engine.job_event(
-                "switchyard.incident.resolved",
+                EventType::IncidentResolved,
                 &resolved,
                 json!({ "action": action, "actor": actor }),
             );
@@ -365,32 +376,21 @@ impl Engine {
         })
     }
 
-    pub(super) async fn enqueue(
-        &self,
-        commit: Commit,
-    ) -> Result<oneshot::Receiver<Reply>, CommandError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue()?
-            .send(Work::Commit { commit, reply })
-            .await
-            .map_err(|_| CommandError::ShuttingDown)?;
-        Ok(answer)
-    }
-
     pub(super) async fn answer(
         &self,
         answer: oneshot::Receiver<Reply>,
-    ) -> Result<Result<crate::store::CommitApplied, CommitRefusal>, CommandError> {
+    ) -> Result<Result<CommitApplied, CommitRefusal>, CommandError> {
         match answer.await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(message)) => Err(CommandError::Store(crate::store::StoreError::Io(message))),
+            Ok(result) => result.map_err(CommandError::Store),
             Err(_) => Err(CommandError::ShuttingDown),
         }
     }
 
     /// Runs `handler` in-process for every job of `job_type`, through the same lease
     /// mechanism as external workers: `Ok(result)` completes the job, `Err(message)` fails it.
-    /// The handler task stops when the engine shuts down.
+    /// A handler that runs longer than `job_handler_timeout`, or panics, fails its attempt
+    /// (retried, then an incident) and the other jobs carry on. The handler task stops when
+    /// the engine shuts down.
     pub fn register_job_handler<F, Fut>(&self, job_type: &str, handler: F)
     where
         F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
@@ -398,52 +398,24 @@ impl Engine {
     {
         let weak = std::sync::Arc::downgrade(&self.inner);
         let job_type = job_type.to_string();
+        let handler = std::sync::Arc::new(handler);
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let engine = Engine { inner };
                 let poll = engine.inner.config.job_poll_interval;
-                let lease = engine.inner.config.job_handler_lease;
                 // Registered before looking, so a job created meanwhile still wakes us; the
                 // wait holds only the notifier, never the engine, so dropping it stops us.
                 let wake = engine.inner.jobs_available.clone();
                 let notified = wake.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let jobs = match engine
-                    .activate_jobs(ActivateJobs {
-                        job_type: job_type.clone(),
-                        worker: format!("in-process:{job_type}"),
-                        max_jobs: 32.min(engine.inner.config.page_size_max),
-                        lease,
-                    })
-                    .await
-                {
-                    Ok(jobs) => jobs,
-                    Err(CommandError::ShuttingDown) => return,
-                    Err(e) => {
-                        tracing::warn!(%job_type, error = %e, "activating jobs failed");
-                        Vec::new()
-                    }
+                let Some(jobs) = engine.activate_for_handler(&job_type).await else {
+                    return;
                 };
                 let idle = jobs.is_empty();
                 for job in jobs {
-                    let (id, lease) = (job.id, job.lease);
-                    let outcome = match handler(job).await {
-                        Ok(result) => engine.complete_job(id, lease, result).await.map(|_| ()),
-                        Err(error) => engine
-                            .fail_job(FailJob {
-                                job: id,
-                                lease,
-                                error,
-                                retry_in: None,
-                            })
-                            .await
-                            .map(|_| ()),
-                    };
-                    if let Err(e) = outcome {
-                        tracing::warn!(%job_type, job = %id, error = %e, "reporting a job result failed");
-                    }
+                    engine.run_handler(&job_type, handler.clone(), job).await;
                 }
                 if idle {
                     drop(engine);
@@ -455,14 +427,61 @@ impl Engine {
             }
         });
     }
-}
 
-impl Prepared {
-    /// Whether committing this creates or re-opens jobs a worker could take.
-    pub(super) fn makes_jobs_available(&self) -> bool {
-        self.commit
-            .jobs
-            .iter()
-            .any(|w| w.job.status == JobStatus::Activatable)
+    /// Jobs for an in-process handler; `None` once the engine shuts down.
+    async fn activate_for_handler(&self, job_type: &str) -> Option<Vec<ActivatedJob>> {
+        let request = ActivateJobs::new(
+            job_type,
+            format!("in-process:{job_type}"),
+            32.min(self.inner.config.page_size_max),
+            self.inner.config.job_handler_lease,
+        );
+        match self.activate_jobs(request).await {
+            Ok(jobs) => Some(jobs),
+            Err(CommandError::ShuttingDown) => None,
+            Err(e) => {
+                tracing::warn!(%job_type, error = %e, "activating jobs failed");
+                Some(Vec::new())
+            }
+        }
+    }
+
+    /// Runs one job through `handler` on its own task, bounded by `job_handler_timeout`, and
+    /// reports the result.
+    async fn run_handler<F, Fut>(
+        &self,
+        job_type: &str,
+        handler: std::sync::Arc<F>,
+        job: ActivatedJob,
+    ) where
+        F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    {
+        let (id, lease) = (job.id, job.lease);
+        let timeout = self.inner.config.job_handler_timeout;
+        let task = tokio::spawn(async move { handler(job).await });
+        let abort = task.abort_handle();
+        let result = match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) if e.is_panic() => Err("the in-process handler panicked".to_string()),
+            Ok(Err(_)) => Err("the in-process handler was cancelled".to_string()),
+            Err(_) => {
+                abort.abort();
+                Err(format!(
+                    "the in-process handler did not answer within {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        };
+        let outcome = match result {
+            Ok(result) => self.complete_job(id, lease, result).await.map(|_| ()),
+            Err(error) => self
+                .fail_job(FailJob::new(id, lease, error))
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(%job_type, job = %id, error = %e, "reporting a job result failed");
+        }
     }
 }

@@ -11,14 +11,55 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Active, Engine, EngineConfig, RuleSetInfo};
-use crate::decider::DeciderRegistry;
-use crate::decider::Decision;
-use crate::definition::{Definition, DefinitionSet};
-use crate::error::{CommandError, OpenError};
-use crate::model::{Actor, InstanceStatus};
+use super::{Active, Engine, EngineConfig};
+use crate::decider::{Decider, DeciderRegistry, Decision};
+use crate::definition::{Definition, DefinitionErrors, DefinitionSet};
+use crate::error::{CommandError, OpenError, RuleSetProblem};
+use crate::model::{roles, Actor, Instance, InstanceId, InstanceStatus};
 use crate::rules::{testing, DecisionInput, RuleLimits, RuleSet};
 use crate::store::{ListQuery, RuleSetActivation, RuleSetRecord, RuleSetRequestRecord};
+
+/// A deployed rule-set version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleSetInfo {
+    /// Deployment number (1, 2, 3…).
+    pub number: u32,
+    /// Content version: the digest of its files.
+    pub version: String,
+    /// When it was deployed.
+    pub deployed_at: chrono::DateTime<chrono::Utc>,
+    /// Who deployed it.
+    pub deployed_by: String,
+    /// Whether it is the active version.
+    pub active: bool,
+    /// When it was last made active (deployed or activated), if ever.
+    pub activated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who last made it active.
+    pub activated_by: Option<String>,
+}
+
+/// What a dry run of a decider answered; nothing was written.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct DryRun {
+    /// The rule-set version that decided.
+    pub rule_set: u32,
+    /// The decision.
+    pub decision: Decision,
+    /// Everything the function returned.
+    pub outputs: serde_json::Value,
+}
+
+/// What a dry run evaluates: a decider on sample data, or on a live instance.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum DryRunInput {
+    /// An instance map as a decider receives it (`id`, `definition`, `state`, `data`, …).
+    Sample(serde_json::Value),
+    /// A live instance (and its parent), read now.
+    Instance(InstanceId),
+}
 
 /// A rule-set request made idempotent by its id.
 struct Request<'a> {
@@ -30,6 +71,22 @@ struct Request<'a> {
 }
 
 const LIVE_INSTANCES_LISTED_MAX: usize = 10;
+
+/// The deciders a decision uses: the active version's, or those of the version a pinned
+/// instance started under.
+pub(super) enum Deciders {
+    Active(Arc<DeciderRegistry>),
+    Version(Arc<RuleSet>),
+}
+
+impl Deciders {
+    pub(super) fn get(&self, name: &str) -> Option<&Arc<dyn Decider>> {
+        match self {
+            Deciders::Active(r) => r.get(name),
+            Deciders::Version(set) => set.deciders.get(name),
+        }
+    }
+}
 
 /// `activations`: the store's activation log (or just the relevant entry).
 fn info(
@@ -49,12 +106,17 @@ fn info(
     }
 }
 
-fn refused(problems: Vec<String>) -> CommandError {
+fn refused(problems: Vec<RuleSetProblem>) -> CommandError {
     CommandError::RuleSetRefused { problems }
 }
 
+/// Every problem of a rule set that did not load, with its place.
+fn load_problems(errors: DefinitionErrors) -> CommandError {
+    refused(errors.0.into_iter().map(RuleSetProblem::from).collect())
+}
+
 fn require_rules_role(actor: &Actor, action: &str) -> Result<(), CommandError> {
-    super::require_role(actor, &["analyst".into(), "admin".into()], || {
+    super::require_role(actor, &[roles::ANALYST.into(), roles::ADMIN.into()], || {
         action.to_string()
     })
 }
@@ -64,9 +126,10 @@ fn check_rule_paths(files: &BTreeMap<String, String>) -> Result<(), CommandError
     for path in files.keys() {
         if !crate::rules::is_rule_file_path(path) {
             return Err(CommandError::InvalidInput {
-                field: format!("files[{path}]"),
+                field: format!("files[{}]", crate::error::clip(path, 256)),
                 message: format!(
-                    "`{path}` is not a rule-set file; accepted: {}",
+                    "`{}` is not a rule-set file; accepted: {}",
+                    crate::error::clip(path, 256),
                     crate::rules::RULE_FILE_KINDS
                 ),
             });
@@ -82,12 +145,23 @@ fn same(a: &Definition, b: &Definition) -> bool {
     &a == b
 }
 
+/// The definitions of a deployed version, without compiling its scripts.
+fn deployed_definitions(record: &RuleSetRecord) -> Result<DefinitionSet, CommandError> {
+    let sources: Vec<(String, String)> = record
+        .files
+        .iter()
+        .filter(|(path, _)| path.starts_with("definitions/"))
+        .map(|(path, text)| (path.clone(), text.clone()))
+        .collect();
+    DefinitionSet::from_deployed_sources(&sources).map_err(load_problems)
+}
+
 /// Builds what is in force with `candidate` active, on top of the `stored` versions.
 fn compose(
-    stored: &[(RuleSetRecord, RuleSet)],
-    candidate: &RuleSet,
+    stored: &[(RuleSetRecord, DefinitionSet)],
+    candidate: &DefinitionSet,
     candidate_label: &str,
-) -> Result<DefinitionSet, Vec<String>> {
+) -> Result<DefinitionSet, Vec<RuleSetProblem>> {
     let mut union = DefinitionSet::default();
     let mut first_in: BTreeMap<(String, u32), String> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -96,14 +170,17 @@ fn compose(
         .map(|(r, s)| (format!("rule set #{}", r.number), s))
         .chain(std::iter::once((candidate_label.to_string(), candidate)));
     for (label, set) in labelled {
-        for def in set.definitions.iter() {
+        for def in set.iter() {
             let kept = union.insert(def.clone());
             let key = (def.name.clone(), def.version);
             let first = first_in.entry(key).or_insert_with(|| label.clone()).clone();
             if !same(&kept, def) {
-                problems.push(format!(
-                    "{}: definition `{}` version {} differs from the one deployed in {first}; give the changed definition a new version",
-                    def.source, def.name, def.version
+                problems.push(RuleSetProblem::in_file(
+                    &def.source,
+                    format!(
+                        "definition `{}` version {} differs from the one deployed in {first}; give the changed definition a new version",
+                        def.name, def.version
+                    ),
                 ));
             }
         }
@@ -113,6 +190,20 @@ fn compose(
     } else {
         Err(problems)
     }
+}
+
+/// What new instances start on with `set` active: each of its definitions by name (the
+/// highest version it holds).
+fn startable(set: &RuleSet) -> BTreeMap<String, Arc<Definition>> {
+    set.definitions
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            set.definitions
+                .latest(name)
+                .map(|d| (name.to_string(), d.clone()))
+        })
+        .collect()
 }
 
 impl Engine {
@@ -126,7 +217,7 @@ impl Engine {
         rust_deciders: DeciderRegistry,
         limits: RuleLimits,
     ) -> Result<Engine, OpenError> {
-        let first_start = Actor::new("system:first-start", &["admin"]);
+        let first_start = Actor::new("system:first-start", &[roles::ADMIN]);
         Self::open_with_rules_as(config, rules_dir, rust_deciders, limits, &first_start).await
     }
 
@@ -151,24 +242,16 @@ impl Engine {
         let store = engine.inner.store.clone();
         let deployed = store.rule_sets()?;
         let active = store.active_rule_set()?;
-        let result = match (deployed.is_empty(), active) {
-            (true, _) => engine.deploy_rules(rules_dir, first_start).await,
-            (false, Some(number)) => {
-                engine
-                    .activate_rules(number, &Actor::new("system:restart", &["admin"]))
-                    .await
-            }
-            (false, None) => {
-                let last = deployed.last().map(|r| r.number).unwrap_or(1);
-                engine
-                    .activate_rules(last, &Actor::new("system:restart", &["admin"]))
-                    .await
-            }
+        let restart = Actor::new("system:restart", &[roles::ADMIN]);
+        let result = match (deployed.last(), active) {
+            (None, _) => engine.deploy_rules(rules_dir, first_start).await,
+            (Some(_), Some(number)) => engine.activate_rules(number, &restart).await,
+            (Some(last), None) => engine.activate_rules(last.number, &restart).await,
         };
-        result.map_err(|e| OpenError::Config {
-            field: "rules".into(),
-            message: e.to_string(),
-        })?;
+        if let Err(e) = result {
+            engine.shutdown().await;
+            return Err(OpenError::Rules(e));
+        }
         Ok(engine)
     }
 
@@ -200,8 +283,7 @@ impl Engine {
     ) -> Result<RuleSetInfo, CommandError> {
         let (rust, limits) = self.rule_inputs()?;
         require_rules_role(actor, "deploy a rule set")?;
-        let candidate = RuleSet::load(dir, rust, limits)
-            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        let candidate = RuleSet::load(dir, rust, limits).map_err(load_problems)?;
         self.deploy_candidate_once(candidate, &dir.display().to_string(), actor, None)
             .await
     }
@@ -223,8 +305,7 @@ impl Engine {
         require_rules_role(actor, "deploy a rule set")?;
         super::check_request_id(request_id)?;
         check_rule_paths(&files)?;
-        let candidate = RuleSet::from_files("", files, rust, limits)
-            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        let candidate = RuleSet::from_files("", files, rust, limits).map_err(load_problems)?;
         // Every file sent is part of the content version (unknown paths were refused).
         let digest = candidate.version.clone();
         self.deploy_candidate_once(
@@ -249,10 +330,9 @@ impl Engine {
     ) -> Result<String, CommandError> {
         let (rust, limits) = self.rule_inputs()?;
         check_rule_paths(&files)?;
-        let candidate = RuleSet::from_files("", files, rust, limits)
-            .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
+        let candidate = RuleSet::from_files("", files, rust, limits).map_err(load_problems)?;
         let _admin = self.inner.rules_admin.lock().await;
-        let stored = self.stored_rule_sets()?;
+        let stored = self.stored_definitions()?;
         self.check(&stored, &candidate, "the candidate rule set")?;
         Ok(candidate.version)
     }
@@ -265,26 +345,23 @@ impl Engine {
         number: Option<u32>,
         decider: &str,
         input: &DecisionInput,
-    ) -> Result<(u32, Decision, serde_json::Value), CommandError> {
+    ) -> Result<DryRun, CommandError> {
         self.rule_inputs()?;
         let active = self.rules();
-        let number = match number {
-            Some(n) => n,
-            None => active
-                .rule_set
-                .as_ref()
-                .map(|r| r.number)
-                .ok_or(CommandError::NoRuleSets)?,
+        let (number, set) = match number {
+            None => {
+                let info = active.rule_set.as_ref().ok_or(CommandError::NoRuleSets)?;
+                let set = active.active_set.clone().ok_or(CommandError::NoRuleSets)?;
+                (info.number, set)
+            }
+            Some(n) => (n, self.compiled(&active, n)?),
         };
-        let set = active
-            .rule_sets
-            .get(&number)
-            .ok_or(CommandError::UnknownRuleSet(number))?;
         if !set.deciders.contains(decider) {
             return Err(CommandError::InvalidInput {
                 field: "decider".into(),
                 message: format!(
-                    "`{decider}` is not a decider of rule set #{number}; its deciders: {}",
+                    "`{}` is not a decider of rule set #{number}; its deciders: {}",
+                    crate::error::clip(decider, 128),
                     set.deciders
                         .names()
                         .map(String::as_str)
@@ -293,14 +370,62 @@ impl Engine {
                 ),
             });
         }
-        let (decision, outputs) =
-            set.evaluate(decider, input)
-                .map_err(|e| CommandError::DecisionFailed {
-                    decider: decider.to_string(),
-                    command: "(dry run)".into(),
-                    message: e.message,
-                })?;
-        Ok((number, decision, outputs))
+        let (decision, outputs) = set
+            .evaluate(decider, input)
+            .map_err(|e| super::command::decide_error(e, decider, "(dry run)"))?;
+        Ok(DryRun {
+            rule_set: number,
+            decision,
+            outputs,
+        })
+    }
+
+    /// A dry run of `decider` on `input` with `payload`, as `actor` would send it now (the
+    /// engine clock's now unless `now` is given): nothing is written. Reading a live instance
+    /// needs a role that may read it.
+    pub async fn dry_run(
+        &self,
+        number: Option<u32>,
+        decider: &str,
+        input: DryRunInput,
+        payload: serde_json::Value,
+        actor: &Actor,
+        now: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<DryRun, CommandError> {
+        let instance = match input {
+            DryRunInput::Sample(value) => value,
+            DryRunInput::Instance(id) => {
+                let live = self.get(id).await?;
+                let parent = match live.parent {
+                    Some(p) => Some(self.get(p).await?),
+                    None => None,
+                };
+                crate::rules::instance_value(&live, parent.as_ref())
+            }
+        };
+        let input = DecisionInput {
+            instance,
+            payload,
+            actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
+            now: now.unwrap_or_else(|| self.inner.config.clock.now()),
+        };
+        self.evaluate_rule(number, decider, &input)
+    }
+
+    /// Replays every rule decision recorded at or after `since` (all when `None`) against
+    /// `candidate` and reports what it would decide differently; reads only. Walks every
+    /// instance's history, so it takes time proportional to the store: meant for a stopped
+    /// store or an idle moment.
+    pub fn backtest(
+        &self,
+        candidate: &RuleSet,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<crate::rules::backtest::BacktestReport, CommandError> {
+        Ok(crate::rules::backtest::backtest(
+            &*self.inner.store,
+            candidate,
+            since,
+        )?)
     }
 
     async fn deploy_candidate_once(
@@ -335,7 +460,7 @@ impl Engine {
                 return Ok(active); // already active: deploying it again changes nothing
             }
         }
-        let stored = self.stored_rule_sets()?;
+        let stored = self.stored_definitions()?;
         let number = stored.last().map_or(1, |(r, _)| r.number + 1);
         let label = format!("rule set #{number} ({source})");
         let definitions = self.check(&stored, &candidate, &label)?;
@@ -352,9 +477,7 @@ impl Engine {
                 .store
                 .set_active_rule_set(number, record.deployed_at, &actor.id)?;
         let info = info(&record, Some(number), &[activation]);
-        let mut all = stored;
-        all.push((record, candidate));
-        self.install(definitions, all, number, info.clone());
+        self.install(definitions, Arc::new(candidate), info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set deployed and activated");
         Ok(info)
     }
@@ -404,8 +527,8 @@ impl Engine {
         if let Some(other) = self.inner.store.request(request.id)? {
             if other.expires_at > now {
                 return Err(CommandError::RequestIdReused {
-                    request_id: request.id.to_string(),
-                    original: format!("`{}` on {}", other.command, other.target),
+                    request_id: crate::error::clip(request.id, 256),
+                    original: other.target.to_string(),
                 });
             }
         }
@@ -417,7 +540,7 @@ impl Engine {
         }
         if record.operation != request.operation || record.digest != request.digest {
             return Err(CommandError::RequestIdReused {
-                request_id: request.id.to_string(),
+                request_id: crate::error::clip(request.id, 256),
                 original: format!(
                     "`{}` of rule set #{} with other content",
                     record.operation, record.number
@@ -448,12 +571,13 @@ impl Engine {
 
     /// Activates under the `rules_admin` lock, which the caller holds.
     fn activate(&self, number: u32, actor: &Actor) -> Result<RuleSetInfo, CommandError> {
-        let mut stored = self.stored_rule_sets()?;
+        let mut stored = self.stored_definitions()?;
         let index = stored
             .iter()
             .position(|(r, _)| r.number == number)
             .ok_or(CommandError::UnknownRuleSet(number))?;
-        let (record, candidate) = stored.remove(index);
+        let (record, _) = stored.remove(index);
+        let candidate = self.compiled(&self.rules(), number)?;
         let definitions = self.check(&stored, &candidate, &format!("rule set #{number}"))?;
         // Activating the version already active (as on every restart) changes nothing, so it
         // records nothing.
@@ -467,18 +591,18 @@ impl Engine {
             )?]
         };
         let info = info(&record, Some(number), &activations);
-        stored.insert(index, (record, candidate));
-        self.install(definitions, stored, number, info.clone());
+        self.install(definitions, candidate, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set activated");
         Ok(info)
     }
 
-    /// Watches `dir` and deploys it whenever its files change, every `every`, under the same
-    /// checks as [`Engine::deploy_rules`] (as the `system` actor with the `analyst` role). A
-    /// refused version is logged and not retried until the files change again. Stops with
-    /// the engine.
+    /// Watches `dir` and deploys it once its files have changed and then stayed the same for
+    /// one `every` (so a half-saved edit is not deployed), under the same checks as
+    /// [`Engine::deploy_rules`] (as the `system` actor with the `analyst` role). A refused
+    /// version is logged and not retried until the files change again. Stops with the engine.
     pub fn watch_rules(&self, dir: std::path::PathBuf, every: std::time::Duration) {
-        let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        // (digest deployed or refused last, digest seen on the previous tick)
+        let seen: Arc<std::sync::Mutex<(Option<String>, Option<String>)>> = Arc::default();
         self.spawn_periodic(every, false, move |engine| {
             let dir = dir.clone();
             let seen = seen.clone();
@@ -486,12 +610,16 @@ impl Engine {
                 let digest = crate::rules::files_digest(&dir);
                 {
                     let mut seen = seen.lock().expect("watch lock poisoned");
-                    if seen.as_deref() == Some(digest.as_str()) {
+                    let (handled, previous) = &mut *seen;
+                    let settled = previous.as_deref() == Some(digest.as_str());
+                    *previous = Some(digest.clone());
+                    let first = handled.is_none();
+                    if handled.as_deref() == Some(digest.as_str()) || !(settled || first) {
                         return;
                     }
-                    *seen = Some(digest);
+                    *handled = Some(digest);
                 }
-                let watcher = Actor::new("system:rules-watcher", &["analyst"]);
+                let watcher = Actor::new("system:rules-watcher", &[roles::ANALYST]);
                 match engine.deploy_rules(&dir, &watcher).await {
                     Ok(info) => tracing::info!(number = info.number, version = %info.version, "rules directory deployed"),
                     Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "rules directory changed but was not activated"),
@@ -509,42 +637,117 @@ impl Engine {
             .ok_or(CommandError::NoRuleSets)
     }
 
-    fn stored_rule_sets(&self) -> Result<Vec<(RuleSetRecord, RuleSet)>, CommandError> {
-        let (rust, limits) = self.rule_inputs()?;
+    /// Every deployed version's record and definitions (scripts not compiled).
+    fn stored_definitions(&self) -> Result<Vec<(RuleSetRecord, DefinitionSet)>, CommandError> {
         self.inner
             .store
             .rule_sets()?
             .into_iter()
             .map(|record| {
-                let set = RuleSet::from_files(
-                    &format!("rule set #{}", record.number),
-                    record.files.clone(),
-                    rust.clone(),
-                    limits.clone(),
-                )
-                .map_err(|e| refused(e.0.iter().map(ToString::to_string).collect()))?;
-                Ok((record, set))
+                let definitions = deployed_definitions(&record)?;
+                Ok((record, definitions))
             })
             .collect()
+    }
+
+    /// Rule-set version `number`, compiled: the active one, a cached one, or compiled now
+    /// from the store (and cached; the least recently used beyond `rule_set_cache` is dropped).
+    pub(super) fn compiled(
+        &self,
+        active: &Active,
+        number: u32,
+    ) -> Result<Arc<RuleSet>, CommandError> {
+        if let (Some(info), Some(set)) = (&active.rule_set, &active.active_set) {
+            if info.number == number {
+                return Ok(set.clone());
+            }
+        }
+        let tick = self
+            .inner
+            .rule_set_ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((used, set)) = self
+            .inner
+            .rule_set_cache
+            .lock()
+            .expect("cache lock poisoned")
+            .get_mut(&number)
+        {
+            *used = tick;
+            return Ok(set.clone());
+        }
+        let (rust, limits) = self.rule_inputs()?;
+        let record = self
+            .inner
+            .store
+            .rule_sets()?
+            .into_iter()
+            .find(|r| r.number == number)
+            .ok_or(CommandError::UnknownRuleSet(number))?;
+        let set = RuleSet::from_files(&format!("rule set #{number}"), record.files, rust, limits)
+            .map_err(load_problems)?;
+        let set = Arc::new(set);
+        self.cache(number, set.clone(), tick);
+        Ok(set)
+    }
+
+    fn cache(&self, number: u32, set: Arc<RuleSet>, tick: u64) {
+        let mut cache = self
+            .inner
+            .rule_set_cache
+            .lock()
+            .expect("cache lock poisoned");
+        cache.insert(number, (tick, set));
+        while cache.len() > self.inner.config.rule_set_cache {
+            let oldest = cache
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(n, _)| *n)
+                .expect("not empty");
+            cache.remove(&oldest);
+        }
+    }
+
+    /// The deciders that decide for `instance`: the active version's, or — for a definition
+    /// whose decisions stay pinned — those of the version it started under.
+    pub(super) fn deciders_for(
+        &self,
+        rules: &Active,
+        definition: &Definition,
+        instance: &Instance,
+    ) -> Result<Deciders, CommandError> {
+        match (definition.decisions, instance.rule_set) {
+            (crate::definition::DecisionBinding::Pinned, Some(n))
+                if rules.rule_set.as_ref().is_some_and(|r| r.number != n) =>
+            {
+                Ok(Deciders::Version(self.compiled(rules, n)?))
+            }
+            _ => Ok(Deciders::Active(rules.deciders.clone())),
+        }
     }
 
     /// The candidate's tests, definition compatibility, and live instances; returns the
     /// definitions in force with the candidate active.
     fn check(
         &self,
-        stored: &[(RuleSetRecord, RuleSet)],
+        stored: &[(RuleSetRecord, DefinitionSet)],
         candidate: &RuleSet,
         label: &str,
     ) -> Result<DefinitionSet, CommandError> {
-        let failed: Vec<String> = testing::run(candidate)
+        let failed: Vec<RuleSetProblem> = testing::run(candidate)
             .into_iter()
             .filter(|o| !o.passed)
-            .map(|o| format!("test failed: {}\n{}", o.title, o.report.trim_end()))
+            .map(|o| RuleSetProblem {
+                file: o.file.clone(),
+                line: o.line,
+                column: 1,
+                message: format!("test failed: {}\n{}", o.title, o.report.trim_end()),
+            })
             .collect();
         if !failed.is_empty() {
             return Err(refused(failed));
         }
-        let definitions = compose(stored, candidate, label).map_err(refused)?;
+        let definitions = compose(stored, &candidate.definitions, label).map_err(refused)?;
         let mut problems = Vec::new();
         for def in definitions.iter() {
             if def.decisions == crate::definition::DecisionBinding::Pinned {
@@ -561,13 +764,16 @@ impl Engine {
             }
             let live = self.live_instances(def)?;
             if !live.is_empty() {
-                problems.push(format!(
-                    "{} v{} names decider(s) {} that {label} lacks, and {} live instance(s) are pinned to it: {}",
-                    def.name,
-                    def.version,
-                    missing.join(", "),
-                    live.len(),
-                    live.join(", ")
+                problems.push(RuleSetProblem::in_file(
+                    &def.source,
+                    format!(
+                        "{} v{} names decider(s) {} that {label} lacks, and {} live instance(s) are pinned to it: {}",
+                        def.name,
+                        def.version,
+                        missing.join(", "),
+                        live.len(),
+                        live.join(", ")
+                    ),
                 ));
             }
         }
@@ -606,28 +812,29 @@ impl Engine {
         }
     }
 
-    fn install(
-        &self,
-        definitions: DefinitionSet,
-        all: Vec<(RuleSetRecord, RuleSet)>,
-        active: u32,
-        info: RuleSetInfo,
-    ) {
-        let rule_sets: BTreeMap<u32, Arc<RuleSet>> = all
-            .into_iter()
-            .map(|(r, s)| (r.number, Arc::new(s)))
-            .collect();
-        let deciders_by_version: BTreeMap<u32, DeciderRegistry> = rule_sets
-            .iter()
-            .map(|(n, s)| (*n, s.deciders.clone()))
-            .collect();
-        let deciders = deciders_by_version[&active].clone();
-        *self.inner.rules.write().expect("rules lock poisoned") = Arc::new(Active {
+    /// Makes `set` the active version; the one it replaces stays compiled in the cache.
+    fn install(&self, definitions: DefinitionSet, set: Arc<RuleSet>, info: RuleSetInfo) {
+        let mut rules = self.inner.rules.write().expect("rules lock poisoned");
+        if let (Some(old), Some(old_set)) = (&rules.rule_set, &rules.active_set) {
+            if old.number != info.number {
+                let tick = self
+                    .inner
+                    .rule_set_ticks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.cache(old.number, old_set.clone(), tick);
+            }
+        }
+        self.inner
+            .rule_set_cache
+            .lock()
+            .expect("cache lock poisoned")
+            .remove(&info.number);
+        *rules = Arc::new(Active {
             definitions,
-            deciders,
+            startable: Some(startable(&set)),
+            deciders: Arc::new(set.deciders.clone()),
             rule_set: Some(info),
-            deciders_by_version,
-            rule_sets,
+            active_set: Some(set),
         });
     }
 }

@@ -1,24 +1,26 @@
 //! Backtest: replay the decisions recorded in a store against a candidate rule set and report
-//! which would now come out differently, and how. Reads a stopped store (or an export); never
-//! writes.
+//! which would now come out differently, and how. Reads only; never writes.
 //!
 //! Every rule decision's history entry carries its provenance — script, function and the full
-//! inputs — so replaying needs nothing but the store and the candidate. Decisions are taken in
-//! feed order from an offset, so a backtest can cover "everything since Monday".
+//! inputs — so replaying needs nothing but the store and the candidate. Decisions are read
+//! from every instance's history (kept for the instance's life), not from the feed (purged
+//! after its retention), so no recorded decision is skipped; `since` limits the replay to
+//! decisions recorded from that time on ("everything since Monday"). The report says which
+//! range it covered.
 
-use std::path::Path;
-
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{DecisionInput, RuleSet};
-use crate::model::InstanceId;
-use crate::store::{Store, StoreError};
+use crate::model::{HistoryEntry, InstanceId};
+use crate::store::{ListQuery, Store, StoreError};
 
 /// One recorded decision that the candidate decides differently.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ChangedDecision {
-    /// The feed offset of the recorded decision.
-    pub offset: u64,
+    /// When the decision was recorded.
+    pub at: DateTime<Utc>,
     /// The instance.
     pub instance: InstanceId,
     /// Its business key.
@@ -35,103 +37,103 @@ pub struct ChangedDecision {
 
 /// What a backtest found.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct BacktestReport {
+    /// Instances whose history was read.
+    pub instances: usize,
     /// Rule decisions replayed.
     pub replayed: usize,
+    /// When the earliest and the latest replayed decision were recorded.
+    pub covered: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// Those the candidate decides differently.
     pub changed: Vec<ChangedDecision>,
     /// Recorded decisions that could not be replayed (the candidate lacks the decider), with why.
     pub skipped: Vec<String>,
 }
 
-/// Replays every rule decision recorded after feed offset `after` against `candidate`.
-pub fn backtest(
+/// Most instances or history entries read per page.
+const PAGE: usize = 500;
+
+/// Replays every rule decision recorded at or after `since` (all when `None`) against
+/// `candidate`.
+pub(crate) fn backtest(
     store: &dyn Store,
     candidate: &RuleSet,
-    after: u64,
+    since: Option<DateTime<Utc>>,
 ) -> Result<BacktestReport, StoreError> {
     let mut report = BacktestReport::default();
-    let mut cursor = after;
+    let mut after = None;
     loop {
-        let events = store.feed(cursor, 512)?;
-        let Some(last) = events.last() else { break };
-        cursor = last.offset;
-        for event in events {
-            if event.kind != "switchyard.instance.transitioned" {
-                continue;
-            }
-            let data = event.data();
-            let (Some(instance), Some(version)) = (
-                data["instance"]
-                    .as_str()
-                    .and_then(|s| s.parse::<InstanceId>().ok()),
-                data["version"].as_u64(),
-            ) else {
-                continue;
-            };
-            let Some(entry) = store.history(instance, version - 1, 1)?.into_iter().next() else {
-                continue;
-            };
-            let Some(provenance) = entry.provenance else {
-                continue;
-            };
-            let script = provenance["script"].as_str().unwrap_or_default();
-            let stem = Path::new(script)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let decider = format!(
-                "{stem}::{}",
-                provenance["function"].as_str().unwrap_or_default()
-            );
-            let inputs = &provenance["inputs"];
-            let Some(now) = inputs["now"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            else {
-                report.skipped.push(format!(
-                    "offset {}: {decider}: the recorded inputs have no time",
-                    event.offset
-                ));
-                continue;
-            };
-            let input = DecisionInput {
-                instance: inputs["instance"].clone(),
-                payload: inputs["payload"].clone(),
-                actor: inputs["actor"].clone(),
-                now: now.with_timezone(&chrono::Utc),
-            };
-            if !candidate.deciders.contains(&decider) {
-                report.skipped.push(format!(
-                    "offset {}: the candidate has no decider `{decider}`",
-                    event.offset
-                ));
-                continue;
-            }
-            report.replayed += 1;
-            let recorded = &provenance["outputs"];
-            let differences = match candidate.evaluate(&decider, &input) {
-                Ok((_, outputs)) => compare(recorded, &outputs),
-                Err(e) => vec![format!("now fails: {}", e.message)],
-            };
-            let outcome_changed = differences.iter().any(|d| !d.starts_with("reason: "));
-            if !differences.is_empty() {
-                report.changed.push(ChangedDecision {
-                    offset: event.offset,
-                    instance,
-                    business_key: data["business_key"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    version,
-                    decider,
-                    differences,
-                    outcome_changed,
-                });
+        let page = store.list(&ListQuery {
+            page_size: PAGE,
+            after,
+            ..ListQuery::default()
+        })?;
+        for instance in &page.items {
+            report.instances += 1;
+            let mut version = 0;
+            loop {
+                let entries = store.history(instance.id, version, PAGE)?;
+                let Some(last) = entries.last() else { break };
+                version = last.version;
+                for entry in entries.iter().filter(|e| since.is_none_or(|s| e.at >= s)) {
+                    replay(candidate, &instance.business_key, entry, &mut report);
+                }
             }
         }
+        match (page.items.last(), page.next_page_token) {
+            (Some(last), Some(_)) => after = Some(last.id),
+            _ => return Ok(report),
+        }
     }
-    Ok(report)
+}
+
+/// Replays one history entry's decision, if it records one.
+fn replay(
+    candidate: &RuleSet,
+    business_key: &str,
+    entry: &HistoryEntry,
+    report: &mut BacktestReport,
+) {
+    let Some(provenance) = &entry.provenance else {
+        return;
+    };
+    let decider = provenance.decider();
+    if !candidate.deciders.contains(&decider) {
+        report.skipped.push(format!(
+            "{} v{}: the candidate has no decider `{decider}`",
+            entry.instance, entry.version
+        ));
+        return;
+    }
+    let inputs = &provenance.inputs;
+    let input = DecisionInput {
+        instance: inputs.instance.clone(),
+        payload: inputs.payload.clone(),
+        actor: inputs.actor.clone(),
+        now: inputs.now,
+    };
+    report.replayed += 1;
+    report.covered = Some(match report.covered {
+        None => (entry.at, entry.at),
+        Some((from, to)) => (from.min(entry.at), to.max(entry.at)),
+    });
+    let differences = match candidate.evaluate(&decider, &input) {
+        Ok((_, outputs)) => compare(&provenance.outputs, &outputs),
+        Err(e) => vec![format!("now fails: {}", e.message())],
+    };
+    let outcome_changed = differences.iter().any(|d| !d.starts_with("reason: "));
+    if !differences.is_empty() {
+        report.changed.push(ChangedDecision {
+            at: entry.at,
+            instance: entry.instance,
+            business_key: business_key.to_string(),
+            version: entry.version,
+            decider,
+            differences,
+            outcome_changed,
+        });
+    }
 }
 
 /// The differences between two decisions' outputs: state and reason whole, changes and

@@ -35,9 +35,10 @@ use sha2::{Digest, Sha256};
 
 use crate::decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
+    SourceLocation,
 };
 use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
-use crate::model::{Instance, InstanceId};
+use crate::model::{Instance, InstanceId, Provenance, ProvenanceInputs};
 pub use convert::{to_dynamic, to_json};
 pub use sandbox::RuleLimits;
 
@@ -480,7 +481,7 @@ impl Compiled {
                 let _ = run(locator);
                 located = sandbox::take_last_position();
             }
-            DecideError::new(self.describe(&e, &script_def.file, function, located))
+            self.describe(&e, &script_def.file, function, located)
         })?;
         let outputs = to_json(&result, "result").map_err(|m| {
             DecideError::new(format!(
@@ -488,6 +489,14 @@ impl Compiled {
                 script_def.file
             ))
         })?;
+        if let Some(refusal) = refusal_from(&outputs) {
+            return Err(refusal.unwrap_or_else(|m| {
+                DecideError::new(format!(
+                    "{}: function `{function}` returned an invalid refusal: {m}",
+                    script_def.file
+                ))
+            }));
+        }
         let decision = decision_from(&outputs).map_err(|m| {
             DecideError::new(format!(
                 "{}: function `{function}` returned an invalid decision: {m}",
@@ -497,14 +506,15 @@ impl Compiled {
         Ok((decision, outputs))
     }
 
-    /// `file:line:col: function `f`: what went wrong (and which limit)`.
+    /// `file:line:col: function `f`: what went wrong (and which limit)`, with the place as a
+    /// value too.
     fn describe(
         &self,
         error: &EvalAltResult,
         file: &str,
         function: &str,
         located: Option<(String, usize, usize)>,
-    ) -> String {
+    ) -> DecideError {
         let mut source = file.to_string();
         let mut err = error;
         let mut pos = err.position();
@@ -541,20 +551,30 @@ impl Compiled {
             EvalAltResult::ErrorRuntime(token, _) => token.to_string(),
             other => strip_position(&other.to_string()),
         };
-        if let Some((located_source, line, col)) = located {
-            let source = if located_source.is_empty() {
-                source
-            } else {
-                located_source
-            };
-            return format!("{source}:{line}:{col}: function `{function}`: {message}");
-        }
-        match (pos.line(), pos.position()) {
-            (Some(line), Some(col)) => {
-                format!("{source}:{line}:{col}: function `{function}`: {message}")
-            }
-            (Some(line), None) => format!("{source}:{line}:1: function `{function}`: {message}"),
-            _ => format!("{source}: function `{function}`: {message}"),
+        let location = match (located, pos.line()) {
+            (Some((located_source, line, column)), _) => Some(SourceLocation {
+                file: if located_source.is_empty() {
+                    source.clone()
+                } else {
+                    located_source
+                },
+                line,
+                column,
+            }),
+            (None, Some(line)) => Some(SourceLocation {
+                file: source.clone(),
+                line,
+                column: pos.position().unwrap_or(1),
+            }),
+            (None, None) => None,
+        };
+        let text = match &location {
+            Some(l) => format!("{l}: function `{function}`: {message}"),
+            None => format!("{source}: function `{function}`: {message}"),
+        };
+        DecideError::Failed {
+            message: text,
+            location,
         }
     }
 }
@@ -576,6 +596,37 @@ fn string(map: &serde_json::Map<String, Value>, name: &str, what: &str) -> Resul
         Some(other) => Err(format!("{what}`{name}` must be a string, got {other}")),
         None => Err(format!("{what}`{name}` is missing")),
     }
+}
+
+/// A business refusal, if the decider returned one: `#{ refuse: "CODE", reason: "…" }` (the
+/// code upper snake case). `Err` says what is malformed about it.
+fn refusal_from(outputs: &Value) -> Option<Result<DecideError, String>> {
+    let map = outputs.as_object()?;
+    let code = map.get("refuse")?;
+    Some((|| {
+        for key in map.keys() {
+            if !matches!(key.as_str(), "refuse" | "reason") {
+                return Err(format!(
+                    "unknown key `{key}`; a refusal has refuse and reason"
+                ));
+            }
+        }
+        let code = code
+            .as_str()
+            .filter(|c| {
+                (1..=64).contains(&c.len())
+                    && c.starts_with(|ch: char| ch.is_ascii_uppercase())
+                    && c.chars()
+                        .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+            })
+            .ok_or_else(|| {
+                format!(
+                    "`refuse` must be a code such as \"CREDIT_LIMIT\" (A-Z, 0-9, _), got {code}"
+                )
+            })?;
+        let reason = string(map, "reason", "")?;
+        Ok(DecideError::refuse(code, reason))
+    })())
 }
 
 /// A decision from the map a decider returned.
@@ -727,19 +778,19 @@ impl Decider for RhaiDecider {
         };
         let (mut decision, outputs) = self.compiled.call(&self.script, &self.function, &input)?;
         let file = &self.compiled.scripts[&self.script].file;
-        decision.provenance = Some(json!({
-            "rule_set": self.compiled.version,
-            "script": file,
-            "function": self.function,
-            "reference_data": self.compiled.data_version,
-            "inputs": {
-                "instance": input.instance,
-                "payload": input.payload,
-                "actor": input.actor,
-                "now": input.now,
+        decision.provenance = Some(Provenance {
+            rule_set: self.compiled.version.clone(),
+            script: file.clone(),
+            function: self.function.clone(),
+            reference_data: self.compiled.data_version.clone(),
+            inputs: ProvenanceInputs {
+                instance: input.instance,
+                payload: input.payload,
+                actor: input.actor,
+                now: input.now,
             },
-            "outputs": outputs,
-        }));
+            outputs,
+        });
         Ok(decision)
     }
 }

@@ -56,6 +56,10 @@ pub enum Expect {
 pub struct TestOutcome {
     /// `file:line name (function)`.
     pub title: String,
+    /// The test file.
+    pub file: String,
+    /// The line its `[[test]]` starts on.
+    pub line: usize,
     /// Whether it passed.
     pub passed: bool,
     /// On failure, what differs, readably.
@@ -202,11 +206,11 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     let result = rules.evaluate(&test.function, &test.input);
     let mut report = String::new();
     match (&test.expect, result) {
-        (Expect::Error(want), Err(e)) if e.message.contains(want.as_str()) => {}
+        (Expect::Error(want), Err(e)) if e.message().contains(want.as_str()) => {}
         (Expect::Error(want), Err(e)) => {
             report = format!(
                 "  error: expected one containing {want:?}\n         got {:?}\n",
-                e.message
+                e.message()
             )
         }
         (Expect::Error(want), Ok((_, outputs))) => {
@@ -216,7 +220,10 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
             )
         }
         (Expect::Decision(_), Err(e)) => {
-            report = format!("  expected a decision, got an error:\n    {}\n", e.message)
+            report = format!(
+                "  expected a decision, got an error:\n    {}\n",
+                e.message()
+            )
         }
         (Expect::Decision(want), Ok((_, outputs))) => {
             for (key, expected) in want {
@@ -242,6 +249,8 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     }
     TestOutcome {
         title,
+        file: test.file.clone(),
+        line: test.line,
         passed: report.is_empty(),
         report,
     }

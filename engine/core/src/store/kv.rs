@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-use super::records::{self, decode, encode, prefix, CounterRecord};
+use super::keys::{self, prefix};
+use super::records::{self, decode, encode, CounterRecord};
 use super::{
     Commit, CommitApplied, CommitRefusal, ListQuery, Page, RequestRecord, StoreError, StoreStats,
 };
@@ -292,6 +293,37 @@ macro_rules! kv_store_reads {
 }
 pub(crate) use kv_store_reads;
 
+/// What the checks of one commit found: what it replaces and the counter values it draws.
+struct Checked {
+    expired_request: Option<RequestRecord>,
+    previous: Vec<Option<records::InstanceHead>>,
+    previous_jobs: Vec<Option<Job>>,
+    drawn: Vec<CounterValue>,
+}
+
+/// The commit's instances and history with its counter assignments written in: the drawn
+/// value goes into the first instance's data and the first history entry's changes.
+fn assigned(commit: &Commit, drawn: &[CounterValue]) -> (Vec<Instance>, Vec<HistoryEntry>) {
+    let mut writes: Vec<Instance> = commit.writes.iter().map(|w| w.instance.clone()).collect();
+    let mut history: Vec<HistoryEntry> = commit.history.clone();
+    for (draw, value) in commit.counters.iter().zip(drawn) {
+        let Some(assign) = &draw.assign else { continue };
+        let rendered = serde_json::Value::String(assign.render(value.value));
+        if let Some(obj) = writes.first_mut().and_then(|w| w.data.as_object_mut()) {
+            obj.insert(assign.field.clone(), rendered.clone());
+        }
+        if let Some(entry) = history.first_mut() {
+            if !entry.changes.is_object() {
+                entry.changes = serde_json::json!({});
+            }
+            if let Some(obj) = entry.changes.as_object_mut() {
+                obj.insert(assign.field.clone(), rendered);
+            }
+        }
+    }
+    (writes, history)
+}
+
 /// Writes staged over a base map. `None` deletes.
 pub(crate) struct Staged<'a> {
     base: &'a dyn KvRead,
@@ -330,9 +362,51 @@ impl<'a> Staged<'a> {
         commit: &Commit,
     ) -> Result<Result<CommitApplied, CommitRefusal>, StoreError> {
         // Checks first: nothing is staged unless every check passes.
+        let checked = match self.check(commit)? {
+            Ok(checked) => checked,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let (writes, history) = assigned(commit, &checked.drawn);
+        for (draw, value) in commit.counters.iter().zip(&checked.drawn) {
+            self.put(
+                keys::counter_key(&draw.counter, &draw.key),
+                encode(&CounterRecord { value: value.value }),
+            );
+        }
+        for (instance, old) in writes.iter().zip(&checked.previous) {
+            self.stage_instance(instance, old.as_ref());
+        }
+        for (write, old) in commit.jobs.iter().zip(&checked.previous_jobs) {
+            self.stage_job(&write.job, old.as_ref());
+        }
+        for entry in &history {
+            self.put(
+                keys::history_key(entry.instance, entry.version),
+                encode(entry),
+            );
+        }
+        if let Some(request) = &commit.request {
+            if let Some(old) = &checked.expired_request {
+                self.delete(keys::request_expiry_key(old));
+            }
+            let mut request = request.clone();
+            request.outcome.counters = checked.drawn.clone();
+            self.put(keys::request_expiry_key(&request), Vec::new());
+            self.put(keys::request_key(&request.request_id), encode(&request));
+        }
+        let last_offset = self.stage_events(commit, &checked.drawn)?;
+        Ok(Ok(CommitApplied {
+            counters: checked.drawn,
+            last_offset,
+        }))
+    }
+
+    /// Every check of `commit` against the staged view: its request id, the versions of the
+    /// instances and jobs it writes, and its counter draws.
+    fn check(&self, commit: &Commit) -> Result<Result<Checked, CommitRefusal>, StoreError> {
         let mut expired_request = None;
         if let Some(request) = &commit.request {
-            let key = records::request_key(&request.request_id);
+            let key = keys::request_key(&request.request_id);
             if let Some(bytes) = self.get(&key)? {
                 let existing: RequestRecord = decode(&key, &bytes)?;
                 if existing.expires_at > commit.at {
@@ -343,7 +417,7 @@ impl<'a> Staged<'a> {
         }
         let mut previous = Vec::with_capacity(commit.writes.len());
         for write in &commit.writes {
-            let key = records::instance_key(write.instance.id);
+            let key = keys::instance_key(write.instance.id);
             let current = match self.get(&key)? {
                 Some(bytes) => Some(records::decode_head(&key, &bytes)?),
                 None => None,
@@ -358,9 +432,30 @@ impl<'a> Staged<'a> {
             }
             previous.push(current);
         }
+        let previous_jobs = match self.check_jobs(commit)? {
+            Ok(jobs) => jobs,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let drawn = match self.draw(commit)? {
+            Ok(drawn) => drawn,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        Ok(Ok(Checked {
+            expired_request,
+            previous,
+            previous_jobs,
+            drawn,
+        }))
+    }
+
+    /// The jobs `commit` writes as they are now, if each has the version it expects.
+    fn check_jobs(
+        &self,
+        commit: &Commit,
+    ) -> Result<Result<Vec<Option<Job>>, CommitRefusal>, StoreError> {
         let mut previous_jobs = Vec::with_capacity(commit.jobs.len());
         for write in &commit.jobs {
-            let key = records::job_key(write.job.id);
+            let key = keys::job_key(write.job.id);
             let current: Option<Job> = match self.get(&key)? {
                 Some(bytes) => Some(decode(&key, &bytes)?),
                 None => None,
@@ -375,6 +470,16 @@ impl<'a> Staged<'a> {
             }
             previous_jobs.push(current);
         }
+        Ok(Ok(previous_jobs))
+    }
+
+    /// The values `commit`'s counter draws take, unless one would pass its limit. Counter
+    /// rules live here, in the store's atomic write, so two concurrent draws cannot share a
+    /// value.
+    fn draw(
+        &self,
+        commit: &Commit,
+    ) -> Result<Result<Vec<CounterValue>, CommitRefusal>, StoreError> {
         let mut drawn: Vec<CounterValue> = Vec::with_capacity(commit.counters.len());
         for draw in &commit.counters {
             let base = match drawn
@@ -401,147 +506,112 @@ impl<'a> Staged<'a> {
                 value,
             });
         }
+        Ok(Ok(drawn))
+    }
 
-        // Every check passed: stage the writes.
-        let mut writes: Vec<Instance> = commit.writes.iter().map(|w| w.instance.clone()).collect();
-        let mut history: Vec<HistoryEntry> = commit.history.clone();
-        for (draw, value) in commit.counters.iter().zip(&drawn) {
-            self.put(
-                records::counter_key(&draw.counter, &draw.key),
-                encode(&CounterRecord { value: value.value }),
-            );
-            if let Some(assign) = &draw.assign {
-                let rendered = serde_json::Value::String(assign.render(value.value));
-                if let Some(obj) = writes.first_mut().and_then(|w| w.data.as_object_mut()) {
-                    obj.insert(assign.field.clone(), rendered.clone());
+    /// Stages an instance with its index entries and due timers; only the keys that change
+    /// are written (most commands keep the definition and business key, a self-loop keeps
+    /// the state too).
+    fn stage_instance(&mut self, instance: &Instance, old: Option<&records::InstanceHead>) {
+        let new_keys = keys::index_keys(&records::InstanceHead::of(instance));
+        let old_keys = match old {
+            Some(old) => keys::index_keys(old),
+            None => {
+                if let Some(parent) = instance.parent {
+                    self.put(keys::child_key(parent, instance.id), Vec::new());
                 }
-                if let Some(entry) = history.first_mut() {
-                    if !entry.changes.is_object() {
-                        entry.changes = serde_json::json!({});
-                    }
-                    if let Some(obj) = entry.changes.as_object_mut() {
-                        obj.insert(assign.field.clone(), rendered);
-                    }
-                }
+                Vec::new()
+            }
+        };
+        for k in &old_keys {
+            if !new_keys.contains(k) {
+                self.delete(k.clone());
             }
         }
-        for (instance, old) in writes.iter().zip(&previous) {
-            // Only index keys that change are written: most commands keep the definition and
-            // business key, and a self-loop keeps the state too.
-            let new_keys = records::index_keys(&records::InstanceHead::of(instance));
-            let old_keys = match old {
-                Some(old) => records::index_keys(old).to_vec(),
-                None => {
-                    if let Some(parent) = instance.parent {
-                        self.put(records::child_key(parent, instance.id), Vec::new());
-                    }
-                    Vec::new()
-                }
-            };
-            for k in &old_keys {
-                if !new_keys.contains(k) {
-                    self.delete(k.clone());
-                }
+        for k in &new_keys {
+            if !old_keys.contains(k) {
+                self.put(k.clone(), Vec::new());
             }
-            for k in new_keys {
-                if !old_keys.contains(&k) {
-                    self.put(k, Vec::new());
-                }
-            }
-            let old_timers = old.as_ref().map(|o| o.timers.as_slice()).unwrap_or(&[]);
-            for t in old_timers {
-                if !instance.timers.contains(t) {
-                    self.delete(records::timer_key(instance.id, t));
-                }
-            }
-            for t in &instance.timers {
-                if !old_timers.contains(t) {
-                    let due = crate::model::DueTimer {
-                        instance: instance.id,
-                        timer: t.clone(),
-                    };
-                    self.put(records::timer_key(instance.id, t), encode(&due));
-                }
-            }
-            self.put(records::instance_key(instance.id), encode(instance));
         }
-        for (write, old) in commit.jobs.iter().zip(&previous_jobs) {
-            let job = &write.job;
-            let old_key = old.as_ref().and_then(records::activatable_key);
-            let new_key = records::activatable_key(job);
-            if old_key != new_key {
-                if let Some(k) = old_key {
-                    self.delete(k);
-                }
-                if let Some(k) = new_key {
-                    self.put(k, job.id.0.as_bytes().to_vec());
-                }
+        let old_timers = old.map(|o| o.timers.as_slice()).unwrap_or(&[]);
+        for t in old_timers {
+            if !instance.timers.contains(t) {
+                self.delete(keys::timer_key(instance.id, t));
             }
-            if old.is_none() {
-                let mut k = records::jobs_of_prefix(job.instance);
-                k.extend_from_slice(job.id.0.as_bytes());
-                self.put(k, Vec::new());
-            }
-            self.put(records::job_key(job.id), encode(job));
         }
-        for entry in &history {
-            self.put(
-                records::history_key(entry.instance, entry.version),
-                encode(entry),
-            );
-        }
-        if let Some(request) = &commit.request {
-            if let Some(old) = expired_request {
-                self.delete(records::request_expiry_key(&old));
-            }
-            let mut request = request.clone();
-            request.outcome.counters = drawn.clone();
-            self.put(records::request_expiry_key(&request), Vec::new());
-            self.put(records::request_key(&request.request_id), encode(&request));
-        }
-        let mut last_offset = 0;
-        if !commit.events.is_empty() {
-            let mut head = match self.feed_head {
-                Some(h) => h,
-                None => meta(self.base, records::FEED_HEAD_KEY)?.unwrap_or(0),
-            };
-            for (i, draft) in commit.events.iter().enumerate() {
-                head += 1;
-                // Counter assignments reach the first event's post-change data too.
-                let assigned: Vec<_> = commit
-                    .counters
-                    .iter()
-                    .zip(&drawn)
-                    .filter_map(|(d, v)| d.assign.as_ref().map(|a| (a, v.value)))
-                    .collect();
-                let event = if i == 0 && !assigned.is_empty() {
-                    let mut draft = draft.clone();
-                    if let Some(data) = draft.data.get_mut("data").and_then(|d| d.as_object_mut()) {
-                        for (assign, value) in assigned {
-                            data.insert(assign.field.clone(), assign.render(value).into());
-                        }
-                    }
-                    draft.at_offset(head)
-                } else {
-                    draft.at_offset(head)
+        for t in &instance.timers {
+            if !old_timers.contains(t) {
+                let due = crate::model::DueTimer {
+                    instance: instance.id,
+                    timer: t.clone(),
                 };
-                self.put(records::feed_key(head), encode(&event));
+                self.put(keys::timer_key(instance.id, t), encode(&due));
             }
-            self.feed_head = Some(head);
-            self.put(
-                records::FEED_HEAD_KEY.to_vec(),
-                encode(&CounterRecord { value: head }),
-            );
-            last_offset = head;
         }
-        Ok(Ok(CommitApplied {
-            counters: drawn,
-            last_offset,
-        }))
+        self.put(keys::instance_key(instance.id), encode(instance));
+    }
+
+    /// Stages a job with its activation-index entry.
+    fn stage_job(&mut self, job: &Job, old: Option<&Job>) {
+        let old_key = old.and_then(keys::activatable_key);
+        let new_key = keys::activatable_key(job);
+        if old_key != new_key {
+            if let Some(k) = old_key {
+                self.delete(k);
+            }
+            if let Some(k) = new_key {
+                self.put(k, job.id.0.as_bytes().to_vec());
+            }
+        }
+        if old.is_none() {
+            let mut k = keys::jobs_of_prefix(job.instance);
+            k.extend_from_slice(job.id.0.as_bytes());
+            self.put(k, Vec::new());
+        }
+        self.put(keys::job_key(job.id), encode(job));
+    }
+
+    /// Numbers and stages `commit`'s events after the feed head; returns the last offset (0
+    /// when it has none). Counter assignments reach the first event's post-change data too.
+    fn stage_events(&mut self, commit: &Commit, drawn: &[CounterValue]) -> Result<u64, StoreError> {
+        if commit.events.is_empty() {
+            return Ok(0);
+        }
+        let mut head = match self.feed_head {
+            Some(h) => h,
+            None => meta(self.base, keys::FEED_HEAD_KEY)?.unwrap_or(0),
+        };
+        let assigned: Vec<_> = commit
+            .counters
+            .iter()
+            .zip(drawn)
+            .filter_map(|(d, v)| d.assign.as_ref().map(|a| (a, v.value)))
+            .collect();
+        for (i, draft) in commit.events.iter().enumerate() {
+            head += 1;
+            let event = if i == 0 && !assigned.is_empty() {
+                let mut draft = draft.clone();
+                if let Some(data) = draft.data.get_mut("data").and_then(|d| d.as_object_mut()) {
+                    for (assign, value) in &assigned {
+                        data.insert(assign.field.clone(), assign.render(*value).into());
+                    }
+                }
+                draft.at_offset(head)
+            } else {
+                draft.at_offset(head)
+            };
+            self.put(keys::feed_key(head), encode(&event));
+        }
+        self.feed_head = Some(head);
+        self.put(
+            keys::FEED_HEAD_KEY.to_vec(),
+            encode(&CounterRecord { value: head }),
+        );
+        Ok(head)
     }
 
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
-        let k = records::counter_key(counter, key);
+        let k = keys::counter_key(counter, key);
         Ok(u64_record(&k, self.get(&k)?)?.unwrap_or(0))
     }
 
@@ -559,7 +629,7 @@ impl<'a> Staged<'a> {
                 .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
             else {
                 return Err(StoreError::Corrupt {
-                    key: records::printable(&key),
+                    key: keys::printable(&key),
                     message: "expiry key too short".into(),
                 });
             };
@@ -567,7 +637,7 @@ impl<'a> Staged<'a> {
                 break;
             }
             let request_id = String::from_utf8_lossy(&key[9..]).into_owned();
-            let rkey = records::request_key(&request_id);
+            let rkey = keys::request_key(&request_id);
             if let Some(bytes) = self.get(&rkey)? {
                 let record: RequestRecord = decode(&rkey, &bytes)?;
                 if record.expires_at <= now {
@@ -598,7 +668,7 @@ pub(crate) fn feed(
     after: u64,
     limit: usize,
 ) -> Result<Vec<FeedEvent>, StoreError> {
-    let start = records::feed_key(after);
+    let start = keys::feed_key(after);
     kv.scan(&[prefix::FEED], Some(&start), limit)?
         .into_iter()
         .map(|(k, v)| decode(&k, &v))
@@ -606,8 +676,8 @@ pub(crate) fn feed(
 }
 
 pub(crate) fn feed_bounds(kv: &dyn KvRead) -> Result<(u64, u64), StoreError> {
-    let head = meta(kv, records::FEED_HEAD_KEY)?.unwrap_or(0);
-    let tail = meta(kv, records::FEED_TAIL_KEY)?.unwrap_or(1);
+    let head = meta(kv, keys::FEED_HEAD_KEY)?.unwrap_or(0);
+    let tail = meta(kv, keys::FEED_TAIL_KEY)?.unwrap_or(1);
     Ok((tail, head))
 }
 
@@ -625,13 +695,13 @@ pub(crate) fn purge_feed(
         if event.time >= before {
             break;
         }
-        writes.insert(records::feed_key(event.offset), None);
+        writes.insert(keys::feed_key(event.offset), None);
         next_tail = event.offset + 1;
     }
     let purged = writes.len();
     if purged > 0 {
         writes.insert(
-            records::FEED_TAIL_KEY.to_vec(),
+            keys::FEED_TAIL_KEY.to_vec(),
             Some(encode(&CounterRecord { value: next_tail })),
         );
         kv.write(writes)?;
@@ -651,7 +721,7 @@ pub(crate) fn add_rule_set(
     record: &super::RuleSetRecord,
 ) -> Result<(), StoreError> {
     let _writer = kv.writer().lock().expect("store writer lock poisoned");
-    let key = records::rule_set_key(record.number);
+    let key = keys::rule_set_key(record.number);
     if kv.get(&key)?.is_some() {
         return Err(StoreError::Io(format!(
             "rule set #{} already exists",
@@ -662,7 +732,7 @@ pub(crate) fn add_rule_set(
 }
 
 pub(crate) fn active_rule_set(kv: &dyn KvRead) -> Result<Option<u32>, StoreError> {
-    Ok(meta(kv, records::ACTIVE_RULE_SET_KEY)?.map(|n| n as u32))
+    Ok(meta(kv, keys::ACTIVE_RULE_SET_KEY)?.map(|n| n as u32))
 }
 
 pub(crate) fn set_active_rule_set(
@@ -686,13 +756,13 @@ pub(crate) fn set_active_rule_set(
     };
     kv.write(Writes::from([
         (
-            records::ACTIVE_RULE_SET_KEY.to_vec(),
+            keys::ACTIVE_RULE_SET_KEY.to_vec(),
             Some(encode(&CounterRecord {
                 value: u64::from(number),
             })),
         ),
         (
-            records::activation_key(activation.seq),
+            keys::activation_key(activation.seq),
             Some(encode(&activation)),
         ),
     ]))?;
@@ -712,7 +782,7 @@ pub(crate) fn rule_set_request(
     kv: &dyn KvRead,
     request_id: &str,
 ) -> Result<Option<super::RuleSetRequestRecord>, StoreError> {
-    let key = records::rule_set_request_key(request_id);
+    let key = keys::rule_set_request_key(request_id);
     kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
 }
 
@@ -722,19 +792,19 @@ pub(crate) fn put_rule_set_request(
 ) -> Result<(), StoreError> {
     let _writer = kv.writer().lock().expect("store writer lock poisoned");
     kv.write(Writes::from([(
-        records::rule_set_request_key(&record.request_id),
+        keys::rule_set_request_key(&record.request_id),
         Some(encode(record)),
     )]))
 }
 
 pub(crate) fn job(kv: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {
-    let key = records::job_key(id);
+    let key = keys::job_key(id);
     kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
 }
 
 pub(crate) fn job_backlog(kv: &dyn KvRead, limit: usize) -> Result<usize, StoreError> {
     Ok(kv
-        .scan(&records::activation_index_prefix(), None, limit)?
+        .scan(&keys::activation_index_prefix(), None, limit)?
         .len())
 }
 
@@ -744,7 +814,7 @@ pub(crate) fn activatable_jobs(
     now: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<Job>, StoreError> {
-    let prefix = records::activatable_prefix(job_type);
+    let prefix = keys::activatable_prefix(job_type);
     let now_millis = now.timestamp_millis().max(0) as u64;
     let mut out = Vec::new();
     for (k, _) in kv.scan(&prefix, None, limit)? {
@@ -752,18 +822,18 @@ pub(crate) fn activatable_jobs(
             .get(prefix.len()..prefix.len() + 8)
             .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
             .ok_or_else(|| StoreError::Corrupt {
-                key: records::printable(&k),
+                key: keys::printable(&k),
                 message: "activation key too short".into(),
             })?;
         if at > now_millis {
             break;
         }
-        let id = JobId(records::id_suffix(&k)?.0);
+        let id = JobId(keys::id_suffix(&k)?.0);
         match job(kv, id)? {
             Some(j) => out.push(j),
             None => {
                 return Err(StoreError::Corrupt {
-                    key: records::printable(&k),
+                    key: keys::printable(&k),
                     message: format!("activation index names job {id}, which does not exist"),
                 })
             }
@@ -774,8 +844,8 @@ pub(crate) fn activatable_jobs(
 
 pub(crate) fn jobs_of(kv: &dyn KvRead, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
     let mut out = Vec::new();
-    for (k, _) in kv.scan(&records::jobs_of_prefix(instance), None, usize::MAX)? {
-        let id = JobId(records::id_suffix(&k)?.0);
+    for (k, _) in kv.scan(&keys::jobs_of_prefix(instance), None, usize::MAX)? {
+        let id = JobId(keys::id_suffix(&k)?.0);
         if let Some(j) = job(kv, id)? {
             out.push(j);
         }
@@ -801,7 +871,7 @@ pub(crate) fn due_timers(
 
 /// Read-side queries shared by the key-value stores.
 pub(crate) fn instance(kv: &dyn KvRead, id: InstanceId) -> Result<Option<Instance>, StoreError> {
-    let key = records::instance_key(id);
+    let key = keys::instance_key(id);
     kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
 }
 
@@ -809,12 +879,12 @@ pub(crate) fn request(
     kv: &dyn KvRead,
     request_id: &str,
 ) -> Result<Option<RequestRecord>, StoreError> {
-    let key = records::request_key(request_id);
+    let key = keys::request_key(request_id);
     kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
 }
 
 pub(crate) fn counter(kv: &dyn KvRead, counter: &str, key: &str) -> Result<u64, StoreError> {
-    Ok(meta(kv, &records::counter_key(counter, key))?.unwrap_or(0))
+    Ok(meta(kv, &keys::counter_key(counter, key))?.unwrap_or(0))
 }
 
 pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>, StoreError> {
@@ -823,7 +893,7 @@ pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>,
     let mut more = false;
     match &query.definition {
         None => {
-            let after = query.after.map(records::instance_key);
+            let after = query.after.map(keys::instance_key);
             let rows = kv.scan(&[prefix::INSTANCE], after.as_deref(), limit + 1)?;
             more = rows.len() > limit;
             for (key, value) in rows.into_iter().take(limit) {
@@ -831,7 +901,7 @@ pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>,
             }
         }
         Some(definition) => {
-            let prefix = records::index_prefix(
+            let prefix = keys::index_prefix(
                 definition,
                 query.state.as_deref(),
                 query.business_key.as_deref(),
@@ -847,15 +917,19 @@ pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>,
                 let rows = kv.scan(&prefix, after.as_deref(), limit + 1)?;
                 let exhausted = rows.len() <= limit;
                 for (key, _) in &rows {
-                    let id = records::id_suffix(key)?;
+                    let id = keys::id_suffix(key)?;
                     after = Some(key.clone());
                     let Some(found) = instance(kv, id)? else {
                         return Err(StoreError::Corrupt {
-                            key: records::printable(key),
+                            key: keys::printable(key),
                             message: format!("index names instance {id}, which does not exist"),
                         });
                     };
-                    if query.state.as_ref().is_some_and(|s| *s != found.state) {
+                    // Stores written before cancelled instances left the state index may still
+                    // list them there.
+                    if query.state.as_ref().is_some_and(|s| {
+                        *s != found.state || found.status == crate::model::InstanceStatus::Cancelled
+                    }) {
                         continue;
                     }
                     if items.len() == limit {
@@ -887,8 +961,8 @@ pub(crate) fn history(
     after_version: u64,
     limit: usize,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
-    let after = records::history_key(id, after_version);
-    kv.scan(&records::history_prefix(id), Some(&after), limit)?
+    let after = keys::history_key(id, after_version);
+    kv.scan(&keys::history_prefix(id), Some(&after), limit)?
         .into_iter()
         .map(|(k, v)| decode(&k, &v))
         .collect()
@@ -900,9 +974,9 @@ pub(crate) fn children(
     after: Option<InstanceId>,
     limit: usize,
 ) -> Result<Vec<InstanceId>, StoreError> {
-    let after = after.map(|a| records::child_key(parent, a));
-    kv.scan(&records::children_prefix(parent), after.as_deref(), limit)?
+    let after = after.map(|a| keys::child_key(parent, a));
+    kv.scan(&keys::children_prefix(parent), after.as_deref(), limit)?
         .iter()
-        .map(|(k, _)| records::id_suffix(k))
+        .map(|(k, _)| keys::id_suffix(k))
         .collect()
 }

@@ -185,13 +185,9 @@ pub fn rep() -> Actor {
 }
 
 pub fn start_order(business_key: &str, total: &str, request_id: &str) -> StartRequest {
-    StartRequest {
-        definition: "order".into(),
-        business_key: business_key.into(),
-        data: json!({ "customer": "ACME", "total": total }),
-        actor: rep(),
-        request_id: request_id.into(),
-    }
+    StartRequest::new("order", rep(), request_id)
+        .business_key(business_key)
+        .data(json!({ "customer": "ACME", "total": total }))
 }
 
 pub fn command(
@@ -201,14 +197,7 @@ pub fn command(
     actor: Actor,
     request_id: &str,
 ) -> CommandRequest {
-    CommandRequest {
-        instance,
-        command: command.into(),
-        payload,
-        actor,
-        request_id: request_id.into(),
-        expected_version: None,
-    }
+    CommandRequest::new(instance, command, actor, request_id).payload(payload)
 }
 
 /// A private copy of the shipped rule set, with `edits` applied to its files

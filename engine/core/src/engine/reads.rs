@@ -1,0 +1,130 @@
+//! Reads: an instance, lists, history, children. Reads see commits once applied (possibly
+//! before their flush); acknowledgements and feed deliveries never precede the flush.
+
+use super::checks::parse_page_token;
+use super::requests::ListRequest;
+use super::Engine;
+use crate::error::CommandError;
+use crate::model::{HistoryEntry, Instance, InstanceId};
+use crate::store::{ListQuery, Page};
+
+const PAGE_SIZE_DEFAULT: usize = 100;
+
+impl Engine {
+    /// The instance `id`.
+    pub async fn get(&self, id: InstanceId) -> Result<Instance, CommandError> {
+        self.inner
+            .store
+            .instance(id)?
+            .ok_or(CommandError::UnknownInstance(id))
+    }
+
+    /// A page of instances, ordered by start time.
+    pub async fn list(&self, request: ListRequest) -> Result<Page<Instance>, CommandError> {
+        let page_size = self.page_size(request.page_size)?;
+        if request.definition.is_none()
+            && (request.state.is_some() || request.business_key.is_some())
+        {
+            return Err(CommandError::InvalidInput {
+                field: if request.state.is_some() {
+                    "state"
+                } else {
+                    "business_key"
+                }
+                .into(),
+                message: "filtering by state or business key needs `definition` too".into(),
+            });
+        }
+        let after = parse_page_token(request.page_token.as_deref())?;
+        Ok(self.inner.store.list(&ListQuery {
+            definition: request.definition,
+            state: request.state,
+            business_key: request.business_key,
+            page_size,
+            after,
+        })?)
+    }
+
+    /// History of `id` after `after_version` (0 for all), at most `page_size` entries
+    /// (0 means 100).
+    pub async fn history(
+        &self,
+        id: InstanceId,
+        after_version: u64,
+        page_size: usize,
+    ) -> Result<Vec<HistoryEntry>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        self.get(id).await?;
+        Ok(self.inner.store.history(id, after_version, page_size)?)
+    }
+
+    /// A page of `id`'s history, oldest first; `page_token` is a previous page's
+    /// `next_page_token`.
+    pub async fn history_page(
+        &self,
+        id: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page<HistoryEntry>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        let after = match page_token {
+            None | Some("") => 0,
+            Some(token) => token
+                .parse::<u64>()
+                .map_err(|_| CommandError::InvalidInput {
+                    field: "page_token".into(),
+                    message: "is not a token this list returned".into(),
+                })?,
+        };
+        self.get(id).await?;
+        let mut items = self.inner.store.history(id, after, page_size + 1)?;
+        let more = items.len() > page_size;
+        items.truncate(page_size);
+        Ok(Page {
+            next_page_token: if more {
+                items.last().map(|e| e.version.to_string())
+            } else {
+                None
+            },
+            items,
+        })
+    }
+
+    /// Instances started by `parent`'s transitions (the other direction is
+    /// [`Instance::parent`]).
+    pub async fn children(
+        &self,
+        parent: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page<InstanceId>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        let after = parse_page_token(page_token)?;
+        let mut items = self.inner.store.children(parent, after, page_size + 1)?;
+        let more = items.len() > page_size;
+        items.truncate(page_size);
+        Ok(Page {
+            next_page_token: if more {
+                items.last().map(|i| i.to_string())
+            } else {
+                None
+            },
+            items,
+        })
+    }
+
+    /// The page size a list uses for `requested`: 0 means the default (100), above the
+    /// configured `page_size_max` is refused. Every list of the engine (and of a server on top
+    /// of it) applies this one rule.
+    pub fn page_size(&self, requested: usize) -> Result<usize, CommandError> {
+        let max = self.inner.config.page_size_max;
+        match requested {
+            0 => Ok(PAGE_SIZE_DEFAULT.min(max)),
+            n if n > max => Err(CommandError::InvalidInput {
+                field: "page_size".into(),
+                message: format!("{n} is above the maximum page size {max}"),
+            }),
+            n => Ok(n),
+        }
+    }
+}
