@@ -3,10 +3,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{Duration, TimeZone, Utc};
 use common::*;
 use serde_json::json;
 use switchyard_core::store::*;
@@ -230,140 +230,10 @@ async fn subscribing_before_the_retained_horizon_names_the_earliest_offset() {
     assert_eq!(events[0].offset, 3);
 }
 
-/// A memory store whose flush waits until the test opens the gate.
-struct GatedStore {
-    inner: MemoryStore,
-    gate: Mutex<bool>,
-    opened: std::sync::Condvar,
-}
-
-impl GatedStore {
-    fn open_gate(&self) {
-        *self.gate.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
-
-impl Store for GatedStore {
-    fn instance(&self, id: InstanceId) -> Result<Option<Instance>, StoreError> {
-        self.inner.instance(id)
-    }
-    fn request(&self, r: &str) -> Result<Option<RequestRecord>, StoreError> {
-        self.inner.request(r)
-    }
-    fn list(&self, q: &ListQuery) -> Result<Page<Instance>, StoreError> {
-        self.inner.list(q)
-    }
-    fn history(
-        &self,
-        id: InstanceId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.inner.history(id, after, limit)
-    }
-    fn children(
-        &self,
-        p: InstanceId,
-        after: Option<InstanceId>,
-        limit: usize,
-    ) -> Result<Vec<InstanceId>, StoreError> {
-        self.inner.children(p, after, limit)
-    }
-    fn counter(&self, c: &str, k: &str) -> Result<u64, StoreError> {
-        self.inner.counter(c, k)
-    }
-    fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError> {
-        self.inner.rule_sets()
-    }
-    fn add_rule_set(&self, record: &RuleSetRecord) -> Result<(), StoreError> {
-        self.inner.add_rule_set(record)
-    }
-    fn active_rule_set(&self) -> Result<Option<u32>, StoreError> {
-        self.inner.active_rule_set()
-    }
-    fn set_active_rule_set(
-        &self,
-        number: u32,
-        at: DateTime<Utc>,
-        by: &str,
-    ) -> Result<switchyard_core::store::RuleSetActivation, StoreError> {
-        self.inner.set_active_rule_set(number, at, by)
-    }
-    fn rule_set_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<switchyard_core::store::RuleSetRequestRecord>, StoreError> {
-        self.inner.rule_set_request(request_id)
-    }
-    fn put_rule_set_request(
-        &self,
-        record: &switchyard_core::store::RuleSetRequestRecord,
-    ) -> Result<(), StoreError> {
-        self.inner.put_rule_set_request(record)
-    }
-    fn rule_set_activations(
-        &self,
-    ) -> Result<Vec<switchyard_core::store::RuleSetActivation>, StoreError> {
-        self.inner.rule_set_activations()
-    }
-    fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        self.inner.job(id)
-    }
-    fn activatable_jobs(
-        &self,
-        job_type: &str,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        self.inner.activatable_jobs(job_type, now, limit)
-    }
-    fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
-        self.inner.jobs_of(instance)
-    }
-    fn job_backlog(&self, limit: usize) -> Result<usize, StoreError> {
-        self.inner.job_backlog(limit)
-    }
-    fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError> {
-        self.inner.due_timers(now, limit)
-    }
-    fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
-        self.inner.feed(after, limit)
-    }
-    fn feed_bounds(&self) -> Result<(u64, u64), StoreError> {
-        self.inner.feed_bounds()
-    }
-    fn purge_feed(&self, before: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
-        self.inner.purge_feed(before, limit)
-    }
-    fn apply(
-        &self,
-        batch: &[Commit],
-    ) -> Result<Vec<Result<CommitApplied, CommitRefusal>>, StoreError> {
-        self.inner.apply(batch)
-    }
-    fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError> {
-        self.inner.purge_requests(now, limit)
-    }
-    fn stats(&self) -> StoreStats {
-        self.inner.stats()
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        let mut open = self.gate.lock().unwrap();
-        while !*open {
-            open = self.opened.wait(open).unwrap();
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn only_flushed_events_are_delivered() {
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::new(),
-        gate: Mutex::new(false),
-        opened: Default::default(),
-    });
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    store.hold_flushes();
     let d = deciders();
     let engine =
         Engine::with_store(store.clone(), EngineConfig::in_memory(), definitions(&d), d).unwrap();
@@ -395,7 +265,7 @@ async fn only_flushed_events_are_delivered() {
         !starter.is_finished(),
         "a command was acknowledged before its flush"
     );
-    store.open_gate();
+    store.release_flushes();
     starter.await.unwrap();
     let event = read(&mut sub, 1).await;
     assert_eq!(event[0].offset, 1);

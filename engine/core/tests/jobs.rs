@@ -50,6 +50,12 @@ fn t0() -> DateTime<Utc> {
 }
 
 async fn engine(clock: Arc<ManualClock>) -> Engine {
+    let mut config = EngineConfig::in_memory();
+    config.clock = clock;
+    engine_with(config).await
+}
+
+async fn engine_with(config: EngineConfig) -> Engine {
     let mut d = DeciderRegistry::new();
     d.register("order.submit", |ctx: &DecisionContext<'_>| {
         Ok(Decision::goto("reserving", "reserve stock").with_effect(Effect::CreateJob {
@@ -58,8 +64,6 @@ async fn engine(clock: Arc<ManualClock>) -> Engine {
         }))
     });
     let defs = DefinitionSet::from_sources(&[("order.toml".into(), ORDER.into())], &d).unwrap();
-    let mut config = EngineConfig::in_memory();
-    config.clock = clock;
     Engine::open(config, defs, d).await.unwrap()
 }
 
@@ -432,4 +436,56 @@ async fn metrics_report_the_job_backlog_and_the_slowest_subscriber() {
     drop(sub);
     assert_eq!(engine.metrics().await.unwrap().feed_subscribers, 0);
     assert_eq!(engine.get(id).await.unwrap().state, "reserved");
+}
+
+#[tokio::test]
+async fn an_in_process_handler_that_panics_or_hangs_fails_its_attempt_and_the_others_go_on() {
+    let mut config = EngineConfig::in_memory();
+    config.clock = Arc::new(ManualClock::new(t0()));
+    config.job_handler_timeout = StdDuration::from_millis(300);
+    let engine = engine_with(config).await;
+    engine.register_job_handler("reserve_stock", |job: ActivatedJob| async move {
+        match job.payload["order"].as_str() {
+            Some("O-PANIC") => panic!("the warehouse client panicked"),
+            Some("O-HANG") => std::future::pending().await,
+            _ => Ok(json!({ "warehouse": "W-1" })),
+        }
+    });
+    let mut sub = engine.subscribe(0).unwrap();
+    let panics = submitted(&engine, "O-PANIC").await;
+    let hangs = submitted(&engine, "O-HANG").await;
+    let fine = submitted(&engine, "O-FINE").await;
+    let mut failures = std::collections::BTreeMap::new();
+    let mut completed = 0;
+    while failures.len() < 2 || completed < 1 {
+        let event = tokio::time::timeout(StdDuration::from_secs(10), sub.next())
+            .await
+            .expect("every job was answered")
+            .unwrap();
+        let data = event.data();
+        if event.kind == "switchyard.job.failed" {
+            failures.insert(
+                data["payload"]["order"].as_str().unwrap().to_string(),
+                data["error"].as_str().unwrap().to_string(),
+            );
+        } else if event.kind == "switchyard.job.completed" {
+            completed += 1;
+        }
+    }
+    assert_eq!(failures["O-PANIC"], "the in-process handler panicked");
+    assert_eq!(
+        failures["O-HANG"],
+        "the in-process handler did not answer within 300 ms"
+    );
+    assert_eq!(engine.get(fine).await.unwrap().state, "reserved");
+    for id in [panics, hangs] {
+        let job = engine.jobs(id).await.unwrap().remove(0);
+        assert_eq!(
+            job.status,
+            JobStatus::Activatable,
+            "retried later, not lost"
+        );
+        assert_eq!(job.failures, 1);
+    }
+    engine.shutdown().await;
 }

@@ -448,3 +448,187 @@ async fn rule_set_requests_are_idempotent_until_their_id_expires_and_activations
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rollback_also_rolls_back_what_new_instances_start_on() {
+    // Rule set 2 gives quotes a version 2 with a new optional field.
+    let v2 = edited(&[
+        ("definitions/quote.toml", "version = 1", "version = 2"),
+        (
+            "definitions/quote.toml",
+            "lead = { type = \"string\", max_length = 40, required = false }",
+            "lead = { type = \"string\", max_length = 40, required = false }\nreference = { type = \"string\", required = false }",
+        ),
+    ]);
+    let store = tempfile::tempdir().unwrap();
+    let engine = open(store.path(), &shipped()).await;
+    engine.deploy_rules(v2.path(), &analyst()).await.unwrap();
+    let rep = Actor::new("ana", &["sales_rep"]);
+    let data = |reference: bool| {
+        let mut d = json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-4999", "quantity": 1 }] });
+        if reference {
+            d["reference"] = json!("PO-1");
+        }
+        d
+    };
+    let on_v2 = engine
+        .start(StartRequest::new("quote", rep.clone(), "s-v2").data(data(true)))
+        .await
+        .unwrap()
+        .instance;
+    assert_eq!(engine.get(on_v2).await.unwrap().definition.version, 2);
+
+    // Roll back to rule set 1: new quotes start on quote v1 again…
+    engine.activate_rules(1, &analyst()).await.unwrap();
+    let on_v1 = engine
+        .start(StartRequest::new("quote", rep.clone(), "s-v1").data(data(false)))
+        .await
+        .unwrap()
+        .instance;
+    assert_eq!(engine.get(on_v1).await.unwrap().definition.version, 1);
+    let refused = engine
+        .start(StartRequest::new("quote", rep.clone(), "s-v1-ref").data(data(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "INVALID_PAYLOAD", "{refused}");
+    assert!(refused.to_string().contains("reference"), "{refused}");
+    // …while the live v2 quote stays on v2 and carries on.
+    let out = engine
+        .send(CommandRequest::new(
+            on_v2,
+            "submit",
+            rep.clone(),
+            "submit-v2",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.state, "approved");
+    assert_eq!(engine.get(on_v2).await.unwrap().definition.version, 2);
+    // Rolling forward again starts on v2.
+    engine.activate_rules(2, &analyst()).await.unwrap();
+    let again = engine
+        .start(StartRequest::new("quote", rep, "s-v2-again").data(data(true)))
+        .await
+        .unwrap()
+        .instance;
+    assert_eq!(engine.get(again).await.unwrap().definition.version, 2);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn compiled_versions_are_cached_within_their_bound_and_compiled_again_on_demand() {
+    let pin = (
+        "definitions/quote.toml",
+        "initial = \"draft\"",
+        "initial = \"draft\"\ndecisions = \"pinned\"",
+    );
+    let threshold = |limit: &str| -> tempfile::TempDir {
+        let dir = edited(&[
+            pin,
+            (
+                "data/approval.json",
+                "\"auto_approve_net_below\": \"5000\"",
+                &format!("\"auto_approve_net_below\": \"{limit}\""),
+            ),
+        ]);
+        std::fs::remove_file(dir.path().join("tests/quote.toml")).unwrap();
+        dir
+    };
+    let (v1, v2, v3) = (threshold("5000"), threshold("5010"), threshold("4000"));
+    let store = tempfile::tempdir().unwrap();
+    let mut sled = SledConfig::new(store.path());
+    sled.durability = Durability::Flush;
+    let mut config = EngineConfig::new(StoreConfig::Sled(sled));
+    config.rule_set_cache = 1;
+    let engine = Engine::open_with_rules(
+        config,
+        v1.path(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await
+    .unwrap();
+    let rep = Actor::new("ana", &["sales_rep"]);
+    let start = |key: &'static str| {
+        StartRequest::new("quote", rep.clone(), format!("s-{key}"))
+            .business_key(key)
+            .data(json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "FIXED-5000", "quantity": 1 }] }))
+    };
+    let on_1 = engine.start(start("ONE")).await.unwrap().instance;
+    engine.deploy_rules(v2.path(), &analyst()).await.unwrap();
+    let on_2 = engine.start(start("TWO")).await.unwrap().instance;
+    engine.deploy_rules(v3.path(), &analyst()).await.unwrap();
+    assert_eq!(engine.cached_rule_sets(), [2], "only the one replaced last");
+    // Each quote is decided by the version it started under: #1 (limit 5000), #2 (5010);
+    // #1 is compiled again on demand and pushes #2 out, which then comes back.
+    let decide = |id, key: &str| {
+        engine.send(CommandRequest::new(
+            id,
+            "submit",
+            rep.clone(),
+            format!("submit-{key}"),
+        ))
+    };
+    assert_eq!(decide(on_1, "ONE").await.unwrap().state, "pending_approval");
+    assert_eq!(engine.cached_rule_sets(), [1]);
+    assert_eq!(decide(on_2, "TWO").await.unwrap().state, "approved");
+    assert_eq!(engine.cached_rule_sets(), [2]);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn backtest_replays_decisions_whose_feed_events_retention_purged() {
+    let store = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap(),
+    ));
+    let mut sled = SledConfig::new(store.path());
+    sled.durability = Durability::Flush;
+    let mut config = EngineConfig::new(StoreConfig::Sled(sled));
+    config.clock = clock.clone();
+    let engine = Engine::open_with_rules(
+        config,
+        &shipped(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await
+    .unwrap();
+    submit(&engine, "Q-4999", "FIXED-4999").await;
+    submit(&engine, "Q-5000", "FIXED-5000").await;
+    clock.advance(chrono::Duration::days(40));
+    assert!(
+        engine.purge_feed().await.unwrap() >= 4,
+        "the decisions' events are gone"
+    );
+    submit(&engine, "Q-LATER", "FIXED-5000").await;
+    let candidate = RuleSet::load(
+        raised_threshold().path(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .unwrap();
+    let report = engine.backtest(&candidate, None).unwrap();
+    assert_eq!(report.instances, 3);
+    assert_eq!(
+        report.replayed, 3,
+        "every recorded decision, purged events or not"
+    );
+    let flipped: Vec<&str> = report
+        .changed
+        .iter()
+        .filter(|c| c.outcome_changed)
+        .map(|c| c.business_key.as_str())
+        .collect();
+    assert_eq!(flipped, ["Q-5000", "Q-LATER"]);
+    let (from, to) = report.covered.unwrap();
+    assert_eq!(from, Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap());
+    assert_eq!(to, Utc.with_ymd_and_hms(2026, 5, 11, 9, 0, 0).unwrap());
+    // `since` leaves out what came before.
+    let since = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    assert_eq!(
+        engine.backtest(&candidate, Some(since)).unwrap().replayed,
+        1
+    );
+    engine.shutdown().await;
+}

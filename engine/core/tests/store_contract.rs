@@ -400,7 +400,10 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         .unwrap()
         .is_empty());
     assert!(store.activatable_jobs("pack", t0(), 10).unwrap().is_empty());
-    assert_eq!(store.jobs_of(instance_id).unwrap(), vec![job.clone()]);
+    assert_eq!(
+        store.jobs_of(instance_id, None, 100).unwrap(),
+        vec![job.clone()]
+    );
 
     let mut done = job.clone();
     done.status = JobStatus::Completed;
@@ -438,6 +441,66 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         store.job(job.id).unwrap().unwrap().status,
         JobStatus::Completed
     );
+}
+
+fn jobs_page_and_rule_sets_read_one_at_a_time(store: &dyn Store) {
+    let instance_id = InstanceId::new();
+    let jobs: Vec<Job> = (0..3)
+        .map(|_| Job {
+            id: JobId(uuid::Uuid::now_v7()),
+            job_type: "pick".into(),
+            instance: instance_id,
+            payload: json!({}),
+            status: JobStatus::Activatable,
+            failures: 0,
+            retries: 3,
+            backoff_ms: 1000,
+            available_at: t0(),
+            lease: None,
+            last_error: None,
+            complete_command: "picked".into(),
+            version: 1,
+            created_at: t0(),
+            updated_at: t0(),
+        })
+        .collect();
+    let mut c = write(instance(instance_id, 1, "created", "P"), None);
+    c.jobs = jobs
+        .iter()
+        .map(|j| JobWrite {
+            job: j.clone(),
+            expected_version: None,
+        })
+        .collect();
+    one(store, c).unwrap();
+    let first = store.jobs_of(instance_id, None, 2).unwrap();
+    assert_eq!(first, jobs[..2].to_vec());
+    let rest = store.jobs_of(instance_id, Some(first[1].id), 2).unwrap();
+    assert_eq!(rest, jobs[2..].to_vec());
+
+    for number in 1..=3 {
+        store
+            .add_rule_set(&RuleSetRecord {
+                number,
+                version: format!("v{number}"),
+                files: [("definitions/a.toml".to_string(), "x".to_string())].into(),
+                deployed_at: t0(),
+                deployed_by: "ada".into(),
+            })
+            .unwrap();
+        store.set_active_rule_set(number, t0(), "ada").unwrap();
+    }
+    store.set_active_rule_set(1, t0(), "bob").unwrap();
+    assert_eq!(store.rule_set(2).unwrap().unwrap().version, "v2");
+    assert!(store.rule_set(4).unwrap().is_none());
+    let log = store.rule_set_activations().unwrap();
+    let seqs: Vec<(u64, u32)> = log.iter().map(|a| (a.seq, a.number)).collect();
+    assert_eq!(
+        seqs,
+        [(1, 1), (2, 2), (3, 3), (4, 1)],
+        "oldest first, numbered in order"
+    );
+    assert_eq!(store.active_rule_set().unwrap(), Some(1));
 }
 
 macro_rules! contract {
@@ -479,6 +542,11 @@ macro_rules! contract {
             fn links_are_indexed_both_ways() {
                 let (store, _guard) = $make;
                 super::links_are_indexed_both_ways(&*store);
+            }
+            #[test]
+            fn jobs_page_and_rule_sets_read_one_at_a_time() {
+                let (store, _guard) = $make;
+                super::jobs_page_and_rule_sets_read_one_at_a_time(&*store);
             }
         }
     };

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 mod convert;
+pub mod http;
 pub mod metrics_http;
 pub mod server;
 mod services;

@@ -1,56 +1,41 @@
-//! Prometheus metrics over plain HTTP/1.1 on their own (loopback by default) port: one
-//! `GET /metrics` route, rendered from [`Engine::metrics`] and the server's own counters.
-//! Kept to a tiny hand-written responder so the server pulls in no HTTP framework for it.
+//! Prometheus metrics over HTTP/1.1 on their own (loopback by default) port: one
+//! `GET /metrics` route, rendered from [`Engine::metrics`] and the server's own counters,
+//! served by [`crate::http`] with its connection limit and timeouts.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
 use switchyard_core::metrics::HistogramSnapshot;
 use switchyard_core::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// Largest request head read from a scraper.
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// What the metrics route reads.
+#[derive(Clone)]
+pub struct MetricsState {
+    /// The engine measured.
+    pub engine: Engine,
+    /// RPCs refused for a missing or unknown credential.
+    pub unauthenticated: Arc<AtomicU64>,
+    /// Connections refused at a listener's connection limit.
+    pub connections_refused: Arc<AtomicU64>,
+}
 
-/// Serves `/metrics` until the task is dropped.
-pub async fn serve(listener: TcpListener, engine: Engine, refusals: Arc<AtomicU64>) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let engine = engine.clone();
-        let refusals = refusals.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(512);
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REQUEST_BYTES_MAX {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&head);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if line.starts_with("GET ") && path == "/metrics" {
-                match render(&engine, &refusals).await {
-                    Ok(text) => ("200 OK", text),
-                    Err(e) => ("503 Service Unavailable", format!("{e}\n")),
-                }
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
+/// The metrics router: `GET /metrics`; anything else is 404.
+pub fn router(state: MetricsState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only GET /metrics is served here\n") })
+        .with_state(state)
+}
+
+async fn scrape(State(state): State<MetricsState>) -> axum::response::Response {
+    match render(&state).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
@@ -83,11 +68,8 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// The exposition text.
-pub async fn render(
-    engine: &Engine,
-    refusals: &AtomicU64,
-) -> Result<String, switchyard_core::CommandError> {
-    let m = engine.metrics().await?;
+pub async fn render(state: &MetricsState) -> Result<String, switchyard_core::CommandError> {
+    let m = state.engine.metrics().await?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -163,7 +145,12 @@ pub async fn render(
     let _ = writeln!(
         out,
         "# HELP switchyard_grpc_unauthenticated_total RPCs refused for a missing or unknown credential.\n# TYPE switchyard_grpc_unauthenticated_total counter\nswitchyard_grpc_unauthenticated_total {}",
-        refusals.load(Ordering::Relaxed)
+        state.unauthenticated.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_connections_refused_total Connections closed at a listener's connection limit.\n# TYPE switchyard_connections_refused_total counter\nswitchyard_connections_refused_total {}",
+        state.connections_refused.load(Ordering::Relaxed)
     );
     Ok(out)
 }

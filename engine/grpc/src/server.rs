@@ -9,6 +9,8 @@
 //! queue and flushes, and the store is closed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_core::{
@@ -174,11 +176,19 @@ pub async fn start(
         Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
         None => tracing::warn!("no rule set is active"),
     }
+    let connections_refused = Arc::new(AtomicU64::new(0));
     let metrics_task = metrics_listener.map(|listener| {
-        tokio::spawn(crate::metrics_http::serve(
+        let router = crate::metrics_http::router(crate::metrics_http::MetricsState {
+            engine: engine.clone(),
+            unauthenticated: auth.refusals(),
+            connections_refused: connections_refused.clone(),
+        });
+        tokio::spawn(crate::http::serve(
             listener,
-            engine.clone(),
-            auth.refusals(),
+            router,
+            crate::http::HttpLimits::default(),
+            connections_refused.clone(),
+            "metrics",
         ))
     });
 

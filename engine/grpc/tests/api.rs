@@ -1474,3 +1474,83 @@ async fn a_busy_port_is_reported_before_the_store_is_opened() {
         "the store was not opened"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_data_loss_not_a_retryable_failure() {
+    let server = TestServer::start().await;
+    let start = |key: &str, coupon: bool| {
+        let mut data: serde_json::Value = serde_json::from_str(&quote_data("FIXED-4999")).unwrap();
+        if coupon {
+            data["coupon"] = "VIP20".into();
+        }
+        as_role(
+            "sales_rep",
+            pb::StartInstanceRequest {
+                request_id: format!("s-{key}"),
+                definition: "quote".into(),
+                business_key: key.into(),
+                data_json: data.to_string(),
+            },
+        )
+    };
+    let submit = |id: &str, key: &str| {
+        as_role(
+            "sales_rep",
+            pb::SendCommandRequest {
+                request_id: format!("submit-{key}"),
+                instance_id: id.into(),
+                command: "submit".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut client = server.instances();
+    let first = client
+        .start_instance(start("C-1", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = first.result.unwrap().instance_id;
+    client.send_command(submit(&first, "C-1")).await.unwrap();
+    let second = client
+        .start_instance(start("C-2", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = second.result.unwrap().instance_id;
+    let config = config(server.dir.path());
+    let dir = {
+        let TestServer { running, dir, .. } = server;
+        running.unwrap().shutdown().await.unwrap();
+        dir
+    };
+    {
+        // Damage two records: the coupon's counter (read only inside the committer's atomic
+        // write) and the first quote (read before any commit).
+        let db = sled::open(dir.path().join("data")).unwrap();
+        db.insert(b"ccoupon_uses\0VIP20", b"C\x01{oops".to_vec())
+            .unwrap();
+        let mut key = vec![b'i'];
+        key.extend_from_slice(uuid::Uuid::parse_str(&first).unwrap().as_bytes());
+        db.insert(key, b"I\x01[".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let server = TestServer::start_with(dir, config).await;
+    let mut client = server.instances();
+    let refused = client.send_command(submit(&second, "C-2")).await;
+    let status = expect_refusal(refused, Code::DataLoss, "STORE");
+    assert!(
+        status.message().contains("corrupt record at key c"),
+        "{status:?}"
+    );
+    let refused = client
+        .get_instance(as_role(
+            "sales_rep",
+            pb::GetInstanceRequest {
+                instance_id: first.clone(),
+            },
+        ))
+        .await;
+    expect_refusal(refused, Code::DataLoss, "STORE");
+    server.stop().await;
+}

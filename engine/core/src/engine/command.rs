@@ -244,8 +244,8 @@ impl Engine {
             expected_version: Some(instance.version),
         });
         // Its open jobs and incidents go with it.
-        for job in self.inner.store.jobs_of(instance.id)? {
-            if job.is_open() {
+        for job in self.open_jobs(instance.id)? {
+            {
                 let mut cancelled = job.clone();
                 cancelled.cancel(now);
                 commit
@@ -267,6 +267,22 @@ impl Engine {
             now,
         ));
         Ok(Prepared { commit, outcome })
+    }
+
+    /// Every open job of `instance` (waiting, leased or an incident), read page by page.
+    fn open_jobs(&self, instance: InstanceId) -> Result<Vec<crate::job::Job>, CommandError> {
+        const PAGE: usize = 500;
+        let mut open = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.inner.store.jobs_of(instance, after, PAGE)?;
+            after = page.last().map(|j| j.id);
+            let done = page.len() < PAGE;
+            open.extend(page.into_iter().filter(crate::job::Job::is_open));
+            if done {
+                return Ok(open);
+            }
+        }
     }
 
     /// Takes the stripe locks of `ids` in ascending stripe order (so two commands never wait

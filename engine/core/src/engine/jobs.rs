@@ -141,11 +141,42 @@ impl Engine {
             .ok_or(CommandError::UnknownJob(id))
     }
 
-    /// Every job of an instance, oldest first; incidents are the ones with status
-    /// [`JobStatus::Incident`].
+    /// The first jobs of an instance (at most the configured `page_size_max`), oldest first;
+    /// incidents are the ones with status [`JobStatus::Incident`]. [`Engine::jobs_page`]
+    /// pages through more.
     pub async fn jobs(&self, instance: InstanceId) -> Result<Vec<Job>, CommandError> {
+        let max = self.inner.config.page_size_max;
+        Ok(self.jobs_page(instance, max, None).await?.items)
+    }
+
+    /// A page of an instance's jobs, oldest first; `page_token` is a previous page's
+    /// `next_page_token`.
+    pub async fn jobs_page(
+        &self,
+        instance: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<crate::store::Page<Job>, CommandError> {
+        let page_size = self.page_size(page_size)?;
+        let after = match page_token {
+            None | Some("") => None,
+            Some(t) => Some(t.parse::<JobId>().map_err(|_| CommandError::InvalidInput {
+                field: "page_token".into(),
+                message: "is not a token this list returned".into(),
+            })?),
+        };
         self.get(instance).await?;
-        Ok(self.inner.store.jobs_of(instance)?)
+        let mut items = self.inner.store.jobs_of(instance, after, page_size + 1)?;
+        let more = items.len() > page_size;
+        items.truncate(page_size);
+        Ok(crate::store::Page {
+            next_page_token: if more {
+                items.last().map(|j| j.id.to_string())
+            } else {
+                None
+            },
+            items,
+        })
     }
 
     /// Leases up to `max_jobs` available jobs of a type (new, due for a retry, or whose lease

@@ -680,9 +680,7 @@ impl Engine {
         let record = self
             .inner
             .store
-            .rule_sets()?
-            .into_iter()
-            .find(|r| r.number == number)
+            .rule_set(number)?
             .ok_or(CommandError::UnknownRuleSet(number))?;
         let set = RuleSet::from_files(&format!("rule set #{number}"), record.files, rust, limits)
             .map_err(load_problems)?;
@@ -706,6 +704,19 @@ impl Engine {
                 .expect("not empty");
             cache.remove(&oldest);
         }
+    }
+
+    /// The rule-set versions compiled in the cache besides the active one, by number (for
+    /// tests of the cache's bound).
+    #[cfg(feature = "testing")]
+    pub fn cached_rule_sets(&self) -> Vec<u32> {
+        self.inner
+            .rule_set_cache
+            .lock()
+            .expect("cache lock poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// The deciders that decide for `instance`: the active version's, or — for a definition

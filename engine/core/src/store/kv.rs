@@ -36,7 +36,26 @@ pub(crate) trait KvRead {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+    /// Up to `limit` entries whose key starts with `prefix`, in reverse key order (the
+    /// greatest first).
+    fn scan_back(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
 }
+
+/// The least key greater than every key starting with `prefix` (`None`: there is none).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Most rule-set versions (and activations) a store reads in one call; deploying beyond
+/// this many versions is refused (see `add_rule_set`).
+pub(crate) const RULE_SETS_MAX: usize = 10_000;
 
 /// Staged writes: `None` deletes.
 pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -198,6 +217,13 @@ macro_rules! kv_store_reads {
             $crate::store::kv::rule_set_activations(self)
         }
 
+        fn rule_set(
+            &self,
+            number: u32,
+        ) -> Result<Option<$crate::store::RuleSetRecord>, $crate::store::StoreError> {
+            $crate::store::kv::rule_set(self, number)
+        }
+
         fn rule_set_request(
             &self,
             request_id: &str,
@@ -236,8 +262,10 @@ macro_rules! kv_store_reads {
         fn jobs_of(
             &self,
             instance: $crate::model::InstanceId,
+            after: Option<$crate::job::JobId>,
+            limit: usize,
         ) -> Result<Vec<$crate::job::Job>, $crate::store::StoreError> {
-            $crate::store::kv::jobs_of(self, instance)
+            $crate::store::kv::jobs_of(self, instance, after, limit)
         }
 
         fn due_timers(
@@ -710,7 +738,7 @@ pub(crate) fn purge_feed(
 }
 
 pub(crate) fn rule_sets(kv: &dyn KvRead) -> Result<Vec<super::RuleSetRecord>, StoreError> {
-    kv.scan(&[prefix::RULE_SET], None, usize::MAX)?
+    kv.scan(&[prefix::RULE_SET], None, RULE_SETS_MAX)?
         .into_iter()
         .map(|(k, v)| decode(&k, &v))
         .collect()
@@ -728,6 +756,11 @@ pub(crate) fn add_rule_set(
             record.number
         )));
     }
+    if record.number as usize > RULE_SETS_MAX {
+        return Err(StoreError::Io(format!(
+            "a store keeps at most {RULE_SETS_MAX} rule-set versions"
+        )));
+    }
     kv.write(Writes::from([(key, Some(encode(record)))]))
 }
 
@@ -742,9 +775,8 @@ pub(crate) fn set_active_rule_set(
     by: &str,
 ) -> Result<super::RuleSetActivation, StoreError> {
     let _writer = kv.writer().lock().expect("store writer lock poisoned");
-    // Activations are rare (deployments and rollbacks): reading them all is cheap.
     let last = kv
-        .scan(&[prefix::ACTIVATION], None, usize::MAX)?
+        .scan_back(&[prefix::ACTIVATION], 1)?
         .pop()
         .map(|(k, v)| decode::<super::RuleSetActivation>(&k, &v))
         .transpose()?;
@@ -769,13 +801,23 @@ pub(crate) fn set_active_rule_set(
     Ok(activation)
 }
 
+/// The latest `RULE_SETS_MAX` activations, oldest first.
 pub(crate) fn rule_set_activations(
     kv: &dyn KvRead,
 ) -> Result<Vec<super::RuleSetActivation>, StoreError> {
-    kv.scan(&[prefix::ACTIVATION], None, usize::MAX)?
+    kv.scan_back(&[prefix::ACTIVATION], RULE_SETS_MAX)?
         .into_iter()
+        .rev()
         .map(|(k, v)| decode(&k, &v))
         .collect()
+}
+
+pub(crate) fn rule_set(
+    kv: &dyn KvRead,
+    number: u32,
+) -> Result<Option<super::RuleSetRecord>, StoreError> {
+    let key = keys::rule_set_key(number);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
 }
 
 pub(crate) fn rule_set_request(
@@ -842,9 +884,20 @@ pub(crate) fn activatable_jobs(
     Ok(out)
 }
 
-pub(crate) fn jobs_of(kv: &dyn KvRead, instance: InstanceId) -> Result<Vec<Job>, StoreError> {
+pub(crate) fn jobs_of(
+    kv: &dyn KvRead,
+    instance: InstanceId,
+    after: Option<JobId>,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let prefix = keys::jobs_of_prefix(instance);
+    let after = after.map(|id| {
+        let mut k = prefix.clone();
+        k.extend_from_slice(id.0.as_bytes());
+        k
+    });
     let mut out = Vec::new();
-    for (k, _) in kv.scan(&keys::jobs_of_prefix(instance), None, usize::MAX)? {
+    for (k, _) in kv.scan(&prefix, after.as_deref(), limit)? {
         let id = JobId(keys::id_suffix(&k)?.0);
         if let Some(j) = job(kv, id)? {
             out.push(j);

@@ -51,6 +51,20 @@ impl KvRead for MemoryStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+
+    fn scan_back(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let map = self.map.read().expect("memory store lock poisoned");
+        let upper = match super::kv::prefix_end(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        Ok(map
+            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), upper))
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
 }
 
 impl KvWrite for MemoryStore {

@@ -12,6 +12,8 @@
 // Functions here fit on a screen (clippy.toml sets the threshold).
 #![warn(clippy::too_many_lines)]
 
+#[cfg(feature = "testing")]
+mod faults;
 pub(crate) mod keys;
 mod kv;
 mod memory;
@@ -26,6 +28,8 @@ use crate::feed::{EventDraft, FeedEvent};
 use crate::job::{Job, JobId};
 use crate::model::{CommandOutcome, DueTimer, HistoryEntry, Instance, InstanceId, RequestTarget};
 
+#[cfg(feature = "testing")]
+pub use faults::FaultyStore;
 pub use memory::MemoryStore;
 pub use sled_store::{SledConfig, SledStore};
 
@@ -323,10 +327,18 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs waiting for a worker or leased (neither finished nor incidents), counted up to
     /// `limit`.
     fn job_backlog(&self, limit: usize) -> Result<usize, StoreError>;
-    /// Every job of an instance, oldest first.
-    fn jobs_of(&self, instance: InstanceId) -> Result<Vec<Job>, StoreError>;
-    /// Every deployed rule-set version, by number.
+    /// Jobs of an instance after `after` (from the first when `None`), oldest first, at most
+    /// `limit`.
+    fn jobs_of(
+        &self,
+        instance: InstanceId,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+    /// Every deployed rule-set version, by number (at most 10,000 are kept).
     fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError>;
+    /// The deployed rule-set version `number`.
+    fn rule_set(&self, number: u32) -> Result<Option<RuleSetRecord>, StoreError>;
     /// Keeps a newly deployed rule-set version (durably); refused if its number exists.
     fn add_rule_set(&self, record: &RuleSetRecord) -> Result<(), StoreError>;
     /// The number of the active rule-set version, if any was activated.
@@ -339,7 +351,7 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
         by: &str,
     ) -> Result<RuleSetActivation, StoreError>;
-    /// Every activation, oldest first.
+    /// The latest activations (up to 10,000), oldest first.
     fn rule_set_activations(&self) -> Result<Vec<RuleSetActivation>, StoreError>;
     /// The record of the rule-set request `request_id`, live or expired.
     fn rule_set_request(

@@ -155,6 +155,15 @@ impl KvRead for SledStore {
         }
         Ok(out)
     }
+
+    fn scan_back(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.db.scan_prefix(prefix).rev().take(limit) {
+            let (k, v) = row.map_err(io)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 impl KvWrite for SledStore {
