@@ -152,6 +152,20 @@ fn eval_prints_the_decision_its_reason_and_the_time_taken() {
         err.contains("`quote::nope` is not a decider of this rule set"),
         "{err}"
     );
+
+    // The sample input the README's command names works as shown.
+    let sample =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/rules/quote-submit.json");
+    let (code, out, err) = switchyard(&[
+        "rules",
+        "eval",
+        rules.to_str().unwrap(),
+        "quote::submit",
+        "--input",
+        sample.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("state:  approved"), "{out}");
 }
 
 #[test]

@@ -1,11 +1,15 @@
-//! Exact conversion between JSON values and Rhai values. Never through `f64`: `rhai::serde`
-//! converts decimals through floating point, so this module is the only bridge.
+//! Conversion between JSON values and Rhai values. `rhai::serde` converts decimals through
+//! floating point, so this module is the only bridge, and it adds no floating point of its
+//! own.
 //!
-//! Into Rhai: `null` → `()`, booleans, whole numbers → `INT`, other numbers → `Decimal` parsed
-//! from their JSON text, strings stay strings (money arrives as decimal *strings*; scripts turn
-//! them into `Decimal` with `decimal(x)`), arrays and objects. Out of Rhai: `Decimal` → a
-//! decimal string keeping its scale (`16.99`, `0.30`), `()` → `null`; any other type is an
-//! error naming the path.
+//! Into Rhai: `null` → `()`, booleans, whole numbers that fit `i64` → `INT`, strings stay
+//! strings (money arrives as decimal *strings*, which definitions' schemas enforce; scripts
+//! turn them into `Decimal` with `decimal(x)`), arrays and objects. Other JSON numbers become
+//! a `Decimal` of the number's shortest text — but note that `serde_json` (without its
+//! `arbitrary_precision` feature) has already parsed them as `f64`, so such a number keeps
+//! only what an `f64` holds (`1.10` arrives as `1.1`, a 23-digit integer rounded). That is why
+//! money is never a JSON number. Out of Rhai: `Decimal` → a decimal string keeping its scale
+//! (`16.99`, `0.30`), `()` → `null`; any other type is an error naming the path.
 
 use std::str::FromStr;
 
@@ -33,7 +37,8 @@ fn number_to_dynamic(n: &Number) -> Dynamic {
     if let Some(i) = n.as_i64() {
         return Dynamic::from_int(i);
     }
-    // u64 above i64::MAX, or a fraction: exact from the JSON text, never via f64 arithmetic.
+    // u64 above i64::MAX, or a fraction: the decimal of the number's shortest text (the f64
+    // serde_json parsed, not the text that was sent; see the module docs).
     let text = n.to_string();
     Decimal::from_str(&text)
         .or_else(|_| Decimal::from_scientific(&text))
