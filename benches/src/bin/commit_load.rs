@@ -165,6 +165,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
         parent: None,
         timers: vec![],
         rule_set: None,
+        incidents: vec![],
         created_at: now,
         updated_at: now,
     };

@@ -12,6 +12,7 @@
 //! | `effects` | building a commit: the transition, then one function per effect kind |
 //! | `timers` | timer planning (pure functions) |
 //! | `background` | periodic work: firing timers, purges |
+//! | `incidents` | timer incidents: raised when a timer's command fails, resolved by an admin |
 //! | `jobs` | activation, completion, failure, incidents, in-process handlers |
 //! | `rulesets` | deploy, activate, dry runs, the compiled rule-set cache |
 // Functions here fit on a screen (clippy.toml sets the threshold).
@@ -38,6 +39,7 @@ mod checks;
 mod command;
 mod config;
 mod effects;
+mod incidents;
 mod jobs;
 mod lifecycle;
 mod reads;

@@ -285,6 +285,14 @@ pub enum CommandError {
         /// Its status.
         status: crate::job::JobStatus,
     },
+    /// The instance has no incident for that timer.
+    #[error("instance {instance} has no incident for timer `{timer}`")]
+    NoSuchIncident {
+        /// The instance.
+        instance: InstanceId,
+        /// The timer asked for.
+        timer: String,
+    },
     /// A rule set was not deployed or activated; nothing changed.
     #[error("the rule set was not activated:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     RuleSetRefused {
@@ -333,6 +341,7 @@ impl CommandError {
         "UNKNOWN_JOB",
         "STALE_LEASE",
         "NOT_AN_INCIDENT",
+        "NO_SUCH_INCIDENT",
         "RULE_SET_REFUSED",
         "UNKNOWN_RULE_SET",
         "NO_RULE_SETS",
@@ -366,6 +375,7 @@ impl CommandError {
             CommandError::UnknownJob(_) => "UNKNOWN_JOB",
             CommandError::StaleLease { .. } => "STALE_LEASE",
             CommandError::NotAnIncident { .. } => "NOT_AN_INCIDENT",
+            CommandError::NoSuchIncident { .. } => "NO_SUCH_INCIDENT",
             CommandError::RuleSetRefused { .. } => "RULE_SET_REFUSED",
             CommandError::UnknownRuleSet(_) => "UNKNOWN_RULE_SET",
             CommandError::NoRuleSets => "NO_RULE_SETS",
@@ -506,6 +516,10 @@ mod tests {
             CommandError::NotAnIncident {
                 job,
                 status: crate::job::JobStatus::Completed,
+            },
+            CommandError::NoSuchIncident {
+                instance: id,
+                timer: s(),
             },
             CommandError::RuleSetRefused { problems: vec![] },
             CommandError::UnknownRuleSet(1),

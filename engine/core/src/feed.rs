@@ -24,15 +24,16 @@
 //! | `switchyard.job.completed` | instance id | a worker completed a job; committed with its completion command | job fields + `result` |
 //! | `switchyard.job.failed` | instance id | a worker reported a failure | job fields + `error`, `will_retry`, `next_attempt_at` |
 //! | `switchyard.job.cancelled` | instance id | the job's instance was cancelled | job fields |
-//! | `switchyard.incident.raised` | instance id | a job's retries ran out | job fields + `error` |
-//! | `switchyard.incident.resolved` | instance id | an operator retried or cancelled it | job fields + `action`, `actor` |
+//! | `switchyard.incident.raised` | instance id | a job's retries ran out, or a timer's command failed | a job: job fields + `error`; a timer: instance fields with `incident` = `kind` (`timer`), `timer`, `command`, `due`, `error` |
+//! | `switchyard.incident.resolved` | instance id | an operator retried or cancelled it | a job: job fields + `action`, `actor`; a timer: instance fields with `incident` = `kind`, `timer`, `action` |
 //!
 //! Job fields: `job` (id), `job_type`, `instance`, `status`, `failures`, `retries`, `payload`.
 //!
 //! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `version`,
 //! `from_state` (null for a start), `to_state`, `status`, `command` (null for a start, cancel
 //! or linked update), `actor` (`id`, `roles`), `request_id`, `reason`, `changes` (the merge
-//! patch applied) and `data` (the instance data after the change).
+//! patch applied), `data` (the instance data after the change) and `incident` (null but for
+//! timer incidents).
 
 use std::collections::VecDeque;
 
@@ -222,6 +223,8 @@ pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instanc
         ChangeKind::Command => EventType::InstanceTransitioned,
         ChangeKind::Cancelled => EventType::InstanceCancelled,
         ChangeKind::LinkedUpdate { .. } => EventType::InstanceUpdated,
+        ChangeKind::TimerIncidentRaised { .. } => EventType::IncidentRaised,
+        ChangeKind::TimerIncidentResolved { .. } => EventType::IncidentResolved,
     };
     EventDraft {
         source: source.to_string(),
@@ -242,6 +245,13 @@ pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instanc
             "reason": entry.reason,
             "changes": entry.changes,
             "data": after.data,
+            // For a timer incident: what failed or how it was resolved.
+            "incident": match entry.kind {
+                ChangeKind::TimerIncidentRaised { .. } | ChangeKind::TimerIncidentResolved { .. } => {
+                    entry.payload.clone()
+                }
+                _ => Value::Null,
+            },
         }),
     }
 }

@@ -59,6 +59,7 @@ mod engine;
 mod error;
 pub mod feed;
 pub mod job;
+pub mod json;
 pub mod metrics;
 pub mod model;
 pub mod patch;

@@ -139,6 +139,10 @@ pub struct Instance {
     /// The rule-set version active when it started (engines running on rule sets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_set: Option<u32>,
+    /// Timers whose command failed, taken out of `timers` until an admin retries or cancels
+    /// them ([`crate::Engine::resolve_timer_incident`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incidents: Vec<TimerIncident>,
     /// When it was started.
     pub created_at: DateTime<Utc>,
     /// When its last change was committed.
@@ -172,6 +176,7 @@ impl Instance {
             parent: None,
             timers: Vec::new(),
             rule_set: None,
+            incidents: Vec::new(),
             created_at: now,
             updated_at: now,
         }
@@ -229,6 +234,17 @@ pub struct OpenTimer {
     pub due: DateTime<Utc>,
 }
 
+/// A timer whose command failed when it fell due: it no longer fires until resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerIncident {
+    /// The timer as it was open.
+    pub timer: OpenTimer,
+    /// Why its command failed (with the rule's file:line:col when a rule failed).
+    pub error: String,
+    /// When the incident was raised.
+    pub raised_at: DateTime<Utc>,
+}
+
 /// A timer that is due, as found in the store's due index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DueTimer {
@@ -256,6 +272,16 @@ pub enum ChangeKind {
     LinkedUpdate {
         /// The instance whose transition made the change.
         by: InstanceId,
+    },
+    /// A timer's command failed; the timer became an incident on the instance.
+    TimerIncidentRaised {
+        /// The timer's name.
+        timer: String,
+    },
+    /// An admin retried or cancelled a timer incident.
+    TimerIncidentResolved {
+        /// The timer's name.
+        timer: String,
     },
 }
 

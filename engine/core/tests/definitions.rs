@@ -59,7 +59,7 @@ fn syntax_errors_and_unknown_keys_name_the_position() {
         "test.toml:2:11: invalid string; expected `\"`, `'`",
     );
     check("initial = \"draft\"", "initial = \"draft\"\ncolour = \"red\"",
-        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `states`, `commands`, `jobs`, `decisions`");
+        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `read`, `states`, `commands`, `jobs`, `decisions`");
     check(
         "draft = {}",
         "draft = {}\ndraft = {}",

@@ -3,7 +3,6 @@
 //! and one configurability test that changes behaviour by editing rule-set files only.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
@@ -32,7 +31,7 @@ async fn world(edits: &[(&str, &str, &str)], store: StoreConfig, clock: Arc<Manu
     .unwrap();
     let mut config = EngineConfig::new(store);
     config.clock = clock.clone();
-    config.timer_poll_interval = StdDuration::from_secs(3600);
+    config.background_tasks = false;
     let engine = Engine::open(config, rules.definitions, rules.deciders)
         .await
         .unwrap();

@@ -27,6 +27,7 @@ fn instance(id: InstanceId, version: u64, state: &str, key: &str) -> Instance {
         parent: None,
         timers: vec![],
         rule_set: None,
+        incidents: vec![],
         created_at: t0(),
         updated_at: t0(),
     }

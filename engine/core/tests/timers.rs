@@ -78,7 +78,7 @@ async fn engine(clock: Arc<ManualClock>, store: StoreConfig) -> Engine {
     let mut config = EngineConfig::new(store);
     config.clock = clock;
     // Tests drive timers by hand; keep the background poller out of the way.
-    config.timer_poll_interval = StdDuration::from_secs(3600);
+    config.background_tasks = false;
     Engine::open(config, defs, d).await.unwrap()
 }
 
@@ -284,5 +284,174 @@ async fn the_background_poller_fires_timers_on_the_system_clock() {
         .unwrap();
     assert_eq!(event.data()["command"], "escalate");
     assert_eq!(engine.get(id).await.unwrap().data["escalated"], true);
+    engine.shutdown().await;
+}
+
+/// Deciders whose escalation fails for instance `BAD` (a rule error) and panics for `PANIC`.
+fn failing_deciders() -> DeciderRegistry {
+    let mut d = DeciderRegistry::new();
+    d.register("approval.escalate", |ctx: &DecisionContext<'_>| {
+        match ctx.instance.business_key.as_str() {
+            "BAD" => Err(DecideError::new(
+                "scripts/approval.rhai:7:3: function `escalate`: add_days(\"2026-04-03\", 9223372036854775807): out of range",
+            )),
+            "PANIC" => panic!("a decider bug"),
+            _ => Ok(Decision::goto("pending", "escalated")),
+        }
+    });
+    d
+}
+
+async fn failing_engine(clock: Arc<ManualClock>, poll: StdDuration) -> Engine {
+    let d = failing_deciders();
+    let defs =
+        DefinitionSet::from_sources(&[("approval.toml".into(), APPROVAL.into())], &d).unwrap();
+    let mut config = EngineConfig::in_memory();
+    config.clock = clock;
+    config.timer_poll_interval = poll;
+    // Driven by hand unless the test polls fast.
+    config.background_tasks = poll < StdDuration::from_secs(60);
+    Engine::open(config, defs, d).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_timer_whose_command_fails_becomes_an_incident_and_the_others_keep_firing() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = failing_engine(clock.clone(), StdDuration::from_secs(3600)).await;
+    let bad = start(&engine, json!({}), "BAD").await.unwrap().instance;
+    let panics = start(&engine, json!({}), "PANIC").await.unwrap().instance;
+    let good = start(&engine, json!({}), "GOOD").await.unwrap().instance;
+    let mut feed = engine.subscribe(3).unwrap();
+    clock.advance(Duration::hours(48));
+    assert_eq!(
+        engine.fire_due_timers().await.unwrap(),
+        1,
+        "only GOOD escalates"
+    );
+    assert_eq!(
+        engine.get(good).await.unwrap().data["escalated"],
+        json!(null)
+    );
+    assert_eq!(engine.get(good).await.unwrap().version, 2);
+
+    for (id, error) in [
+        (
+            bad,
+            "scripts/approval.rhai:7:3: function `escalate`: add_days",
+        ),
+        (panics, "the timer's command panicked inside the engine"),
+    ] {
+        let i = engine.get(id).await.unwrap();
+        assert!(
+            i.timers.iter().all(|t| t.name != "remind"),
+            "no longer open"
+        );
+        assert_eq!(i.incidents.len(), 1);
+        assert_eq!(i.incidents[0].timer.name, "remind");
+        assert!(
+            i.incidents[0].error.contains(error),
+            "{}",
+            i.incidents[0].error
+        );
+        let entry = engine.history(id, 1, 1).await.unwrap().remove(0);
+        assert_eq!(
+            entry.kind,
+            ChangeKind::TimerIncidentRaised {
+                timer: "remind".into()
+            }
+        );
+    }
+    let mut raised = 0;
+    for _ in 0..3 {
+        let event = feed.next().await.unwrap();
+        if event.kind == EventType::IncidentRaised {
+            raised += 1;
+            assert_eq!(event.data()["incident"]["kind"], "timer");
+        }
+    }
+    assert_eq!(raised, 2);
+    // Nothing fires (or fails) again until someone resolves it; the deny timer still runs.
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 0);
+    clock.advance(Duration::days(5));
+    assert_eq!(
+        engine.fire_due_timers().await.unwrap(),
+        3,
+        "every deny timer fires"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_retries_or_cancels_a_timer_incident() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = failing_engine(clock.clone(), StdDuration::from_secs(3600)).await;
+    let bad = start(&engine, json!({}), "BAD").await.unwrap().instance;
+    clock.advance(Duration::hours(48));
+    engine.fire_due_timers().await.unwrap();
+    let rep = Actor::new("rep", &["sales_rep"]);
+    let admin = Actor::new("ops", &["admin"]);
+    let refused = engine
+        .resolve_timer_incident(bad, "remind", IncidentAction::Cancel, &rep)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "ROLE_NOT_ALLOWED");
+    let missing = engine
+        .resolve_timer_incident(bad, "deny", IncidentAction::Cancel, &admin)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), "NO_SUCH_INCIDENT");
+    // Retry: due now, fires on the next pass, fails again, an incident again.
+    engine
+        .resolve_timer_incident(bad, "remind", IncidentAction::Retry { retries: 1 }, &admin)
+        .await
+        .unwrap();
+    let i = engine.get(bad).await.unwrap();
+    assert!(i.incidents.is_empty());
+    assert!(i
+        .timers
+        .iter()
+        .any(|t| t.name == "remind" && t.due == clock.now()));
+    assert_eq!(engine.fire_due_timers().await.unwrap(), 0);
+    assert_eq!(engine.get(bad).await.unwrap().incidents.len(), 1);
+    // Cancel: gone for good, recorded with its actor.
+    let out = engine
+        .resolve_timer_incident(bad, "remind", IncidentAction::Cancel, &admin)
+        .await
+        .unwrap();
+    let i = engine.get(bad).await.unwrap();
+    assert!(i.incidents.is_empty() && i.timers.iter().all(|t| t.name != "remind"));
+    let entry = engine
+        .history(bad, out.version - 1, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(entry.actor.id, "ops");
+    assert_eq!(entry.payload["action"], "cancel");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_background_timer_task_survives_a_panicking_timer() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = failing_engine(clock.clone(), StdDuration::from_millis(20)).await;
+    let panics = start(&engine, json!({}), "PANIC").await.unwrap().instance;
+    clock.advance(Duration::hours(48));
+    for _ in 0..500 {
+        if !engine.get(panics).await.unwrap().incidents.is_empty() {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert_eq!(engine.get(panics).await.unwrap().incidents.len(), 1);
+    // The task is still there: a timer due later still fires on its own.
+    let good = start(&engine, json!({}), "GOOD").await.unwrap().instance;
+    clock.advance(Duration::hours(48));
+    for _ in 0..500 {
+        if engine.get(good).await.unwrap().version > 1 {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    assert_eq!(engine.get(good).await.unwrap().version, 2, "GOOD escalated");
     engine.shutdown().await;
 }

@@ -163,6 +163,21 @@ impl Interceptor for Authenticator {
                 .refusals
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         })?;
+        // A credential without any role may do nothing here (health and reflection are not
+        // behind this interceptor).
+        if actor.roles.is_empty() {
+            let mut details = ErrorDetails::new();
+            details.set_error_info(
+                "NO_ROLES",
+                ERROR_DOMAIN,
+                HashMap::from([("actor".to_string(), switchyard_core::clip(&actor.id, 128))]),
+            );
+            return Err(Status::with_error_details(
+                tonic::Code::PermissionDenied,
+                "the credential holds no role, so it may not call anything but health and reflection",
+                details,
+            ));
+        }
         request.extensions_mut().insert(actor);
         Ok(request)
     }

@@ -56,18 +56,27 @@ pub(crate) fn instance(i: &Instance) -> pb::Instance {
         data_json: json_text(&i.data),
         version: i.version,
         parent_id: i.parent.map(|p| p.to_string()).unwrap_or_default(),
-        timers: i
-            .timers
-            .iter()
-            .map(|t| pb::Timer {
-                name: t.name.clone(),
-                command: t.command.clone(),
-                due: timestamp(t.due),
-            })
-            .collect(),
+        timers: i.timers.iter().map(timer).collect(),
         rule_set: i.rule_set.unwrap_or(0),
         created_at: timestamp(i.created_at),
         updated_at: timestamp(i.updated_at),
+        incidents: i
+            .incidents
+            .iter()
+            .map(|incident| pb::TimerIncident {
+                timer: Some(timer(&incident.timer)),
+                error: incident.error.clone(),
+                raised_at: timestamp(incident.raised_at),
+            })
+            .collect(),
+    }
+}
+
+fn timer(t: &switchyard_core::OpenTimer) -> pb::Timer {
+    pb::Timer {
+        name: t.name.clone(),
+        command: t.command.clone(),
+        due: timestamp(t.due),
     }
 }
 
@@ -97,6 +106,8 @@ pub(crate) fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
         ChangeKind::Command => (pb::ChangeKind::Command, None),
         ChangeKind::Cancelled => (pb::ChangeKind::Cancelled, None),
         ChangeKind::LinkedUpdate { by } => (pb::ChangeKind::LinkedUpdate, Some(*by)),
+        ChangeKind::TimerIncidentRaised { .. } => (pb::ChangeKind::TimerIncidentRaised, None),
+        ChangeKind::TimerIncidentResolved { .. } => (pb::ChangeKind::TimerIncidentResolved, None),
         _ => (pb::ChangeKind::Unspecified, None),
     };
     pb::HistoryEntry {
@@ -197,7 +208,7 @@ pub(crate) fn json_object(field: &str, text: &str) -> Result<Value, Status> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
+    let value: Value = switchyard_core::json::from_str(text).map_err(|e| {
         bad_request(
             field,
             format!(

@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod codec;
 pub mod config;
 mod convert;
 pub mod http;

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use switchyard_core::{
-    CancelRequest, CommandError, CommandRequest, DryRunInput, Engine, ListRequest, StartRequest,
+    CancelRequest, CommandError, CommandRequest, DryRunInput, Engine, IncidentAction, ListRequest,
+    StartRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -157,11 +158,11 @@ impl pb::instance_service_server::InstanceService for Services {
         let call = Call::begin("GetInstance", &request);
         call.end(
             async move {
-                actor_of(&request)?;
+                let actor = actor_of(&request)?;
                 let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
                 let instance = self
                     .engine
-                    .get(id)
+                    .get_as(&actor, id)
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::GetInstanceResponse {
@@ -179,12 +180,12 @@ impl pb::instance_service_server::InstanceService for Services {
         let call = Call::begin("ListInstances", &request);
         call.end(
             async move {
-                actor_of(&request)?;
+                let actor = actor_of(&request)?;
                 let r = request.into_inner();
                 let some = |s: String| (!s.is_empty()).then_some(s);
                 let page = self
                     .engine
-                    .list({
+                    .list_as(&actor, {
                         let mut list =
                             ListRequest::new().page_size(convert::page_size(r.page_size)?);
                         list.definition = some(r.definition);
@@ -211,12 +212,17 @@ impl pb::instance_service_server::InstanceService for Services {
         let call = Call::begin("ListInstanceHistory", &request);
         call.end(
             async move {
-                actor_of(&request)?;
+                let actor = actor_of(&request)?;
                 let r = request.into_inner();
                 let id = convert::instance_id("instance_id", &r.instance_id)?;
                 let page = self
                     .engine
-                    .history_page(id, convert::page_size(r.page_size)?, Some(&r.page_token))
+                    .history_page_as(
+                        &actor,
+                        id,
+                        convert::page_size(r.page_size)?,
+                        Some(&r.page_token),
+                    )
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::ListInstanceHistoryResponse {
@@ -249,6 +255,40 @@ impl pb::instance_service_server::InstanceService for Services {
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::CancelInstanceResponse {
+                    result: Some(convert::result(&outcome)),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn resolve_timer_incident(
+        &self,
+        request: Request<pb::ResolveTimerIncidentRequest>,
+    ) -> Answer<pb::ResolveTimerIncidentResponse> {
+        let call = Call::begin("ResolveTimerIncident", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let r = request.into_inner();
+                let instance = convert::instance_id("instance_id", &r.instance_id)?;
+                required("timer", &r.timer)?;
+                let action = match pb::IncidentAction::try_from(r.action) {
+                    Ok(pb::IncidentAction::Retry) => IncidentAction::Retry { retries: 1 },
+                    Ok(pb::IncidentAction::Cancel) => IncidentAction::Cancel,
+                    _ => {
+                        return Err(bad_request(
+                            "action",
+                            "is required: INCIDENT_ACTION_RETRY or INCIDENT_ACTION_CANCEL",
+                        ))
+                    }
+                };
+                let outcome = self
+                    .engine
+                    .resolve_timer_incident(instance, &r.timer, action, &actor)
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::ResolveTimerIncidentResponse {
                     result: Some(convert::result(&outcome)),
                 }))
             }
@@ -371,9 +411,9 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         let call = Call::begin("ValidateRuleSet", &request);
         call.end(
             async move {
-                actor_of(&request)?;
+                let actor = actor_of(&request)?;
                 let files = rule_files(request.into_inner().files)?;
-                match self.engine.validate_rule_files(files).await {
+                match self.engine.validate_rule_files(files, &actor).await {
                     Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
                         valid: true,
                         version,

@@ -42,18 +42,19 @@ impl Wire {
 
 /// A BadRequest status for a malformed request field, before the engine saw it.
 pub(crate) fn bad_request(field: &str, message: impl Into<String>) -> Status {
-    let message = message.into();
+    let field = clip(field, FIELD_BYTES_MAX);
+    let message = clip(&message.into(), DESCRIPTION_BYTES_MAX);
     let mut details = ErrorDetails::new();
     details
         .set_error_info(
             "INVALID_INPUT",
             ERROR_DOMAIN,
-            [("field".to_string(), field.to_string())],
+            [("field".to_string(), field.clone())],
         )
-        .add_bad_request_violation(field, message.clone());
+        .add_bad_request_violation(field.clone(), message.clone());
     Status::with_error_details(
         Code::InvalidArgument,
-        format!("field `{field}`: {message}"),
+        clip(&format!("field `{field}`: {message}"), MESSAGE_BYTES_MAX),
         details,
     )
 }
@@ -62,43 +63,40 @@ pub(crate) fn bad_request(field: &str, message: impl Into<String>) -> Status {
 pub(crate) fn not_found(reason: &str, message: String, metadata: &[(&str, String)]) -> Status {
     let mut details = ErrorDetails::new();
     details.set_error_info(reason, ERROR_DOMAIN, meta(metadata));
-    Status::with_error_details(Code::NotFound, message, details)
+    Status::with_error_details(Code::NotFound, clip(&message, MESSAGE_BYTES_MAX), details)
 }
 
+/// ErrorInfo metadata, each value bounded.
 fn meta(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
+        .map(|(k, v)| (k.to_string(), clip(v, METADATA_VALUE_BYTES_MAX)))
         .collect()
 }
 
-/// Longest status message: gRPC carries it in a header (percent-encoded), and HTTP/2 peers
-/// refuse header blocks beyond 16 KiB by default.
+// A refusal travels in two headers: `grpc-message` (percent-encoded: a non-ASCII byte takes
+// three) and `grpc-status-details-bin` (base64: four bytes for three). Default clients accept
+// 8 KiB of metadata in all, so whatever a caller sent, these bounds keep a refusal within
+// about 6 KiB: message ≤ 1 KiB (≤ 3 KiB encoded), details ≤ 2 KiB (≤ 2.7 KiB encoded).
+/// Longest status message.
 const MESSAGE_BYTES_MAX: usize = 1024;
 /// Most violations listed in one status's details; the rest are counted in one more entry.
-const VIOLATIONS_MAX: usize = 20;
+const VIOLATIONS_MAX: usize = 8;
 /// Longest text of one violation.
-const DESCRIPTION_BYTES_MAX: usize = 400;
+const DESCRIPTION_BYTES_MAX: usize = 200;
+/// Longest field name echoed in a violation or in metadata.
+const FIELD_BYTES_MAX: usize = 96;
+/// Longest ErrorInfo metadata value.
+const METADATA_VALUE_BYTES_MAX: usize = 128;
 
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
-pub(crate) fn clip(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
+pub(crate) use switchyard_core::clip;
 
 /// The canonical code for each of the engine's stable reasons ([`CommandError::CODES`]); a
 /// test checks that every reason has one, so no caller mistake turns into INTERNAL.
 fn code_for(reason: &str) -> Option<Code> {
     Some(match reason {
-        "UNKNOWN_DEFINITION" | "UNKNOWN_INSTANCE" | "UNKNOWN_JOB" | "UNKNOWN_RULE_SET" => {
-            Code::NotFound
-        }
+        "UNKNOWN_DEFINITION" | "UNKNOWN_INSTANCE" | "UNKNOWN_JOB" | "UNKNOWN_RULE_SET"
+        | "NO_SUCH_INCIDENT" => Code::NotFound,
         "UNKNOWN_COMMAND" | "INVALID_PAYLOAD" | "INVALID_INPUT" | "PAYLOAD_TOO_LARGE" => {
             Code::InvalidArgument
         }
@@ -140,7 +138,7 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
     let mut metadata: Vec<(&str, String)> = Vec::new();
     match error {
         E::UnknownDefinition { name, .. } => {
-            details.add_bad_request_violation("definition", message.clone());
+            details.add_bad_request_violation("definition", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("definition", name.clone()));
         }
         E::DefinitionNotLoaded {
@@ -154,7 +152,7 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("instance_id", id.to_string()));
         }
         E::UnknownCommand { command, .. } => {
-            details.add_bad_request_violation("command", message.clone());
+            details.add_bad_request_violation("command", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("command", command.clone()));
         }
         E::WrongState {
@@ -190,7 +188,7 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
         E::InvalidPayload { violations } => {
             for v in violations.iter().take(VIOLATIONS_MAX) {
                 details.add_bad_request_violation(
-                    wire.payload_field(&v.field),
+                    clip(&wire.payload_field(&v.field), FIELD_BYTES_MAX),
                     clip(&v.message, DESCRIPTION_BYTES_MAX),
                 );
             }
@@ -205,11 +203,14 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             }
         }
         E::InvalidInput { field, message: m } => {
-            details.add_bad_request_violation(field.clone(), clip(m, DESCRIPTION_BYTES_MAX));
+            details.add_bad_request_violation(
+                clip(field, FIELD_BYTES_MAX),
+                clip(m, DESCRIPTION_BYTES_MAX),
+            );
             metadata.push(("field", field.clone()));
         }
         E::PayloadTooLarge { size, max } => {
-            details.add_bad_request_violation(wire.payload, message.clone());
+            details.add_bad_request_violation(wire.payload, clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("size", size.to_string()));
             metadata.push(("max", max.to_string()));
         }
@@ -235,7 +236,7 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             request_id,
             original,
         } => {
-            details.add_bad_request_violation("request_id", message.clone());
+            details.add_bad_request_violation("request_id", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("request_id", request_id.clone()));
             metadata.push(("original", original.clone()));
         }
@@ -277,12 +278,14 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("command", command.clone()));
         }
         E::FeedHorizon { after, earliest } => {
-            details.add_bad_request_violation("after_offset", message.clone());
+            details
+                .add_bad_request_violation("after_offset", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("after_offset", after.to_string()));
             metadata.push(("earliest_offset", earliest.to_string()));
         }
         E::FeedBeyondHead { after, head } => {
-            details.add_bad_request_violation("after_offset", message.clone());
+            details
+                .add_bad_request_violation("after_offset", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("after_offset", after.to_string()));
             metadata.push(("head_offset", head.to_string()));
         }
@@ -322,7 +325,7 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("problems", problems.len().to_string()));
         }
         E::UnknownRuleSet(number) => {
-            details.add_bad_request_violation("number", message.clone());
+            details.add_bad_request_violation("number", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("number", number.to_string()));
         }
         E::NoRuleSets => {}

@@ -318,7 +318,8 @@ async fn bad_input_names_the_field_and_writes_nothing() {
             .into_inner(),
             Code::InvalidArgument,
             "INVALID_PAYLOAD",
-            vec!["data_json.customer"],
+            // A quote needs at least one line too.
+            vec!["data_json.customer", "data_json.lines"],
         ),
         (
             // A JSON number for a decimal field is refused: money travels as strings.
@@ -577,54 +578,6 @@ async fn domain_refusals_carry_their_reason_and_details() {
 }
 
 /// One call per service, with the given credential.
-async fn one_call_per_service(server: &TestServer, bearer: Option<&str>) -> Vec<tonic::Status> {
-    let request = |msg| match bearer {
-        Some(b) => authed(b, msg),
-        None => tonic::Request::new(msg),
-    };
-    let mut out = Vec::new();
-    out.push(
-        server
-            .instances()
-            .list_instances(request(pb::ListInstancesRequest::default()))
-            .await
-            .map(|_| ())
-            .unwrap_err(),
-    );
-    out.push(
-        server
-            .definitions()
-            .list_definitions(match bearer {
-                Some(b) => authed(b, pb::ListDefinitionsRequest::default()),
-                None => tonic::Request::new(pb::ListDefinitionsRequest::default()),
-            })
-            .await
-            .map(|_| ())
-            .unwrap_err(),
-    );
-    out.push(
-        server
-            .rule_sets()
-            .list_rule_sets(match bearer {
-                Some(b) => authed(b, pb::ListRuleSetsRequest::default()),
-                None => tonic::Request::new(pb::ListRuleSetsRequest::default()),
-            })
-            .await
-            .map(|_| ())
-            .unwrap_err(),
-    );
-    out
-}
-
-fn jwt(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_refuses_missing_and_unknown_credentials() {
     let server = TestServer::start().await;
@@ -1553,4 +1506,13 @@ async fn a_corrupt_record_is_data_loss_not_a_retryable_failure() {
         .await;
     expect_refusal(refused, Code::DataLoss, "STORE");
     server.stop().await;
+}
+
+fn jwt(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
 }

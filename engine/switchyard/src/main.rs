@@ -274,7 +274,7 @@ fn rules(what: Rules) -> Result<i32> {
             };
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("reading {}", input.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
+            let json: serde_json::Value = switchyard_core::json::from_str(&text)
                 .with_context(|| format!("{}: not JSON", input.display()))?;
             let field =
                 |name: &str, default: serde_json::Value| json.get(name).cloned().unwrap_or(default);

@@ -38,6 +38,9 @@ pub struct Definition {
     pub start: StartDef,
     /// Roles allowed to cancel an instance (default: `admin`).
     pub cancel_roles: Vec<String>,
+    /// Roles allowed to read its instances — data, history, jobs, decision provenance
+    /// (default: every role that may start, command or cancel them, plus `admin`).
+    pub read_roles: Vec<String>,
     /// Job types its transitions may create.
     pub jobs: BTreeMap<String, JobDef>,
     /// Whose scripts decide for its instances: the active rule set's (the default) or the
@@ -92,13 +95,14 @@ pub fn parse_duration(text: &str) -> Option<chrono::Duration> {
         }
         let n: i64 = digits.parse().ok()?;
         digits.clear();
-        total += match c {
+        let part = match c {
             'd' => chrono::Duration::try_days(n)?,
             'h' => chrono::Duration::try_hours(n)?,
             'm' => chrono::Duration::try_minutes(n)?,
             's' => chrono::Duration::try_seconds(n)?,
             _ => return None,
         };
+        total = total.checked_add(&part)?;
         any = true;
     }
     (any && digits.is_empty() && total > chrono::Duration::zero()).then_some(total)
@@ -425,6 +429,8 @@ struct DefinitionFile {
     start: Spanned<StartSpec>,
     #[serde(default)]
     cancel: Option<Spanned<CancelSpec>>,
+    #[serde(default)]
+    read: Option<Spanned<CancelSpec>>,
     states: BTreeMap<String, Spanned<StateSpec>>,
     #[serde(default)]
     commands: BTreeMap<String, Spanned<CommandSpec>>,
@@ -450,6 +456,7 @@ struct StartSpec {
     payload: BTreeMap<String, Spanned<FieldSpec>>,
 }
 
+/// `[cancel]` and `[read]`: who may.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CancelSpec {
@@ -866,6 +873,14 @@ fn check_file(
         }
     }
     problems.extend(schema_problems);
+    let command_roles: Vec<String> = commands
+        .values()
+        .flat_map(|c: &CommandDef| c.roles.iter().cloned())
+        .collect();
+    let read_roles = match &f.read {
+        Some(r) => check_roles("[read]", &r.get_ref().roles, problems),
+        None => default_read_roles(&start_roles, &cancel_roles, &command_roles),
+    };
 
     Definition {
         name,
@@ -892,11 +907,27 @@ fn check_file(
             roles: start_roles,
             payload: start_payload,
         },
+        read_roles,
         cancel_roles,
         jobs,
         decisions: f.decisions,
         source: file.to_string(),
     }
+}
+
+/// Who may read instances when a definition does not say: whoever may act on them, and
+/// `admin`.
+fn default_read_roles(start: &[String], cancel: &[String], commands: &[String]) -> Vec<String> {
+    let mut roles: Vec<String> = start
+        .iter()
+        .chain(cancel)
+        .chain(commands)
+        .cloned()
+        .chain(std::iter::once(crate::model::roles::ADMIN.to_string()))
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
 }
 
 fn list<'a>(items: impl IntoIterator<Item = &'a String>) -> String {

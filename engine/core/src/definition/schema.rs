@@ -13,6 +13,9 @@ use toml::Spanned;
 
 /// Longest string accepted when a field does not set `max_length`.
 pub const STRING_LENGTH_MAX_DEFAULT: usize = 4096;
+/// Longest piece of a payload (a value, an unknown key) a violation repeats back.
+const ECHO_BYTES_MAX: usize = 64;
+
 /// Most list items accepted when a field does not set `max_items`.
 pub const LIST_ITEMS_MAX_DEFAULT: usize = 1000;
 
@@ -93,6 +96,8 @@ pub struct FieldSpec {
     pub values: Option<Vec<String>>,
     /// Most accepted items (`list`).
     pub max_items: Option<usize>,
+    /// Fewest accepted items (`list`; default 0).
+    pub min_items: Option<usize>,
     /// The element type (`list`).
     pub items: Option<Box<Spanned<FieldSpec>>>,
     /// The nested fields (`object`).
@@ -118,6 +123,8 @@ pub struct Field {
     pub values: Vec<String>,
     /// Most list items.
     pub max_items: usize,
+    /// Fewest list items.
+    pub min_items: usize,
     /// Element type of a list.
     pub items: Option<Box<Field>>,
     /// Fields of an object.
@@ -261,11 +268,14 @@ fn compile_field(
             spec.kind
         ));
     }
-    if spec.max_items.is_some() && spec.kind != FieldType::List {
+    if (spec.max_items.is_some() || spec.min_items.is_some()) && spec.kind != FieldType::List {
         problem(format!(
-            "field `{name}`: `max_items` applies only to list fields, not {}",
+            "field `{name}`: `max_items` and `min_items` apply only to list fields, not {}",
             spec.kind
         ));
+    }
+    if spec.min_items.unwrap_or(0) > spec.max_items.unwrap_or(LIST_ITEMS_MAX_DEFAULT) {
+        problem(format!("field `{name}`: `min_items` is above `max_items`"));
     }
     let items = match (&spec.items, spec.kind) {
         (Some(items), FieldType::List) => Some(Box::new(compile_field(
@@ -322,6 +332,7 @@ fn compile_field(
         max_length: spec.max_length.unwrap_or(STRING_LENGTH_MAX_DEFAULT),
         values: spec.values.clone().unwrap_or_default(),
         max_items: spec.max_items.unwrap_or(LIST_ITEMS_MAX_DEFAULT),
+        min_items: spec.min_items.unwrap_or(0),
         items,
         fields,
     }
@@ -382,7 +393,7 @@ impl Schema {
             if !self.fields.contains_key(name) {
                 let accepted: Vec<&str> = self.fields.keys().map(String::as_str).collect();
                 out.push(FieldViolation {
-                    field: join(prefix, name),
+                    field: join(prefix, &crate::error::clip(name, ECHO_BYTES_MAX)),
                     message: if accepted.is_empty() {
                         "is not accepted: this payload takes no fields".to_string()
                     } else {
@@ -428,7 +439,8 @@ impl Field {
                         bad(format!("is longer than {} characters", self.max_length));
                     } else if !self.values.is_empty() && !self.values.contains(s) {
                         bad(format!(
-                            "\"{s}\" is not one of: {}",
+                            "\"{}\" is not one of: {}",
+                            crate::error::clip(s, ECHO_BYTES_MAX),
                             self.values.join(", ")
                         ));
                     }
@@ -444,8 +456,12 @@ impl Field {
                     Value::Number(n) => n.as_i64().map(Decimal::from).ok_or_else(|| {
                         "must be a whole JSON number or a decimal string such as \"1.5\"; a fractional JSON number is refused because it may have lost precision".to_string()
                     }),
-                    Value::String(s) => parse_decimal_text(s)
-                        .ok_or_else(|| format!("\"{s}\" is not a decimal such as \"1.5\"")),
+                    Value::String(s) => parse_decimal_text(s).ok_or_else(|| {
+                        format!(
+                            "\"{}\" is not a decimal such as \"1.5\"",
+                            crate::error::clip(s, ECHO_BYTES_MAX)
+                        )
+                    }),
                     other => Err(format!("must be a quantity, got {}", json_kind(other))),
                 };
                 match parsed {
@@ -464,7 +480,8 @@ impl Field {
                         self.check_bounds(d, &mut bad)
                     }
                     None => bad(format!(
-                        "\"{s}\" is not a decimal; write digits with an optional `-` and `.`, e.g. \"12.50\""
+                        "\"{}\" is not a decimal; write digits with an optional `-` and `.`, e.g. \"12.50\"",
+                        crate::error::clip(s, ECHO_BYTES_MAX)
                     )),
                 },
                 Value::Number(_) => bad(format!(
@@ -503,6 +520,14 @@ impl Field {
                             "has {} items; at most {} are accepted",
                             items.len(),
                             self.max_items
+                        ));
+                        return;
+                    }
+                    if items.len() < self.min_items {
+                        bad(format!(
+                            "has {} items; at least {} are needed",
+                            items.len(),
+                            self.min_items
                         ));
                         return;
                     }
@@ -549,7 +574,7 @@ impl Field {
 
 fn describe(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("\"{s}\""),
+        Value::String(s) => format!("\"{}\"", crate::error::clip(s, ECHO_BYTES_MAX)),
         Value::Number(n) => n.to_string(),
         other => json_kind(other).to_string(),
     }

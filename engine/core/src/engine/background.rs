@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 use super::requests::CommandRequest;
 use super::{Applied, Engine, Origin};
 use crate::error::CommandError;
-use crate::model::{roles, Actor};
+use crate::model::{roles, Actor, DueTimer};
 
 /// Most timers, request records or feed events one pass of a task handles.
 const PASS_ITEMS_MAX: usize = 1000;
@@ -16,10 +16,11 @@ impl Engine {
     /// Runs `work` every `every` on the host runtime while the engine is alive and open.
     pub(super) fn spawn_periodic<F, Fut>(&self, every: StdDuration, skip_first: bool, work: F)
     where
-        F: Fn(Engine) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
+        F: Fn(Engine) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let weak = std::sync::Arc::downgrade(&self.inner);
+        let work = std::sync::Arc::new(work);
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -32,7 +33,15 @@ impl Engine {
                 if inner.queue.read().expect("queue lock poisoned").is_none() {
                     return;
                 }
-                work(Engine { inner }).await;
+                // Each pass on its own task: a pass that panics is logged and the next one
+                // runs on schedule.
+                let work = work.clone();
+                let pass = tokio::spawn(async move { work(Engine { inner }).await });
+                if let Err(e) = pass.await {
+                    if e.is_panic() {
+                        tracing::error!("a periodic engine task panicked; it runs again next time");
+                    }
+                }
             }
         });
         self.inner
@@ -57,7 +66,10 @@ impl Engine {
     /// Sends the command of every timer due by the engine clock's now, as the `system` actor;
     /// returns how many fired. Each firing is idempotent (its request id names the instance,
     /// the timer and its due time), so a timer never fires twice for one due time, also across
-    /// restarts. Runs every `timer_poll_interval` on its own; exposed for operators and tests.
+    /// restarts. A timer whose command fails for a reason other than a passing one (see
+    /// [`CommandError::is_transient`]) becomes an incident on its instance and stops firing;
+    /// the other timers are not held up. Runs every `timer_poll_interval` on its own; exposed
+    /// for operators and tests.
     pub async fn fire_due_timers(&self) -> Result<usize, CommandError> {
         let now = self.inner.config.clock.now();
         let call = self.store_call();
@@ -68,27 +80,55 @@ impl Engine {
         .expect("timer scan task panicked")?;
         let mut fired = 0;
         for due in due {
-            let request = CommandRequest::new(
-                due.instance,
-                due.timer.command.clone(),
-                Actor::new("system:timer", &[roles::SYSTEM]),
-                format!(
-                    "timer:{}:{}:{}",
-                    due.instance,
-                    due.timer.name,
-                    due.timer.due.timestamp_millis()
-                ),
-            );
-            match self.send_inner(request, Origin::Timer(&due.timer)).await {
-                Ok(Applied::Now(_)) => fired += 1,
-                Ok(Applied::Replayed(_)) => {}
-                Err(CommandError::TimerNotOpen { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(instance = %due.instance, timer = %due.timer.name, error = %e, "timer command failed; will retry")
-                }
+            if self.fire(due).await {
+                fired += 1;
             }
         }
         Ok(fired)
+    }
+
+    /// Fires one due timer; `true` if its command was applied now. Its command runs on a
+    /// task of its own, so even a panic on its path only fails this timer.
+    async fn fire(&self, due: DueTimer) -> bool {
+        let request = CommandRequest::new(
+            due.instance,
+            due.timer.command.clone(),
+            Actor::new("system:timer", &[roles::SYSTEM]),
+            format!(
+                "timer:{}:{}:{}",
+                due.instance,
+                due.timer.name,
+                due.timer.due.timestamp_millis()
+            ),
+        );
+        let engine = self.clone();
+        let timer = due.timer.clone();
+        let sent =
+            tokio::spawn(async move { engine.send_inner(request, Origin::Timer(&timer)).await })
+                .await;
+        let failure = match sent {
+            Ok(Ok(Applied::Now(_))) => return true,
+            Ok(Ok(Applied::Replayed(_))) | Ok(Err(CommandError::TimerNotOpen { .. })) => {
+                return false
+            }
+            Ok(Err(e)) if e.is_transient() => {
+                tracing::debug!(instance = %due.instance, timer = %due.timer.name, error = %e, "timer command failed for now; will retry");
+                return false;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if e.is_panic() => "the timer's command panicked inside the engine".to_string(),
+            Err(_) => return false,
+        };
+        match self.raise_timer_incident(&due, &failure).await {
+            Ok(true) => {
+                tracing::warn!(instance = %due.instance, timer = %due.timer.name, error = %failure, "timer command failed; the timer is now an incident on its instance")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(instance = %due.instance, timer = %due.timer.name, error = %e, "raising a timer incident failed; will retry")
+            }
+        }
+        false
     }
 
     pub(super) fn spawn_purge_task(&self) {

@@ -377,7 +377,7 @@ impl Engine {
     }
 
     /// Adds the instance events and submits; the outcome, or the store's refusal.
-    async fn commit_prepared(
+    pub(super) async fn commit_prepared(
         &self,
         mut prepared: Prepared,
     ) -> Result<Result<CommandOutcome, CommitRefusal>, CommandError> {

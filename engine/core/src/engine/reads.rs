@@ -1,14 +1,41 @@
 //! Reads: an instance, lists, history, children. Reads see commits once applied (possibly
 //! before their flush); acknowledgements and feed deliveries never precede the flush.
 
-use super::checks::parse_page_token;
+use super::checks::{parse_page_token, require_role};
 use super::requests::ListRequest;
-use super::Engine;
+use super::{Active, Engine};
 use crate::error::CommandError;
-use crate::model::{HistoryEntry, Instance, InstanceId};
+use crate::model::{roles, Actor, DefinitionRef, HistoryEntry, Instance, InstanceId};
 use crate::store::{ListQuery, Page};
 
 const PAGE_SIZE_DEFAULT: usize = 100;
+
+/// Most instances a filtered list reads from the store for one page (so a caller who may read
+/// few of the instances cannot make one call scan the whole store); the page may come back
+/// short, with a token to go on.
+const LIST_SCAN_PAGES_MAX: usize = 10;
+
+/// The roles that may read instances of `definition` (its version's `read` roles; for a
+/// version no longer loaded, the latest version's; for an unknown definition, `admin`).
+fn read_roles(rules: &Active, definition: &DefinitionRef) -> Vec<String> {
+    rules
+        .definitions
+        .get(&definition.name, definition.version)
+        .or_else(|| rules.definitions.latest(&definition.name))
+        .map(|d| d.read_roles.clone())
+        .unwrap_or_else(|| vec![roles::ADMIN.to_string()])
+}
+
+/// Refuses `actor` unless it may read `instance`.
+pub(super) fn require_read(
+    rules: &Active,
+    actor: &Actor,
+    instance: &Instance,
+) -> Result<(), CommandError> {
+    require_role(actor, &read_roles(rules, &instance.definition), || {
+        format!("read instance {} ({})", instance.id, instance.definition)
+    })
+}
 
 impl Engine {
     /// The instance `id`.
@@ -111,6 +138,68 @@ impl Engine {
             },
             items,
         })
+    }
+
+    /// The instance `id`, read as `actor`: refused unless the actor holds one of the roles its
+    /// definition lets read it.
+    pub async fn get_as(&self, actor: &Actor, id: InstanceId) -> Result<Instance, CommandError> {
+        let instance = self.get(id).await?;
+        require_read(&self.rules(), actor, &instance)?;
+        Ok(instance)
+    }
+
+    /// A page of instances `actor` may read, ordered by start time. Filtering by a definition
+    /// the actor may not read is refused; without a filter, unreadable instances are left out
+    /// (the page may then come back short, with a token to go on).
+    pub async fn list_as(
+        &self,
+        actor: &Actor,
+        request: ListRequest,
+    ) -> Result<Page<Instance>, CommandError> {
+        let rules = self.rules();
+        if let Some(name) = &request.definition {
+            if let Some(latest) = rules.definitions.latest(name) {
+                require_role(actor, &latest.read_roles, || {
+                    format!("list instances of {name}")
+                })?;
+            }
+        }
+        let mut request = request;
+        let mut items = Vec::new();
+        for _ in 0..LIST_SCAN_PAGES_MAX {
+            let page = self.list(request.clone()).await?;
+            let wanted = self.page_size(request.page_size)?;
+            items.extend(
+                page.items
+                    .into_iter()
+                    .filter(|i| actor.has_any_role(&read_roles(&rules, &i.definition))),
+            );
+            match page.next_page_token {
+                Some(token) if items.len() < wanted => request.page_token = Some(token),
+                next => {
+                    return Ok(Page {
+                        items,
+                        next_page_token: next,
+                    })
+                }
+            }
+        }
+        Ok(Page {
+            next_page_token: request.page_token.clone(),
+            items,
+        })
+    }
+
+    /// A page of `id`'s history, read as `actor` (see [`Engine::get_as`]).
+    pub async fn history_page_as(
+        &self,
+        actor: &Actor,
+        id: InstanceId,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<Page<HistoryEntry>, CommandError> {
+        self.get_as(actor, id).await?;
+        self.history_page(id, page_size, page_token).await
     }
 
     /// The page size a list uses for `requested`: 0 means the default (100), above the

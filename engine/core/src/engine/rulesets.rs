@@ -323,12 +323,14 @@ impl Engine {
 
     /// Runs every check [`Engine::deploy_rule_files`] would (compile, validate, example tests,
     /// definition versions, live instances) without deploying; returns the content version the
-    /// rule set would get.
+    /// rule set would get. Needs `analyst` or `admin`.
     pub async fn validate_rule_files(
         &self,
         files: BTreeMap<String, String>,
+        actor: &Actor,
     ) -> Result<String, CommandError> {
         let (rust, limits) = self.rule_inputs()?;
+        require_rules_role(actor, "validate a rule set")?;
         check_rule_paths(&files)?;
         let candidate = RuleSet::from_files("", files, rust, limits).map_err(load_problems)?;
         let _admin = self.inner.rules_admin.lock().await;
@@ -381,8 +383,8 @@ impl Engine {
     }
 
     /// A dry run of `decider` on `input` with `payload`, as `actor` would send it now (the
-    /// engine clock's now unless `now` is given): nothing is written. Reading a live instance
-    /// needs a role that may read it.
+    /// engine clock's now unless `now` is given): nothing is written. Needs `analyst` or
+    /// `admin`; reading a live instance also needs a role that may read it.
     pub async fn dry_run(
         &self,
         number: Option<u32>,
@@ -392,10 +394,11 @@ impl Engine {
         actor: &Actor,
         now: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<DryRun, CommandError> {
+        require_rules_role(actor, "evaluate a rule")?;
         let instance = match input {
             DryRunInput::Sample(value) => value,
             DryRunInput::Instance(id) => {
-                let live = self.get(id).await?;
+                let live = self.get_as(actor, id).await?;
                 let parent = match live.parent {
                     Some(p) => Some(self.get(p).await?),
                     None => None,

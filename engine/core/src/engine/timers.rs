@@ -192,6 +192,7 @@ roles = ["rep"]
                 })
                 .collect(),
             rule_set: None,
+            incidents: vec![],
             created_at: now,
             updated_at: now,
         }

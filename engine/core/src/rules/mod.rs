@@ -265,7 +265,7 @@ impl RuleSet {
             hash_file(&path, &text);
             data_hasher.update(stem(&path).as_bytes());
             data_hasher.update(text.as_bytes());
-            match serde_json::from_str::<Value>(&text) {
+            match crate::json::from_str(&text) {
                 Ok(v) => {
                     data.insert(stem(&path).into(), to_dynamic(&v).into_shared());
                 }
@@ -471,18 +471,56 @@ impl Compiled {
                 )
             })
         };
-        let result = run(&self.engine).map_err(|e| {
-            let mut located = None;
-            if e.is_system_exception() {
-                let locator = self
-                    .locator
-                    .get_or_init(|| sandbox::build_locator(&self.limits));
-                sandbox::take_last_position();
-                let _ = run(locator);
-                located = sandbox::take_last_position();
+        // Every helper is total, so nothing here should panic; if something still does, the
+        // evaluation fails like a script error (with the last position the locator stepped on)
+        // instead of taking the caller's task — or a timer task — down with it.
+        let guarded = |engine: &rhai::Engine| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(engine)))
+        };
+        let locate = || {
+            let locator = self
+                .locator
+                .get_or_init(|| sandbox::build_locator(&self.limits));
+            sandbox::take_last_position();
+            let _ = guarded(locator);
+            sandbox::take_last_position()
+        };
+        let result = match guarded(&self.engine) {
+            Ok(result) => result.map_err(|e| {
+                let located = if e.is_system_exception() {
+                    locate()
+                } else {
+                    None
+                };
+                self.describe(&e, &script_def.file, function, located)
+            })?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let location = locate().map(|(file, line, column)| SourceLocation {
+                    file: if file.is_empty() {
+                        script_def.file.clone()
+                    } else {
+                        file
+                    },
+                    line,
+                    column,
+                });
+                let place = location
+                    .as_ref()
+                    .map_or_else(|| script_def.file.clone(), ToString::to_string);
+                return Err(DecideError::Failed {
+                    message: format!(
+                        "{place}: function `{function}`: the evaluation failed inside the engine ({}); this is a bug, please report it",
+                        crate::error::clip(&what, 200)
+                    ),
+                    location,
+                });
             }
-            self.describe(&e, &script_def.file, function, located)
-        })?;
+        };
         let outputs = to_json(&result, "result").map_err(|m| {
             DecideError::new(format!(
                 "{}: function `{function}` returned an invalid decision: {m}",

@@ -311,7 +311,8 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
         let t = DateTime::parse_from_rfc3339(&time)
             .map_err(|_| format!("add_hours(\"{time}\", …): not an RFC 3339 time"))?
             .with_timezone(&Utc);
-        t.checked_add_signed(chrono::Duration::hours(hours))
+        chrono::Duration::try_hours(hours)
+            .and_then(|delta| t.checked_add_signed(delta))
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .ok_or_else(|| {
                 Box::<EvalAltResult>::from(format!("add_hours(\"{time}\", {hours}): out of range"))
@@ -323,11 +324,133 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     });
     engine.register_fn("add_days", |date: ImmutableString, days: INT| {
         let d = date_of(&date)?;
-        d.checked_add_signed(chrono::Duration::days(days))
+        chrono::Duration::try_days(days)
+            .and_then(|delta| d.checked_add_signed(delta))
             .map(|d| d.to_string())
             .ok_or_else(|| {
                 Box::<EvalAltResult>::from(format!("add_days(\"{date}\", {days}): out of range"))
             })
     });
     engine
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every helper a script can call is total: extreme or malformed arguments are script
+    //! errors, never a panic (a panic on a timer's evaluation once stopped every timer).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Evaluates `expr` as a script would, with the engine clock at 2026-03-01.
+    fn eval(expr: &str) -> Result<Dynamic, Box<EvalAltResult>> {
+        let engine = build_engine(&RuleLimits::default());
+        let data = Dynamic::from_map(rhai::Map::new()).into_shared();
+        let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        with_evaluation(now, Duration::from_secs(1), &data, || {
+            engine.eval::<Dynamic>(expr)
+        })
+    }
+
+    fn int() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(i64::MIN + 1),
+            Just(0),
+            Just(-1),
+            Just(1),
+            Just(106_751_991_167_300),
+            Just(-106_751_991_167_300),
+            any::<i64>(),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("2026-03-01".to_string()),
+            Just("+262142-12-31".to_string()),
+            Just("-262143-01-01".to_string()),
+            Just("9999-12-31T23:59:59Z".to_string()),
+            Just("2026-03-01T12:00:00+14:00".to_string()),
+            Just("".to_string()),
+            Just("EUR".to_string()),
+            Just("XXXX".to_string()),
+            Just("half_up".to_string()),
+            Just("79228162514264337593543950335".to_string()),
+            Just("-0.0000000000000000000000000001".to_string()),
+            "[ -~]{0,40}",
+        ]
+    }
+
+    fn decimal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("decimal(\"79228162514264337593543950335\")".to_string()),
+            Just("decimal(\"-79228162514264337593543950335\")".to_string()),
+            Just("decimal(\"0.0000000000000000000000000001\")".to_string()),
+            Just("decimal(0)".to_string()),
+            int().prop_map(|i| format!("decimal({i})")),
+        ]
+    }
+
+    fn quoted(s: &str) -> String {
+        format!("{s:?}")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn helpers_are_total(
+            n in int(),
+            a in text(),
+            b in text(),
+            d in decimal(),
+            e in decimal(),
+            which in 0usize..20,
+        ) {
+            let (a, b) = (quoted(&a), quoted(&b));
+            let expr = match which {
+                0 => format!("add_days({a}, {n})"),
+                1 => format!("add_hours({a}, {n})"),
+                2 => format!("days_between({a}, {b})"),
+                3 => format!("decimal({a})"),
+                4 => format!("decimal({n})"),
+                5 => format!("round_half_up({d}, {n})"),
+                6 => format!("round_bankers({d}, {n})"),
+                7 => format!("currency_precision({a})"),
+                8 => format!("round_currency({d}, {a})"),
+                9 => format!("round_currency({d}, {a}, {b})"),
+                10 => format!("data({a})"),
+                11 => format!("data_at({a}, [{b}, {n}])"),
+                12 => "now() + today()".to_string(),
+                13 => format!("{d} + {e}"),
+                14 => format!("{d} * {e}"),
+                15 => format!("{d} / {e}"),
+                16 => format!("{d} % {e}"),
+                17 => format!("{d} - {e}"),
+                18 => format!("{n} * {n}"),
+                _ => format!("{n} / ({n} - {n})"),
+            };
+            // Ok or a script error; a panic fails the test.
+            let _ = eval(&expr);
+        }
+    }
+
+    #[test]
+    fn out_of_range_dates_are_script_errors_with_the_arguments() {
+        let e = eval("add_days(\"2026-03-01\", 9223372036854775807)").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = eval("add_hours(\"2026-03-01T00:00:00Z\", -9223372036854775807)").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        assert_eq!(
+            eval("add_days(\"2026-03-01\", 30)")
+                .unwrap()
+                .into_string()
+                .unwrap(),
+            "2026-03-31"
+        );
+    }
 }

@@ -28,6 +28,7 @@ use crate::job::{Job, JobId, JobStatus, Lease};
 use crate::model::{
     Actor, ChangeKind, CommandOutcome, CounterValue, DefinitionRef, DueTimer, HistoryEntry,
     Instance, InstanceId, InstanceStatus, OpenTimer, Provenance, ProvenanceInputs, RequestTarget,
+    TimerIncident,
 };
 
 /// A domain value the stores keep, with its stored twin.
@@ -188,8 +189,18 @@ pub(crate) struct InstanceV1 {
     timers: Vec<OpenTimerV1>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rule_set: Option<u32>,
+    /// Added without a new format: records written before have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    incidents: Vec<TimerIncidentV1>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct TimerIncidentV1 {
+    timer: OpenTimerV1,
+    error: String,
+    raised_at: DateTime<Utc>,
 }
 
 impl Record for Instance {
@@ -210,6 +221,15 @@ impl Record for Instance {
             parent: self.parent.map(|p| p.0),
             timers: self.timers.iter().map(OpenTimerV1::of).collect(),
             rule_set: self.rule_set,
+            incidents: self
+                .incidents
+                .iter()
+                .map(|i| TimerIncidentV1 {
+                    timer: OpenTimerV1::of(&i.timer),
+                    error: i.error.clone(),
+                    raised_at: i.raised_at,
+                })
+                .collect(),
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -229,6 +249,15 @@ impl Record for Instance {
             parent: s.parent.map(InstanceId),
             timers: s.timers.into_iter().map(OpenTimerV1::into_timer).collect(),
             rule_set: s.rule_set,
+            incidents: s
+                .incidents
+                .into_iter()
+                .map(|i| TimerIncident {
+                    timer: i.timer.into_timer(),
+                    error: i.error,
+                    raised_at: i.raised_at,
+                })
+                .collect(),
             created_at: s.created_at,
             updated_at: s.updated_at,
         })
@@ -338,6 +367,9 @@ pub(crate) enum ChangeKindV1 {
     Command,
     Cancelled,
     LinkedUpdate { by: Uuid },
+    // Added without a new format: older records have none of these.
+    TimerIncidentRaised { timer: String },
+    TimerIncidentResolved { timer: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -427,6 +459,14 @@ impl Record for HistoryEntry {
                 ChangeKind::Command => ChangeKindV1::Command,
                 ChangeKind::Cancelled => ChangeKindV1::Cancelled,
                 ChangeKind::LinkedUpdate { by } => ChangeKindV1::LinkedUpdate { by: by.0 },
+                ChangeKind::TimerIncidentRaised { timer } => ChangeKindV1::TimerIncidentRaised {
+                    timer: timer.clone(),
+                },
+                ChangeKind::TimerIncidentResolved { timer } => {
+                    ChangeKindV1::TimerIncidentResolved {
+                        timer: timer.clone(),
+                    }
+                }
             },
             command: self.command.clone(),
             payload: self.payload.clone(),
@@ -453,6 +493,12 @@ impl Record for HistoryEntry {
                 ChangeKindV1::Cancelled => ChangeKind::Cancelled,
                 ChangeKindV1::LinkedUpdate { by } => {
                     ChangeKind::LinkedUpdate { by: InstanceId(by) }
+                }
+                ChangeKindV1::TimerIncidentRaised { timer } => {
+                    ChangeKind::TimerIncidentRaised { timer }
+                }
+                ChangeKindV1::TimerIncidentResolved { timer } => {
+                    ChangeKind::TimerIncidentResolved { timer }
                 }
             },
             command: s.command,

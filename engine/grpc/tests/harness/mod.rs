@@ -244,3 +244,43 @@ pub async fn instance_count(server: &TestServer) -> usize {
         .instances
         .len()
 }
+
+/// One call to each `switchyard.v1` service with `bearer` (or none); the refusals.
+pub async fn one_call_per_service(server: &TestServer, bearer: Option<&str>) -> Vec<tonic::Status> {
+    let request = |msg| match bearer {
+        Some(b) => authed(b, msg),
+        None => tonic::Request::new(msg),
+    };
+    let mut out = Vec::new();
+    out.push(
+        server
+            .instances()
+            .list_instances(request(pb::ListInstancesRequest::default()))
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    out.push(
+        server
+            .definitions()
+            .list_definitions(match bearer {
+                Some(b) => authed(b, pb::ListDefinitionsRequest::default()),
+                None => tonic::Request::new(pb::ListDefinitionsRequest::default()),
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    out.push(
+        server
+            .rule_sets()
+            .list_rule_sets(match bearer {
+                Some(b) => authed(b, pb::ListRuleSetsRequest::default()),
+                None => tonic::Request::new(pb::ListRuleSetsRequest::default()),
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    out
+}

@@ -1,0 +1,387 @@
+//! What an attacker or an unlucky operator tries through the public API: credentials without
+//! the right role, oversized and malformed input, refusals that must stay small.
+
+mod harness;
+
+use harness::*;
+use switchyard_grpc::auth::token_hash;
+use switchyard_grpc::config::TokenConfig;
+use switchyard_grpc::pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// A server whose tokens also include one without roles and one for `logistics` only.
+async fn server() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    for (token, roles) in [
+        ("no-roles-token", vec![]),
+        ("logistics-token", vec!["logistics"]),
+    ] {
+        config.auth.tokens.push(TokenConfig {
+            sha256: token_hash(token),
+            actor: token.into(),
+            roles: roles.into_iter().map(String::from).collect(),
+        });
+    }
+    TestServer::start_with(dir, config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_without_roles_is_refused_everything_but_health() {
+    let server = server().await;
+    let refused = one_call_per_service(&server, Some("no-roles-token")).await;
+    assert_eq!(refused.len(), 3);
+    for status in refused {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert_eq!(status.get_details_error_info().unwrap().reason, "NO_ROLES");
+    }
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 1, "SERVING");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_need_a_role_the_definition_lets_read() {
+    let server = server().await;
+    let quote = start_quote(&server, "r-1", "FIXED-4999").await;
+    let mut client = server.instances();
+    let get = |bearer: &str| {
+        authed(
+            bearer,
+            pb::GetInstanceRequest {
+                instance_id: quote.instance_id.clone(),
+            },
+        )
+    };
+    let refused = client.get_instance(get("logistics-token")).await;
+    expect_refusal(refused, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    let history = client
+        .list_instance_history(authed(
+            "logistics-token",
+            pb::ListInstanceHistoryRequest {
+                instance_id: quote.instance_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    expect_refusal(history, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    let by_definition = client
+        .list_instances(authed(
+            "logistics-token",
+            pb::ListInstancesRequest {
+                definition: "quote".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    expect_refusal(by_definition, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    let everything = client
+        .list_instances(authed(
+            "logistics-token",
+            pb::ListInstancesRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(everything.instances.is_empty(), "quotes are left out");
+    // Those the definition names read it.
+    for role in ["sales_rep", "finance", "analyst", "admin"] {
+        client.get_instance(get(&token(role))).await.unwrap();
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validating_and_evaluating_rules_need_the_analyst_or_admin_role() {
+    let server = server().await;
+    let mut rules = server.rule_sets();
+    let validate = rules
+        .validate_rule_set(as_role(
+            "sales_rep",
+            pb::ValidateRuleSetRequest {
+                files: rule_files(&repo_rules()),
+            },
+        ))
+        .await;
+    expect_refusal(validate, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    let evaluate = rules
+        .evaluate_rule(as_role(
+            "sales_rep",
+            pb::EvaluateRuleRequest {
+                decider: "quote::submit".into(),
+                instance_json: r#"{"state": "draft", "data": {}}"#.into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    expect_refusal(evaluate, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    let valid = rules
+        .validate_rule_set(as_role(
+            "analyst",
+            pb::ValidateRuleSetRequest {
+                files: rule_files(&repo_rules()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(valid.valid, "{:?}", valid.problems);
+    server.stop().await;
+}
+
+/// Sends `body` as the protobuf message of `path`, as bytes.
+async fn raw_call(server: &TestServer, path: &str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(server.channel.clone());
+    grpc.ready().await.unwrap();
+    let request = as_role("admin", body);
+    grpc.unary::<Vec<u8>, Vec<u8>, _>(request, path.parse().unwrap(), RawCodec)
+        .await
+        .expect_err("refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_is_not_valid_protobuf_is_invalid_argument_not_internal() {
+    let server = server().await;
+    let path = "/switchyard.v1.InstanceService/GetInstance";
+    for (what, body) in [
+        ("a string that is not UTF-8", vec![0x0a, 0x02, 0xff, 0xfe]),
+        ("a wrong wire type", vec![0x0d, 0x01, 0x02, 0x03, 0x04]),
+        ("a truncated field", vec![0x0a, 0x10, b'a']),
+        ("a field number 0", vec![0x00, 0x01]),
+    ] {
+        let status = raw_call(&server, path, body).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(
+            status.message().contains("not a valid protobuf message"),
+            "{what}: {status:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_stay_small_whatever_was_sent() {
+    let server = server().await;
+    let huge = "x".repeat(1024 * 1024);
+    let mut client = server.instances();
+    let mut statuses = Vec::new();
+    statuses.push(
+        client
+            .get_instance(as_role(
+                "admin",
+                pb::GetInstanceRequest {
+                    instance_id: huge.clone(),
+                },
+            ))
+            .await
+            .unwrap_err(),
+    );
+    statuses.push(
+        client
+            .start_instance(as_role(
+                "sales_rep",
+                pb::StartInstanceRequest {
+                    request_id: "r-huge".into(),
+                    definition: huge.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+    );
+    let quote = start_quote(&server, "r-q", "FIXED-4999").await;
+    statuses.push(
+        client
+            .send_command(as_role(
+                "sales_rep",
+                pb::SendCommandRequest {
+                    request_id: "r-cmd".into(),
+                    instance_id: quote.instance_id.clone(),
+                    command: huge.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+    );
+    let key = "k".repeat(60 * 1024);
+    statuses.push(
+        client
+            .send_command(as_role(
+                "sales_rep",
+                pb::SendCommandRequest {
+                    request_id: "r-key".into(),
+                    instance_id: quote.instance_id.clone(),
+                    command: "submit".into(),
+                    payload_json: format!(r#"{{"{key}": 1}}"#),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+    );
+    statuses.push(
+        client
+            .list_instances(as_role(
+                "admin",
+                pb::ListInstancesRequest {
+                    page_token: huge.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err(),
+    );
+    let codes: Vec<Code> = statuses.iter().map(|s| s.code()).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::InvalidArgument,
+            Code::InvalidArgument
+        ]
+    );
+    for status in &statuses {
+        assert!(status.message().len() <= 1024, "{}", status.message().len());
+        assert!(status.details().len() <= 2048, "{}", status.details().len());
+        assert!(!status.message().contains(&huge[..2048]));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_json_keys_zero_quantities_and_empty_lines_are_refused_naming_the_field() {
+    let server = server().await;
+    let mut client = server.instances();
+    let start = |key: &str, data: &str| {
+        as_role(
+            "sales_rep",
+            pb::StartInstanceRequest {
+                request_id: format!("r-{key}"),
+                definition: "quote".into(),
+                business_key: key.into(),
+                data_json: data.into(),
+            },
+        )
+    };
+    let duplicate = client
+        .start_instance(start(
+            "dup",
+            r#"{"customer": "BETA", "currency": "EUR", "valid_until": "2099-05-01", "lines": [{"sku": "FIXED-4999", "quantity": 1, "quantity": -5}]}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::InvalidArgument);
+    assert!(
+        duplicate.message().contains("duplicate key `quantity`"),
+        "{duplicate:?}"
+    );
+    assert_eq!(bad_fields(&duplicate), ["data_json"]);
+    let zero = client
+        .start_instance(start(
+            "zero",
+            r#"{"customer": "BETA", "currency": "EUR", "valid_until": "2099-05-01", "lines": [{"sku": "FIXED-4999", "quantity": 0}]}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&zero), ["data_json.lines[0].quantity"]);
+    let empty = client
+        .start_instance(start(
+            "empty",
+            r#"{"customer": "BETA", "currency": "EUR", "valid_until": "2099-05-01", "lines": []}"#,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&empty), ["data_json.lines"]);
+    assert_eq!(instance_count(&server).await, 0, "nothing written");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_instance_is_not_listed_by_the_state_it_was_cancelled_in() {
+    let server = server().await;
+    let kept = start_quote(&server, "r-kept", "FIXED-4999").await;
+    let cancelled = start_quote(&server, "r-gone", "FIXED-4999").await;
+    let mut client = server.instances();
+    client
+        .cancel_instance(as_role(
+            "admin",
+            pb::CancelInstanceRequest {
+                request_id: "r-cancel".into(),
+                instance_id: cancelled.instance_id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let drafts = client
+        .list_instances(as_role(
+            "admin",
+            pb::ListInstancesRequest {
+                definition: "quote".into(),
+                state: "draft".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = drafts.instances.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, [kept.instance_id.as_str()]);
+    server.stop().await;
+}
+
+/// Bytes in, bytes out: lets a test send a message that is not valid protobuf.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
