@@ -15,6 +15,7 @@
 //! | `incidents` | timer incidents: raised when a timer's command fails, resolved by an admin |
 //! | `jobs` | activation, completion, failure, incidents, in-process handlers |
 //! | `rulesets` | deploy, activate, dry runs, the compiled rule-set cache |
+//! | `pool` | the bounded pool every rule evaluation runs on |
 // Functions here fit on a screen (clippy.toml sets the threshold).
 #![warn(clippy::too_many_lines)]
 
@@ -42,6 +43,7 @@ mod effects;
 mod incidents;
 mod jobs;
 mod lifecycle;
+mod pool;
 mod reads;
 pub(crate) mod requests;
 mod rulesets;
@@ -71,6 +73,8 @@ struct Inner {
     rule_set_cache: Mutex<BTreeMap<u32, (u64, Arc<RuleSet>)>>,
     /// A clock for the cache's least-recently-used order.
     rule_set_ticks: AtomicU64,
+    /// Where rules are evaluated (see `pool`).
+    rule_pool: pool::RulePool,
     /// Serializes deployments and activations.
     rules_admin: tokio::sync::Mutex<()>,
     /// The periodic background tasks, stopped by `shutdown`.

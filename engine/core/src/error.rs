@@ -305,6 +305,14 @@ pub enum CommandError {
     /// The engine was opened without rule sets (`Engine::open`), so none can be deployed.
     #[error("this engine was opened with fixed definitions; open it with Engine::open_with_rules to deploy rule sets")]
     NoRuleSets,
+    /// Too much work is waiting for a bounded resource (the rule pool's queue); retry later.
+    #[error("{resource} is at its limit of {limit} waiting requests; retry later")]
+    Overloaded {
+        /// What is full.
+        resource: String,
+        /// Its limit.
+        limit: usize,
+    },
     /// The engine is shutting down and takes no more writes.
     #[error("the engine is shutting down and accepts no more commands")]
     ShuttingDown,
@@ -345,6 +353,7 @@ impl CommandError {
         "RULE_SET_REFUSED",
         "UNKNOWN_RULE_SET",
         "NO_RULE_SETS",
+        "OVERLOADED",
         "SHUTTING_DOWN",
         "STORE",
     ];
@@ -379,6 +388,7 @@ impl CommandError {
             CommandError::RuleSetRefused { .. } => "RULE_SET_REFUSED",
             CommandError::UnknownRuleSet(_) => "UNKNOWN_RULE_SET",
             CommandError::NoRuleSets => "NO_RULE_SETS",
+            CommandError::Overloaded { .. } => "OVERLOADED",
             CommandError::ShuttingDown => "SHUTTING_DOWN",
             CommandError::Store(_) => "STORE",
         }
@@ -524,6 +534,10 @@ mod tests {
             CommandError::RuleSetRefused { problems: vec![] },
             CommandError::UnknownRuleSet(1),
             CommandError::NoRuleSets,
+            CommandError::Overloaded {
+                resource: s(),
+                limit: 1,
+            },
             CommandError::ShuttingDown,
             CommandError::Store(StoreError::Io(s())),
         ]

@@ -183,6 +183,7 @@ pub struct CommandCount {
 
 /// The engine's measurements at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MetricsSnapshot {
     /// Requests by definition, command and outcome, since the engine opened.
     pub commands: Vec<CommandCount>,
@@ -205,6 +206,8 @@ pub struct MetricsSnapshot {
     pub job_backlog: u64,
     /// Commits waiting for the committer.
     pub commit_queue: usize,
+    /// Rule evaluations queued or running on the rule pool.
+    pub rule_pool_pending: usize,
 }
 
 /// Where [`MetricsSnapshot::job_backlog`] stops counting, so a scrape stays cheap.

@@ -339,7 +339,7 @@ async fn a_timer_whose_command_fails_becomes_an_incident_and_the_others_keep_fir
             bad,
             "scripts/approval.rhai:7:3: function `escalate`: add_days",
         ),
-        (panics, "the timer's command panicked inside the engine"),
+        (panics, "the decider panicked: a decider bug"),
     ] {
         let i = engine.get(id).await.unwrap();
         assert!(

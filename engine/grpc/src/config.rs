@@ -83,6 +83,13 @@ pub struct EngineSettings {
     pub request_retention: String,
     /// How long feed events are kept, e.g. `30d` (default).
     pub feed_retention: String,
+    /// Threads evaluating rules; 0 means one per CPU (default).
+    pub rule_threads: usize,
+    /// Most rule evaluations waiting for a thread; beyond it RESOURCE_EXHAUSTED (default 1024).
+    pub rule_queue_max: usize,
+    /// Longest time a rule set's tests may take in all when it is validated or deployed,
+    /// e.g. `10s` (default).
+    pub rule_tests_deadline: String,
 }
 
 /// TLS settings.
@@ -218,6 +225,9 @@ impl Default for EngineSettings {
             queue_max: 8192,
             request_retention: "7d".into(),
             feed_retention: "30d".into(),
+            rule_threads: 0,
+            rule_queue_max: 1024,
+            rule_tests_deadline: "10s".into(),
         }
     }
 }
@@ -264,6 +274,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "engine.request_retention",
     ),
     ("SWITCHYARD_ENGINE_FEED_RETENTION", "engine.feed_retention"),
+    ("SWITCHYARD_ENGINE_RULE_THREADS", "engine.rule_threads"),
+    ("SWITCHYARD_ENGINE_RULE_QUEUE_MAX", "engine.rule_queue_max"),
+    (
+        "SWITCHYARD_ENGINE_RULE_TESTS_DEADLINE",
+        "engine.rule_tests_deadline",
+    ),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -279,7 +295,9 @@ fn kind_of(key: &str) -> Kind {
         | "engine.payload_bytes_max"
         | "engine.page_size_max"
         | "engine.batch_max"
-        | "engine.queue_max" => Kind::Integer,
+        | "engine.queue_max"
+        | "engine.rule_threads"
+        | "engine.rule_queue_max" => Kind::Integer,
         "metrics.enabled" => Kind::Bool,
         _ => Kind::Text,
     }
@@ -336,6 +354,10 @@ impl ServerConfig {
         for (key, value) in [
             ("engine.request_retention", &self.engine.request_retention),
             ("engine.feed_retention", &self.engine.feed_retention),
+            (
+                "engine.rule_tests_deadline",
+                &self.engine.rule_tests_deadline,
+            ),
             ("shutdown.drain_timeout", &self.shutdown.drain_timeout),
         ] {
             if switchyard_core::definition::parse_duration(value).is_none() {
@@ -344,6 +366,9 @@ impl ServerConfig {
                     "must be a duration such as `30s`, `90m`, `48h` or `7d`",
                 );
             }
+        }
+        if self.engine.rule_queue_max == 0 {
+            return bad("engine.rule_queue_max", "must be at least 1");
         }
         if self.grpc.message_bytes_max < 1024 {
             return bad("grpc.message_bytes_max", "must be at least 1024");

@@ -142,6 +142,12 @@ pub async fn render(state: &MetricsState) -> Result<String, switchyard_core::Com
         "Commits waiting for the committer.",
         m.commit_queue as u64,
     );
+    gauge(
+        &mut out,
+        "switchyard_rule_pool_pending",
+        "Rule evaluations queued or running on the rule pool.",
+        m.rule_pool_pending as u64,
+    );
     let _ = writeln!(
         out,
         "# HELP switchyard_grpc_unauthenticated_total RPCs refused for a missing or unknown credential.\n# TYPE switchyard_grpc_unauthenticated_total counter\nswitchyard_grpc_unauthenticated_total {}",

@@ -98,6 +98,13 @@ pub fn engine_config(config: &ServerConfig) -> EngineConfig {
     engine.queue_max = config.engine.queue_max;
     engine.request_retention = ServerConfig::duration(&config.engine.request_retention);
     engine.feed_retention = ServerConfig::duration(&config.engine.feed_retention);
+    if config.engine.rule_threads > 0 {
+        engine.rule_threads = config.engine.rule_threads;
+    }
+    engine.rule_queue_max = config.engine.rule_queue_max;
+    engine.rule_tests_deadline = ServerConfig::duration(&config.engine.rule_tests_deadline)
+        .to_std()
+        .unwrap_or(Duration::from_secs(10));
     engine
 }
 

@@ -117,6 +117,7 @@ fn code_for(reason: &str) -> Option<Code> {
         "REQUEST_ID_REUSED" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
         "SHUTTING_DOWN" | "STORE" => Code::Unavailable,
+        "OVERLOADED" => Code::ResourceExhausted,
         _ => return None,
     })
 }

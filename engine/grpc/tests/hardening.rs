@@ -385,3 +385,127 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(out))
     }
 }
+
+/// The shipped rules plus a script whose decider never ends, and (optionally) many tests of it.
+fn spinning_rules(tests: usize) -> Vec<pb::RuleFile> {
+    let mut files = rule_files(&repo_rules());
+    files.push(pb::RuleFile {
+        path: "scripts/spin.rhai".into(),
+        content: "fn spin(instance, payload, actor) { let n = 0; loop { n += 1; } }\n".into(),
+    });
+    if tests > 0 {
+        let mut text = String::new();
+        for i in 0..tests {
+            text.push_str(&format!(
+                "[[test]]\nname = \"spin {i}\"\nfunction = \"spin::spin\"\ninstance = {{ state = \"draft\", data = {{}} }}\nexpect = {{ state = \"draft\" }}\n\n"
+            ));
+        }
+        files.push(pb::RuleFile {
+            path: "tests/spin.toml".into(),
+            content: text,
+        });
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reads_stay_fast_while_rule_work_saturates_its_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.engine.rule_threads = 2;
+    config.engine.rule_queue_max = 16;
+    config.engine.rule_tests_deadline = "1s".into();
+    let server = TestServer::start_with(dir, config).await;
+    let quote = start_quote(&server, "r-1", "FIXED-4999").await;
+    server
+        .rule_sets()
+        .deploy_rule_set(as_role(
+            "analyst",
+            pb::DeployRuleSetRequest {
+                request_id: "d-spin".into(),
+                files: spinning_rules(0),
+            },
+        ))
+        .await
+        .unwrap();
+
+    // 64 looping evaluations (each stopped by its 100 ms deadline) and 4 validations of a rule
+    // set with 100 looping tests, all at once.
+    let mut load = Vec::new();
+    for i in 0..64 {
+        let mut rules = server.rule_sets();
+        load.push(tokio::spawn(async move {
+            rules
+                .evaluate_rule(as_role(
+                    "analyst",
+                    pb::EvaluateRuleRequest {
+                        decider: "spin::spin".into(),
+                        instance_json: format!(r#"{{"state": "draft", "data": {{"i": {i}}}}}"#),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|_| ())
+        }));
+    }
+    for _ in 0..4 {
+        let mut rules = server.rule_sets();
+        load.push(tokio::spawn(async move {
+            rules
+                .validate_rule_set(as_role(
+                    "analyst",
+                    pb::ValidateRuleSetRequest {
+                        files: spinning_rules(100),
+                    },
+                ))
+                .await
+                .map(|r| assert!(!r.into_inner().valid))
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let mut client = server.instances();
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+        client
+            .get_instance(as_role(
+                "sales_rep",
+                pb::GetInstanceRequest {
+                    instance_id: quote.instance_id.clone(),
+                },
+            ))
+            .await
+            .unwrap();
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut refused = 0;
+    for task in load {
+        match task.await.unwrap() {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert_eq!(
+                    status.get_details_error_info().unwrap().reason,
+                    "OVERLOADED"
+                );
+                refused += 1;
+            }
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+            Ok(()) => {}
+        }
+    }
+    eprintln!("slowest health+read: {slowest:?}; refused {refused}");
+    assert!(
+        refused > 0,
+        "the bounded queue refused some of the rule work"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "a health check and a read took {slowest:?} while rules ran"
+    );
+    server.stop().await;
+}

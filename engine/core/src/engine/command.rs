@@ -22,7 +22,7 @@ use super::requests::{CancelRequest, CommandRequest, StartRequest};
 use super::{timers, Active, Applied, Engine, Origin, Prepared};
 use crate::committer::Work;
 use crate::decider::{DecideError, Decision, DecisionContext};
-use crate::definition::Definition;
+use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{self, EventType};
 use crate::model::{ChangeKind, CommandOutcome, HistoryEntry, Instance, InstanceId, RequestTarget};
@@ -490,18 +490,27 @@ impl Engine {
             Some(p) => self.inner.store.instance(p)?,
             None => None,
         };
+        let inputs = DecisionInputs {
+            definition: definition.clone(),
+            command: command.name.clone(),
+            instance,
+            parent,
+            payload: request.payload.clone(),
+            actor: request.actor.clone(),
+            now: self.inner.config.clock.now(),
+        };
+        let (decision, inputs) = self.decide(&rules, command, inputs).await?;
         let cx = CommandContext {
             rules: &rules,
             request,
             digest,
             definition: &definition,
             command,
-            instance: &instance,
-            parent: parent.as_ref(),
-            now: self.inner.config.clock.now(),
+            instance: &inputs.instance,
+            parent: inputs.parent.as_ref(),
+            now: inputs.now,
             fired,
         };
-        let decision = self.decide(&cx).await?;
         let mut builder = CommitBuilder::transition(self, &cx, &decision)?;
         for effect in decision.effects {
             builder.effect(effect)?;
@@ -523,7 +532,7 @@ impl Engine {
         definition: &'d Definition,
         instance: &Instance,
         request: &CommandRequest,
-    ) -> Result<&'d crate::definition::CommandDef, CommandError> {
+    ) -> Result<&'d CommandDef, CommandError> {
         let command =
             definition
                 .command(&request.command)
@@ -557,41 +566,55 @@ impl Engine {
         Ok(command)
     }
 
-    /// Asks the command's decider (a fixed move when it has none).
-    async fn decide(&self, cx: &CommandContext<'_>) -> Result<Decision, CommandError> {
-        let Some(name) = &cx.command.decider else {
-            let to = &cx.command.to[0];
-            return Ok(Decision::goto(
-                to.clone(),
-                format!("{} → {to}", cx.command.name),
-            ));
+    /// Asks the command's decider (a fixed move when it has none), on the rule pool; hands the
+    /// inputs back for the commit.
+    async fn decide(
+        &self,
+        rules: &Active,
+        command: &CommandDef,
+        inputs: DecisionInputs,
+    ) -> Result<(Decision, DecisionInputs), CommandError> {
+        let Some(name) = &command.decider else {
+            let to = &command.to[0];
+            let decision = Decision::goto(to.clone(), format!("{} → {to}", command.name));
+            return Ok((decision, inputs));
         };
         // A definition whose decisions stay pinned is decided by the version its instance
         // started under.
-        let deciders = self.deciders_for(cx.rules, cx.definition, cx.instance)?;
+        let deciders = self
+            .deciders_for(rules, &inputs.definition, &inputs.instance)
+            .await?;
         let decider = deciders
             .get(name)
+            .cloned()
             .ok_or_else(|| CommandError::DecisionFailed {
                 decider: name.clone(),
-                command: cx.command.name.clone(),
+                command: command.name.clone(),
                 message: "the decider is not registered in this engine".into(),
                 location: None,
             })?;
-        let started = std::time::Instant::now();
-        let decided = decider.decide(&DecisionContext {
-            definition: cx.definition,
-            command: cx.command,
-            instance: cx.instance,
-            payload: &cx.request.payload,
-            actor: &cx.request.actor,
-            parent: cx.parent,
-            now: cx.now,
-        });
-        self.inner
-            .metrics
-            .rule_evaluation
-            .observe_duration(started.elapsed());
-        decided.map_err(|e| decide_error(e, name, &cx.command.name))
+        let ran = self
+            .inner
+            .rule_pool
+            .run("decision", move || {
+                let started = std::time::Instant::now();
+                let decided = decider.decide(&inputs.context());
+                (decided, started.elapsed(), inputs)
+            })
+            .await?;
+        match ran {
+            Ok((decided, took, inputs)) => {
+                self.inner.metrics.rule_evaluation.observe_duration(took);
+                let decision = decided.map_err(|e| decide_error(e, name, &command.name))?;
+                Ok((decision, inputs))
+            }
+            Err(panic) => Err(CommandError::DecisionFailed {
+                decider: name.clone(),
+                command: command.name.clone(),
+                message: format!("the decider panicked: {}", crate::error::clip(&panic, 200)),
+                location: None,
+            }),
+        }
     }
 
     pub(super) fn request_record(
@@ -655,6 +678,34 @@ impl Engine {
                     None => rules.definitions.names().join(", "),
                 },
             })
+    }
+}
+
+/// What a decider is given, owned, so that it can run on the rule pool's threads.
+struct DecisionInputs {
+    definition: Arc<Definition>,
+    command: String,
+    instance: Instance,
+    parent: Option<Instance>,
+    payload: Value,
+    actor: crate::model::Actor,
+    now: DateTime<Utc>,
+}
+
+impl DecisionInputs {
+    fn context(&self) -> DecisionContext<'_> {
+        DecisionContext {
+            definition: &self.definition,
+            command: self
+                .definition
+                .command(&self.command)
+                .expect("the command was checked against this definition"),
+            instance: &self.instance,
+            payload: &self.payload,
+            actor: &self.actor,
+            parent: self.parent.as_ref(),
+            now: self.now,
+        }
     }
 }
 

@@ -58,6 +58,15 @@ pub struct EngineConfig {
     /// decisions stay pinned to the version they started under and for dry runs (default 8).
     /// Others are compiled again from the store when needed.
     pub rule_set_cache: usize,
+    /// Threads that evaluate rules (decisions, dry runs, rule-set tests), apart from the
+    /// host's async workers (default: the number of CPUs).
+    pub rule_threads: usize,
+    /// Most rule evaluations waiting for a rule thread; beyond it new ones are refused with
+    /// `OVERLOADED` (default 1024).
+    pub rule_queue_max: usize,
+    /// Longest time all of a rule set's example tests may take when it is validated or
+    /// deployed; tests past it count as failed (default 10 s).
+    pub rule_tests_deadline: StdDuration,
     /// Whether the engine runs its periodic work — firing due timers, purging expired request
     /// records and feed events (default true). Offline tools that only read or deploy turn it
     /// off.
@@ -84,6 +93,9 @@ impl std::fmt::Debug for EngineConfig {
             .field("feed_source", &self.feed_source)
             .field("feed_retention", &self.feed_retention)
             .field("rule_set_cache", &self.rule_set_cache)
+            .field("rule_threads", &self.rule_threads)
+            .field("rule_queue_max", &self.rule_queue_max)
+            .field("rule_tests_deadline", &self.rule_tests_deadline)
             .field("background_tasks", &self.background_tasks)
             .finish_non_exhaustive()
     }
@@ -108,6 +120,9 @@ impl EngineConfig {
             feed_source: "switchyard".into(),
             feed_retention: Duration::days(30),
             rule_set_cache: 8,
+            rule_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            rule_queue_max: 1024,
+            rule_tests_deadline: StdDuration::from_secs(10),
             background_tasks: true,
             clock: Arc::new(SystemClock),
         }
@@ -147,6 +162,17 @@ impl EngineConfig {
         }
         if self.feed_source.is_empty() {
             return bad("feed_source", "must not be empty");
+        }
+        if self.rule_threads == 0 || self.rule_queue_max == 0 {
+            return bad(
+                "rule_threads",
+                "rule_threads and rule_queue_max must be at least 1",
+            );
+        }
+        if self.request_retention > Duration::days(3650)
+            || self.feed_retention > Duration::days(3650)
+        {
+            return bad("request_retention", "retentions must be at most 10 years");
         }
         if self.job_handler_timeout.is_zero() || self.job_handler_timeout >= self.job_handler_lease
         {

@@ -27,7 +27,10 @@ impl CommandError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            CommandError::Store(_) | CommandError::ShuttingDown | CommandError::Conflict { .. }
+            CommandError::Store(_)
+                | CommandError::ShuttingDown
+                | CommandError::Conflict { .. }
+                | CommandError::Overloaded { .. }
         )
     }
 }

@@ -58,6 +58,8 @@ impl Engine {
             metrics.clone(),
         )
         .map_err(OpenError::Thread)?;
+        let rule_pool = super::pool::RulePool::start(config.rule_threads, config.rule_queue_max)
+            .map_err(OpenError::Thread)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
@@ -65,6 +67,7 @@ impl Engine {
                 rule_inputs: std::sync::OnceLock::new(),
                 rule_set_cache: Mutex::new(BTreeMap::new()),
                 rule_set_ticks: AtomicU64::new(0),
+                rule_pool,
                 rules_admin: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 store_calls: Arc::new(AtomicUsize::new(0)),
@@ -183,6 +186,7 @@ impl Engine {
             feed_lag: feed_durable.saturating_sub(slowest),
             job_backlog: job_backlog as u64,
             commit_queue,
+            rule_pool_pending: self.inner.rule_pool.pending(),
         })
     }
 
@@ -194,6 +198,7 @@ impl Engine {
             .write()
             .expect("queue lock poisoned")
             .take();
+        self.inner.rule_pool.stop();
         let handle = self
             .inner
             .committer

@@ -61,6 +61,16 @@ pub enum DryRunInput {
     Instance(InstanceId),
 }
 
+/// Where a rule set to compile comes from.
+enum Source {
+    /// A rules directory.
+    Dir(std::path::PathBuf),
+    /// Files received (relative path → text).
+    Files(BTreeMap<String, String>),
+    /// A deployed version's files.
+    Stored(u32, BTreeMap<String, String>),
+}
+
 /// A rule-set request made idempotent by its id.
 struct Request<'a> {
     id: &'a str,
@@ -281,9 +291,9 @@ impl Engine {
         dir: &Path,
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
-        let (rust, limits) = self.rule_inputs()?;
+        self.rule_inputs()?;
         require_rules_role(actor, "deploy a rule set")?;
-        let candidate = RuleSet::load(dir, rust, limits).map_err(load_problems)?;
+        let candidate = self.compile(Source::Dir(dir.to_path_buf())).await?;
         self.deploy_candidate_once(candidate, &dir.display().to_string(), actor, None)
             .await
     }
@@ -301,11 +311,11 @@ impl Engine {
         actor: &Actor,
         request_id: &str,
     ) -> Result<RuleSetInfo, CommandError> {
-        let (rust, limits) = self.rule_inputs()?;
+        self.rule_inputs()?;
         require_rules_role(actor, "deploy a rule set")?;
         super::check_request_id(request_id)?;
         check_rule_paths(&files)?;
-        let candidate = RuleSet::from_files("", files, rust, limits).map_err(load_problems)?;
+        let candidate = self.compile(Source::Files(files)).await?;
         // Every file sent is part of the content version (unknown paths were refused).
         let digest = candidate.version.clone();
         self.deploy_candidate_once(
@@ -329,20 +339,21 @@ impl Engine {
         files: BTreeMap<String, String>,
         actor: &Actor,
     ) -> Result<String, CommandError> {
-        let (rust, limits) = self.rule_inputs()?;
+        self.rule_inputs()?;
         require_rules_role(actor, "validate a rule set")?;
         check_rule_paths(&files)?;
-        let candidate = RuleSet::from_files("", files, rust, limits).map_err(load_problems)?;
+        let candidate = self.compile(Source::Files(files)).await?;
+        self.test(&candidate).await?;
         let _admin = self.inner.rules_admin.lock().await;
         let stored = self.stored_definitions()?;
         self.check(&stored, &candidate, "the candidate rule set")?;
-        Ok(candidate.version)
+        Ok(candidate.version.clone())
     }
 
     /// Evaluates the decider `decider` (`script::function`) of rule-set version `number` (the
     /// active one when `None`) on `input`, as a dry run: nothing is written. Returns the
     /// version used, the decision and everything the function returned.
-    pub fn evaluate_rule(
+    pub async fn evaluate_rule(
         &self,
         number: Option<u32>,
         decider: &str,
@@ -356,7 +367,7 @@ impl Engine {
                 let set = active.active_set.clone().ok_or(CommandError::NoRuleSets)?;
                 (info.number, set)
             }
-            Some(n) => (n, self.compiled(&active, n)?),
+            Some(n) => (n, self.compiled(&active, n).await?),
         };
         if !set.deciders.contains(decider) {
             return Err(CommandError::InvalidInput {
@@ -372,9 +383,23 @@ impl Engine {
                 ),
             });
         }
-        let (decision, outputs) = set
-            .evaluate(decider, input)
-            .map_err(|e| super::command::decide_error(e, decider, "(dry run)"))?;
+        let (name, input) = (decider.to_string(), input.clone());
+        let evaluated = self
+            .inner
+            .rule_pool
+            .run("dry run", move || set.evaluate(&name, &input))
+            .await?
+            .map_err(|panic| CommandError::DecisionFailed {
+                decider: decider.to_string(),
+                command: "(dry run)".into(),
+                message: format!(
+                    "the evaluation panicked: {}",
+                    crate::error::clip(&panic, 200)
+                ),
+                location: None,
+            })?;
+        let (decision, outputs) =
+            evaluated.map_err(|e| super::command::decide_error(e, decider, "(dry run)"))?;
         Ok(DryRun {
             rule_set: number,
             decision,
@@ -412,7 +437,7 @@ impl Engine {
             actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
             now: now.unwrap_or_else(|| self.inner.config.clock.now()),
         };
-        self.evaluate_rule(number, decider, &input)
+        self.evaluate_rule(number, decider, &input).await
     }
 
     /// Replays every rule decision recorded at or after `since` (all when `None`) against
@@ -433,11 +458,12 @@ impl Engine {
 
     async fn deploy_candidate_once(
         &self,
-        candidate: RuleSet,
+        candidate: Arc<RuleSet>,
         source: &str,
         actor: &Actor,
         request: Option<Request<'_>>,
     ) -> Result<RuleSetInfo, CommandError> {
+        self.test(&candidate).await?;
         let _admin = self.inner.rules_admin.lock().await;
         if let Some(request) = &request {
             if let Some(info) = self.replay(request)? {
@@ -454,7 +480,7 @@ impl Engine {
     /// Deploys under the `rules_admin` lock, which the caller holds.
     fn deploy_candidate(
         &self,
-        candidate: RuleSet,
+        candidate: Arc<RuleSet>,
         source: &str,
         actor: &Actor,
     ) -> Result<RuleSetInfo, CommandError> {
@@ -480,7 +506,7 @@ impl Engine {
                 .store
                 .set_active_rule_set(number, record.deployed_at, &actor.id)?;
         let info = info(&record, Some(number), &[activation]);
-        self.install(definitions, Arc::new(candidate), info.clone());
+        self.install(definitions, candidate, info.clone());
         tracing::info!(number, version = %info.version, by = %actor.id, "rule set deployed and activated");
         Ok(info)
     }
@@ -495,7 +521,7 @@ impl Engine {
         self.rule_inputs()?;
         require_rules_role(actor, "activate a rule set")?;
         let _admin = self.inner.rules_admin.lock().await;
-        self.activate(number, actor)
+        self.activate(number, actor).await
     }
 
     /// [`Engine::activate_rules`], idempotent by `request_id` as
@@ -518,7 +544,7 @@ impl Engine {
         if let Some(info) = self.replay(&request)? {
             return Ok(info);
         }
-        let info = self.activate(number, actor)?;
+        let info = self.activate(number, actor).await?;
         self.remember(&request, info.number)?;
         Ok(info)
     }
@@ -573,14 +599,15 @@ impl Engine {
     }
 
     /// Activates under the `rules_admin` lock, which the caller holds.
-    fn activate(&self, number: u32, actor: &Actor) -> Result<RuleSetInfo, CommandError> {
+    async fn activate(&self, number: u32, actor: &Actor) -> Result<RuleSetInfo, CommandError> {
         let mut stored = self.stored_definitions()?;
         let index = stored
             .iter()
             .position(|(r, _)| r.number == number)
             .ok_or(CommandError::UnknownRuleSet(number))?;
         let (record, _) = stored.remove(index);
-        let candidate = self.compiled(&self.rules(), number)?;
+        let candidate = self.compiled(&self.rules(), number).await?;
+        self.test(&candidate).await?;
         let definitions = self.check(&stored, &candidate, &format!("rule set #{number}"))?;
         // Activating the version already active (as on every restart) changes nothing, so it
         // records nothing.
@@ -655,7 +682,7 @@ impl Engine {
 
     /// Rule-set version `number`, compiled: the active one, a cached one, or compiled now
     /// from the store (and cached; the least recently used beyond `rule_set_cache` is dropped).
-    pub(super) fn compiled(
+    pub(super) async fn compiled(
         &self,
         active: &Active,
         number: u32,
@@ -679,17 +706,78 @@ impl Engine {
             *used = tick;
             return Ok(set.clone());
         }
-        let (rust, limits) = self.rule_inputs()?;
         let record = self
             .inner
             .store
             .rule_set(number)?
             .ok_or(CommandError::UnknownRuleSet(number))?;
-        let set = RuleSet::from_files(&format!("rule set #{number}"), record.files, rust, limits)
-            .map_err(load_problems)?;
-        let set = Arc::new(set);
+        let set = self.compile(Source::Stored(number, record.files)).await?;
         self.cache(number, set.clone(), tick);
         Ok(set)
+    }
+
+    /// Compiles a rule set on the rule pool (compiling scripts is rule work too).
+    async fn compile(&self, source: Source) -> Result<Arc<RuleSet>, CommandError> {
+        let (rust, limits) = self.rule_inputs()?;
+        let compiled = self
+            .inner
+            .rule_pool
+            .run("compiling a rule set", move || match source {
+                Source::Dir(dir) => RuleSet::load(&dir, rust, limits),
+                Source::Files(files) => RuleSet::from_files("", files, rust, limits),
+                Source::Stored(number, files) => {
+                    RuleSet::from_files(&format!("rule set #{number}"), files, rust, limits)
+                }
+            })
+            .await?
+            .map_err(|panic| {
+                refused(vec![RuleSetProblem::in_file(
+                    "",
+                    format!(
+                        "compiling the rule set failed inside the engine: {}",
+                        crate::error::clip(&panic, 200)
+                    ),
+                )])
+            })?;
+        compiled.map(Arc::new).map_err(load_problems)
+    }
+
+    /// Runs `candidate`'s example tests on the rule pool, within `rule_tests_deadline` in all;
+    /// any failure refuses it.
+    async fn test(&self, candidate: &Arc<RuleSet>) -> Result<(), CommandError> {
+        let set = candidate.clone();
+        let deadline = self.inner.config.rule_tests_deadline;
+        let outcomes = self
+            .inner
+            .rule_pool
+            .run("rule-set tests", move || {
+                testing::run_within(&set, deadline)
+            })
+            .await?
+            .map_err(|panic| {
+                refused(vec![RuleSetProblem::in_file(
+                    "",
+                    format!(
+                        "running the tests failed inside the engine: {}",
+                        crate::error::clip(&panic, 200)
+                    ),
+                )])
+            })?;
+        let failed: Vec<RuleSetProblem> = outcomes
+            .into_iter()
+            .filter(|o| !o.passed)
+            .map(|o| RuleSetProblem {
+                file: o.file.clone(),
+                line: o.line,
+                column: 1,
+                message: format!("test failed: {}\n{}", o.title, o.report.trim_end()),
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(refused(failed))
+        }
     }
 
     fn cache(&self, number: u32, set: Arc<RuleSet>, tick: u64) {
@@ -724,7 +812,7 @@ impl Engine {
 
     /// The deciders that decide for `instance`: the active version's, or — for a definition
     /// whose decisions stay pinned — those of the version it started under.
-    pub(super) fn deciders_for(
+    pub(super) async fn deciders_for(
         &self,
         rules: &Active,
         definition: &Definition,
@@ -734,33 +822,20 @@ impl Engine {
             (crate::definition::DecisionBinding::Pinned, Some(n))
                 if rules.rule_set.as_ref().is_some_and(|r| r.number != n) =>
             {
-                Ok(Deciders::Version(self.compiled(rules, n)?))
+                Ok(Deciders::Version(self.compiled(rules, n).await?))
             }
             _ => Ok(Deciders::Active(rules.deciders.clone())),
         }
     }
 
-    /// The candidate's tests, definition compatibility, and live instances; returns the
-    /// definitions in force with the candidate active.
+    /// The candidate's definition compatibility and live instances (its tests run before, in
+    /// `test`); returns the definitions in force with the candidate active.
     fn check(
         &self,
         stored: &[(RuleSetRecord, DefinitionSet)],
         candidate: &RuleSet,
         label: &str,
     ) -> Result<DefinitionSet, CommandError> {
-        let failed: Vec<RuleSetProblem> = testing::run(candidate)
-            .into_iter()
-            .filter(|o| !o.passed)
-            .map(|o| RuleSetProblem {
-                file: o.file.clone(),
-                line: o.line,
-                column: 1,
-                message: format!("test failed: {}\n{}", o.title, o.report.trim_end()),
-            })
-            .collect();
-        if !failed.is_empty() {
-            return Err(refused(failed));
-        }
         let definitions = compose(stored, &candidate.definitions, label).map_err(refused)?;
         let mut problems = Vec::new();
         for def in definitions.iter() {

@@ -66,6 +66,9 @@ const RULE_FILES: [(&str, &str); 5] = [
     ("tests", "toml"),
 ];
 
+/// Most example tests a rule set may hold.
+pub const TESTS_MAX: usize = 1000;
+
 /// What a rule-set file may be, for messages.
 pub const RULE_FILE_KINDS: &str =
     "definitions/*.toml, scripts/*.rhai, scripts/lib/*.rhai, data/*.json, tests/*.toml";
@@ -321,6 +324,19 @@ impl RuleSet {
             match testing::parse(path, text) {
                 Ok(mut t) => tests.append(&mut t),
                 Err(mut p) => problems.append(&mut p),
+            }
+        }
+        if tests.len() > TESTS_MAX {
+            if let Some(extra) = tests.get(TESTS_MAX) {
+                problems.push(problem(
+                    Path::new(&extra.file),
+                    extra.line,
+                    1,
+                    format!(
+                        "a rule set holds at most {TESTS_MAX} tests; this one has {}",
+                        tests.len()
+                    ),
+                ));
             }
         }
         for test in &tests {

@@ -198,6 +198,33 @@ pub fn run(rules: &RuleSet) -> Vec<TestOutcome> {
     rules.tests.iter().map(|t| run_one(rules, t)).collect()
 }
 
+/// Runs the rule set's tests until `deadline` has passed in all; each test left after that
+/// fails unrun, saying so (a rule set whose tests take that long is refused rather than
+/// tying up the rule pool).
+pub fn run_within(rules: &RuleSet, deadline: std::time::Duration) -> Vec<TestOutcome> {
+    let started = std::time::Instant::now();
+    rules
+        .tests
+        .iter()
+        .map(|t| {
+            if started.elapsed() > deadline {
+                TestOutcome {
+                    title: format!("{}:{} {} ({})", t.file, t.line, t.name, t.function),
+                    file: t.file.clone(),
+                    line: t.line,
+                    passed: false,
+                    report: format!(
+                        "  not run: the rule set's tests took longer than {} ms in all\n",
+                        deadline.as_millis()
+                    ),
+                }
+            } else {
+                run_one(rules, t)
+            }
+        })
+        .collect()
+}
+
 fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     let title = format!(
         "{}:{} {} ({})",
