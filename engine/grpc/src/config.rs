@@ -45,6 +45,18 @@ pub struct GrpcConfig {
     pub listen: SocketAddr,
     /// Largest request or response message, in bytes (default 4 MiB).
     pub message_bytes_max: usize,
+    /// Most connections at once; more are closed at once (default 1024).
+    pub connections_max: usize,
+    /// How long a new connection may take for the HTTP/2 handshake (default `10s`).
+    pub handshake_timeout: String,
+    /// How long a connection may send nothing, not even ping answers (default `5m`).
+    pub idle_timeout: String,
+    /// How often an idle connection is pinged (default `30s`).
+    pub keepalive_interval: String,
+    /// How long a ping may go unanswered before the connection is closed (default `20s`).
+    pub keepalive_timeout: String,
+    /// Longest time for one call, from its headers to its answer (default `60s`).
+    pub request_timeout: String,
 }
 
 /// Metrics listener settings.
@@ -194,6 +206,12 @@ impl Default for GrpcConfig {
         GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             message_bytes_max: 4 * 1024 * 1024,
+            connections_max: 1024,
+            handshake_timeout: "10s".into(),
+            idle_timeout: "5m".into(),
+            keepalive_interval: "30s".into(),
+            keepalive_timeout: "20s".into(),
+            request_timeout: "60s".into(),
         }
     }
 }
@@ -258,6 +276,21 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "SWITCHYARD_GRPC_MESSAGE_BYTES_MAX",
         "grpc.message_bytes_max",
     ),
+    ("SWITCHYARD_GRPC_CONNECTIONS_MAX", "grpc.connections_max"),
+    (
+        "SWITCHYARD_GRPC_HANDSHAKE_TIMEOUT",
+        "grpc.handshake_timeout",
+    ),
+    ("SWITCHYARD_GRPC_IDLE_TIMEOUT", "grpc.idle_timeout"),
+    (
+        "SWITCHYARD_GRPC_KEEPALIVE_INTERVAL",
+        "grpc.keepalive_interval",
+    ),
+    (
+        "SWITCHYARD_GRPC_KEEPALIVE_TIMEOUT",
+        "grpc.keepalive_timeout",
+    ),
+    ("SWITCHYARD_GRPC_REQUEST_TIMEOUT", "grpc.request_timeout"),
     ("SWITCHYARD_METRICS_ENABLED", "metrics.enabled"),
     ("SWITCHYARD_METRICS_LISTEN", "metrics.listen"),
     ("SWITCHYARD_STORE_DURABILITY", "store.durability"),
@@ -291,6 +324,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
 fn kind_of(key: &str) -> Kind {
     match key {
         "grpc.message_bytes_max"
+        | "grpc.connections_max"
         | "store.cache_bytes"
         | "engine.payload_bytes_max"
         | "engine.page_size_max"
@@ -369,6 +403,18 @@ impl ServerConfig {
         }
         if self.engine.rule_queue_max == 0 {
             return bad("engine.rule_queue_max", "must be at least 1");
+        }
+        if self.grpc.connections_max == 0 {
+            return bad("grpc.connections_max", "must be at least 1");
+        }
+        let idle = Self::duration(&self.grpc.idle_timeout);
+        let ping = Self::duration(&self.grpc.keepalive_interval)
+            + Self::duration(&self.grpc.keepalive_timeout);
+        if idle <= ping {
+            return bad(
+                "grpc.idle_timeout",
+                "must be longer than keepalive_interval + keepalive_timeout (healthy idle connections answer the pings in between)",
+            );
         }
         if self.grpc.message_bytes_max < 1024 {
             return bad("grpc.message_bytes_max", "must be at least 1024");

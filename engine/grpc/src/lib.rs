@@ -18,7 +18,9 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod connections;
 mod convert;
+pub mod health;
 pub mod http;
 pub mod metrics_http;
 pub mod server;

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Identity, ServerTlsConfig};
-use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -149,10 +149,26 @@ pub async fn start(
         .build_v1alpha()
         .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-    let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
-        // The path only: headers carry credentials and are never logged.
-        tracing::info_span!("rpc", path = %request.uri().path())
-    });
+    let seconds = |value: &str| {
+        ServerConfig::duration(value)
+            .to_std()
+            .unwrap_or(Duration::from_secs(1))
+    };
+    let mut builder = tonic::transport::Server::builder()
+        .trace_fn(|request| {
+            // The path only: headers carry credentials and are never logged.
+            tracing::info_span!("rpc", path = %request.uri().path())
+        })
+        // A call that has not answered in time (a stuck body, a slow client) is ended.
+        .timeout(seconds(&config.grpc.request_timeout))
+        // Idle connections are pinged; one that does not answer is closed.
+        .http2_keepalive_interval(Some(seconds(&config.grpc.keepalive_interval)))
+        .http2_keepalive_timeout(Some(seconds(&config.grpc.keepalive_timeout)));
+    let limits = crate::connections::ConnectionLimits {
+        connections_max: config.grpc.connections_max,
+        handshake_timeout: seconds(&config.grpc.handshake_timeout),
+        idle_timeout: seconds(&config.grpc.idle_timeout),
+    };
     if let Some(tls) = tls.clone() {
         builder = builder.tls_config(tls)?;
     }
@@ -172,6 +188,26 @@ pub async fn start(
         None
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // A new store starts on the rules directory: a directory that does not load must not
+    // leave an empty store behind.
+    if !config.data_dir.join("db").exists() {
+        let rules_dir = config.rules_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            switchyard_core::RuleSet::load(
+                &rules_dir,
+                DeciderRegistry::new(),
+                RuleLimits::default(),
+            )
+        })
+        .await
+        .map_err(|e| ServeError::Config(format!("loading the rules: {e}")))?
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "`rules_dir` ({}) does not load as a rule set:\n{e}",
+                config.rules_dir.display()
+            ))
+        })?;
+    }
     let engine = Engine::open_with_rules(
         engine_config(&config),
         &config.rules_dir,
@@ -221,12 +257,10 @@ pub async fn start(
             .max_encoding_message_size(size),
         auth.clone(),
     );
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
+    let (health, health_service) = crate::health::service();
+    health.set("", ServingStatus::Serving);
     for name in SERVICE_NAMES {
-        health
-            .set_service_status(name, ServingStatus::Serving)
-            .await;
+        health.set(name, ServingStatus::Serving);
     }
     let router = builder
         .add_service(health_service)
@@ -243,20 +277,13 @@ pub async fn start(
         let signal = async move {
             let _ = stopped.await;
             tracing::info!("shutting down: no new connections; draining in-flight calls");
-            for name in SERVICE_NAMES {
-                health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
-            }
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            // NOT_SERVING everywhere, and every health watch ends after telling its watcher.
+            health.close();
             let _ = draining_tx.send(());
         };
-        // Small request/response pairs: Nagle's algorithm would only add latency.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
+        // Bounded: a connection limit, handshake and idle deadlines (and no Nagle delay).
+        let incoming =
+            crate::connections::Incoming::new(listener, limits, connections_refused.clone());
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(serve);
         let served = tokio::select! {

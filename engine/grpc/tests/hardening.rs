@@ -509,3 +509,125 @@ async fn health_and_reads_stay_fast_while_rule_work_saturates_its_pool() {
     );
     server.stop().await;
 }
+
+/// A server whose connection limits are small enough to test.
+async fn tight_server(connections_max: usize) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.grpc.connections_max = connections_max;
+    config.grpc.handshake_timeout = "1s".into();
+    config.grpc.request_timeout = "1s".into();
+    TestServer::start_with(dir, config).await
+}
+
+/// Whether the server closes `socket` within `within` (reading gives end of file or an error).
+async fn closed_within(socket: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // the server's SETTINGS, GOAWAY…
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_open_connections_are_closed_and_the_limit_holds() {
+    use tokio::io::AsyncWriteExt;
+    let server = tight_server(8).await;
+    let addr = server.running().grpc_addr;
+    // The harness's own client holds one of the 8 slots.
+    let mut silent = Vec::new();
+    for _ in 0..6 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // The limit is reached: one more is closed at once.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut extra, std::time::Duration::from_millis(500)).await);
+    // The silent and the half-sent ones are closed at the handshake deadline…
+    assert!(closed_within(&mut half, std::time::Duration::from_secs(3)).await);
+    for socket in &mut silent {
+        assert!(closed_within(socket, std::time::Duration::from_secs(3)).await);
+    }
+    // …and a real client is served again.
+    let quote = start_quote(&server, "r-after", "FIXED-4999").await;
+    assert_eq!(quote.state, "draft");
+    let metrics = http_get(server.running().metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("switchyard_connections_refused_total 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_never_comes_is_ended_by_the_request_timeout() {
+    let server = tight_server(64).await;
+    let socket = tokio::net::TcpStream::connect(server.running().grpc_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(socket).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}/switchyard.v1.InstanceService/GetInstance",
+            server.running().grpc_addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", token("admin")))
+        .body(())
+        .unwrap();
+    // Headers, then nothing: the body never comes.
+    let (response, _body) = client.send_request(request, false).unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), response)
+        .await
+        .expect("answered within the request timeout")
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert!(
+        status.as_deref().is_some_and(|s| s != "0"),
+        "{:?}",
+        response.headers()
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_health_watch_does_not_hold_a_graceful_shutdown() {
+    use tokio_stream::StreamExt;
+    let server = TestServer::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, 1, "SERVING");
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        2,
+        "NOT_SERVING is sent"
+    );
+    assert!(watch.next().await.is_none(), "then the watch ends");
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "shutdown took {:?} (the drain timeout is 30 s)",
+        started.elapsed()
+    );
+}

@@ -29,8 +29,10 @@ pub struct ServeArgs {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes do not belong in log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("SWITCHYARD_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
@@ -39,8 +41,37 @@ fn init_logs() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: each connection takes a file
+/// descriptor, and the common soft default (1,024) is below `grpc.connections_max` plus the
+/// store's and listeners' own.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        if before >= limit.rlim_max {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::info!(
+                from = before,
+                to = limit.rlim_cur,
+                "raised the open-file limit"
+            );
+        }
+    }
+}
+
 pub fn serve(args: ServeArgs) -> Result<()> {
     init_logs();
+    raise_open_file_limit();
     let mut config = ServerConfig::load(args.config.as_deref(), |k| std::env::var(k).ok())?;
     if let Some(rules) = args.rules {
         config.rules_dir = rules;

@@ -236,4 +236,85 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
     for secret in [TOKEN, unknown, "e30.e30.c2ln"] {
         assert!(!text.contains(secret), "`{secret}` appears in the log");
     }
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour escape codes in a log file"
+    );
+}
+
+/// Starts `switchyard serve` in `cwd` with `args`; returns the child.
+fn spawn_serve(cwd: &Path, args: &[&str], soft_files: Option<u64>) -> std::process::Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
+        .current_dir(cwd)
+        .arg("serve")
+        .args(args)
+        .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_STORE_DURABILITY", "flush")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(soft) = soft_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only getrlimit/setrlimit run between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                limit.rlim_cur = soft.min(limit.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    }
+    command.spawn().unwrap()
+}
+
+#[test]
+fn serve_raises_its_soft_open_file_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir();
+    let mut child = spawn_serve(
+        dir.path(),
+        &["--rules", rules.to_str().unwrap(), "--data-dir", "data"],
+        Some(256),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("switchyard listening on "), "{line}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files[0], open_files[1], "soft = hard: {open_files:?}");
+    assert_ne!(open_files[0], "256");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_without_a_rules_directory_fails_and_leaves_no_store_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_serve(dir.path(), &[], None);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rules"), "{err}");
+    assert!(
+        !dir.path().join("switchyard-data").exists(),
+        "no empty store is left behind"
+    );
 }

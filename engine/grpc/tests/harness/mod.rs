@@ -284,3 +284,19 @@ pub async fn one_call_per_service(server: &TestServer, bearer: Option<&str>) -> 
     );
     out
 }
+
+/// The body of a plain HTTP/1.1 GET (empty unless 200).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    socket.read_to_string(&mut text).await.unwrap();
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => body.to_string(),
+        _ => String::new(),
+    }
+}
