@@ -97,6 +97,10 @@ struct Inner {
     metrics: Arc<EngineMetrics>,
     /// Positions of the open subscriptions, for the feed-lag metric.
     subscribers: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Whether the store takes writes (kept by the committer and the health probe).
+    health: Arc<watch::Sender<crate::store::StoreHealth>>,
+    /// Set when a flush hangs: every submitter is refused at once.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const INSTANCE_LOCK_STRIPES: usize = 4096;

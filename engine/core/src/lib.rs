@@ -88,4 +88,4 @@ pub use model::{
 };
 pub use rules::backtest::{BacktestReport, ChangedDecision};
 pub use rules::{RuleLimits, RuleSet};
-pub use store::{Durability, Page, SledConfig, StoreError, StoreStats};
+pub use store::{Durability, Page, SledConfig, StoreError, StoreHealth, StoreStats};

@@ -77,6 +77,9 @@ pub struct StoreSettings {
     pub durability: String,
     /// sled's page cache, in bytes (default 256 MiB).
     pub cache_bytes: u64,
+    /// Free space kept on the store's disk; writes that would leave less are refused (and
+    /// health is NOT_SERVING) until there is room again (default 128 MiB).
+    pub reserve_bytes: u64,
 }
 
 /// Engine limits (see `switchyard_core::EngineConfig`).
@@ -230,6 +233,7 @@ impl Default for StoreSettings {
         StoreSettings {
             durability: "fsync".into(),
             cache_bytes: 256 * 1024 * 1024,
+            reserve_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -295,6 +299,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_METRICS_LISTEN", "metrics.listen"),
     ("SWITCHYARD_STORE_DURABILITY", "store.durability"),
     ("SWITCHYARD_STORE_CACHE_BYTES", "store.cache_bytes"),
+    ("SWITCHYARD_STORE_RESERVE_BYTES", "store.reserve_bytes"),
     (
         "SWITCHYARD_ENGINE_PAYLOAD_BYTES_MAX",
         "engine.payload_bytes_max",
@@ -326,6 +331,7 @@ fn kind_of(key: &str) -> Kind {
         "grpc.message_bytes_max"
         | "grpc.connections_max"
         | "store.cache_bytes"
+        | "store.reserve_bytes"
         | "engine.payload_bytes_max"
         | "engine.page_size_max"
         | "engine.batch_max"

@@ -36,6 +36,21 @@ impl HealthReporter {
         });
     }
 
+    /// Sets every service SERVING or NOT_SERVING (the store's health), unless shutdown began.
+    pub fn set_all(&self, status: ServingStatus) {
+        self.state.send_if_modified(|s| {
+            if s.closing {
+                return false;
+            }
+            let mut changed = false;
+            for current in s.statuses.values_mut() {
+                changed |= *current != status;
+                *current = status;
+            }
+            changed
+        });
+    }
+
     /// Marks every service NOT_SERVING and ends every `Watch` stream after it has sent that.
     pub fn close(&self) {
         self.state.send_modify(|s| {

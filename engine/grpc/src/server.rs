@@ -91,6 +91,7 @@ pub fn engine_config(config: &ServerConfig) -> EngineConfig {
         Durability::Fsync
     };
     sled.cache_bytes = config.store.cache_bytes;
+    sled.reserve_bytes = config.store.reserve_bytes;
     let mut engine = EngineConfig::new(StoreConfig::Sled(sled));
     engine.payload_bytes_max = config.engine.payload_bytes_max;
     engine.page_size_max = config.engine.page_size_max;
@@ -262,6 +263,27 @@ pub async fn start(
     for name in SERVICE_NAMES {
         health.set(name, ServingStatus::Serving);
     }
+    // NOT_SERVING while the store refuses writes (a full disk, a failed flush).
+    let health_task = {
+        let mut store_health = engine.health();
+        let reporter = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let writable = matches!(
+                    *store_health.borrow_and_update(),
+                    switchyard_core::StoreHealth::Writable
+                );
+                reporter.set_all(if writable {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                });
+                if store_health.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -299,6 +321,7 @@ pub async fn start(
         if let Some(t) = metrics_task {
             t.abort();
         }
+        health_task.abort();
         // Every call has answered (or was cut off unanswered): now drain the engine's commit
         // queue and flush, so nothing acknowledged or queued is lost.
         serve_engine.shutdown().await;

@@ -631,3 +631,124 @@ async fn an_open_health_watch_does_not_hold_a_graceful_shutdown() {
         started.elapsed()
     );
 }
+
+/// A tmpfs of `megabytes` at a fresh directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(megabytes: u32) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Tmpfs(dir))
+    }
+
+    fn grow(&self, megabytes: u32) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m")])
+            .arg(self.0.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+async fn serving(server: &TestServer) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_turns_health_not_serving_and_writes_resume_when_it_grows() {
+    // Needs root to mount a tmpfs (CI runs as root).
+    let Some(disk) = Tmpfs::mount(12) else {
+        assert_ne!(
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .unwrap()
+                .split_whitespace()
+                .nth(1),
+            Some("0"),
+            "root could not mount a tmpfs"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.data_dir = disk.0.path().join("data");
+    config.store.reserve_bytes = 4 * 1024 * 1024;
+    let server = TestServer::start_with(dir, config).await;
+    let lines: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({ "sku": format!("FIXED-{}", 4999), "quantity": i + 1 }))
+        .collect();
+    let data = serde_json::json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2099-05-01", "lines": lines }).to_string();
+    let start = |n: usize| {
+        as_role(
+            "sales_rep",
+            pb::StartInstanceRequest {
+                request_id: format!("r-{n}"),
+                definition: "quote".into(),
+                business_key: format!("Q-{n}"),
+                data_json: data.clone(),
+            },
+        )
+    };
+    let mut client = server.instances();
+    let mut acknowledged = 0;
+    let mut refused = Vec::new();
+    for n in 0..2000 {
+        match client.start_instance(start(n)).await {
+            Ok(_) => acknowledged += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("writes resume"), "{status:?}");
+                refused.push(n);
+                if refused.len() == 3 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused.len(), 3, "the disk filled up");
+    assert_eq!(
+        serving(&server).await,
+        2,
+        "NOT_SERVING while writes are refused"
+    );
+    disk.grow(64);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while serving(&server).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SERVING again in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The refused requests go through on retry, once; nothing acknowledged is missing.
+    for n in &refused {
+        client.start_instance(start(*n)).await.unwrap();
+        client.start_instance(start(*n)).await.unwrap();
+    }
+    assert_eq!(instance_count(&server).await, acknowledged + refused.len());
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ use super::requests::CommandRequest;
 use super::{Applied, Engine, Origin};
 use crate::error::CommandError;
 use crate::model::{roles, Actor, DueTimer};
+use crate::store::StoreHealth;
 
 /// Most timers, request records or feed events one pass of a task handles.
 const PASS_ITEMS_MAX: usize = 1000;
@@ -129,6 +130,57 @@ impl Engine {
             }
         }
         false
+    }
+
+    /// Every second: while writes are refused for a full disk, looks for room again (so health
+    /// turns back without waiting for a write); while writable, looks for the disk filling up
+    /// (so health turns NOT_SERVING before writes fail).
+    pub(super) fn spawn_health_task(&self) {
+        self.spawn_periodic(StdDuration::from_secs(1), false, |engine| async move {
+            let current = engine.inner.health.borrow().clone();
+            if matches!(
+                current,
+                StoreHealth::Unavailable {
+                    permanent: true,
+                    ..
+                }
+            ) {
+                return;
+            }
+            let call = engine.store_call();
+            let Ok(writable) =
+                tokio::task::spawn_blocking(move || call.run(|store| store.writable())).await
+            else {
+                return;
+            };
+            let next = match writable {
+                Ok(()) => StoreHealth::Writable,
+                Err(e) => StoreHealth::Unavailable {
+                    reason: e.to_string(),
+                    permanent: false,
+                },
+            };
+            if next != current {
+                match &next {
+                    StoreHealth::Writable => tracing::info!("the store takes writes again"),
+                    other => tracing::warn!(health = ?other, "the store cannot take writes"),
+                }
+                engine.inner.health.send_if_modified(|h| {
+                    let keep = matches!(
+                        h,
+                        StoreHealth::Unavailable {
+                            permanent: true,
+                            ..
+                        }
+                    );
+                    let changed = !keep && *h != next;
+                    if changed {
+                        *h = next;
+                    }
+                    changed
+                });
+            }
+        });
     }
 
     pub(super) fn spawn_purge_task(&self) {

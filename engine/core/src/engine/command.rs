@@ -449,6 +449,15 @@ impl Engine {
         &self,
         commit: Commit,
     ) -> Result<oneshot::Receiver<crate::committer::Reply>, CommandError> {
+        if self
+            .inner
+            .stalled
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(CommandError::Store(crate::store::StoreError::Io(
+                "a flush of the store has not returned for too long; restart the engine".into(),
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         self.queue()?
             .send(Work::Commit { commit, reply })

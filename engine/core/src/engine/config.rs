@@ -67,6 +67,9 @@ pub struct EngineConfig {
     /// Longest time all of a rule set's example tests may take when it is validated or
     /// deployed; tests past it count as failed (default 10 s).
     pub rule_tests_deadline: StdDuration,
+    /// How long a flush may take before the store counts as stalled: every later write is
+    /// refused until the engine is reopened, instead of queueing behind it (default 30 s).
+    pub flush_timeout: StdDuration,
     /// Whether the engine runs its periodic work — firing due timers, purging expired request
     /// records and feed events (default true). Offline tools that only read or deploy turn it
     /// off.
@@ -96,6 +99,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("rule_threads", &self.rule_threads)
             .field("rule_queue_max", &self.rule_queue_max)
             .field("rule_tests_deadline", &self.rule_tests_deadline)
+            .field("flush_timeout", &self.flush_timeout)
             .field("background_tasks", &self.background_tasks)
             .finish_non_exhaustive()
     }
@@ -123,6 +127,7 @@ impl EngineConfig {
             rule_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             rule_queue_max: 1024,
             rule_tests_deadline: StdDuration::from_secs(10),
+            flush_timeout: StdDuration::from_secs(30),
             background_tasks: true,
             clock: Arc::new(SystemClock),
         }

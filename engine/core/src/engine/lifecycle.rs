@@ -1,7 +1,7 @@
 //! Opening and shutting down an engine, the feed subscription, and what it measures.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration as StdDuration;
 
@@ -14,7 +14,7 @@ use crate::definition::DefinitionSet;
 use crate::error::{CommandError, OpenError};
 use crate::feed::Subscription;
 use crate::metrics::{EngineMetrics, MetricsSnapshot, JOB_BACKLOG_COUNT_MAX};
-use crate::store::{MemoryStore, SledStore, Store, StoreStats};
+use crate::store::{MemoryStore, SledStore, Store, StoreHealth, StoreStats};
 
 impl Engine {
     /// Opens the store named by `config` and starts the engine. Must be called inside a
@@ -50,12 +50,18 @@ impl Engine {
         let (_, head) = store.feed_bounds()?;
         let (durable_tx, durable_offset) = watch::channel(head);
         let metrics = Arc::new(EngineMetrics::default());
+        let shared = committer::Shared {
+            health: Arc::new(watch::channel(StoreHealth::Writable).0),
+            stalled: Arc::new(AtomicBool::new(false)),
+            durable_offset: Arc::new(durable_tx),
+            metrics: metrics.clone(),
+        };
         let (tx, handle) = committer::start(
             store.clone(),
             config.queue_max,
             config.batch_max,
-            durable_tx,
-            metrics.clone(),
+            config.flush_timeout,
+            shared.clone(),
         )
         .map_err(OpenError::Thread)?;
         let rule_pool = super::pool::RulePool::start(config.rule_threads, config.rule_queue_max)
@@ -81,11 +87,14 @@ impl Engine {
                     .collect(),
                 metrics,
                 subscribers: Mutex::new(Vec::new()),
+                health: shared.health,
+                stalled: shared.stalled,
             }),
         };
         if engine.inner.config.background_tasks {
             engine.spawn_purge_task();
             engine.spawn_timer_task();
+            engine.spawn_health_task();
         }
         Ok(engine)
     }
@@ -108,6 +117,12 @@ impl Engine {
     #[cfg(feature = "testing")]
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Whether the store takes writes now, and why not; changes are announced to the receiver
+    /// (the gRPC server turns health NOT_SERVING while writes are refused).
+    pub fn health(&self) -> watch::Receiver<StoreHealth> {
+        self.inner.health.subscribe()
     }
 
     /// What the store has done so far (batches, commits, flushes, fsyncs, time spent).

@@ -213,4 +213,10 @@ impl<S: Store> Store for FaultyStore<S> {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.faults().apply.clone() {
+            Some(error) => Err(error),
+            None => self.inner.writable(),
+        }
+    }
 }

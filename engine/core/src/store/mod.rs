@@ -231,11 +231,35 @@ pub enum CommitRefusal {
     },
 }
 
+/// Whether the store can take writes now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreHealth {
+    /// Writes are taken.
+    Writable,
+    /// Writes are refused for now (`permanent`: until the engine is reopened).
+    Unavailable {
+        /// Why, for operators.
+        reason: String,
+        /// Whether only a restart brings writes back.
+        permanent: bool,
+    },
+}
+
 /// A store failure (I/O, corruption). The outcome of an affected commit is unknown to the
 /// caller; retrying with the same request id is safe.
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The store's disk is (nearly) full: the write was refused before anything was written,
+    /// and writes resume by themselves once there is room.
+    #[error("the disk holding the store has {available} bytes free; writes resume once it has at least {needed}")]
+    Full {
+        /// Bytes free now.
+        available: u64,
+        /// Bytes needed.
+        needed: u64,
+    },
     /// The storage backend failed.
     #[error("storage I/O failed: {0}")]
     Io(String),
@@ -393,4 +417,8 @@ pub trait Store: Send + Sync + 'static {
     fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
+    /// Whether a write could be taken now (e.g. the disk has room), without writing.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -26,15 +26,21 @@ pub struct SledConfig {
     pub durability: Durability,
     /// sled's page cache size in bytes.
     pub cache_bytes: u64,
+    /// Free space kept on the store's disk: a batch that would leave less is refused before
+    /// anything is written (`StoreError::Full`), because sled cannot recover from a full disk
+    /// in-process. Writes resume once there is room. Keep it above the largest batch
+    /// (`batch_max` × the largest command) plus sled's segment allocations.
+    pub reserve_bytes: u64,
 }
 
 impl SledConfig {
-    /// Defaults for `path`: fsync durability, 256 MiB cache.
+    /// Defaults for `path`: fsync durability, 256 MiB cache, 128 MiB kept free.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SledConfig {
             path: path.into(),
             durability: Durability::Fsync,
             cache_bytes: 256 * 1024 * 1024,
+            reserve_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -64,7 +70,13 @@ pub struct SledStore {
     /// sled's log file, `fdatasync`ed in [`Durability::Fsync`] mode.
     log: File,
     counters: KvStats,
+    /// The store's directory and the free space to keep there.
+    dir: PathBuf,
+    reserve_bytes: u64,
 }
+
+/// Bytes sled may write for every byte of a batch (its log, then the pages it rewrites).
+const WRITE_AMPLIFICATION: u64 = 3;
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
@@ -116,6 +128,8 @@ impl SledStore {
             writer: Mutex::new(()),
             log,
             counters: KvStats::default(),
+            dir: config.path.clone(),
+            reserve_bytes: config.reserve_bytes,
         })
     }
 }
@@ -176,6 +190,11 @@ impl KvWrite for SledStore {
     }
 
     fn write(&self, writes: Writes) -> Result<(), StoreError> {
+        let bytes: u64 = writes
+            .iter()
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        self.room_for(bytes.saturating_mul(WRITE_AMPLIFICATION))?;
         let mut batch = sled::Batch::default();
         for (k, v) in writes {
             match v {
@@ -187,8 +206,24 @@ impl KvWrite for SledStore {
     }
 }
 
+impl SledStore {
+    /// Refuses unless the disk has `bytes` plus the reserve free.
+    fn room_for(&self, bytes: u64) -> Result<(), StoreError> {
+        let available = fs2::available_space(&self.dir).map_err(io)?;
+        let needed = self.reserve_bytes.saturating_add(bytes);
+        if available < needed {
+            return Err(StoreError::Full { available, needed });
+        }
+        Ok(())
+    }
+}
+
 impl Store for SledStore {
     kv_store_reads!();
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.room_for(0)
+    }
 
     fn flush(&self) -> Result<(), StoreError> {
         let started = Instant::now();

@@ -1,0 +1,144 @@
+//! When the store cannot write: a full disk refuses writes before anything is written and
+//! writes resume by themselves once there is room; a failed or hanging flush refuses every
+//! later write at once (instead of leaving callers queued behind it) until a restart. Health
+//! follows, so a server can report NOT_SERVING.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_core::store::{FaultyStore, MemoryStore};
+use switchyard_core::*;
+
+mod common;
+use common::*;
+
+async fn engine_on(store: Arc<FaultyStore<MemoryStore>>, flush_timeout: Duration) -> Engine {
+    let d = deciders();
+    let mut config = EngineConfig::in_memory();
+    config.flush_timeout = flush_timeout;
+    Engine::with_store(store, config, definitions(&d), d).unwrap()
+}
+
+async fn wait_for(engine: &Engine, want: impl Fn(&StoreHealth) -> bool) {
+    let mut health = engine.health();
+    tokio::time::timeout(Duration::from_secs(10), health.wait_for(want))
+        .await
+        .expect("health changed in time")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_writes_then_they_resume_with_nothing_lost_or_doubled() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = engine_on(store.clone(), Duration::from_secs(30)).await;
+    engine
+        .start(start_order("O-1", "1.00", "s-1"))
+        .await
+        .unwrap();
+    store.fail_applies(Some(StoreError::Full {
+        available: 1,
+        needed: 2,
+    }));
+    let refused = engine
+        .start(start_order("O-2", "1.00", "s-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "STORE");
+    assert!(refused.is_transient());
+    wait_for(&engine, |h| {
+        matches!(
+            h,
+            StoreHealth::Unavailable {
+                permanent: false,
+                ..
+            }
+        )
+    })
+    .await;
+    // Room again: the same request is retried and applied once.
+    store.fail_applies(None);
+    let again = engine
+        .start(start_order("O-2", "1.00", "s-2"))
+        .await
+        .unwrap();
+    let replayed = engine
+        .start(start_order("O-2", "1.00", "s-2"))
+        .await
+        .unwrap();
+    assert_eq!(again, replayed);
+    wait_for(&engine, |h| *h == StoreHealth::Writable).await;
+    let all = engine
+        .list(ListRequest::new().definition("order"))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 2);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_flush_refuses_every_later_write_until_a_restart() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = engine_on(store.clone(), Duration::from_secs(30)).await;
+    store.fail_flushes(Some(StoreError::Io("disk gone".into())));
+    let failed = engine
+        .start(start_order("O-1", "1.00", "s-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), "STORE");
+    store.fail_flushes(None);
+    // What was applied may not be durable, yet later batches would build on it: refused.
+    let refused = engine
+        .start(start_order("O-2", "1.00", "s-2"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("restart the engine"),
+        "{refused}"
+    );
+    assert!(matches!(
+        *engine.health().borrow(),
+        StoreHealth::Unavailable {
+            permanent: true,
+            ..
+        }
+    ));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_flush_makes_later_writes_fail_at_once_instead_of_queueing() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = engine_on(store.clone(), Duration::from_millis(500)).await;
+    store.hold_flushes();
+    let stuck = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.start(start_order("O-1", "1.00", "s-1")).await })
+    };
+    wait_for(&engine, |h| {
+        matches!(
+            h,
+            StoreHealth::Unavailable {
+                permanent: true,
+                ..
+            }
+        )
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let refused = engine
+        .start(start_order("O-2", "1.00", "s-2"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "refused at once"
+    );
+    assert!(
+        refused.to_string().contains("has not returned"),
+        "{refused}"
+    );
+    assert!(!stuck.is_finished());
+    store.release_flushes();
+    let _ = stuck.await;
+    engine.shutdown().await;
+}
