@@ -101,7 +101,7 @@ fn runaway_scripts_hit_a_limit_named_with_its_location() {
         counted.clone(),
     );
     // Which token of the loop on line 3 is current when the count runs out may vary.
-    assert!(err.starts_with("RULES/scripts/deal.rhai:3:"), "{err}");
+    assert!(err.starts_with("scripts/deal.rhai:3:"), "{err}");
     assert!(
         err.ends_with(": function `decide`: operation limit exceeded (at most 100000 operations per evaluation)"),
         "{err}"
@@ -116,7 +116,7 @@ fn runaway_scripts_hit_a_limit_named_with_its_location() {
         slow,
     );
     assert!(
-        err.starts_with("RULES/scripts/deal.rhai:2:5: function `decide`: deadline exceeded (at most 50 ms per evaluation)"),
+        err.starts_with("scripts/deal.rhai:2:5: function `decide`: deadline exceeded (at most 50 ms per evaluation)"),
         "{err}"
     );
     let err = eval_error_with(
@@ -131,7 +131,7 @@ fn runaway_scripts_hit_a_limit_named_with_its_location() {
         "fn decide(instance, payload, actor) {\n    let s = \"x\";\n    loop { s += s; }\n}\n",
         counted.clone(),
     );
-    assert!(err.starts_with("RULES/scripts/deal.rhai:3:"), "{err}");
+    assert!(err.starts_with("scripts/deal.rhai:3:"), "{err}");
     assert!(
         err.contains(
             ": function `decide`: size limit exceeded: Length of string (strings up to 65536 bytes"
@@ -154,7 +154,7 @@ fn broken_scripts_are_refused_at_load_with_their_position() {
         .to_string()
         .replace(&dir.path().display().to_string(), "RULES");
     assert!(
-        err.starts_with("RULES/scripts/deal.rhai:2:13: syntax error: "),
+        err.starts_with("scripts/deal.rhai:2:13: syntax error: "),
         "{err}"
     );
 
@@ -167,7 +167,7 @@ fn broken_scripts_are_refused_at_load_with_their_position() {
         .replace(&dir.path().display().to_string(), "RULES");
     assert_eq!(
         err,
-        "RULES/definitions/deal.toml:15:11: command `decide`: decider `deal::decide`: function `decide` in RULES/scripts/deal.rhai takes 2 parameter(s); a decider takes 3: (instance, payload, actor)"
+        "definitions/deal.toml:15:11: command `decide`: decider `deal::decide`: function `decide` in scripts/deal.rhai takes 2 parameter(s); a decider takes 3: (instance, payload, actor)"
     );
 
     let (dir, rules) = rule_set("fn decided(instance, payload, actor) { 1 }\n");
@@ -176,7 +176,7 @@ fn broken_scripts_are_refused_at_load_with_their_position() {
         .unwrap()
         .to_string()
         .replace(&dir.path().display().to_string(), "RULES");
-    assert!(err.starts_with("RULES/definitions/deal.toml:15:11: command `decide`: decider `deal::decide` is not registered; registered deciders: builtin.merge_payload, deal::decided"), "{err}");
+    assert!(err.starts_with("definitions/deal.toml:15:11: command `decide`: decider `deal::decide` is not registered; registered deciders: builtin.merge_payload, deal::decided"), "{err}");
 
     let (_, rules) = rule_set("fn decide(instance, payload, actor) { eval(\"1\") }\n");
     assert!(
@@ -198,7 +198,7 @@ fn broken_scripts_are_refused_at_load_with_their_position() {
 fn runtime_errors_and_bad_results_name_script_function_and_position() {
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) {\n    instance.data.missing\n}\n"),
-        "RULES/scripts/deal.rhai:2:19: function `decide`: Property not found: missing"
+        "scripts/deal.rhai:2:19: function `decide`: Property not found: missing"
     );
     // Strict variables: an unknown variable is refused when the rule set loads.
     let (dir, rules) = rule_set("fn decide(instance, payload, actor) {\n    undefined_var\n}\n");
@@ -207,19 +207,19 @@ fn runtime_errors_and_bad_results_name_script_function_and_position() {
         .replace(&dir.path().display().to_string(), "RULES");
     assert_eq!(
         err,
-        "RULES/scripts/deal.rhai:2:5: syntax error: Undefined variable: undefined_var"
+        "scripts/deal.rhai:2:5: syntax error: Undefined variable: undefined_var"
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { 42 }\n"),
-        "RULES/scripts/deal.rhai: function `decide` returned an invalid decision: expected a map #{ state, reason, changes, effects }, got 42"
+        "scripts/deal.rhai: function `decide` returned an invalid decision: expected a map #{ state, reason, changes, effects }, got 42"
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\" } }\n"),
-        "RULES/scripts/deal.rhai: function `decide` returned an invalid decision: `reason` is missing"
+        "scripts/deal.rhai: function `decide` returned an invalid decision: `reason` is missing"
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ launch: 1 }] } }\n"),
-        "RULES/scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter` or `job`"
+        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter` or `job`"
     );
 }
 
@@ -379,4 +379,59 @@ fn decide(instance, payload, actor) {
         "a failing script changes nothing"
     );
     assert!(engine.store().request("d-2").unwrap().is_none());
+}
+
+#[test]
+fn an_error_inside_a_helper_is_reported_at_the_helpers_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["definitions", "scripts/lib"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    std::fs::write(dir.path().join("definitions/deal.toml"), DEFINITION).unwrap();
+    std::fs::write(
+        dir.path().join("scripts/deal.rhai"),
+        "// the decider\nfn decide(instance, payload, actor) {\n    let fee = fee_of(instance.data);\n    #{ state: \"closed\", reason: `fee ${fee}` }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("scripts/lib/fees.rhai"),
+        "// helpers\n\nfn fee_of(data) {\n    data.missing + 1\n}\n\nfn deep(n) {\n    if n == 0 { throw \"bottom\" }\n    deep(n - 1)\n}\n",
+    )
+    .unwrap();
+    let rules = RuleSet::load(dir.path(), DeciderRegistry::new(), RuleLimits::default()).unwrap();
+    let e = rules
+        .evaluate("deal::decide", &input(json!({})))
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("scripts/lib/fees.rhai:4:10: function `decide`"),
+        "{}",
+        e.message()
+    );
+    let DecideError::Failed {
+        location: Some(location),
+        ..
+    } = e
+    else {
+        panic!("a failure with a location")
+    };
+    assert_eq!(
+        (location.file.as_str(), location.line),
+        ("scripts/lib/fees.rhai", 4)
+    );
+    // A limit hit inside a helper (found by replaying with the locator) is placed there too.
+    std::fs::write(
+        dir.path().join("scripts/deal.rhai"),
+        "fn decide(instance, payload, actor) {\n    deep(1000)\n}\n",
+    )
+    .unwrap();
+    let rules = RuleSet::load(dir.path(), DeciderRegistry::new(), RuleLimits::default()).unwrap();
+    let e = rules
+        .evaluate("deal::decide", &input(json!({})))
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("scripts/lib/fees.rhai:"),
+        "{}",
+        e.message()
+    );
+    assert!(e.message().contains("call depth limit"), "{}", e.message());
 }

@@ -165,8 +165,14 @@ fn main() -> Result<()> {
 
 fn load_rules(dir: &std::path::Path) -> Result<RuleSet, i32> {
     RuleSet::load(dir, DeciderRegistry::new(), RuleLimits::default()).map_err(|errors| {
+        // Problems name files relative to the rule set; on a terminal, the directory in front
+        // makes them clickable.
         for e in &errors.0 {
-            eprintln!("{e}");
+            if e.file.is_empty() || Path::new(&e.file).starts_with(dir) {
+                eprintln!("{e}");
+            } else {
+                eprintln!("{}/{e}", dir.display());
+            }
         }
         eprintln!("{} problem(s) in {}", errors.0.len(), dir.display());
         1

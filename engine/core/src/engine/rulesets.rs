@@ -68,7 +68,7 @@ enum Source {
     /// Files received (relative path → text).
     Files(BTreeMap<String, String>),
     /// A deployed version's files.
-    Stored(u32, BTreeMap<String, String>),
+    Stored(BTreeMap<String, String>),
 }
 
 /// A rule-set request made idempotent by its id.
@@ -711,7 +711,7 @@ impl Engine {
             .store
             .rule_set(number)?
             .ok_or(CommandError::UnknownRuleSet(number))?;
-        let set = self.compile(Source::Stored(number, record.files)).await?;
+        let set = self.compile(Source::Stored(record.files)).await?;
         self.cache(number, set.clone(), tick);
         Ok(set)
     }
@@ -724,9 +724,8 @@ impl Engine {
             .rule_pool
             .run("compiling a rule set", move || match source {
                 Source::Dir(dir) => RuleSet::load(&dir, rust, limits),
-                Source::Files(files) => RuleSet::from_files("", files, rust, limits),
-                Source::Stored(number, files) => {
-                    RuleSet::from_files(&format!("rule set #{number}"), files, rust, limits)
+                Source::Files(files) | Source::Stored(files) => {
+                    RuleSet::from_files(files, rust, limits)
                 }
             })
             .await?

@@ -100,11 +100,15 @@ struct Compiled {
     scripts: BTreeMap<String, Script>,
     /// Reference data by file stem, shared so evaluations do not copy it.
     data: Dynamic,
+    /// Helper function name → the `scripts/lib` file defining it.
+    lib_files: BTreeMap<String, String>,
 }
 
 struct Script {
     file: String,
     ast: AST,
+    /// The functions the script defines itself (they win over helpers of the same name).
+    own: std::collections::BTreeSet<String>,
 }
 
 /// What a decider function is given, as JSON.
@@ -166,22 +170,23 @@ impl RuleSet {
         limits: RuleLimits,
     ) -> Result<RuleSet, DefinitionErrors> {
         let (files, problems) = read_files(dir);
-        Self::build(dir, files, problems, rust_deciders, limits)
+        Self::build(files, problems, rust_deciders, limits)
     }
 
     /// Loads a rule set from its files (relative path → text), e.g. a version kept in the
-    /// store; `label` stands for the directory in messages.
+    /// store.
     pub fn from_files(
-        label: &str,
         files: BTreeMap<String, String>,
         rust_deciders: DeciderRegistry,
         limits: RuleLimits,
     ) -> Result<RuleSet, DefinitionErrors> {
-        Self::build(Path::new(label), files, Vec::new(), rust_deciders, limits)
+        Self::build(files, Vec::new(), rust_deciders, limits)
     }
 
+    /// Files are named by their path relative to the rule set's root everywhere — in
+    /// problems, provenance and definitions' `source` — never by where the directory lives on
+    /// the machine that loaded it.
     fn build(
-        dir: &Path,
         files: BTreeMap<String, String>,
         mut problems: Vec<DefinitionError>,
         rust_deciders: DeciderRegistry,
@@ -197,29 +202,31 @@ impl RuleSet {
                             !name.contains('/') && name.ends_with(&format!(".{ext}"))
                         })
                 })
-                .map(|(rel, text)| (dir.join(rel), text.clone()))
+                .map(|(rel, text)| (PathBuf::from(rel), text.clone()))
                 .collect()
         };
         let mut hasher = Sha256::new();
         let mut hash_file = |path: &Path, text: &str| {
-            hasher.update(
-                path.strip_prefix(dir)
-                    .unwrap_or(path)
-                    .to_string_lossy()
-                    .as_bytes(),
-            );
+            hasher.update(path.to_string_lossy().as_bytes());
             hasher.update([0]);
             hasher.update(text.as_bytes());
             hasher.update([0]);
         };
         let engine = sandbox::build_engine(&limits);
 
-        // Helpers first: their functions are merged under every decider script.
+        // Helpers first: their functions are merged under every decider script. Which file
+        // each comes from is kept, so an error inside one is reported there.
         let mut lib = AST::empty();
+        let mut lib_files = BTreeMap::new();
         for (path, text) in select("scripts/lib", "rhai") {
             hash_file(&path, &text);
             match compile(&engine, &path, &text) {
-                Ok(ast) => lib = lib.merge(&ast),
+                Ok(ast) => {
+                    for f in ast.iter_functions() {
+                        lib_files.insert(f.name.to_string(), path.display().to_string());
+                    }
+                    lib = lib.merge(&ast);
+                }
                 Err(p) => problems.push(p),
             }
         }
@@ -253,11 +260,13 @@ impl RuleSet {
                     );
                 }
             }
+            let own = ast.iter_functions().map(|f| f.name.to_string()).collect();
             scripts.insert(
                 name,
                 Script {
                     file: path.display().to_string(),
                     ast: lib.merge(&ast),
+                    own,
                 },
             );
         }
@@ -300,6 +309,7 @@ impl RuleSet {
             data_version: format!("sha256:{}", hex(&data_hasher.finalize()[..8])),
             scripts,
             data: Dynamic::from_map(data).into_shared(),
+            lib_files,
         });
         for name in decider_names {
             let (script, function) = name.split_once("::").expect("script::function");
@@ -508,7 +518,7 @@ impl Compiled {
                 } else {
                     None
                 };
-                self.describe(&e, &script_def.file, function, located)
+                self.describe(&e, script_def, function, located)
             })?,
             Err(panic) => {
                 let what = panic
@@ -516,12 +526,8 @@ impl Compiled {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                let location = locate().map(|(file, line, column)| SourceLocation {
-                    file: if file.is_empty() {
-                        script_def.file.clone()
-                    } else {
-                        file
-                    },
+                let location = locate().map(|(located_function, line, column)| SourceLocation {
+                    file: self.file_of(script_def, &located_function),
                     line,
                     column,
                 });
@@ -565,24 +571,27 @@ impl Compiled {
     fn describe(
         &self,
         error: &EvalAltResult,
-        file: &str,
+        script: &Script,
         function: &str,
         located: Option<(String, usize, usize)>,
     ) -> DecideError {
-        let mut source = file.to_string();
+        // Walk into the calls: each call site lies in the file of the function making it, and
+        // the innermost error in the file of the function it happened in.
+        let mut current = script.file.clone();
+        let mut source = current.clone();
         let mut err = error;
         let mut pos = err.position();
-        while let EvalAltResult::ErrorInFunctionCall(_, src, inner, p) = err {
-            if !src.is_empty() {
-                source = src.clone();
-            }
+        while let EvalAltResult::ErrorInFunctionCall(name, _, inner, p) = err {
             if !p.is_none() {
                 pos = *p;
+                source = current.clone();
             }
+            current = self.file_of(script, name);
             err = inner;
         }
         if !err.position().is_none() {
             pos = err.position();
+            source = current;
         }
         let l = &self.limits;
         let message = match err {
@@ -606,12 +615,8 @@ impl Compiled {
             other => strip_position(&other.to_string()),
         };
         let location = match (located, pos.line()) {
-            (Some((located_source, line, column)), _) => Some(SourceLocation {
-                file: if located_source.is_empty() {
-                    source.clone()
-                } else {
-                    located_source
-                },
+            (Some((located_function, line, column)), _) => Some(SourceLocation {
+                file: self.file_of(script, &located_function),
                 line,
                 column,
             }),
@@ -630,6 +635,20 @@ impl Compiled {
             message: text,
             location,
         }
+    }
+}
+
+impl Compiled {
+    /// The file defining `function` as `script` sees it: its own, else a helper's (unknown
+    /// names, or none, are the script's).
+    fn file_of(&self, script: &Script, function: &str) -> String {
+        if script.own.contains(function) {
+            return script.file.clone();
+        }
+        self.lib_files
+            .get(function)
+            .cloned()
+            .unwrap_or_else(|| script.file.clone())
     }
 }
 

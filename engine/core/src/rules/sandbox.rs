@@ -59,11 +59,12 @@ struct Evaluation {
 
 thread_local! {
     static EVALUATION: RefCell<Option<Evaluation>> = const { RefCell::new(None) };
-    /// The last position the locator engine stepped on: (source, line, column).
+    /// The last position the locator engine stepped on: (innermost function, line, column).
     static LAST_POSITION: RefCell<Option<(String, usize, usize)>> = const { RefCell::new(None) };
 }
 
-/// Takes the position the locator engine last stepped on.
+/// Takes the position the locator engine last stepped on, with the function it was in (empty
+/// when outside any function call the debugger saw).
 pub(crate) fn take_last_position() -> Option<(String, usize, usize)> {
     LAST_POSITION.with(|p| p.borrow_mut().take())
 }
@@ -77,15 +78,20 @@ pub(crate) fn build_locator(limits: &RuleLimits) -> Engine {
     #[allow(deprecated)] // "volatile", not deprecated: see its docs
     engine.register_debugger(
         |_, debugger| debugger,
-        |_, event, _, source, pos| {
+        |context, event, _, _, pos| {
             let stepping = matches!(
                 event,
                 rhai::debugger::DebuggerEvent::Start | rhai::debugger::DebuggerEvent::Step
             );
             if let (true, Some(line), Some(col)) = (stepping, pos.line(), pos.position()) {
-                LAST_POSITION.with(|p| {
-                    *p.borrow_mut() = Some((source.unwrap_or_default().to_string(), line, col))
-                });
+                let function = context
+                    .global_runtime_state()
+                    .debugger()
+                    .call_stack()
+                    .last()
+                    .map(|frame| frame.fn_name.to_string())
+                    .unwrap_or_default();
+                LAST_POSITION.with(|p| *p.borrow_mut() = Some((function, line, col)));
             }
             Ok(rhai::debugger::DebuggerCommand::StepInto)
         },
