@@ -58,6 +58,8 @@ pub mod definition;
 mod engine;
 mod error;
 pub mod feed;
+#[cfg(feature = "testing")]
+pub mod fuzz;
 pub mod job;
 pub mod json;
 pub mod metrics;

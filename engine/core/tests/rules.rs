@@ -403,7 +403,8 @@ fn an_error_inside_a_helper_is_reported_at_the_helpers_file_and_line() {
         .evaluate("deal::decide", &input(json!({})))
         .unwrap_err();
     assert!(
-        e.message().starts_with("scripts/lib/fees.rhai:4:10: function `decide`"),
+        e.message()
+            .starts_with("scripts/lib/fees.rhai:4:10: function `decide`"),
         "{}",
         e.message()
     );

@@ -571,3 +571,149 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         )
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Fuzz target: bytes decoded as each RPC's request (the first byte picks the RPC), then
+    //! handled by the services against an engine on the shipped rules. Decoding may fail, the
+    //! handlers may refuse; nothing may panic. Seeds: `tests/fuzz-corpus/requests/`.
+
+    use std::path::Path;
+
+    use prost::Message;
+    use switchyard_core::{DeciderRegistry, EngineConfig, RuleLimits};
+
+    use super::*;
+    use pb::definition_service_server::DefinitionService;
+    use pb::instance_service_server::InstanceService;
+    use pb::rule_set_service_server::RuleSetService;
+
+    /// The RPCs the first byte of an input picks, in order.
+    const RPCS: usize = 13;
+
+    fn request<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(switchyard_core::Actor::new(
+            "fuzzer",
+            &[
+                "admin",
+                "analyst",
+                "sales_rep",
+                "sales_manager",
+                "finance",
+                "system",
+            ],
+        ));
+        request
+    }
+
+    /// Decodes `body` as the request of RPC `rpc` and calls it; `false` if it did not decode.
+    async fn call(services: &Services, rpc: usize, body: &[u8]) -> bool {
+        macro_rules! handle {
+            ($message:ty, $service:ident, $method:ident) => {
+                match <$message>::decode(body) {
+                    Ok(m) => {
+                        let _ = $service::$method(services, request(m)).await;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            };
+        }
+        match rpc {
+            0 => handle!(pb::StartInstanceRequest, InstanceService, start_instance),
+            1 => handle!(pb::SendCommandRequest, InstanceService, send_command),
+            2 => handle!(pb::GetInstanceRequest, InstanceService, get_instance),
+            3 => handle!(pb::ListInstancesRequest, InstanceService, list_instances),
+            4 => handle!(
+                pb::ListInstanceHistoryRequest,
+                InstanceService,
+                list_instance_history
+            ),
+            5 => handle!(pb::CancelInstanceRequest, InstanceService, cancel_instance),
+            6 => handle!(
+                pb::ResolveTimerIncidentRequest,
+                InstanceService,
+                resolve_timer_incident
+            ),
+            7 => handle!(
+                pb::ListDefinitionsRequest,
+                DefinitionService,
+                list_definitions
+            ),
+            8 => handle!(pb::GetDefinitionRequest, DefinitionService, get_definition),
+            9 => handle!(pb::ListRuleSetsRequest, RuleSetService, list_rule_sets),
+            10 => handle!(
+                pb::ActivateRuleSetRequest,
+                RuleSetService,
+                activate_rule_set
+            ),
+            11 => handle!(pb::EvaluateRuleRequest, RuleSetService, evaluate_rule),
+            _ => handle!(
+                pb::ValidateRuleSetRequest,
+                RuleSetService,
+                validate_rule_set
+            ),
+        }
+    }
+
+    #[test]
+    fn fuzz_request_decoding_and_handling() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+        let engine = runtime
+            .block_on(Engine::open_with_rules(
+                EngineConfig::in_memory(),
+                &rules,
+                DeciderRegistry::new(),
+                RuleLimits::default(),
+            ))
+            .unwrap();
+        let services = Services {
+            engine: engine.clone(),
+        };
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus/requests");
+        switchyard_core::fuzz::run("requests", &corpus, |input| {
+            let Some((rpc, body)) = input.split_first() else {
+                return;
+            };
+            runtime.block_on(call(&services, *rpc as usize % RPCS, body));
+        });
+        runtime.block_on(engine.shutdown());
+    }
+
+    /// The committed seeds decode as the requests they stand for.
+    #[test]
+    fn every_seed_decodes() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = runtime
+            .block_on(Engine::open(
+                EngineConfig::in_memory(),
+                switchyard_core::DefinitionSet::default(),
+                DeciderRegistry::new(),
+            ))
+            .unwrap();
+        let services = Services { engine };
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus/requests");
+        for (path, bytes) in switchyard_core::fuzz::corpus(&corpus) {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("crash-"))
+            {
+                continue;
+            }
+            let (rpc, body) = bytes.split_first().unwrap();
+            assert!(
+                runtime.block_on(call(&services, *rpc as usize % RPCS, body)),
+                "{} does not decode",
+                path.display()
+            );
+        }
+    }
+}
