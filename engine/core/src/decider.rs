@@ -213,8 +213,17 @@ impl DecideError {
 
 /// Decides the outcome of a command.
 pub trait Decider: Send + Sync + 'static {
-    /// Decides. Must not block for long: it runs on the caller's task.
+    /// Decides. Must not block for long: unless [`Decider::on_rule_pool`], it runs on the
+    /// caller's task.
     fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, DecideError>;
+
+    /// Whether its evaluations run on the engine's bounded rule pool instead of inline on
+    /// the caller's task. Rule scripts do (analysts write them, and one may loop until its
+    /// limits stop it); compiled Rust deciders, trusted to be quick, do not by default — the
+    /// hop to another thread costs more than they take.
+    fn on_rule_pool(&self) -> bool {
+        false
+    }
 }
 
 impl<F> Decider for F

@@ -12,6 +12,7 @@
 //! | `effects` | building a commit: the transition, then one function per effect kind |
 //! | `timers` | timer planning (pure functions) |
 //! | `background` | periodic work: firing timers, purges |
+//! | `credentials` | bearer tokens managed at runtime (admin) and their lookup |
 //! | `incidents` | timer incidents: raised when a timer's command fails, resolved by an admin |
 //! | `jobs` | activation, completion, failure, incidents, in-process handlers |
 //! | `rulesets` | deploy, activate, dry runs, the compiled rule-set cache |
@@ -39,6 +40,7 @@ mod background;
 mod checks;
 mod command;
 mod config;
+mod credentials;
 mod effects;
 mod incidents;
 mod jobs;
@@ -51,6 +53,7 @@ mod timers;
 
 pub(crate) use checks::{check_request_id, require_role};
 pub use config::{EngineConfig, StoreConfig};
+pub use credentials::NewToken;
 pub use jobs::{ActivateJobs, FailJob};
 pub use requests::{CancelRequest, CommandRequest, ListRequest, StartRequest};
 pub use rulesets::{DryRun, DryRunInput, RuleSetInfo};

@@ -293,6 +293,15 @@ pub enum CommandError {
         /// The timer asked for.
         timer: String,
     },
+    /// No credential has that id.
+    #[error("there is no credential {0}")]
+    UnknownCredential(String),
+    /// A credential request was retried: its token was shown once and is kept nowhere.
+    #[error("this request already made {credential}; its token is shown only once — revoke it and create another if the token was lost")]
+    SecretShownOnce {
+        /// The credential the first request made.
+        credential: String,
+    },
     /// A rule set was not deployed or activated; nothing changed.
     #[error("the rule set was not activated:\n{}", problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     RuleSetRefused {
@@ -350,6 +359,8 @@ impl CommandError {
         "STALE_LEASE",
         "NOT_AN_INCIDENT",
         "NO_SUCH_INCIDENT",
+        "UNKNOWN_CREDENTIAL",
+        "SECRET_SHOWN_ONCE",
         "RULE_SET_REFUSED",
         "UNKNOWN_RULE_SET",
         "NO_RULE_SETS",
@@ -385,6 +396,8 @@ impl CommandError {
             CommandError::StaleLease { .. } => "STALE_LEASE",
             CommandError::NotAnIncident { .. } => "NOT_AN_INCIDENT",
             CommandError::NoSuchIncident { .. } => "NO_SUCH_INCIDENT",
+            CommandError::UnknownCredential(_) => "UNKNOWN_CREDENTIAL",
+            CommandError::SecretShownOnce { .. } => "SECRET_SHOWN_ONCE",
             CommandError::RuleSetRefused { .. } => "RULE_SET_REFUSED",
             CommandError::UnknownRuleSet(_) => "UNKNOWN_RULE_SET",
             CommandError::NoRuleSets => "NO_RULE_SETS",
@@ -419,6 +432,15 @@ pub enum OpenError {
     /// The committer thread could not start.
     #[error("cannot start the committer thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// The message a panic carried (`"a panic"` when it carried none).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 #[cfg(test)]
@@ -531,6 +553,8 @@ mod tests {
                 instance: id,
                 timer: s(),
             },
+            CommandError::UnknownCredential(s()),
+            CommandError::SecretShownOnce { credential: s() },
             CommandError::RuleSetRefused { problems: vec![] },
             CommandError::UnknownRuleSet(1),
             CommandError::NoRuleSets,

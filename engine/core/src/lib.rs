@@ -53,6 +53,7 @@
 
 pub mod clock;
 mod committer;
+pub mod credential;
 pub mod decider;
 pub mod definition;
 mod engine;
@@ -72,6 +73,7 @@ pub mod store;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use credential::Credential;
 pub use decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
     SourceLocation,
@@ -79,7 +81,7 @@ pub use decider::{
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
     ActivateJobs, CancelRequest, CommandRequest, DryRun, DryRunInput, Engine, EngineConfig,
-    FailJob, ListRequest, RuleSetInfo, StartRequest, StoreConfig,
+    FailJob, ListRequest, NewToken, RuleSetInfo, StartRequest, StoreConfig,
 };
 pub use error::{clip, CommandError, OpenError, RuleSetProblem};
 pub use feed::{EventType, FeedEvent, Subscription};

@@ -504,6 +504,50 @@ fn jobs_page_and_rule_sets_read_one_at_a_time(store: &dyn Store) {
     assert_eq!(store.active_rule_set().unwrap(), Some(1));
 }
 
+fn credentials_are_found_by_hash_and_id_and_paged_in_id_order(store: &dyn Store) {
+    let roles = vec!["system".to_string()];
+    let made: Vec<Credential> = (0..5)
+        .map(|n| Credential::new(&format!("sy_token-{n}"), "svc", &roles, None, t0(), "ada"))
+        .collect();
+    store.put_credentials(&made[..2]).unwrap();
+    store.put_credentials(&made[2..]).unwrap();
+    for c in &made {
+        let by_hash = store
+            .credential(&credential::token_sha256(&format!(
+                "sy_token-{}",
+                made.iter().position(|m| m == c).unwrap()
+            )))
+            .unwrap();
+        assert_eq!(by_hash.as_ref(), Some(c));
+        assert_eq!(store.credential_by_id(&c.id).unwrap().as_ref(), Some(c));
+    }
+    assert_eq!(
+        store
+            .credential(&credential::token_sha256("sy_other"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.credential_by_id("00000000000000ff").unwrap(), None);
+    assert_eq!(store.credential_by_id("not hex").unwrap(), None);
+
+    let mut ids: Vec<String> = made.iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    let first = store.credentials(None, 3).unwrap();
+    let rest = store.credentials(Some(&first[2].id), 3).unwrap();
+    let paged: Vec<String> = first.iter().chain(&rest).map(|c| c.id.clone()).collect();
+    assert_eq!(paged, ids);
+
+    let mut revoked = made[0].clone();
+    revoked.revoked_at = Some(t0());
+    store.put_credentials(&[revoked.clone()]).unwrap();
+    assert_eq!(store.credential_by_id(&revoked.id).unwrap(), Some(revoked));
+    assert_eq!(
+        store.credentials(None, 10).unwrap().len(),
+        5,
+        "a change replaces"
+    );
+}
+
 macro_rules! contract {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -543,6 +587,11 @@ macro_rules! contract {
             fn links_are_indexed_both_ways() {
                 let (store, _guard) = $make;
                 super::links_are_indexed_both_ways(&*store);
+            }
+            #[test]
+            fn credentials_are_found_by_hash_and_id_and_paged_in_id_order() {
+                let (store, _guard) = $make;
+                super::credentials_are_found_by_hash_and_id_and_paged_in_id_order(&*store);
             }
             #[test]
             fn jobs_page_and_rule_sets_read_one_at_a_time() {

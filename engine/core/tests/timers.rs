@@ -455,3 +455,27 @@ async fn the_background_timer_task_survives_a_panicking_timer() {
     assert_eq!(engine.get(good).await.unwrap().version, 2, "GOOD escalated");
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_compiled_decider_that_panics_fails_its_command_and_changes_nothing() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = failing_engine(clock, StdDuration::from_secs(3600)).await;
+    let panics = start(&engine, json!({}), "PANIC").await.unwrap().instance;
+    let good = start(&engine, json!({}), "GOOD").await.unwrap().instance;
+    let system = Actor::new("sys", &["system"]);
+    let send =
+        |id, rid: &str| engine.send(CommandRequest::new(id, "escalate", system.clone(), rid));
+    match send(panics, "c-1").await.unwrap_err() {
+        CommandError::DecisionFailed { message, .. } => {
+            assert!(message.contains("a decider bug"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(engine.get(panics).await.unwrap().version, 1);
+    assert_eq!(
+        send(good, "c-2").await.unwrap().version,
+        2,
+        "the engine goes on"
+    );
+    engine.shutdown().await;
+}

@@ -32,6 +32,8 @@ struct Inner {
     /// SHA-256 of a token → its actor.
     tokens: HashMap<[u8; 32], Actor>,
     jwt: Option<Jwt>,
+    /// The engine whose store keeps the tokens made at runtime (set once it is open).
+    engine: std::sync::OnceLock<switchyard_core::Engine>,
 }
 
 struct Jwt {
@@ -99,6 +101,7 @@ impl Authenticator {
                 refusals: Arc::default(),
                 tokens,
                 jwt,
+                engine: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -108,7 +111,13 @@ impl Authenticator {
         self.inner.refusals.clone()
     }
 
-    /// Whether any credential can be accepted at all.
+    /// Also accepts the tokens `engine` keeps (made at runtime through `AccessService`).
+    pub fn use_engine(&self, engine: switchyard_core::Engine) {
+        let _ = self.inner.engine.set(engine);
+    }
+
+    /// Whether a credential from the configuration can be accepted (tokens made at runtime
+    /// come on top).
     pub fn accepts_anything(&self) -> bool {
         !self.inner.tokens.is_empty() || self.inner.jwt.is_some()
     }
@@ -148,10 +157,22 @@ impl Authenticator {
                 return jwt.verify(token);
             }
         }
+        if let Some(engine) = self.inner.engine.get() {
+            match engine.authenticate_token(token) {
+                Ok(Some(actor)) => return Ok(actor),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "credentials cannot be checked now: {}",
+                        switchyard_core::clip(&e.to_string(), 200)
+                    )))
+                }
+            }
+        }
         tracing::info!(credential = "bearer token", "refused an unknown credential");
         Err(unauthenticated(
             "UNKNOWN_CREDENTIALS",
-            "the bearer token is not known",
+            "the bearer token is not known (or it was revoked or has expired)",
         ))
     }
 }

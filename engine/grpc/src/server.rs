@@ -51,10 +51,11 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
+    "switchyard.v1.AccessService",
 ];
 
 /// A running server.
@@ -117,7 +118,7 @@ pub async fn start(
     let auth =
         Authenticator::new(&config.auth, &env).map_err(|e| ServeError::Config(e.to_string()))?;
     if !auth.accepts_anything() {
-        tracing::warn!("no credentials are configured: every switchyard.v1 call will be refused (add [[auth.tokens]] or [auth.jwt]; see `switchyard token new`)");
+        tracing::warn!("no credentials are configured: only tokens kept in the store are accepted (add [[auth.tokens]] or [auth.jwt]; see `switchyard token new`, or `switchyard token create` on a stopped store)");
     }
     let tls = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
@@ -236,6 +237,7 @@ pub async fn start(
         ))
     });
 
+    auth.use_engine(engine.clone());
     let services = Services {
         engine: engine.clone(),
     };
@@ -248,6 +250,12 @@ pub async fn start(
     );
     let definitions = InterceptedService::new(
         pb::definition_service_server::DefinitionServiceServer::new(services.clone())
+            .max_decoding_message_size(size)
+            .max_encoding_message_size(size),
+        auth.clone(),
+    );
+    let access = InterceptedService::new(
+        pb::access_service_server::AccessServiceServer::new(services.clone())
             .max_decoding_message_size(size)
             .max_encoding_message_size(size),
         auth.clone(),
@@ -290,7 +298,8 @@ pub async fn start(
         .add_service(reflection_v1alpha)
         .add_service(instances)
         .add_service(definitions)
-        .add_service(rule_sets);
+        .add_service(rule_sets)
+        .add_service(access);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();

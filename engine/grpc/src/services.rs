@@ -572,6 +572,124 @@ impl pb::rule_set_service_server::RuleSetService for Services {
     }
 }
 
+fn credential(c: &switchyard_core::Credential) -> pb::Credential {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.and_then(convert::timestamp);
+    pb::Credential {
+        id: c.id.clone(),
+        actor: c.actor.clone(),
+        roles: c.roles.clone(),
+        expires_at: time(c.expires_at),
+        created_at: convert::timestamp(c.created_at),
+        created_by: c.created_by.clone(),
+        revoked_at: time(c.revoked_at),
+        revoked_by: c.revoked_by.clone().unwrap_or_default(),
+        replaced_by: c.replaced_by.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::access_service_server::AccessService for Services {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Answer<pb::CreateTokenResponse> {
+        let call = Call::begin("CreateToken", &request);
+        call.end(
+            async move {
+                let by = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                let expires_at = match &r.expires_at {
+                    Some(t) => Some(convert::from_timestamp("expires_at", t)?),
+                    None => None,
+                };
+                let made = self
+                    .engine
+                    .create_credential(&by, &r.request_id, &r.actor, &r.roles, expires_at)
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::CreateTokenResponse {
+                    token: made.token,
+                    credential: Some(credential(&made.credential)),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Answer<pb::ListTokensResponse> {
+        let call = Call::begin("ListTokens", &request);
+        call.end(
+            async move {
+                let by = actor_of(&request)?;
+                let r = request.into_inner();
+                let page = self
+                    .engine
+                    .credentials_page(&by, convert::page_size(r.page_size)?, Some(&r.page_token))
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::ListTokensResponse {
+                    credentials: page.items.iter().map(credential).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn rotate_token(
+        &self,
+        request: Request<pb::RotateTokenRequest>,
+    ) -> Answer<pb::RotateTokenResponse> {
+        let call = Call::begin("RotateToken", &request);
+        call.end(
+            async move {
+                let by = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                required("id", &r.id)?;
+                let made = self
+                    .engine
+                    .rotate_credential(&by, &r.request_id, &r.id)
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::RotateTokenResponse {
+                    token: made.token,
+                    credential: Some(credential(&made.credential)),
+                }))
+            }
+            .await,
+        )
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Answer<pb::RevokeTokenResponse> {
+        let call = Call::begin("RevokeToken", &request);
+        call.end(
+            async move {
+                let by = actor_of(&request)?;
+                let r = request.into_inner();
+                required("request_id", &r.request_id)?;
+                required("id", &r.id)?;
+                let revoked = self
+                    .engine
+                    .revoke_credential(&by, &r.request_id, &r.id)
+                    .await
+                    .map_err(engine_error(Wire::NONE))?;
+                Ok(Response::new(pb::RevokeTokenResponse {
+                    credential: Some(credential(&revoked)),
+                }))
+            }
+            .await,
+        )
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     //! Fuzz target: bytes decoded as each RPC's request (the first byte picks the RPC), then

@@ -96,7 +96,7 @@ pub(crate) use switchyard_core::clip;
 fn code_for(reason: &str) -> Option<Code> {
     Some(match reason {
         "UNKNOWN_DEFINITION" | "UNKNOWN_INSTANCE" | "UNKNOWN_JOB" | "UNKNOWN_RULE_SET"
-        | "NO_SUCH_INCIDENT" => Code::NotFound,
+        | "NO_SUCH_INCIDENT" | "UNKNOWN_CREDENTIAL" => Code::NotFound,
         "UNKNOWN_COMMAND" | "INVALID_PAYLOAD" | "INVALID_INPUT" | "PAYLOAD_TOO_LARGE" => {
             Code::InvalidArgument
         }
@@ -114,7 +114,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "NO_RULE_SETS" => Code::FailedPrecondition,
         "ROLE_NOT_ALLOWED" => Code::PermissionDenied,
         "VERSION_MISMATCH" | "CONFLICT" => Code::Aborted,
-        "REQUEST_ID_REUSED" => Code::AlreadyExists,
+        "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
         "SHUTTING_DOWN" | "STORE" => Code::Unavailable,
         "OVERLOADED" => Code::ResourceExhausted,

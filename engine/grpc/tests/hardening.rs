@@ -752,3 +752,109 @@ async fn a_full_disk_turns_health_not_serving_and_writes_resume_when_it_grows() 
     assert_eq!(instance_count(&server).await, acknowledged + refused.len());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_made_at_runtime_work_until_rotated_or_revoked_and_only_admins_manage_them() {
+    let server = server().await;
+    let mut access = server.access();
+    let create = |request_id: &str| pb::CreateTokenRequest {
+        request_id: request_id.into(),
+        actor: "svc-bi".into(),
+        roles: vec!["analyst".into()],
+        expires_at: None,
+    };
+    let refused = access.create_token(as_role("analyst", create("t-0"))).await;
+    expect_refusal(refused, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+
+    let made = access
+        .create_token(as_role("admin", create("t-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = made.credential.as_ref().unwrap().id.clone();
+    let list_definitions = |bearer: &str| authed(bearer, pb::ListDefinitionsRequest::default());
+    server
+        .definitions()
+        .list_definitions(list_definitions(&made.token))
+        .await
+        .expect("the new token works at once");
+
+    let retried = access.create_token(as_role("admin", create("t-1"))).await;
+    let status = expect_refusal(retried, Code::AlreadyExists, "SECRET_SHOWN_ONCE");
+    assert!(status.message().contains(&id), "{}", status.message());
+
+    let listed = access
+        .list_tokens(as_role("admin", pb::ListTokensRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.credentials.len(), 1);
+    assert_eq!(listed.credentials[0].actor, "svc-bi");
+    assert_eq!(listed.credentials[0].created_by, "u-admin");
+
+    let rotated = access
+        .rotate_token(as_role(
+            "admin",
+            pb::RotateTokenRequest {
+                request_id: "t-2".into(),
+                id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let old = server
+        .definitions()
+        .list_definitions(list_definitions(&made.token))
+        .await;
+    expect_refusal(old, Code::Unauthenticated, "UNKNOWN_CREDENTIALS");
+    server
+        .definitions()
+        .list_definitions(list_definitions(&rotated.token))
+        .await
+        .expect("the rotated token works");
+
+    let new_id = rotated.credential.unwrap().id;
+    access
+        .revoke_token(as_role(
+            "admin",
+            pb::RevokeTokenRequest {
+                request_id: "t-3".into(),
+                id: new_id,
+            },
+        ))
+        .await
+        .unwrap();
+    let revoked = server
+        .definitions()
+        .list_definitions(list_definitions(&rotated.token))
+        .await;
+    expect_refusal(revoked, Code::Unauthenticated, "UNKNOWN_CREDENTIALS");
+
+    let unknown = access
+        .revoke_token(as_role(
+            "admin",
+            pb::RevokeTokenRequest {
+                request_id: "t-4".into(),
+                id: "0011223344556677".into(),
+            },
+        ))
+        .await;
+    expect_refusal(unknown, Code::NotFound, "UNKNOWN_CREDENTIAL");
+
+    let past = access
+        .create_token(as_role(
+            "admin",
+            pb::CreateTokenRequest {
+                expires_at: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..create("t-5")
+            },
+        ))
+        .await;
+    let status = expect_refusal(past, Code::InvalidArgument, "INVALID_INPUT");
+    assert_eq!(bad_fields(&status), ["expires_at"]);
+    server.stop().await;
+}

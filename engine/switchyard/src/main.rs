@@ -32,7 +32,8 @@ enum Command {
     /// Run the gRPC server until SIGTERM or SIGINT (graceful: drains in-flight calls and
     /// flushes the store before exiting).
     Serve(serve::ServeArgs),
-    /// Make bearer tokens for the server's configuration.
+    /// Make bearer tokens: entries for the server's configuration (`new`, `hash`), or tokens
+    /// kept in a stopped store (`create`, `list`, `rotate`, `revoke`).
     Token {
         #[command(subcommand)]
         what: serve::Token,

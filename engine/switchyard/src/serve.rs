@@ -132,16 +132,62 @@ pub enum Token {
     },
     /// Print the SHA-256 of a token read from standard input (for `[[auth.tokens]] sha256`).
     Hash,
+    /// Make a token kept in a stopped store (as `AccessService/CreateToken` does on a running
+    /// server): prints the token, once, on stdout and its credential on stderr.
+    Create {
+        /// The store directory (stopped: sled allows one process per store).
+        #[arg(long)]
+        store: PathBuf,
+        /// The actor id its calls act as.
+        #[arg(long)]
+        actor: String,
+        /// Its roles, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// When it stops working (RFC 3339, or a date meaning its start in UTC); never when
+        /// absent.
+        #[arg(long, value_parser = crate::parse_since)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// Who makes it (recorded with it).
+        #[arg(long = "as", default_value = "admin")]
+        by: String,
+    },
+    /// List the tokens kept in a stopped store, revoked and expired ones included, as JSON
+    /// lines (never the tokens themselves).
+    List {
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Replace a stored token with a new one (same actor, roles and expiry), revoking the old;
+    /// prints the new token, once, on stdout.
+    Rotate {
+        /// The credential id, as `list` shows it.
+        id: String,
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Who rotates it.
+        #[arg(long = "as", default_value = "admin")]
+        by: String,
+    },
+    /// Revoke a stored token: it is refused from its next call.
+    Revoke {
+        /// The credential id, as `list` shows it.
+        id: String,
+        /// The store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Who revokes it.
+        #[arg(long = "as", default_value = "admin")]
+        by: String,
+    },
 }
 
 pub fn token(what: Token) -> Result<()> {
     match what {
         Token::New { actor, roles } => {
-            let token = format!(
-                "sy_{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            );
+            let token = switchyard_core::credential::new_token();
             // The entry goes to stdout (append it to a configuration file), the token to
             // stderr (the terminal), so `token new … >> switchyard.toml` keeps it out of the file.
             eprintln!("token for {actor} (shown once; give it to the caller): {token}");
@@ -168,7 +214,80 @@ pub fn token(what: Token) -> Result<()> {
             println!("{}", switchyard_grpc::auth::token_hash(token));
             Ok(())
         }
+        stored => stored_token(stored),
     }
+}
+
+/// The `token` commands on a stopped store's credentials. Whoever can open the store holds
+/// every right over it, so these act as `admin` (the `--as` name is recorded).
+fn stored_token(what: Token) -> Result<()> {
+    let (store, by) = match &what {
+        Token::Create { store, by, .. }
+        | Token::Rotate { store, by, .. }
+        | Token::Revoke { store, by, .. } => (store.clone(), by.clone()),
+        Token::List { store } => (store.clone(), "admin".to_string()),
+        Token::New { .. } | Token::Hash => unreachable!("handled by `token`"),
+    };
+    let by = switchyard_core::Actor::new(&by, &[switchyard_core::roles::ADMIN]);
+    let request_id = format!("cli-{}", uuid::Uuid::now_v7());
+    let code = crate::offline(&store, |engine| async move {
+        match what {
+            Token::Create {
+                actor,
+                roles,
+                expires,
+                ..
+            } => {
+                let made = engine
+                    .create_credential(&by, &request_id, &actor, &roles, expires)
+                    .await?;
+                announce(&made);
+            }
+            Token::Rotate { id, .. } => {
+                let made = engine.rotate_credential(&by, &request_id, &id).await?;
+                eprintln!("credential {id} is revoked");
+                announce(&made);
+            }
+            Token::Revoke { id, .. } => {
+                let revoked = engine.revoke_credential(&by, &request_id, &id).await?;
+                println!("{}", crate::json_line(&revoked));
+            }
+            Token::List { .. } => {
+                let mut page_token: Option<String> = None;
+                loop {
+                    let page = engine
+                        .credentials_page(&by, 1000, page_token.as_deref())
+                        .await?;
+                    for credential in &page.items {
+                        println!("{}", crate::json_line(credential));
+                    }
+                    match page.next_page_token {
+                        Some(next) => page_token = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            Token::New { .. } | Token::Hash => unreachable!("handled by `token`"),
+        }
+        Ok(0)
+    })?;
+    std::process::exit(code)
+}
+
+/// The token on stdout (so `TOKEN=$(switchyard token create …)` captures it), what it is on
+/// stderr.
+fn announce(made: &switchyard_core::NewToken) {
+    let c = &made.credential;
+    eprintln!(
+        "credential {} for {} with roles [{}]{} — the token is shown once:",
+        c.id,
+        c.actor,
+        c.roles.join(", "),
+        c.expires_at
+            .map(|at| format!(", until {}", at.to_rfc3339()))
+            .unwrap_or_default()
+    );
+    println!("{}", made.token);
 }
 
 fn toml_string(text: &str) -> String {

@@ -340,3 +340,77 @@ fn deploy_versions_and_activate_manage_a_stopped_store() {
     let first = out.lines().next().unwrap();
     assert!(first.ends_with("by analyst  (active)"), "{out}");
 }
+
+#[test]
+fn token_create_list_rotate_and_revoke_manage_a_stopped_stores_tokens() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().to_str().unwrap();
+    let (code, _, err) = switchyard(&["token", "list", "--store", store]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no Switchyard store here"), "{err}");
+    let rules = shipped_rules();
+    let (code, ..) = switchyard(&["rules", "deploy", rules.to_str().unwrap(), "--store", store]);
+    assert_eq!(code, 0);
+
+    let (code, token, err) = switchyard(&[
+        "token",
+        "create",
+        "--store",
+        store,
+        "--actor",
+        "svc-erp",
+        "--roles",
+        "system,finance",
+        "--expires",
+        "2099-01-01",
+        "--as",
+        "ops",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("sy_") && token.len() == 67, "{token}");
+    assert!(
+        err.contains("for svc-erp with roles [system, finance], until 2099-01-01T00:00:00+00:00"),
+        "{err}"
+    );
+
+    let (code, out, _) = switchyard(&["token", "list", "--store", store]);
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["created_by"], "ops");
+    assert!(
+        !out.contains(&token[3..]),
+        "the token itself is kept nowhere"
+    );
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+
+    let (code, new_token, err) = switchyard(&["token", "rotate", &id, "--store", store]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(new_token.trim(), token);
+    let (code, _, err) = switchyard(&["token", "rotate", &id, "--store", store]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is revoked"), "{err}");
+
+    let (_, out, _) = switchyard(&["token", "list", "--store", store]);
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let new_id = listed.iter().find(|c| c["id"] != id.as_str()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, out, _) = switchyard(&["token", "revoke", &new_id, "--store", store]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"revoked_by\":\"admin\""), "{out}");
+    let (code, _, err) = switchyard(&["token", "revoke", "00ff00ff00ff00ff", "--store", store]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("there is no credential 00ff00ff00ff00ff"),
+        "{err}"
+    );
+}

@@ -368,7 +368,11 @@ impl Engine {
                 if other.expires_at > now {
                     return Err(CommandError::RequestIdReused {
                         request_id: request_id.to_string(),
-                        original: format!("`{}` of rule set #{}", other.operation, other.number),
+                        original: if other.subject.is_empty() {
+                            format!("`{}` of rule set #{}", other.operation, other.number)
+                        } else {
+                            format!("`{}` of credential {}", other.operation, other.subject)
+                        },
                     });
                 }
             }
@@ -602,15 +606,18 @@ impl Engine {
                 message: "the decider is not registered in this engine".into(),
                 location: None,
             })?;
-        let ran = self
-            .inner
-            .rule_pool
-            .run("decision", move || {
-                let started = std::time::Instant::now();
-                let decided = decider.decide(&inputs.context());
-                (decided, started.elapsed(), inputs)
-            })
-            .await?;
+        let on_pool = decider.on_rule_pool();
+        let evaluate = move || {
+            let started = std::time::Instant::now();
+            let decided = decider.decide(&inputs.context());
+            (decided, started.elapsed(), inputs)
+        };
+        let ran = if on_pool {
+            self.inner.rule_pool.run("decision", evaluate).await?
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(evaluate))
+                .map_err(|panic| crate::error::panic_message(&*panic))
+        };
         match ran {
             Ok((decided, took, inputs)) => {
                 self.inner.metrics.rule_evaluation.observe_duration(took);

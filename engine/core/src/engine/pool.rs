@@ -1,5 +1,6 @@
-//! The rule pool: every decision, dry run and rule-set test runs here, on a fixed number of
-//! threads fed by a bounded queue — never on the host's async workers. A looping or slow rule
+//! The rule pool: every rule-script decision, dry run, rule-set compilation and test runs here,
+//! on a fixed number of threads fed by a bounded queue — never on the host's async workers.
+//! (Compiled Rust deciders run inline: see `Decider::on_rule_pool`.) A looping or slow rule
 //! (bounded itself by its limits) can then only occupy pool threads: health checks, reads and
 //! other callers keep being answered, and when the queue is full new rule work is refused at
 //! once (`OVERLOADED`) instead of piling up.
@@ -52,13 +53,8 @@ impl RulePool {
         let (reply, answer) = oneshot::channel();
         let pending = self.pending.clone();
         let job: Job = Box::new(move || {
-            let result = catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-                panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".to_string())
-            });
+            let result = catch_unwind(AssertUnwindSafe(f))
+                .map_err(|panic| crate::error::panic_message(&*panic));
             pending.fetch_sub(1, Ordering::AcqRel);
             let _ = reply.send(result);
         });

@@ -592,6 +592,7 @@ impl Engine {
                 operation: request.operation.to_string(),
                 digest: request.digest.clone(),
                 number,
+                subject: String::new(),
                 recorded_at: now,
                 expires_at: now + self.inner.config.request_retention,
             })?;

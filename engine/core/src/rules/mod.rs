@@ -521,11 +521,7 @@ impl Compiled {
                 self.describe(&e, script_def, function, located)
             })?,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = crate::error::panic_message(&*panic);
                 let location = locate().map(|(located_function, line, column)| SourceLocation {
                     file: self.file_of(script_def, &located_function),
                     line,
@@ -842,6 +838,10 @@ struct RhaiDecider {
 }
 
 impl Decider for RhaiDecider {
+    fn on_rule_pool(&self) -> bool {
+        true
+    }
+
     fn decide(&self, ctx: &DecisionContext<'_>) -> Result<Decision, DecideError> {
         let input = DecisionInput {
             instance: instance_input(ctx),

@@ -213,6 +213,31 @@ impl<S: Store> Store for FaultyStore<S> {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn credential(
+        &self,
+        token_sha256: &[u8; 32],
+    ) -> Result<Option<crate::credential::Credential>, StoreError> {
+        self.inner.credential(token_sha256)
+    }
+    fn credential_by_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::credential::Credential>, StoreError> {
+        self.inner.credential_by_id(id)
+    }
+    fn credentials(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::credential::Credential>, StoreError> {
+        self.inner.credentials(after, limit)
+    }
+    fn put_credentials(
+        &self,
+        credentials: &[crate::credential::Credential],
+    ) -> Result<(), StoreError> {
+        self.inner.put_credentials(credentials)
+    }
     fn writable(&self) -> Result<(), StoreError> {
         match self.faults().apply.clone() {
             Some(error) => Err(error),

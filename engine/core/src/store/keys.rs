@@ -24,6 +24,7 @@ pub(crate) mod prefix {
     pub const RULE_SET: u8 = b'v';
     pub const ACTIVATION: u8 = b'w';
     pub const RULE_SET_REQUEST: u8 = b'g';
+    pub const CREDENTIAL: u8 = b'u';
 }
 
 /// A key rendered for error messages.
@@ -137,6 +138,25 @@ pub(crate) fn activation_key(seq: u64) -> Vec<u8> {
     let mut k = vec![prefix::ACTIVATION];
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+pub(crate) fn credential_key(sha256: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![prefix::CREDENTIAL];
+    k.extend_from_slice(sha256);
+    k
+}
+
+/// The keys of credentials whose id (the hash's first 8 bytes, hex) is `id`; `None` if `id`
+/// is not 16 hex digits.
+pub(crate) fn credential_id_prefix(id: &str) -> Option<Vec<u8>> {
+    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut k = vec![prefix::CREDENTIAL];
+    for i in 0..8 {
+        k.push(u8::from_str_radix(&id[2 * i..2 * i + 2], 16).ok()?);
+    }
+    Some(k)
 }
 
 /// The number of the active rule-set version.

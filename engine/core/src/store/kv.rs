@@ -317,6 +317,36 @@ macro_rules! kv_store_reads {
         fn stats(&self) -> $crate::store::StoreStats {
             $crate::store::kv::KvWrite::counters(self).snapshot()
         }
+
+        fn credential(
+            &self,
+            token_sha256: &[u8; 32],
+        ) -> Result<Option<$crate::credential::Credential>, $crate::store::StoreError> {
+            $crate::store::kv::credential(self, token_sha256)
+        }
+
+        fn credential_by_id(
+            &self,
+            id: &str,
+        ) -> Result<Option<$crate::credential::Credential>, $crate::store::StoreError> {
+            $crate::store::kv::credential_by_id(self, id)
+        }
+
+        fn credentials(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<$crate::credential::Credential>, $crate::store::StoreError> {
+            $crate::store::kv::credentials(self, after, limit)
+        }
+
+        fn put_credentials(
+            &self,
+            credentials: &[$crate::credential::Credential],
+        ) -> Result<(), $crate::store::StoreError> {
+            $crate::store::kv::put_credentials(self, credentials)?;
+            $crate::store::Store::flush(self)
+        }
     };
 }
 pub(crate) use kv_store_reads;
@@ -1032,4 +1062,61 @@ pub(crate) fn children(
         .iter()
         .map(|(k, _)| keys::id_suffix(k))
         .collect()
+}
+
+pub(crate) fn credential(
+    kv: &dyn KvRead,
+    token_sha256: &[u8; 32],
+) -> Result<Option<crate::credential::Credential>, StoreError> {
+    let key = keys::credential_key(token_sha256);
+    kv.get(&key)?.map(|b| decode(&key, &b)).transpose()
+}
+
+pub(crate) fn credential_by_id(
+    kv: &dyn KvRead,
+    id: &str,
+) -> Result<Option<crate::credential::Credential>, StoreError> {
+    let Some(prefix) = keys::credential_id_prefix(id) else {
+        return Ok(None);
+    };
+    kv.scan(&prefix, None, 1)?
+        .into_iter()
+        .next()
+        .map(|(k, v)| decode(&k, &v))
+        .transpose()
+}
+
+pub(crate) fn credentials(
+    kv: &dyn KvRead,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<crate::credential::Credential>, StoreError> {
+    let after = match after.and_then(keys::credential_id_prefix) {
+        Some(mut k) => {
+            k.extend_from_slice(&[0xff; 24]);
+            Some(k)
+        }
+        None => None,
+    };
+    kv.scan(&[prefix::CREDENTIAL], after.as_deref(), limit)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
+}
+
+pub(crate) fn put_credentials(
+    kv: &dyn KvWrite,
+    credentials: &[crate::credential::Credential],
+) -> Result<(), StoreError> {
+    let _writer = kv.writer().lock().expect("store writer lock poisoned");
+    let mut writes = Writes::new();
+    for c in credentials {
+        let mut hash = [0u8; 32];
+        for (i, byte) in hash.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(c.token_sha256.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
+                .map_err(|_| StoreError::Io(format!("credential {} has a malformed hash", c.id)))?;
+        }
+        writes.insert(keys::credential_key(&hash), Some(encode(c)));
+    }
+    kv.write(writes)
 }

@@ -23,6 +23,7 @@ mod sled_store;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::credential::Credential;
 use crate::decider::CounterAssign;
 use crate::feed::{EventDraft, FeedEvent};
 use crate::job::{Job, JobId};
@@ -73,18 +74,22 @@ pub struct RuleSetActivation {
     pub by: String,
 }
 
-/// The idempotency record of a rule-set request (deploy or activate), kept apart from
-/// instance request records because it answers with a rule-set version, not an instance.
+/// The idempotency record of an administrative request — a rule-set deploy or activate, a
+/// credential create, rotate or revoke — kept apart from instance request records because it
+/// answers with a rule-set version or a credential, not an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSetRequestRecord {
     /// The caller's request id.
     pub request_id: String,
-    /// `deploy` or `activate`.
+    /// `deploy`, `activate`, `create_token`, `rotate_token` or `revoke_token`.
     pub operation: String,
     /// SHA-256 of what was asked (the files, or the version number), hex.
     pub digest: String,
-    /// The rule-set version it resulted in.
+    /// The rule-set version it resulted in (0 for a credential operation).
     pub number: u32,
+    /// The credential it acted on or made (empty for a rule-set operation).
+    #[serde(default)]
+    pub subject: String,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
     /// After this the request id may be used again.
@@ -417,6 +422,16 @@ pub trait Store: Send + Sync + 'static {
     fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
+    /// The credential whose token has this SHA-256.
+    fn credential(&self, token_sha256: &[u8; 32]) -> Result<Option<Credential>, StoreError>;
+    /// The credential with this id (the hash's first 8 bytes, hex).
+    fn credential_by_id(&self, id: &str) -> Result<Option<Credential>, StoreError>;
+    /// Credentials after the one with id `after` (from the first when `None`), at most
+    /// `limit`, in id order.
+    fn credentials(&self, after: Option<&str>, limit: usize)
+        -> Result<Vec<Credential>, StoreError>;
+    /// Writes `credentials` atomically and durably (new ones, or changed ones).
+    fn put_credentials(&self, credentials: &[Credential]) -> Result<(), StoreError>;
     /// Whether a write could be taken now (e.g. the disk has room), without writing.
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())

@@ -924,6 +924,9 @@ pub(crate) struct RuleSetRequestV1 {
     operation: String,
     digest: String,
     number: u32,
+    /// Added without a new format: what a credential operation acted on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    subject: String,
     recorded_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 }
@@ -937,6 +940,7 @@ impl Record for RuleSetRequestRecord {
             operation: self.operation.clone(),
             digest: self.digest.clone(),
             number: self.number,
+            subject: self.subject.clone(),
             recorded_at: self.recorded_at,
             expires_at: self.expires_at,
         }
@@ -947,16 +951,78 @@ impl Record for RuleSetRequestRecord {
             operation: s.operation,
             digest: s.digest,
             number: s.number,
+            subject: s.subject,
             recorded_at: s.recorded_at,
             expires_at: s.expires_at,
         })
     }
     fn check(&self) -> Result<(), String> {
-        if self.request_id.is_empty() || self.number == 0 || self.expires_at < self.recorded_at {
+        if self.request_id.is_empty()
+            || (self.number == 0 && self.subject.is_empty())
+            || self.expires_at < self.recorded_at
+        {
             return Err(
-                "rule-set request without an id or a version, or expiring before it was recorded"
+                "administrative request without an id or a result, or expiring before it was recorded"
                     .into(),
             );
+        }
+        Ok(())
+    }
+}
+
+// ---- credentials -----------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CredentialV1 {
+    id: String,
+    token_sha256: String,
+    actor: String,
+    roles: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    revoked_at: Option<DateTime<Utc>>,
+    revoked_by: Option<String>,
+    replaced_by: Option<String>,
+}
+
+impl Record for crate::credential::Credential {
+    const TAG: u8 = b'U';
+    type Stored = CredentialV1;
+    fn to_stored(&self) -> CredentialV1 {
+        CredentialV1 {
+            id: self.id.clone(),
+            token_sha256: self.token_sha256.clone(),
+            actor: self.actor.clone(),
+            roles: self.roles.clone(),
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            revoked_at: self.revoked_at,
+            revoked_by: self.revoked_by.clone(),
+            replaced_by: self.replaced_by.clone(),
+        }
+    }
+    fn from_stored(s: CredentialV1) -> Result<Self, String> {
+        Ok(crate::credential::Credential {
+            id: s.id,
+            token_sha256: s.token_sha256,
+            actor: s.actor,
+            roles: s.roles,
+            expires_at: s.expires_at,
+            created_at: s.created_at,
+            created_by: s.created_by,
+            revoked_at: s.revoked_at,
+            revoked_by: s.revoked_by,
+            replaced_by: s.replaced_by,
+        })
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.token_sha256.len() != 64 || !self.token_sha256.starts_with(&self.id) {
+            return Err("credential hash and id do not match".into());
+        }
+        if self.actor.is_empty() || self.roles.is_empty() {
+            return Err("credential without an actor or roles".into());
         }
         Ok(())
     }
@@ -1050,6 +1116,11 @@ mod tests {
         round_trip::<RuleSetRecord>("rule_set");
         round_trip::<RuleSetActivation>("rule_set_activation");
         round_trip::<RuleSetRequestRecord>("rule_set_request");
+        let r: RuleSetRequestRecord = round_trip("credential_request");
+        assert_eq!(r.subject, "credential 00112233aabbccdd");
+        let c: crate::credential::Credential = round_trip("credential");
+        assert_eq!(c.replaced_by.as_deref(), Some("00112233aabbccdd"));
+        assert!(!c.is_valid_at(c.created_at + chrono::Duration::days(2)));
         assert_eq!(round_trip::<CounterRecord>("counter").value, 7);
     }
 

@@ -155,6 +155,10 @@ impl TestServer {
         pb::rule_set_service_client::RuleSetServiceClient::new(self.channel.clone())
     }
 
+    pub fn access(&self) -> pb::access_service_client::AccessServiceClient<Channel> {
+        pb::access_service_client::AccessServiceClient::new(self.channel.clone())
+    }
+
     pub async fn stop(mut self) {
         self.running.take().unwrap().shutdown().await.unwrap();
     }
