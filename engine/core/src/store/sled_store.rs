@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Bound;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -120,6 +120,9 @@ impl SledStore {
         let path = std::fs::canonicalize(&config.path).unwrap_or(path);
         let log = File::open(config.path.join("db"))
             .map_err(|e| StoreError::Io(format!("cannot open the store's log file: {e}")))?;
+        if config.durability == Durability::Fsync {
+            sync_metadata(&config.path)?;
+        }
         tracing::debug!(path = %config.path.display(), durability = ?config.durability, "opened sled store");
         Ok(SledStore {
             path,
@@ -132,6 +135,20 @@ impl SledStore {
             reserve_bytes: config.reserve_bytes,
         })
     }
+}
+
+/// sled writes its `conf` file (segment size, format version) on creation without syncing it;
+/// after a power cut it can come back empty (sled then warns and rewrites its defaults). In
+/// fsync mode the engine syncs it, and the directory holding it, before it acknowledges
+/// anything (found by the power-loss test, `engine/switchyard/tests/power_loss.rs`).
+fn sync_metadata(dir: &Path) -> Result<(), StoreError> {
+    let sync = |path: &Path| {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Io(format!("cannot sync {}: {e}", path.display())))
+    };
+    sync(&dir.join("conf"))?;
+    sync(dir)
 }
 
 impl Drop for SledStore {
