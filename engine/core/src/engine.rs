@@ -56,7 +56,7 @@ pub use config::{EngineConfig, StoreConfig};
 pub use credentials::NewToken;
 pub use jobs::{ActivateJobs, FailJob};
 pub use requests::{CancelRequest, CommandRequest, ListRequest, StartRequest};
-pub use rulesets::{DryRun, DryRunInput, RuleSetInfo};
+pub use rulesets::{DryRun, DryRunInput, RuleSetInfo, RulesWatch, RulesWatchStatus};
 
 /// The workflow engine. Cheap to clone; all clones share one store and committer.
 #[derive(Clone)]

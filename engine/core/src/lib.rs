@@ -81,7 +81,8 @@ pub use decider::{
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
     ActivateJobs, CancelRequest, CommandRequest, DryRun, DryRunInput, Engine, EngineConfig,
-    FailJob, ListRequest, NewToken, RuleSetInfo, StartRequest, StoreConfig,
+    FailJob, ListRequest, NewToken, RuleSetInfo, RulesWatch, RulesWatchStatus, StartRequest,
+    StoreConfig,
 };
 pub use error::{clip, CommandError, OpenError, RuleSetProblem};
 pub use feed::{EventType, FeedEvent, Subscription};

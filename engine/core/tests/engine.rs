@@ -1086,3 +1086,132 @@ async fn a_shut_down_engine_releases_its_store_at_once() {
         engine.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn listing_without_a_filter_pages_through_every_instance_in_creation_order() {
+    let engine = memory_engine().await;
+    let mut all = Vec::new();
+    for i in 0..7 {
+        all.push(started(&engine, &format!("U-{i}"), "1.00").await);
+    }
+    let mut listed = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let mut request = ListRequest::new().page_size(3);
+        request.page_token = token.take();
+        let page = engine.list(request).await.unwrap();
+        assert!(page.items.len() <= 3);
+        listed.extend(page.items.iter().map(|i| i.id));
+        pages += 1;
+        match page.next_page_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, all);
+    assert_eq!(pages, 3);
+    engine.shutdown().await;
+}
+
+/// The common deciders, with `shipment.deliver` updating whichever instance `target` holds.
+fn deciders_updating(target: Arc<std::sync::Mutex<Option<InstanceId>>>) -> DeciderRegistry {
+    let mut d = deciders();
+    d.register("shipment.deliver", move |_: &DecisionContext<'_>| {
+        let instance = target.lock().unwrap().expect("a target is set");
+        Ok(
+            Decision::goto("delivered", "delivered").with_effect(Effect::UpdateLinked {
+                instance,
+                expected_version: None,
+                changes: json!({ "delivered": true }),
+                reason: "shipment delivered".into(),
+            }),
+        )
+    });
+    d
+}
+
+#[tokio::test]
+async fn a_decider_may_update_only_its_parent_or_children_not_an_unrelated_instance() {
+    let target = Arc::new(std::sync::Mutex::new(None));
+    let d = deciders_updating(target.clone());
+    let engine = Engine::open(EngineConfig::in_memory(), definitions(&d), d)
+        .await
+        .unwrap();
+    let mine = started(&engine, "M-1", "10.00").await;
+    let other = started(&engine, "M-2", "10.00").await;
+    let shipment = engine
+        .send(command(mine, "confirm", json!({}), rep(), "c-m1"))
+        .await
+        .unwrap()
+        .started[0];
+    let logistics = Actor::new("wh", &["logistics"]);
+    let (other_before, shipment_before) = (
+        engine.get(other).await.unwrap(),
+        engine.get(shipment).await.unwrap(),
+    );
+    *target.lock().unwrap() = Some(other);
+    let refused = engine
+        .send(command(
+            shipment,
+            "deliver",
+            json!({}),
+            logistics.clone(),
+            "d-1",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "DECISION_INVALID", "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("which is neither the parent nor a child"),
+        "{refused}"
+    );
+    assert_untouched(&engine, &other_before).await;
+    assert_untouched(&engine, &shipment_before).await;
+
+    *target.lock().unwrap() = Some(mine);
+    engine
+        .send(command(shipment, "deliver", json!({}), logistics, "d-2"))
+        .await
+        .unwrap();
+    assert_eq!(engine.get(mine).await.unwrap().data["delivered"], true);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_history_entry_keeps_the_deciders_changes_and_the_counter_it_assigned() {
+    let mut d = deciders();
+    d.register("order.confirm", |_: &DecisionContext<'_>| {
+        Ok(Decision::goto("confirmed", "confirmed")
+            .with_changes(json!({ "priority": "high" }))
+            .with_effect(Effect::DrawCounter {
+                counter: "order_number".into(),
+                key: "2026".into(),
+                limit: None,
+                assign: Some(CounterAssign {
+                    field: "number".into(),
+                    prefix: "SO-".into(),
+                    width: 3,
+                }),
+            }))
+    });
+    let engine = Engine::open(EngineConfig::in_memory(), definitions(&d), d)
+        .await
+        .unwrap();
+    let id = started(&engine, "H-1", "10.00").await;
+    engine
+        .send(command(id, "confirm", json!({}), rep(), "c-h1"))
+        .await
+        .unwrap();
+    let expected = json!({ "priority": "high", "number": "SO-001" });
+    let history = engine.history(id, 0, 0).await.unwrap();
+    assert_eq!(history[1].changes, expected);
+    let data = engine.get(id).await.unwrap().data;
+    assert_eq!(
+        (&data["priority"], &data["number"]),
+        (&expected["priority"], &expected["number"])
+    );
+    engine.shutdown().await;
+}

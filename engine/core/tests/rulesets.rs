@@ -252,28 +252,56 @@ async fn activation_is_refused_while_live_instances_need_what_the_version_lacks(
     engine.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_racing_a_reload_each_use_exactly_one_version() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let store = tempfile::tempdir().unwrap();
     let engine = open(store.path(), &shipped()).await;
     let v1 = engine.active_rule_set().unwrap().version;
     let raised = raised_threshold();
-    let mut tasks = Vec::new();
-    for n in 0..24 {
-        let engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            submit(&engine, &format!("R-{n}"), "FIXED-5000").await
-        }));
-    }
+    let deploying = Arc::new(AtomicBool::new(false));
+    let deployed = Arc::new(AtomicBool::new(false));
+    // Submitters loop from before the deploy until after it; each decision records whether it
+    // overlapped the deploy in time (began before it finished, ended after it started).
+    let submitters: Vec<_> = (0..4)
+        .map(|w| {
+            let (engine, deploying, deployed) =
+                (engine.clone(), deploying.clone(), deployed.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut after = 0;
+                for n in 0.. {
+                    let began_before_the_end = !deployed.load(SeqCst);
+                    let (state, version) =
+                        submit(&engine, &format!("R-{w}-{n}"), "FIXED-5000").await;
+                    let overlapped = began_before_the_end && deploying.load(SeqCst);
+                    seen.push((state, version, overlapped));
+                    if deployed.load(SeqCst) {
+                        after += 1;
+                        if after == 3 {
+                            break;
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    deploying.store(true, SeqCst);
     let v2 = engine
         .deploy_rules(raised.path(), &analyst())
         .await
         .unwrap()
         .version;
-    for t in tasks {
-        let (state, version) = t.await.unwrap();
+    deployed.store(true, SeqCst);
+    let mut decisions = Vec::new();
+    for s in submitters {
+        decisions.extend(s.await.unwrap());
+    }
+    for (state, version, _) in &decisions {
         // Each decision is wholly one version's: its provenance and its outcome agree.
-        if version == v1 {
+        if *version == v1 {
             assert_eq!(state, "pending_approval");
         } else {
             assert_eq!(
@@ -282,6 +310,14 @@ async fn decisions_racing_a_reload_each_use_exactly_one_version() {
             );
         }
     }
+    let count = |v: &str| decisions.iter().filter(|d| d.1 == v).count();
+    assert!(count(&v1) > 0 && count(&v2) > 0, "both versions decided");
+    let overlapping = decisions.iter().filter(|d| d.2).count();
+    assert!(
+        overlapping > 0,
+        "no decision ran while the deploy did: the race was not exercised ({} decisions)",
+        decisions.len()
+    );
     engine.shutdown().await;
 }
 
@@ -323,12 +359,24 @@ async fn a_definition_may_keep_its_decisions_on_the_version_it_started_under() {
     engine.shutdown().await;
 }
 
+/// Waits until the watcher's counters satisfy `done` (it reports what it has looked at, so
+/// no fixed sleep is needed); false after 10 s.
+async fn until(watch: &RulesWatch, done: impl Fn(&RulesWatchStatus) -> bool) -> bool {
+    for _ in 0..2000 {
+        if done(&watch.status()) {
+            return true;
+        }
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_watched_directory_is_deployed_when_it_changes_and_only_if_valid() {
     let dir = edited(&[]);
     let store = tempfile::tempdir().unwrap();
     let engine = open(store.path(), dir.path()).await;
-    engine.watch_rules(dir.path().to_path_buf(), StdDuration::from_millis(20));
+    let watch = engine.watch_rules(dir.path().to_path_buf(), StdDuration::from_millis(20));
     let wait_for = |n: u32| {
         let engine = engine.clone();
         async move {
@@ -341,7 +389,7 @@ async fn a_watched_directory_is_deployed_when_it_changes_and_only_if_valid() {
             false
         }
     };
-    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    assert!(until(&watch, |s| s.checks >= 3).await);
     assert_eq!(
         engine.rule_sets().unwrap().len(),
         1,
@@ -352,7 +400,19 @@ async fn a_watched_directory_is_deployed_when_it_changes_and_only_if_valid() {
     let approval = dir.path().join("data/approval.json");
     let good = std::fs::read_to_string(&approval).unwrap();
     std::fs::write(&approval, "{ not json").unwrap();
-    tokio::time::sleep(StdDuration::from_millis(200)).await;
+    assert!(
+        until(&watch, |s| s.refused == 1).await,
+        "{:?}",
+        watch.status()
+    );
+    assert!(
+        watch
+            .status()
+            .last_refusal
+            .is_some_and(|r| r.contains("data/approval.json")),
+        "{:?}",
+        watch.status()
+    );
     assert_eq!(engine.active_rule_set().unwrap().number, 1);
     // ...a valid one is, without a restart.
     std::fs::write(

@@ -1,4 +1,5 @@
-//! When the store cannot write: a full disk refuses writes before anything is written and
+//! When the store is slow or cannot write. Commands arriving during a flush wait for the next
+//! one and share it (group commit). A full disk refuses writes before anything is written and
 //! writes resume by themselves once there is room; a failed or hanging flush refuses every
 //! later write at once (instead of leaving callers queued behind it) until a restart. Health
 //! follows, so a server can report NOT_SERVING.
@@ -140,5 +141,52 @@ async fn a_hanging_flush_makes_later_writes_fail_at_once_instead_of_queueing() {
     assert!(!stuck.is_finished());
     store.release_flushes();
     let _ = stuck.await;
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_arriving_during_a_flush_share_the_next_one() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let d = deciders();
+    let mut config = EngineConfig::in_memory();
+    // No probe or purge may add a flush of its own.
+    config.background_tasks = false;
+    let engine = Engine::with_store(store.clone(), config, definitions(&d), d).unwrap();
+    store.hold_flushes();
+    let start = |n: usize| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .start(start_order(&format!("G-{n}"), "1.00", &format!("g-{n}")))
+                .await
+        })
+    };
+    let first = start(0);
+    // The first batch is applied; its flush is held.
+    for _ in 0..1000 {
+        if store.applies() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(store.applies(), 1);
+    let rest: Vec<_> = (1..=20).map(start).collect();
+    // Every one of them is queued behind the held flush (none can be answered before it).
+    for _ in 0..1000 {
+        if engine.metrics().await.unwrap().commit_queue >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.release_flushes();
+    first.await.unwrap().unwrap();
+    for r in rest {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        (store.applies(), store.flushes()),
+        (2, 2),
+        "20 commands waiting behind a flush go in one batch with one flush"
+    );
     engine.shutdown().await;
 }

@@ -1256,6 +1256,7 @@ async fn tls_when_a_certificate_is_configured() {
         .connect()
         .await
         .unwrap();
+    let tls_channel = channel.clone();
     let mut client = pb::definition_service_client::DefinitionServiceClient::new(channel);
     let listed = client
         .list_definitions(as_role("sales_rep", pb::ListDefinitionsRequest::default()))
@@ -1271,18 +1272,52 @@ async fn tls_when_a_certificate_is_configured() {
         "MISSING_CREDENTIALS",
     );
 
-    // Plaintext HTTP/2 to the TLS port fails.
+    // Plaintext HTTP/2 to the TLS port gets no HTTP/2 at all: the server answers the preface
+    // with a TLS alert record (content type 21) or closes — never a SETTINGS frame.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes a plaintext connection");
+    assert!(
+        answer.is_empty() || answer[0] == 21,
+        "a plaintext client got an answer that is not a TLS alert: {answer:?}"
+    );
+    // A plaintext gRPC client fails on that port while a TLS one still gets through: the
+    // failure is the missing TLS, not a server that went away.
     let plain = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect()
         .await;
     if let Ok(channel) = plain {
         let mut client = pb::definition_service_client::DefinitionServiceClient::new(channel);
-        assert!(client
+        let refused = client
             .list_definitions(as_role("sales_rep", pb::ListDefinitionsRequest::default()))
             .await
-            .is_err());
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            ),
+            "{refused:?}"
+        );
     }
+    let mut client = pb::definition_service_client::DefinitionServiceClient::new(tls_channel);
+    client
+        .list_definitions(as_role("sales_rep", pb::ListDefinitionsRequest::default()))
+        .await
+        .expect("TLS still works");
     running.shutdown().await.unwrap();
 }
 

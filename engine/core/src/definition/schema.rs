@@ -579,3 +579,168 @@ fn describe(v: &Value) -> String {
         other => json_kind(other).to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every field type at its edges: the value just inside each limit is accepted, the one
+    //! just outside is refused naming the field (mutation testing found these unpinned).
+
+    use super::*;
+    use serde_json::json;
+
+    const FIELDS: &str = r#"
+        req = { type = "string" }
+        flag = { type = "boolean", required = false }
+        day = { type = "date", required = false }
+        at = { type = "datetime", required = false }
+        price = { type = "money", scale = 2, min = "0", max = "100.00", required = false }
+        n = { type = "integer", min = 1, max = 10, required = false }
+        qty = { type = "quantity", scale = 1, max = 5, required = false }
+        ratio = { type = "decimal", min = "-1.5", required = false }
+        tags = { type = "list", min_items = 1, max_items = 2, items = { type = "string", max_length = 3 }, required = false }
+        name = { type = "string", max_length = 4, required = false }
+        kind = { type = "string", values = ["a", "b"], required = false }
+        obj = { type = "object", fields = { x = { type = "integer" } }, required = false }
+        any = { type = "json", required = false }
+    "#;
+
+    fn schema() -> Schema {
+        let specs: BTreeMap<String, Spanned<FieldSpec>> = toml::from_str(FIELDS).unwrap();
+        let mut problems = Vec::new();
+        let schema = compile_schema(&specs, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        schema
+    }
+
+    /// The fields refused in `payload` (with `req` added unless the payload sets it).
+    fn refused(schema: &Schema, mut payload: Value) -> Vec<String> {
+        if let Value::Object(map) = &mut payload {
+            map.entry("req").or_insert(json!("r"));
+        }
+        schema
+            .validate(&payload)
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn each_type_accepts_up_to_its_limits_and_refuses_past_them() {
+        let schema = schema();
+        let accepted = [
+            json!({ "flag": true }),
+            json!({ "flag": false }),
+            json!({ "day": "2024-02-29" }),
+            json!({ "at": "2026-04-01T09:30:00Z" }),
+            json!({ "at": "2026-04-01T09:30:00.5+14:00" }),
+            json!({ "price": "100.00" }),
+            json!({ "price": "0" }),
+            json!({ "price": "99.99" }),
+            json!({ "price": "1.250" }),
+            json!({ "n": 1 }),
+            json!({ "n": 10 }),
+            json!({ "qty": 5 }),
+            json!({ "qty": "0.5" }),
+            json!({ "qty": "0" }),
+            json!({ "ratio": "-1.5" }),
+            json!({ "ratio": "12345678901234567890.123" }),
+            json!({ "tags": ["a"] }),
+            json!({ "tags": ["abc", "b"] }),
+            json!({ "name": "abcd" }),
+            json!({ "name": "äöüß" }),
+            json!({ "kind": "b" }),
+            json!({ "obj": { "x": 3 } }),
+            json!({ "any": { "whatever": [1, "x", null] } }),
+            json!({ "flag": null }),
+        ];
+        for payload in accepted {
+            assert_eq!(
+                refused(&schema, payload.clone()),
+                Vec::<String>::new(),
+                "{payload}"
+            );
+        }
+        let cases = [
+            (json!({ "flag": "true" }), "flag"),
+            (json!({ "flag": 1 }), "flag"),
+            (json!({ "day": "2023-02-29" }), "day"),
+            (json!({ "day": "2026-04-01T00:00:00Z" }), "day"),
+            (json!({ "day": 20260401 }), "day"),
+            (json!({ "at": "2026-04-01T09:30:00" }), "at"),
+            (json!({ "at": "2026-04-01" }), "at"),
+            (json!({ "at": true }), "at"),
+            (json!({ "price": "100.01" }), "price"),
+            (json!({ "price": "-0.01" }), "price"),
+            (json!({ "price": "1.255" }), "price"),
+            (json!({ "price": 12.5 }), "price"),
+            (json!({ "price": "1e3" }), "price"),
+            (json!({ "n": 0 }), "n"),
+            (json!({ "n": 11 }), "n"),
+            (json!({ "n": 1.5 }), "n"),
+            (json!({ "n": "1" }), "n"),
+            (json!({ "qty": "5.1" }), "qty"),
+            (json!({ "qty": "0.25" }), "qty"),
+            (json!({ "qty": -1 }), "qty"),
+            (json!({ "qty": 0.5 }), "qty"),
+            (json!({ "qty": [1] }), "qty"),
+            (json!({ "ratio": "-1.6" }), "ratio"),
+            (json!({ "ratio": 1 }), "ratio"),
+            (json!({ "tags": [] }), "tags"),
+            (json!({ "tags": ["a", "b", "c"] }), "tags"),
+            (json!({ "tags": "a" }), "tags"),
+            (json!({ "tags": ["abcd"] }), "tags[0]"),
+            (json!({ "tags": [null] }), "tags[0]"),
+            (json!({ "name": "abcde" }), "name"),
+            (json!({ "name": 5 }), "name"),
+            (json!({ "kind": "c" }), "kind"),
+            (json!({ "obj": { "x": "1" } }), "obj.x"),
+            (json!({ "obj": {} }), "obj.x"),
+            (json!({ "obj": { "x": 1, "y": 2 } }), "obj.y"),
+            (json!({ "obj": [] }), "obj"),
+            (json!({ "req": null }), "req"),
+            (json!({ "zz": 1 }), "zz"),
+        ];
+        for (payload, field) in cases {
+            assert_eq!(refused(&schema, payload.clone()), [field], "{payload}");
+        }
+        let missing = schema.validate(&json!({}));
+        assert_eq!(missing[0].field, "req");
+        assert_eq!(missing[0].message, "is required (string)");
+        let not_object = schema.validate(&json!([1]));
+        assert_eq!(not_object[0].field, "payload");
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_what_would_be_accepted() {
+        let schema = schema();
+        let all = schema.validate(&json!({ "n": 0, "qty": "9", "kind": "z", "extra": 1 }));
+        let got: Vec<(String, String)> = all.into_iter().map(|v| (v.field, v.message)).collect();
+        assert_eq!(
+            got,
+            [
+                ("kind".to_string(), "\"z\" is not one of: a, b".to_string()),
+                ("n".to_string(), "0 is below the minimum 1".to_string()),
+                ("qty".to_string(), "9 is above the maximum 5".to_string()),
+                ("req".to_string(), "is required (string)".to_string()),
+                (
+                    "extra".to_string(),
+                    "is not accepted; accepted fields: any, at, day, flag, kind, n, name, obj, price, qty, ratio, req, tags".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_decimal_text_only() {
+        for ok in ["0", "-12.50", "3", "0.001", "79228162514264337593543950335"] {
+            assert!(parse_decimal_text(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "", "-", ".5", "5.", "+1", "1e3", " 1", "1,000", "1.2.3", "--1", "0x10",
+        ] {
+            assert!(parse_decimal_text(bad).is_none(), "{bad}");
+        }
+        assert!(is_identifier("a_1") && !is_identifier("1a") && !is_identifier("A"));
+        assert!(!is_identifier(&"a".repeat(65)) && is_identifier(&"a".repeat(64)));
+    }
+}

@@ -630,13 +630,17 @@ impl Engine {
     /// Watches `dir` and deploys it once its files have changed and then stayed the same for
     /// one `every` (so a half-saved edit is not deployed), under the same checks as
     /// [`Engine::deploy_rules`] (as the `system` actor with the `analyst` role). A refused
-    /// version is logged and not retried until the files change again. Stops with the engine.
-    pub fn watch_rules(&self, dir: std::path::PathBuf, every: std::time::Duration) {
+    /// version is logged and not retried until the files change again. Stops with the engine;
+    /// the returned handle tells what the watcher has done so far.
+    pub fn watch_rules(&self, dir: std::path::PathBuf, every: std::time::Duration) -> RulesWatch {
+        let watch = RulesWatch::default();
+        let status = watch.status.clone();
         // (digest deployed or refused last, digest seen on the previous tick)
         let seen: Arc<std::sync::Mutex<(Option<String>, Option<String>)>> = Arc::default();
         self.spawn_periodic(every, false, move |engine| {
             let dir = dir.clone();
             let seen = seen.clone();
+            let status = status.clone();
             async move {
                 let digest = crate::rules::files_digest(&dir);
                 {
@@ -645,18 +649,33 @@ impl Engine {
                     let settled = previous.as_deref() == Some(digest.as_str());
                     *previous = Some(digest.clone());
                     let first = handled.is_none();
-                    if handled.as_deref() == Some(digest.as_str()) || !(settled || first) {
+                    let skip =
+                        handled.as_deref() == Some(digest.as_str()) || !(settled || first);
+                    if !skip {
+                        *handled = Some(digest);
+                    }
+                    status.lock().expect("watch lock poisoned").checks += 1;
+                    if skip {
                         return;
                     }
-                    *handled = Some(digest);
                 }
                 let watcher = Actor::new("system:rules-watcher", &[roles::ANALYST]);
-                match engine.deploy_rules(&dir, &watcher).await {
-                    Ok(info) => tracing::info!(number = info.number, version = %info.version, "rules directory deployed"),
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "rules directory changed but was not activated"),
+                let outcome = engine.deploy_rules(&dir, &watcher).await;
+                let mut status = status.lock().expect("watch lock poisoned");
+                match outcome {
+                    Ok(info) => {
+                        status.deployed += 1;
+                        tracing::info!(number = info.number, version = %info.version, "rules directory deployed");
+                    }
+                    Err(e) => {
+                        status.refused += 1;
+                        status.last_refusal = Some(crate::error::clip(&e.to_string(), 2000));
+                        tracing::warn!(dir = %dir.display(), error = %e, "rules directory changed but was not activated");
+                    }
                 }
             }
         });
+        watch
     }
 
     /// The Rust deciders and limits every version is built with.
@@ -925,5 +944,32 @@ impl Engine {
             rule_set: Some(info),
             active_set: Some(set),
         });
+    }
+}
+
+/// A rules-directory watcher ([`Engine::watch_rules`]): what it has done so far.
+#[derive(Clone, Debug, Default)]
+pub struct RulesWatch {
+    status: Arc<std::sync::Mutex<RulesWatchStatus>>,
+}
+
+/// Counters of a rules-directory watcher.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RulesWatchStatus {
+    /// Times it looked at the directory.
+    pub checks: u64,
+    /// Deploys it made (a deploy of an unchanged rule set included).
+    pub deployed: u64,
+    /// Changed directories it did not activate.
+    pub refused: u64,
+    /// Why the last one was refused.
+    pub last_refusal: Option<String>,
+}
+
+impl RulesWatch {
+    /// Its counters now.
+    pub fn status(&self) -> RulesWatchStatus {
+        self.status.lock().expect("watch lock poisoned").clone()
     }
 }
