@@ -141,7 +141,146 @@ async fn a_hanging_flush_makes_later_writes_fail_at_once_instead_of_queueing() {
     assert!(!stuck.is_finished());
     store.release_flushes();
     let _ = stuck.await;
+    // The flush came back, but a stalled store stays refused (and unhealthy) until a restart.
+    assert!(matches!(
+        *engine.health().borrow(),
+        StoreHealth::Unavailable {
+            permanent: true,
+            ..
+        }
+    ));
+    assert!(engine
+        .start(start_order("O-3", "1.00", "s-3"))
+        .await
+        .is_err());
     engine.shutdown().await;
+}
+
+/// An engine on `store` with no background task (no probe or purge touches the store).
+fn quiet_engine(store: Arc<FaultyStore<MemoryStore>>, config: EngineConfig) -> Engine {
+    let d = deciders();
+    let mut config = config;
+    config.background_tasks = false;
+    Engine::with_store(store, config, definitions(&d), d).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_flush_within_the_timeout_and_an_idle_engine_are_not_stalls() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let mut config = EngineConfig::in_memory();
+    config.flush_timeout = Duration::from_millis(1500);
+    let engine = quiet_engine(store.clone(), config);
+    // Idle for longer than the timeout: no flush runs, so nothing hangs.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    engine
+        .start(start_order("I-1", "1.00", "i-1"))
+        .await
+        .unwrap();
+    // A flush held for a while, but less than the timeout, is only slow.
+    store.hold_flushes();
+    let slow = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.start(start_order("I-2", "1.00", "i-2")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store.release_flushes();
+    slow.await.unwrap().unwrap();
+    engine
+        .start(start_order("I-3", "1.00", "i-3"))
+        .await
+        .unwrap();
+    assert_eq!(*engine.health().borrow(), StoreHealth::Writable);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_at_most_batch_max_commits() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let mut config = EngineConfig::in_memory();
+    config.batch_max = 5;
+    let engine = quiet_engine(store.clone(), config);
+    store.hold_flushes();
+    let start = |n: usize| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .start(start_order(&format!("B-{n}"), "1.00", &format!("b-{n}")))
+                .await
+        })
+    };
+    let first = start(0);
+    let rest: Vec<_> = (1..=21).map(start).collect();
+    for _ in 0..1000 {
+        if engine.metrics().await.unwrap().commit_queue >= 21 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.release_flushes();
+    first.await.unwrap().unwrap();
+    for r in rest {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(store.largest_apply(), 5);
+    assert_eq!(
+        store.applies(),
+        1 + 5,
+        "21 waiting commits in batches of at most 5"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_successful_batch_after_a_full_disk_makes_the_store_writable_at_once() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = quiet_engine(store.clone(), EngineConfig::in_memory());
+    store.fail_applies(Some(StoreError::Full {
+        available: 1,
+        needed: 2,
+    }));
+    assert!(engine
+        .start(start_order("F-1", "1.00", "f-1"))
+        .await
+        .is_err());
+    assert!(matches!(
+        *engine.health().borrow(),
+        StoreHealth::Unavailable {
+            permanent: false,
+            ..
+        }
+    ));
+    store.fail_applies(None);
+    engine
+        .start(start_order("F-2", "1.00", "f-2"))
+        .await
+        .unwrap();
+    // No probe runs in this engine: the batch itself reports the store writable again.
+    assert_eq!(*engine.health().borrow(), StoreHealth::Writable);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_once_more_unless_a_flush_already_failed() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = quiet_engine(store.clone(), EngineConfig::in_memory());
+    engine
+        .start(start_order("S-1", "1.00", "s-1"))
+        .await
+        .unwrap();
+    let before = store.flushes();
+    engine.shutdown().await;
+    assert_eq!(store.flushes(), before + 1, "the final flush");
+
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let engine = quiet_engine(store.clone(), EngineConfig::in_memory());
+    store.fail_flushes(Some(StoreError::Io("disk gone".into())));
+    assert!(engine
+        .start(start_order("S-2", "1.00", "s-2"))
+        .await
+        .is_err());
+    let before = store.flushes();
+    engine.shutdown().await;
+    assert_eq!(store.flushes(), before, "no flush after a failed one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

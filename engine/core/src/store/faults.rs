@@ -26,6 +26,8 @@ struct Faults {
     /// Applies and flushes seen (attempted, failed or not).
     applies: u64,
     flushes: u64,
+    /// The most commits one apply was given.
+    largest_apply: usize,
 }
 
 /// A store that delegates to `inner` unless told to fail. See the module docs.
@@ -83,6 +85,11 @@ impl<S: Store> FaultyStore<S> {
     /// Flushes attempted so far.
     pub fn flushes(&self) -> u64 {
         self.faults().flushes
+    }
+
+    /// The most commits one apply was given so far.
+    pub fn largest_apply(&self) -> usize {
+        self.faults().largest_apply
     }
 }
 
@@ -188,6 +195,7 @@ impl<S: Store> Store for FaultyStore<S> {
         let fault = {
             let mut faults = self.faults();
             faults.applies += 1;
+            faults.largest_apply = faults.largest_apply.max(batch.len());
             faults.apply.clone()
         };
         match fault {
