@@ -208,7 +208,15 @@ async fn a_batch_holds_at_most_batch_max_commits() {
                 .await
         })
     };
+    // The first commit is applied alone and its flush held; only then do the others queue.
     let first = start(0);
+    for _ in 0..1000 {
+        if store.applies() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(store.applies(), 1);
     let rest: Vec<_> = (1..=21).map(start).collect();
     for _ in 0..1000 {
         if engine.metrics().await.unwrap().commit_queue >= 21 {
@@ -216,6 +224,7 @@ async fn a_batch_holds_at_most_batch_max_commits() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    assert_eq!(engine.metrics().await.unwrap().commit_queue, 21);
     store.release_flushes();
     first.await.unwrap().unwrap();
     for r in rest {
