@@ -30,7 +30,8 @@ fn input(data: serde_json::Value) -> DecisionInput {
 
 fn bench(c: &mut Criterion) {
     let rules = rules();
-    let route = input(json!({ "pricing": { "net": "12000.00", "currency": "EUR", "discount_pct": "18" } }));
+    let route =
+        input(json!({ "pricing": { "net": "12000.00", "currency": "EUR", "discount_pct": "18" } }));
     let (decision, _) = rules.evaluate("approval::route", &route).unwrap();
     assert_eq!(decision.next_state, "pending_approval");
     c.bench_function("approval_threshold", |b| {

@@ -163,6 +163,7 @@ fn run_raw(dir: &Path, durability: Durability, batch: usize, seconds: f64) -> Re
         data: json!({ "net": "1234.56", "discount_pct": "5" }),
         version: 1,
         parent: None,
+        owner: Some("rep-1".into()),
         timers: vec![],
         rule_set: None,
         incidents: vec![],

@@ -147,6 +147,21 @@ pub enum CommandError {
         /// The roles that would be accepted.
         required: String,
     },
+    /// The command is for the instance's owner alone, and the actor neither owns it nor holds
+    /// a role that acts for owners.
+    #[error("command `{command}` on {instance} is for its owner (`{owner}`) only; actor `{actor}` does not own it and holds none of the roles that act for owners: {owner_roles}")]
+    NotOwner {
+        /// The instance.
+        instance: InstanceId,
+        /// The command.
+        command: String,
+        /// Its owner (`(none)` for instances started before owners existed).
+        owner: String,
+        /// The actor id.
+        actor: String,
+        /// The roles that may act for owners.
+        owner_roles: String,
+    },
     /// The payload does not match the schema.
     #[error("invalid payload: {}", violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     InvalidPayload {
@@ -342,6 +357,7 @@ impl CommandError {
         "WRONG_STATE",
         "NOT_ACTIVE",
         "ROLE_NOT_ALLOWED",
+        "NOT_OWNER",
         "INVALID_PAYLOAD",
         "INVALID_INPUT",
         "PAYLOAD_TOO_LARGE",
@@ -379,6 +395,7 @@ impl CommandError {
             CommandError::WrongState { .. } => "WRONG_STATE",
             CommandError::NotActive { .. } => "NOT_ACTIVE",
             CommandError::RoleNotAllowed { .. } => "ROLE_NOT_ALLOWED",
+            CommandError::NotOwner { .. } => "NOT_OWNER",
             CommandError::InvalidPayload { .. } => "INVALID_PAYLOAD",
             CommandError::InvalidInput { .. } => "INVALID_INPUT",
             CommandError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -491,6 +508,13 @@ mod tests {
                 action: s(),
                 held: s(),
                 required: s(),
+            },
+            CommandError::NotOwner {
+                instance: id,
+                command: s(),
+                owner: s(),
+                actor: s(),
+                owner_roles: s(),
             },
             CommandError::InvalidPayload { violations: vec![] },
             CommandError::InvalidInput {

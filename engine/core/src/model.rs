@@ -133,6 +133,11 @@ pub struct Instance {
     pub version: u64,
     /// The instance whose transition started this one, if any.
     pub parent: Option<InstanceId>,
+    /// The id of the actor who started it (for one started by another instance's command,
+    /// that command's actor). Commands marked `owner_only` are for the owner alone, and for
+    /// the definition's `owner_roles`. Instances written before owners existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Timers set by its current state, not yet fired.
     #[serde(default)]
     pub timers: Vec<OpenTimer>,
@@ -150,12 +155,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// A new instance of `definition` in its initial state, version 1, without timers,
-    /// parent or rule set (the caller adds those it has).
+    /// A new instance of `definition` in its initial state, version 1, owned by `owner`,
+    /// without timers, parent or rule set (the caller adds those it has).
     pub(crate) fn new_started(
         definition: &crate::definition::Definition,
         business_key: &str,
         data: Value,
+        owner: &Actor,
         now: DateTime<Utc>,
     ) -> Instance {
         Instance {
@@ -174,6 +180,7 @@ impl Instance {
             },
             version: 1,
             parent: None,
+            owner: Some(owner.id.clone()),
             timers: Vec::new(),
             rule_set: None,
             incidents: Vec::new(),

@@ -59,14 +59,14 @@ fn syntax_errors_and_unknown_keys_name_the_position() {
         "test.toml:2:11: invalid string; expected `\"`, `'`",
     );
     check("initial = \"draft\"", "initial = \"draft\"\ncolour = \"red\"",
-        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `read`, `states`, `commands`, `jobs`, `decisions`");
+        "test.toml:4:1: unknown field `colour`, expected one of `name`, `version`, `description`, `initial`, `start`, `cancel`, `read`, `owner`, `states`, `commands`, `jobs`, `decisions`");
     check(
         "draft = {}",
         "draft = {}\ndraft = {}",
         "test.toml:10:1: duplicate key `draft` in table `states`",
     );
     check("decider = \"q.decide\"", "decider = \"q.decide\"\ntimeout = 5",
-        "test.toml:17:1: unknown field `timeout`, expected one of `from`, `to`, `roles`, `decider`, `payload`, `effects`, `description`");
+        "test.toml:17:1: unknown field `timeout`, expected one of `from`, `to`, `roles`, `owner_only`, `decider`, `payload`, `effects`, `description`");
 }
 
 #[test]
@@ -98,6 +98,46 @@ fn commands_need_registered_deciders_roles_and_a_single_target_without_a_decider
         "test.toml:15:9: command `finish`: role `Sales Rep` is not an identifier (lower-case letters, digits, `_`)\ntest.toml:15:9: command `finish`: role `x` is listed twice");
     check("[commands.finish]", "[commands.Finish]",
         "test.toml:12:1: command `Finish`: the name is not an identifier (lower-case letters, digits, `_`)");
+}
+
+#[test]
+fn owner_only_commands_and_owner_roles_load_and_are_checked() {
+    let set = |text: &str| {
+        let mut deciders = DeciderRegistry::new();
+        deciders.register("q.decide", |_: &DecisionContext<'_>| {
+            Ok(Decision::goto("done", "ok"))
+        });
+        DefinitionSet::from_sources(&[("test.toml".into(), text.into())], &deciders).unwrap()
+    };
+    let plain = set(VALID);
+    let quote = plain.get("quote", 1).unwrap();
+    assert!(!quote.commands["finish"].owner_only);
+    assert_eq!(quote.owner_roles, vec!["admin"], "the default");
+    let text = VALID
+        .replacen(
+            "roles = [\"sales_rep\"]\ndecider",
+            "roles = [\"sales_rep\"]\nowner_only = true\ndecider",
+            1,
+        )
+        .replacen(
+            "[states]",
+            "[owner]\nroles = [\"sales_manager\"]\n\n[states]",
+            1,
+        );
+    let owned = set(&text);
+    let quote = owned.get("quote", 1).unwrap();
+    assert!(quote.commands["finish"].owner_only);
+    assert_eq!(quote.owner_roles, vec!["sales_manager"]);
+    check(
+        "[states]",
+        "[owner]\nroles = []\n\n[states]",
+        "test.toml:9:9: [owner]: `roles` is empty; name at least one role, e.g. [\"admin\"]",
+    );
+    check(
+        "decider = \"q.decide\"",
+        "decider = \"q.decide\"\nowner_only = \"yes\"",
+        "test.toml:17:14: invalid type: string \"yes\", expected a boolean",
+    );
 }
 
 #[test]

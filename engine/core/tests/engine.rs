@@ -1215,3 +1215,128 @@ async fn a_history_entry_keeps_the_deciders_changes_and_the_counter_it_assigned(
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn counter_assignments_need_an_identifier_field_and_a_width_of_at_most_32() {
+    let with_assign = |field: &'static str, width: usize| {
+        let mut d = deciders();
+        d.register("order.confirm", move |_: &DecisionContext<'_>| {
+            Ok(
+                Decision::goto("confirmed", "numbered").with_effect(Effect::DrawCounter {
+                    counter: "order_number".into(),
+                    key: "2026".into(),
+                    limit: None,
+                    assign: Some(CounterAssign {
+                        field: field.into(),
+                        prefix: "SO-".into(),
+                        width,
+                    }),
+                }),
+            )
+        });
+        d
+    };
+    for (field, width, refused) in [
+        ("number", 33, true),
+        ("Not-An-Identifier", 6, true),
+        ("number", 32, false),
+    ] {
+        let d = with_assign(field, width);
+        let engine = Engine::open(EngineConfig::in_memory(), definitions(&d), d)
+            .await
+            .unwrap();
+        let id = started(&engine, "O-W", "1.00").await;
+        let before = engine.get(id).await.unwrap();
+        let out = engine
+            .send(command(id, "confirm", json!({}), rep(), "w-1"))
+            .await;
+        if refused {
+            let err = out.unwrap_err();
+            assert_eq!(err.code(), "DECISION_INVALID", "{field} {width}: {err}");
+            assert!(err.to_string().contains("a width of at most 32"), "{err}");
+            assert_untouched(&engine, &before).await;
+        } else {
+            out.unwrap();
+            let number = engine.get(id).await.unwrap().data["number"].clone();
+            assert_eq!(number, format!("SO-{:032}", 1), "width 32 is allowed");
+        }
+    }
+}
+
+/// A decider that updates its parent without naming the version it saw is held to the
+/// parent it was shown: when the parent changes while it decides (possible only from another
+/// engine on the same store — one engine locks the parent for the command), the command is
+/// decided again on the new parent, not committed over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_update_without_a_version_is_checked_against_the_parent_the_decider_saw() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+    let entered = Arc::new(Barrier::new(2));
+    let go = Arc::new(Barrier::new(2));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut d = deciders();
+    {
+        let (entered, go, calls) = (entered.clone(), go.clone(), calls.clone());
+        d.register("shipment.deliver", move |ctx: &DecisionContext<'_>| {
+            let parent = ctx.parent.expect("an order");
+            let notes = parent.data["notes"].as_u64().unwrap_or(0);
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                // The first time: hold the decision while the test changes the order.
+                entered.wait();
+                go.wait();
+            }
+            Ok(
+                Decision::goto("delivered", "delivered").with_effect(Effect::UpdateLinked {
+                    instance: parent.id,
+                    expected_version: None,
+                    changes: json!({ "notes_at_delivery": notes }),
+                    reason: "shipment delivered".into(),
+                }),
+            )
+        });
+    }
+    let store: Arc<dyn switchyard_core::store::Store> =
+        Arc::new(switchyard_core::store::MemoryStore::new());
+    let engine = Engine::with_store(
+        store.clone(),
+        EngineConfig::in_memory(),
+        definitions(&d),
+        d.clone(),
+    )
+    .unwrap();
+    let other = Engine::with_store(store, EngineConfig::in_memory(), definitions(&d), d).unwrap();
+    let order = started(&engine, "O-V", "10.00").await;
+    let shipment = engine
+        .send(command(order, "confirm", json!({}), rep(), "v-1"))
+        .await
+        .unwrap()
+        .started[0];
+    let delivery = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let logistics = Actor::new("wh", &["logistics"]);
+            engine
+                .send(command(shipment, "deliver", json!({}), logistics, "v-2"))
+                .await
+        })
+    };
+    let wait = |b: Arc<Barrier>| tokio::task::spawn_blocking(move || b.wait());
+    tokio::time::timeout(std::time::Duration::from_secs(10), wait(entered))
+        .await
+        .expect("the decider runs")
+        .unwrap();
+    other
+        .send(command(order, "note", json!({"text": "n"}), rep(), "v-3"))
+        .await
+        .unwrap();
+    wait(go).await.unwrap();
+    delivery.await.unwrap().unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "decided again on the new order"
+    );
+    let now = engine.get(order).await.unwrap();
+    assert_eq!(now.data["notes"], 1);
+    assert_eq!(now.data["notes_at_delivery"], 1, "not the stale 0");
+}

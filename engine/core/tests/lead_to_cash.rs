@@ -456,3 +456,94 @@ async fn parallel_groups_incremental_tiers_and_inclusive_tax_are_chosen_by_data(
     );
     assert_eq!(pricing["tax_mode"], "inclusive");
 }
+
+#[tokio::test]
+async fn a_quote_is_its_owners_another_rep_is_refused_and_managers_and_admins_act_for_them() {
+    let w = memory_world(&[]).await;
+    let e = &w.engine;
+    // Given a quote ana started (her lead's create_quote makes her the owner the same way).
+    let id = w.quote("Q-O", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "FIXED-4999", "quantity": 1 }] })).await;
+    assert_eq!(e.get(id).await.unwrap().owner.as_deref(), Some("ana"));
+    // When another rep submits, revises, sends, accepts or declines it: refused, nothing written.
+    for command in ["submit", "revise"] {
+        let err = w
+            .send(id, "bob:sales_rep", command, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "NOT_OWNER", "{command}: {err}");
+        assert!(err.to_string().contains("(`ana`)"), "{err}");
+        assert!(err.to_string().contains("actor `bob`"), "{err}");
+    }
+    assert_eq!(e.get(id).await.unwrap().version, 1, "nothing written");
+    assert_eq!(e.history(id, 0, 0).await.unwrap().len(), 1);
+    // The owner submits; an approved quote is sent by the sales manager acting for her.
+    w.send(id, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    let err = w
+        .send(id, "bob:sales_rep", "send", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "NOT_OWNER");
+    w.send(id, "mia:sales_manager", "send", json!({}))
+        .await
+        .expect("the sales manager acts for any owner");
+    for command in ["accept", "decline"] {
+        let err = w
+            .send(id, "bob:sales_rep", command, json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "NOT_OWNER", "{command}");
+    }
+    let out = w
+        .send(id, "root:admin", "accept", json!({}))
+        .await
+        .unwrap_err();
+    // An admin acts for owners, but `accept` is a sales_rep command: the role check comes first.
+    assert_eq!(out.code(), "ROLE_NOT_ALLOWED");
+    w.send(id, "ana:sales_rep", "accept", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(e.get(id).await.unwrap().state, "accepted");
+}
+
+#[tokio::test]
+async fn a_linked_quote_is_owned_by_the_actor_whose_command_started_it() {
+    let w = memory_world(&[]).await;
+    let e = &w.engine;
+    let lead = e
+        .start(
+            StartRequest::new("lead", who("mia:sales_manager"), "lead-o")
+                .business_key("L-O")
+                .data(json!({ "company": "ACME GmbH", "source": "event" })),
+        )
+        .await
+        .unwrap()
+        .instance;
+    assert_eq!(e.get(lead).await.unwrap().owner.as_deref(), Some("mia"));
+    w.send(
+        lead,
+        "mia:sales_manager",
+        "assign",
+        json!({ "owner": "carl" }),
+    )
+    .await
+    .unwrap();
+    w.send(lead, "carl:sales_rep", "qualify", json!({}))
+        .await
+        .unwrap();
+    let out = w
+        .send(lead, "carl:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "PUMP-200", "quantity": 2 }] }))
+        .await
+        .unwrap();
+    let quote = out.started[0];
+    assert_eq!(e.get(quote).await.unwrap().owner.as_deref(), Some("carl"));
+    let err = w
+        .send(quote, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "NOT_OWNER");
+    w.send(quote, "carl:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+}

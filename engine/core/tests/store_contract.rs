@@ -25,6 +25,7 @@ fn instance(id: InstanceId, version: u64, state: &str, key: &str) -> Instance {
         data: json!({ "v": version }),
         version,
         parent: None,
+        owner: Some("ana".into()),
         timers: vec![],
         rule_set: None,
         incidents: vec![],

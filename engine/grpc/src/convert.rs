@@ -69,6 +69,7 @@ pub(crate) fn instance(i: &Instance) -> pb::Instance {
                 raised_at: timestamp(incident.raised_at),
             })
             .collect(),
+        owner: i.owner.clone().unwrap_or_default(),
     }
 }
 
@@ -172,12 +173,14 @@ pub(crate) fn definition(d: &Definition) -> pb::Definition {
                 roles: c.roles.clone(),
                 decider: c.decider.clone().unwrap_or_default(),
                 description: c.description.clone(),
+                owner_only: c.owner_only,
             })
             .collect(),
         start_roles: d.start.roles.clone(),
         cancel_roles: d.cancel_roles.clone(),
         job_types: d.jobs.keys().cloned().collect(),
         source: d.source.clone(),
+        owner_roles: d.owner_roles.clone(),
     }
 }
 

@@ -112,7 +112,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "NOT_AN_INCIDENT"
         | "RULE_SET_REFUSED"
         | "NO_RULE_SETS" => Code::FailedPrecondition,
-        "ROLE_NOT_ALLOWED" => Code::PermissionDenied,
+        "ROLE_NOT_ALLOWED" | "NOT_OWNER" => Code::PermissionDenied,
         "VERSION_MISMATCH" | "CONFLICT" => Code::Aborted,
         "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
@@ -185,6 +185,16 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("actor", actor.clone()));
             metadata.push(("roles", held.clone()));
             metadata.push(("required_roles", required.clone()));
+        }
+        E::NotOwner {
+            instance,
+            owner,
+            actor,
+            ..
+        } => {
+            metadata.push(("instance_id", instance.to_string()));
+            metadata.push(("owner", owner.clone()));
+            metadata.push(("actor", actor.clone()));
         }
         E::InvalidPayload { violations } => {
             for v in violations.iter().take(VIOLATIONS_MAX) {

@@ -858,3 +858,73 @@ async fn tokens_made_at_runtime_work_until_rotated_or_revoked_and_only_admins_ma
     assert_eq!(bad_fields(&status), ["expires_at"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quote_shows_its_owner_and_another_rep_is_refused_its_owner_only_commands() {
+    let server = server().await;
+    let quote = start_quote(&server, "own-1", "FIXED-4999").await;
+    let mut instances = server.instances();
+    let got = instances
+        .get_instance(as_role(
+            "sales_rep",
+            pb::GetInstanceRequest {
+                instance_id: quote.instance_id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .instance
+        .unwrap();
+    assert_eq!(got.owner, "u-sales_rep");
+    let definition = server
+        .definitions()
+        .get_definition(as_role(
+            "sales_rep",
+            pb::GetDefinitionRequest {
+                name: "quote".into(),
+                version: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .definition
+        .unwrap();
+    assert_eq!(definition.owner_roles, ["sales_manager", "admin"]);
+    let submit = definition.commands.iter().find(|c| c.name == "submit");
+    assert!(submit.unwrap().owner_only);
+    // Another sales rep, with a token made at runtime.
+    let bob = server
+        .access()
+        .create_token(as_role(
+            "admin",
+            pb::CreateTokenRequest {
+                request_id: "t-bob".into(),
+                actor: "bob".into(),
+                roles: vec!["sales_rep".into()],
+                expires_at: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let submit = |request_id: &str| pb::SendCommandRequest {
+        request_id: request_id.into(),
+        instance_id: quote.instance_id.clone(),
+        command: "submit".into(),
+        payload_json: String::new(),
+        expected_version: None,
+    };
+    let refused = instances.send_command(authed(&bob, submit("s-bob"))).await;
+    let status = expect_refusal(refused, Code::PermissionDenied, "NOT_OWNER");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["owner"], "u-sales_rep");
+    assert_eq!(info.metadata["actor"], "bob");
+    instances
+        .send_command(as_role("sales_rep", submit("s-owner")))
+        .await
+        .expect("the owner submits");
+    server.stop().await;
+}

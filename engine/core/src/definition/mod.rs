@@ -38,6 +38,9 @@ pub struct Definition {
     pub start: StartDef,
     /// Roles allowed to cancel an instance (default: `admin`).
     pub cancel_roles: Vec<String>,
+    /// Roles that may send `owner_only` commands to any instance, as if they owned it
+    /// (default: `admin`).
+    pub owner_roles: Vec<String>,
     /// Roles allowed to read its instances — data, history, jobs, decision provenance
     /// (default: every role that may start, command or cancel them, plus `admin`).
     pub read_roles: Vec<String>,
@@ -128,6 +131,9 @@ pub struct CommandDef {
     pub to: Vec<String>,
     /// Roles allowed to send it.
     pub roles: Vec<String>,
+    /// Only the instance's owner may send it, or an actor holding one of the definition's
+    /// `owner_roles` (and the engine itself, acting as `system`).
+    pub owner_only: bool,
     /// The decider that decides its outcome; `None` means "go to the only `to` state".
     pub decider: Option<String>,
     /// Schema of its payload.
@@ -431,6 +437,8 @@ struct DefinitionFile {
     cancel: Option<Spanned<CancelSpec>>,
     #[serde(default)]
     read: Option<Spanned<CancelSpec>>,
+    #[serde(default)]
+    owner: Option<Spanned<CancelSpec>>,
     states: BTreeMap<String, Spanned<StateSpec>>,
     #[serde(default)]
     commands: BTreeMap<String, Spanned<CommandSpec>>,
@@ -456,7 +464,7 @@ struct StartSpec {
     payload: BTreeMap<String, Spanned<FieldSpec>>,
 }
 
-/// `[cancel]` and `[read]`: who may.
+/// `[cancel]`, `[read]` and `[owner]`: who may.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CancelSpec {
@@ -489,6 +497,8 @@ struct CommandSpec {
     from: Spanned<Vec<String>>,
     to: Spanned<Vec<String>>,
     roles: Spanned<Vec<String>>,
+    #[serde(default)]
+    owner_only: bool,
     decider: Option<Spanned<String>>,
     #[serde(default)]
     payload: BTreeMap<String, Spanned<FieldSpec>>,
@@ -608,6 +618,10 @@ fn check_file(
     let cancel_roles = match &f.cancel {
         Some(c) => check_roles("[cancel]", &c.get_ref().roles, problems),
         None => vec!["admin".to_string()],
+    };
+    let owner_roles = match &f.owner {
+        Some(o) => check_roles("[owner]", &o.get_ref().roles, problems),
+        None => vec![crate::model::roles::ADMIN.to_string()],
     };
 
     let mut commands = BTreeMap::new();
@@ -741,6 +755,7 @@ fn check_file(
                 from: cmd.from.get_ref().clone(),
                 to: cmd.to.get_ref().clone(),
                 roles,
+                owner_only: cmd.owner_only,
                 decider: cmd.decider.as_ref().map(|d| d.get_ref().clone()),
                 payload,
                 effects,
@@ -909,6 +924,7 @@ fn check_file(
         },
         read_roles,
         cancel_roles,
+        owner_roles,
         jobs,
         decisions: f.decisions,
         source: file.to_string(),

@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 use super::Engine;
 use crate::decider::Decision;
 use crate::definition::schema::FieldViolation;
-use crate::definition::CommandDef;
+use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
-use crate::model::{Actor, Instance, InstanceId, InstanceStatus};
+use crate::model::{roles, Actor, Instance, InstanceId, InstanceStatus};
 
 pub(super) const REQUEST_ID_BYTES_MAX: usize = 256;
 pub(super) const BUSINESS_KEY_CHARS_MAX: usize = 256;
@@ -32,6 +32,29 @@ pub(crate) fn require_role(
             actor.roles.join(", ")
         },
         required: allowed.join(", "),
+    })
+}
+
+/// An `owner_only` command: the instance's owner may send it, and so may an actor holding one
+/// of the definition's `owner_roles`, or the engine itself (`system`: timers, job completions).
+pub(super) fn require_owner(
+    actor: &Actor,
+    instance: &Instance,
+    definition: &Definition,
+    command: &CommandDef,
+) -> Result<(), CommandError> {
+    if instance.owner.as_deref() == Some(actor.id.as_str())
+        || actor.has_any_role(&definition.owner_roles)
+        || actor.roles.iter().any(|r| r == roles::SYSTEM)
+    {
+        return Ok(());
+    }
+    Err(CommandError::NotOwner {
+        instance: instance.id,
+        command: command.name.clone(),
+        owner: instance.owner.clone().unwrap_or_else(|| "(none)".into()),
+        actor: actor.id.clone(),
+        owner_roles: definition.owner_roles.join(", "),
     })
 }
 
@@ -210,5 +233,43 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"a":{"x":3,"y":2},"b":1}"#).unwrap();
         assert_eq!(digest(&a), digest(&b));
         assert_ne!(digest(&a), digest(&json!({"a": {"x": 3, "y": 2}, "b": 2})));
+    }
+
+    #[test]
+    fn owner_only_commands_are_for_the_owner_the_owner_roles_and_the_system() {
+        use crate::decider::DeciderRegistry;
+        use crate::definition::DefinitionSet;
+        let text = "name = \"q\"\nversion = 1\ninitial = \"a\"\n[start]\nroles = [\"rep\"]\n\
+            [owner]\nroles = [\"manager\"]\n[states]\na = {}\nb = { terminal = true }\n\
+            [commands.go]\nfrom = [\"a\"]\nto = [\"b\"]\nroles = [\"rep\", \"manager\", \"system\"]\nowner_only = true\n";
+        let set =
+            DefinitionSet::from_sources(&[("q.toml".into(), text.into())], &DeciderRegistry::new())
+                .unwrap();
+        let def = set.get("q", 1).unwrap();
+        let command = &def.commands["go"];
+        let ana = Actor::new("ana", &["rep"]);
+        let instance = Instance::new_started(def, "Q-1", json!({}), &ana, chrono::Utc::now());
+        let ok = |actor: Actor, instance: &Instance| {
+            require_owner(&actor, instance, def, command).map_err(|e| e.code())
+        };
+        assert_eq!(ok(ana.clone(), &instance), Ok(()));
+        assert_eq!(ok(Actor::new("mia", &["manager"]), &instance), Ok(()));
+        assert_eq!(ok(Actor::new("timer", &["system"]), &instance), Ok(()));
+        assert_eq!(ok(Actor::new("bob", &["rep"]), &instance), Err("NOT_OWNER"));
+        let mut ownerless = instance.clone();
+        ownerless.owner = None;
+        assert_eq!(
+            ok(ana, &ownerless),
+            Err("NOT_OWNER"),
+            "no owner: owner roles only"
+        );
+        assert_eq!(ok(Actor::new("mia", &["manager"]), &ownerless), Ok(()));
+        let err = require_owner(&Actor::new("bob", &["rep"]), &ownerless, def, command)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(`(none)`)") && err.contains("manager"),
+            "{err}"
+        );
     }
 }

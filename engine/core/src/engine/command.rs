@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, MutexGuard};
 
 use super::checks::{
     check_business_key, check_expected, check_reason, check_request_id, check_violations, digest,
-    require_active, require_role,
+    require_active, require_owner, require_role,
 };
 use super::effects::{CommandContext, CommitBuilder};
 use super::requests::{CancelRequest, CommandRequest, StartRequest};
@@ -60,8 +60,13 @@ impl Engine {
         })?;
         check_violations(definition.start.payload.validate(&request.data))?;
         let now = self.inner.config.clock.now();
-        let mut instance =
-            Instance::new_started(definition, &request.business_key, request.data.clone(), now);
+        let mut instance = Instance::new_started(
+            definition,
+            &request.business_key,
+            request.data.clone(),
+            &request.actor,
+            now,
+        );
         instance.timers = timers::timers_for(definition, &definition.initial, &request.data, now)?;
         instance.rule_set = rules.rule_set.as_ref().map(|r| r.number);
         let outcome = CommandOutcome::of(&instance, "started".into());
@@ -565,6 +570,9 @@ impl Engine {
                 command.name, definition.name, definition.version
             )
         })?;
+        if command.owner_only {
+            require_owner(&request.actor, instance, definition, command)?;
+        }
         require_active(instance)?;
         if !command.from.contains(&instance.state) {
             return Err(CommandError::WrongState {

@@ -161,7 +161,13 @@ impl<'a> CommitBuilder<'a> {
         }
         let timers = timers::timers_for(child_def, &child_def.initial, &data, cx.now)
             .map_err(|e| self.invalid(format!("the new `{child_name}`: {e}")))?;
-        let mut child = Instance::new_started(child_def, business_key, data.clone(), cx.now);
+        let mut child = Instance::new_started(
+            child_def,
+            business_key,
+            data.clone(),
+            &cx.request.actor,
+            cx.now,
+        );
         child.parent = Some(cx.instance.id);
         child.timers = timers;
         child.rule_set = cx.rules.rule_set.as_ref().map(|r| r.number);

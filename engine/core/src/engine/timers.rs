@@ -183,6 +183,7 @@ roles = ["rep"]
             data,
             version: 1,
             parent: None,
+            owner: None,
             timers: timers
                 .iter()
                 .map(|(name, due)| OpenTimer {

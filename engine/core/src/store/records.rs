@@ -185,6 +185,9 @@ pub(crate) struct InstanceV1 {
     data: Value,
     version: u64,
     parent: Option<Uuid>,
+    /// Added without a new format: records written before have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
     #[serde(default)]
     timers: Vec<OpenTimerV1>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +222,7 @@ impl Record for Instance {
             data: self.data.clone(),
             version: self.version,
             parent: self.parent.map(|p| p.0),
+            owner: self.owner.clone(),
             timers: self.timers.iter().map(OpenTimerV1::of).collect(),
             rule_set: self.rule_set,
             incidents: self
@@ -247,6 +251,7 @@ impl Record for Instance {
             data: s.data,
             version: s.version,
             parent: s.parent.map(InstanceId),
+            owner: s.owner,
             timers: s.timers.into_iter().map(OpenTimerV1::into_timer).collect(),
             rule_set: s.rule_set,
             incidents: s
@@ -1083,6 +1088,9 @@ mod tests {
         assert_eq!(i.business_key, "Q-1");
         assert_eq!(i.rule_set, Some(3));
         assert_eq!(i.timers.len(), 1);
+        assert_eq!(i.owner, None, "written before instances had owners");
+        let owned: Instance = round_trip("instance_owned");
+        assert_eq!(owned.owner.as_deref(), Some("ana"));
         let done: Instance = round_trip("instance_completed");
         assert_eq!(done.status, InstanceStatus::Completed);
         let h: HistoryEntry = round_trip("history_command");
