@@ -116,6 +116,11 @@ async fn events_carry_a_cloudevents_envelope_and_the_change() {
         "post-transition data, with the drawn number"
     );
     assert_eq!(e.data()["data"]["total"], "10.00");
+    assert_eq!(
+        events[2].data()["data"],
+        json!({ "order_total": "10.00" }),
+        "the order's number is the order's: the shipment's start event does not get it"
+    );
 }
 
 #[tokio::test]

@@ -246,6 +246,39 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
     );
     assert!(store.instance(other).unwrap().is_none());
     assert_eq!(store.counter("n", "2026").unwrap(), 2);
+
+    // A limit is the last value allowed: drawing exactly up to it succeeds.
+    let at_limit = InstanceId::new();
+    let mut c = write(instance(at_limit, 1, "created", "C"), None);
+    c.counters = vec![draw(Some(3))];
+    assert_eq!(one(store, c).unwrap().counters[0].value, 3);
+
+    // Draws in one commit count on from each other only for the same counter and key.
+    let mixed = InstanceId::new();
+    let mut c = write(instance(mixed, 1, "created", "C"), None);
+    let on = |counter: &str, key: &str| CounterDraw {
+        counter: counter.into(),
+        key: key.into(),
+        limit: None,
+        assign: None,
+    };
+    c.counters = vec![
+        on("m", "a"),
+        on("m", "b"),
+        on("o", "a"),
+        on("m", "a"),
+        on("o", "b"),
+    ];
+    let values: Vec<u64> = one(store, c)
+        .unwrap()
+        .counters
+        .iter()
+        .map(|c| c.value)
+        .collect();
+    assert_eq!(values, vec![1, 1, 1, 2, 1]);
+    assert_eq!(store.counter("m", "a").unwrap(), 2);
+    assert_eq!(store.counter("m", "b").unwrap(), 1);
+    assert_eq!(store.counter("o", "a").unwrap(), 1);
 }
 
 fn a_batch_applies_in_order_and_refusals_are_isolated(store: &dyn Store) {

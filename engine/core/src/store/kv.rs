@@ -1120,3 +1120,18 @@ pub(crate) fn put_credentials(
     }
     kv.write(writes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_least_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"w"), Some(b"x".to_vec()));
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[0x61, 0xff]), Some(vec![0x62]));
+        assert_eq!(prefix_end(&[0x61, 0xfe]), Some(vec![0x61, 0xff]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -95,3 +95,40 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_stay_within_their_prefix_in_both_directions() {
+        let store = MemoryStore::new();
+        let key = |k: &[u8]| (k.to_vec(), Some(k.to_vec()));
+        store
+            .write(
+                [
+                    key(b"v1"),
+                    key(b"w1"),
+                    key(b"w2"),
+                    key(b"x1"),
+                    key(&[b'w', 0xff]),
+                ]
+                .into_iter()
+                .collect(),
+            )
+            .unwrap();
+        let keys = |entries: Vec<Entry>| entries.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(store.scan_back(b"w", 10).unwrap()),
+            vec![vec![b'w', 0xff], b"w2".to_vec(), b"w1".to_vec()]
+        );
+        assert_eq!(
+            keys(store.scan_back(b"w", 1).unwrap()),
+            vec![vec![b'w', 0xff]]
+        );
+        assert_eq!(
+            keys(store.scan(b"w", None, 10).unwrap()),
+            vec![b"w1".to_vec(), b"w2".to_vec(), vec![b'w', 0xff]]
+        );
+    }
+}
