@@ -197,6 +197,46 @@ fn payload_schemas_are_checked() {
 }
 
 #[test]
+fn schema_bounds_are_checked_at_their_edges() {
+    let with_payload = |payload: &str| {
+        VALID.replacen(
+            "decider = \"q.decide\"",
+            &format!("decider = \"q.decide\"\npayload = {{ {payload} }}"),
+            1,
+        )
+    };
+    // Each bound at its edge loads.
+    for ok in [
+        "total = { type = \"money\", min = 5, max = 5 }",
+        "qty = { type = \"quantity\", min = 0 }",
+        "rate = { type = \"decimal\", scale = 28 }",
+        "tags = { type = \"list\", min_items = 2, max_items = 2, items = { type = \"string\" } }",
+        "tags = { type = \"list\", min_items = 1000, items = { type = \"string\" } }",
+    ] {
+        assert_eq!(errors(&with_payload(ok)), "", "for {ok}");
+    }
+    // One past it does not.
+    for (bad, says) in [
+        ("rate = { type = \"decimal\", scale = 29 }", "`scale` must be at most 28"),
+        ("n = { type = \"integer\", max_length = 3 }", "apply only to string fields, not integer"),
+        ("n = { type = \"integer\", values = [\"a\"] }", "apply only to string fields, not integer"),
+        ("n = { type = \"integer\", max_items = 3 }", "apply only to list fields, not integer"),
+        ("n = { type = \"integer\", min_items = 1 }", "apply only to list fields, not integer"),
+        (
+            "tags = { type = \"list\", min_items = 3, max_items = 2, items = { type = \"string\" } }",
+            "`min_items` is above `max_items`",
+        ),
+        (
+            "tags = { type = \"list\", min_items = 1001, items = { type = \"string\" } }",
+            "`min_items` is above `max_items`",
+        ),
+    ] {
+        let got = errors(&with_payload(bad));
+        assert!(got.contains(says), "for {bad}: {got}");
+    }
+}
+
+#[test]
 fn every_problem_is_reported_not_just_the_first() {
     let text = VALID
         .replacen("initial = \"draft\"", "initial = \"nowhere\"", 1)
