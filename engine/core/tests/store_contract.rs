@@ -525,6 +525,7 @@ fn jobs_page_and_rule_sets_read_one_at_a_time(store: &dyn Store) {
             .unwrap();
         store.set_active_rule_set(number, t0(), "ada").unwrap();
     }
+    assert_eq!(store.active_rule_set().unwrap(), Some(3));
     store.set_active_rule_set(1, t0(), "bob").unwrap();
     assert_eq!(store.rule_set(2).unwrap().unwrap().version, "v2");
     assert!(store.rule_set(4).unwrap().is_none());
@@ -536,6 +537,54 @@ fn jobs_page_and_rule_sets_read_one_at_a_time(store: &dyn Store) {
         "oldest first, numbered in order"
     );
     assert_eq!(store.active_rule_set().unwrap(), Some(1));
+    assert_eq!(
+        store
+            .rule_sets()
+            .unwrap()
+            .iter()
+            .map(|r| r.number)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+
+    // A store keeps rule sets numbered up to 10,000.
+    let numbered = |number| RuleSetRecord {
+        number,
+        version: format!("v{number}"),
+        files: [("definitions/a.toml".to_string(), "x".to_string())].into(),
+        deployed_at: t0(),
+        deployed_by: "ada".into(),
+    };
+    store.add_rule_set(&numbered(10_000)).unwrap();
+    let err = store.add_rule_set(&numbered(10_001)).unwrap_err();
+    assert!(err.to_string().contains("at most 10000"), "{err}");
+    let err = store.add_rule_set(&numbered(2)).unwrap_err();
+    assert!(err.to_string().contains("#2 already exists"), "{err}");
+}
+
+fn due_timers_are_those_due_at_or_before_now(store: &dyn Store) {
+    let mut early = instance(InstanceId::new(), 1, "created", "T");
+    let mut late = instance(InstanceId::new(), 1, "created", "T");
+    let timer = |due| OpenTimer {
+        name: "expire".into(),
+        command: "expire".into(),
+        due,
+    };
+    early.timers = vec![timer(t0())];
+    late.timers = vec![timer(t0() + Duration::nanoseconds(1000))];
+    one(store, write(early.clone(), None)).unwrap();
+    one(store, write(late.clone(), None)).unwrap();
+    let due = |now| {
+        store
+            .due_timers(now, 10)
+            .unwrap()
+            .iter()
+            .map(|d| d.instance)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due(t0() - Duration::nanoseconds(1000)), []);
+    assert_eq!(due(t0()), [early.id], "due exactly now is due");
+    assert_eq!(due(t0() + Duration::seconds(1)), [early.id, late.id]);
 }
 
 fn credentials_are_found_by_hash_and_id_and_paged_in_id_order(store: &dyn Store) {
@@ -596,6 +645,11 @@ macro_rules! contract {
             fn live_request_ids_are_unique_and_expire() {
                 let (store, _guard) = $make;
                 super::live_request_ids_are_unique_and_expire(&*store);
+            }
+            #[test]
+            fn due_timers_are_those_due_at_or_before_now() {
+                let (store, _guard) = $make;
+                super::due_timers_are_those_due_at_or_before_now(&*store);
             }
             #[test]
             fn counters_draw_gap_free_with_limits_and_assignment() {
