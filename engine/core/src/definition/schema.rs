@@ -731,6 +731,30 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_value_is_described_in_the_message_and_clipped() {
+        let schema = schema();
+        let message = |payload: Value| schema.validate(&payload)[0].message.clone();
+        assert_eq!(
+            message(json!({ "req": "r", "n": "seven" })),
+            "must be a whole number, got \"seven\""
+        );
+        assert_eq!(
+            message(json!({ "req": "r", "n": [1] })),
+            "must be a whole number, got a list"
+        );
+        let long = message(json!({ "req": "r", "day": "x".repeat(10_000) }));
+        assert!(
+            long.starts_with("must be a date such as \"2026-04-01\", got \"xxx"),
+            "{long}"
+        );
+        assert!(
+            long.len() < 200,
+            "the echo is clipped: {} bytes",
+            long.len()
+        );
+    }
+
+    #[test]
     fn plain_decimal_text_only() {
         for ok in ["0", "-12.50", "3", "0.001", "79228162514264337593543950335"] {
             assert!(parse_decimal_text(ok).is_some(), "{ok}");
