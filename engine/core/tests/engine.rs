@@ -1111,6 +1111,19 @@ async fn listing_without_a_filter_pages_through_every_instance_in_creation_order
     }
     assert_eq!(listed, all);
     assert_eq!(pages, 3);
+    // A page that holds exactly what is left is the last one, filtered or not.
+    for request in [
+        ListRequest::new().page_size(7),
+        ListRequest::new().definition("order").page_size(7),
+        ListRequest::new()
+            .definition("order")
+            .state("created")
+            .page_size(7),
+    ] {
+        let page = engine.list(request).await.unwrap();
+        assert_eq!(page.items.len(), 7);
+        assert!(page.next_page_token.is_none(), "no empty page after it");
+    }
     engine.shutdown().await;
 }
 
