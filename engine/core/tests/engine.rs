@@ -1353,3 +1353,38 @@ async fn a_linked_update_without_a_version_is_checked_against_the_parent_the_dec
     assert_eq!(now.data["notes"], 1);
     assert_eq!(now.data["notes_at_delivery"], 1, "not the stale 0");
 }
+
+#[tokio::test]
+async fn a_cancelled_instance_is_not_listed_by_its_business_key_and_state() {
+    let engine = memory_engine().await;
+    let gone = engine
+        .start(start_order("BK-1", "1.00", "bk-1"))
+        .await
+        .unwrap()
+        .instance;
+    let kept = engine
+        .start(start_order("BK-1", "1.00", "bk-2"))
+        .await
+        .unwrap()
+        .instance;
+    let admin = Actor::new("ops", &["admin"]);
+    engine
+        .cancel(CancelRequest::new(gone, admin, "bk-3"))
+        .await
+        .unwrap();
+    let page = engine
+        .list(
+            ListRequest::new()
+                .definition("order")
+                .business_key("BK-1")
+                .state("created"),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<InstanceId> = page.items.iter().map(|i| i.id).collect();
+    assert_eq!(
+        ids,
+        [kept],
+        "the cancelled one keeps its state name but is not listed"
+    );
+}
