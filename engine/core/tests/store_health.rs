@@ -193,22 +193,21 @@ async fn a_slow_flush_within_the_timeout_and_an_idle_engine_are_not_stalls() {
     engine.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_holds_at_most_batch_max_commits() {
-    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-    let mut config = EngineConfig::in_memory();
-    config.batch_max = 5;
-    let engine = quiet_engine(store.clone(), config);
+/// Holds the store's flushes, starts one order (applied alone, its flush held) and then `n`
+/// more, waits until all `n` are queued behind the held flush, releases it and waits for every
+/// start to be acknowledged.
+async fn queue_behind_a_held_flush(
+    engine: &Engine,
+    store: &FaultyStore<MemoryStore>,
+    tag: &str,
+    n: usize,
+) {
     store.hold_flushes();
-    let start = |n: usize| {
+    let start = |i: usize| {
         let engine = engine.clone();
-        tokio::spawn(async move {
-            engine
-                .start(start_order(&format!("B-{n}"), "1.00", &format!("b-{n}")))
-                .await
-        })
+        let (key, request) = (format!("{tag}-{i}"), format!("{tag}-r-{i}"));
+        tokio::spawn(async move { engine.start(start_order(&key, "1.00", &request)).await })
     };
-    // The first commit is applied alone and its flush held; only then do the others queue.
     let first = start(0);
     for _ in 0..1000 {
         if store.applies() == 1 {
@@ -216,20 +215,30 @@ async fn a_batch_holds_at_most_batch_max_commits() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(store.applies(), 1);
-    let rest: Vec<_> = (1..=21).map(start).collect();
+    assert_eq!(store.applies(), 1, "the first start is applied alone");
+    let rest: Vec<_> = (1..=n).map(start).collect();
+    // Every one of them is queued behind the held flush (none can be answered before it).
     for _ in 0..1000 {
-        if engine.metrics().await.unwrap().commit_queue >= 21 {
+        if engine.metrics().await.unwrap().commit_queue >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(engine.metrics().await.unwrap().commit_queue, 21);
+    assert_eq!(engine.metrics().await.unwrap().commit_queue, n);
     store.release_flushes();
     first.await.unwrap().unwrap();
     for r in rest {
         r.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_at_most_batch_max_commits() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let mut config = EngineConfig::in_memory();
+    config.batch_max = 5;
+    let engine = quiet_engine(store.clone(), config);
+    queue_behind_a_held_flush(&engine, &store, "B", 21).await;
     assert_eq!(store.largest_apply(), 5);
     assert_eq!(
         store.applies(),
@@ -295,42 +304,9 @@ async fn shutdown_flushes_once_more_unless_a_flush_already_failed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_arriving_during_a_flush_share_the_next_one() {
     let store = Arc::new(FaultyStore::new(MemoryStore::new()));
-    let d = deciders();
-    let mut config = EngineConfig::in_memory();
     // No probe or purge may add a flush of its own.
-    config.background_tasks = false;
-    let engine = Engine::with_store(store.clone(), config, definitions(&d), d).unwrap();
-    store.hold_flushes();
-    let start = |n: usize| {
-        let engine = engine.clone();
-        tokio::spawn(async move {
-            engine
-                .start(start_order(&format!("G-{n}"), "1.00", &format!("g-{n}")))
-                .await
-        })
-    };
-    let first = start(0);
-    // The first batch is applied; its flush is held.
-    for _ in 0..1000 {
-        if store.applies() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert_eq!(store.applies(), 1);
-    let rest: Vec<_> = (1..=20).map(start).collect();
-    // Every one of them is queued behind the held flush (none can be answered before it).
-    for _ in 0..1000 {
-        if engine.metrics().await.unwrap().commit_queue >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    store.release_flushes();
-    first.await.unwrap().unwrap();
-    for r in rest {
-        r.await.unwrap().unwrap();
-    }
+    let engine = quiet_engine(store.clone(), EngineConfig::in_memory());
+    queue_behind_a_held_flush(&engine, &store, "G", 20).await;
     assert_eq!(
         (store.applies(), store.flushes()),
         (2, 2),
