@@ -124,6 +124,37 @@ pub enum Effect {
         /// Where to write the drawn value into this instance's data, if anywhere.
         assign: Option<CounterAssign>,
     },
+    /// Send a command, as `system`, to a linked instance: it is checked and decided like any
+    /// command, and its transition commits with this one, or the whole command is refused.
+    SendLinked {
+        /// Which linked instance.
+        to: LinkedTarget,
+        /// The command; `<definition>.<command>` must be in the command's `effects.send`.
+        command: String,
+        /// Its payload, checked against that command's schema.
+        payload: Value,
+    },
+}
+
+/// The instance a [`Effect::SendLinked`] goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkedTarget {
+    /// The instance's parent.
+    Parent,
+    /// The top of the instance's chain of parents (its parent's parent, …).
+    Root,
+    /// A given instance, which must be the parent, the root or a child of the sender.
+    Instance(InstanceId),
+}
+
+impl fmt::Display for LinkedTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkedTarget::Parent => f.write_str("parent"),
+            LinkedTarget::Root => f.write_str("root"),
+            LinkedTarget::Instance(id) => write!(f, "instance {id}"),
+        }
+    }
 }
 
 /// Writes a drawn counter value into the instance data as `prefix` + zero-padded value,

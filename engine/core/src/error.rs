@@ -257,6 +257,19 @@ pub enum CommandError {
         /// What is wrong with it.
         message: String,
     },
+    /// A command a decision sent to a linked instance (`effects.send`) was refused there, so
+    /// the whole command is refused and nothing is written.
+    #[error("command `{command}` sent to {definition} {instance} was refused: {cause}")]
+    LinkedCommandRefused {
+        /// The linked instance.
+        instance: InstanceId,
+        /// Its definition's name.
+        definition: String,
+        /// The command sent to it.
+        command: String,
+        /// Why it was refused there.
+        cause: Box<CommandError>,
+    },
     /// A subscription asked for events that retention has already removed.
     #[error("field `after_offset`: events after offset {after} are no longer retained; the earliest retained offset is {earliest}, so subscribe with after_offset ≥ {}", earliest.saturating_sub(1))]
     FeedHorizon {
@@ -368,6 +381,7 @@ impl CommandError {
         "DECISION_REFUSED",
         "DECISION_FAILED",
         "DECISION_INVALID",
+        "LINKED_COMMAND_REFUSED",
         "FEED_HORIZON",
         "FEED_BEYOND_HEAD",
         "TIMER_NOT_OPEN",
@@ -406,6 +420,7 @@ impl CommandError {
             CommandError::DecisionRefused { .. } => "DECISION_REFUSED",
             CommandError::DecisionFailed { .. } => "DECISION_FAILED",
             CommandError::DecisionInvalid { .. } => "DECISION_INVALID",
+            CommandError::LinkedCommandRefused { .. } => "LINKED_COMMAND_REFUSED",
             CommandError::FeedHorizon { .. } => "FEED_HORIZON",
             CommandError::FeedBeyondHead { .. } => "FEED_BEYOND_HEAD",
             CommandError::TimerNotOpen { .. } => "TIMER_NOT_OPEN",
@@ -557,6 +572,12 @@ mod tests {
                 decider: s(),
                 command: s(),
                 message: s(),
+            },
+            CommandError::LinkedCommandRefused {
+                instance: id,
+                definition: s(),
+                command: s(),
+                cause: Box::new(CommandError::UnknownInstance(id)),
             },
             CommandError::FeedHorizon {
                 after: 0,

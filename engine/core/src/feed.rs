@@ -220,7 +220,7 @@ impl EventDraft {
 pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instance) -> EventDraft {
     let kind = match entry.kind {
         ChangeKind::Started { .. } => EventType::InstanceStarted,
-        ChangeKind::Command => EventType::InstanceTransitioned,
+        ChangeKind::Command | ChangeKind::LinkedCommand { .. } => EventType::InstanceTransitioned,
         ChangeKind::Cancelled => EventType::InstanceCancelled,
         ChangeKind::LinkedUpdate { .. } => EventType::InstanceUpdated,
         ChangeKind::TimerIncidentRaised { .. } => EventType::IncidentRaised,

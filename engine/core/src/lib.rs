@@ -76,7 +76,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use credential::Credential;
 pub use decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
-    SourceLocation,
+    LinkedTarget, SourceLocation,
 };
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{

@@ -280,6 +280,11 @@ pub enum ChangeKind {
         /// The instance whose transition made the change.
         by: InstanceId,
     },
+    /// A linked instance's transition sent this instance a command (`effects.send`).
+    LinkedCommand {
+        /// The instance whose transition sent it.
+        by: InstanceId,
+    },
     /// A timer's command failed; the timer became an incident on the instance.
     TimerIncidentRaised {
         /// The timer's name.

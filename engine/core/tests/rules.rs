@@ -219,7 +219,11 @@ fn runtime_errors_and_bad_results_name_script_function_and_position() {
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ launch: 1 }] } }\n"),
-        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter` or `job`"
+        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter`, `job` or `send`"
+    );
+    assert_eq!(
+        eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ send: \"win\", to: \"uncle\" }] } }\n"),
+        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: `to` must be \"parent\", \"root\" or an instance id, got \"uncle\""
     );
 }
 

@@ -107,6 +107,7 @@ pub(crate) fn history_entry(e: &HistoryEntry) -> pb::HistoryEntry {
         ChangeKind::Command => (pb::ChangeKind::Command, None),
         ChangeKind::Cancelled => (pb::ChangeKind::Cancelled, None),
         ChangeKind::LinkedUpdate { by } => (pb::ChangeKind::LinkedUpdate, Some(*by)),
+        ChangeKind::LinkedCommand { by } => (pb::ChangeKind::LinkedCommand, Some(*by)),
         ChangeKind::TimerIncidentRaised { .. } => (pb::ChangeKind::TimerIncidentRaised, None),
         ChangeKind::TimerIncidentResolved { .. } => (pb::ChangeKind::TimerIncidentResolved, None),
         _ => (pb::ChangeKind::Unspecified, None),

@@ -107,6 +107,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "DECISION_REFUSED"
         | "DECISION_FAILED"
         | "DECISION_INVALID"
+        | "LINKED_COMMAND_REFUSED"
         | "TIMER_NOT_OPEN"
         | "STALE_LEASE"
         | "NOT_AN_INCIDENT"
@@ -287,6 +288,17 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
         } => {
             metadata.push(("decider", decider.clone()));
             metadata.push(("command", command.clone()));
+        }
+        E::LinkedCommandRefused {
+            instance,
+            definition,
+            command,
+            cause,
+        } => {
+            metadata.push(("linked_instance", instance.to_string()));
+            metadata.push(("linked_definition", definition.clone()));
+            metadata.push(("linked_command", command.clone()));
+            metadata.push(("linked_code", cause.code().to_string()));
         }
         E::FeedHorizon { after, earliest } => {
             details

@@ -179,6 +179,8 @@ pub struct EffectsDef {
     pub counters: Vec<String>,
     /// Job types it may create.
     pub jobs: Vec<String>,
+    /// Commands it may send to linked instances, as `<definition>.<command>`.
+    pub send: Vec<String>,
 }
 
 impl Definition {
@@ -338,7 +340,17 @@ impl DefinitionSet {
             pending.push((file, text, f, def, problems));
         }
         let names: BTreeSet<String> = pending.iter().map(|p| p.3.name.clone()).collect();
-        for (file, text, f, def, mut problems) in pending {
+        let mut commands_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for p in &pending {
+            let known = commands_of.entry(p.3.name.as_str()).or_default();
+            known.extend(p.3.commands.keys().map(String::as_str));
+        }
+        let mut send_problems = Vec::new();
+        for (_, _, f, _, _) in &pending {
+            send_problems.push(check_sends(f, &commands_of));
+        }
+        for ((file, text, f, def, mut problems), sends) in pending.into_iter().zip(send_problems) {
+            problems.extend(sends);
             for (cmd_name, cmd) in &f.commands {
                 let Some(effects) = &cmd.get_ref().effects else {
                     continue;
@@ -507,6 +519,48 @@ struct CommandSpec {
     description: String,
 }
 
+/// Each `effects.send` entry must be `<definition>.<command>` naming a loaded definition and a
+/// command one of its versions declares.
+fn check_sends(
+    f: &DefinitionFile,
+    commands_of: &BTreeMap<&str, BTreeSet<&str>>,
+) -> Vec<SchemaProblem> {
+    let mut problems = Vec::new();
+    for (cmd_name, cmd) in &f.commands {
+        let Some(effects) = &cmd.get_ref().effects else {
+            continue;
+        };
+        for entry in &effects.get_ref().send {
+            let message = match entry.split_once('.') {
+                Some((def, command)) if is_identifier(def) && is_identifier(command) => {
+                    match commands_of.get(def) {
+                        None => Some(format!(
+                            "command `{cmd_name}`: effects.send names definition `{def}`, which is not loaded; loaded: {}",
+                            commands_of.keys().copied().collect::<Vec<_>>().join(", ")
+                        )),
+                        Some(known) if !known.contains(command) => Some(format!(
+                            "command `{cmd_name}`: effects.send names `{entry}`, but `{def}` has no command `{command}`; it has: {}",
+                            known.iter().copied().collect::<Vec<_>>().join(", ")
+                        )),
+                        Some(_) => None,
+                    }
+                }
+                _ => Some(format!(
+                    "command `{cmd_name}`: effects.send entry `{}` must be `<definition>.<command>`",
+                    crate::error::clip(entry, 128)
+                )),
+            };
+            if let Some(message) = message {
+                problems.push(SchemaProblem {
+                    span: effects.span(),
+                    message,
+                });
+            }
+        }
+    }
+    problems
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EffectsSpec {
@@ -518,6 +572,8 @@ struct EffectsSpec {
     counters: Vec<String>,
     #[serde(default)]
     jobs: Vec<String>,
+    #[serde(default)]
+    send: Vec<String>,
 }
 
 fn check_roles(
@@ -735,6 +791,7 @@ fn check_file(
                     update: e.get_ref().update.clone(),
                     counters: e.get_ref().counters.clone(),
                     jobs: e.get_ref().jobs.clone(),
+                    send: e.get_ref().send.clone(),
                 }
             }
             None => EffectsDef::default(),

@@ -150,29 +150,54 @@ impl Engine {
         result
     }
 
-    /// Takes the instance's stripe lock — and its parent's when the command may update linked
-    /// instances: deliveries updating their order should queue behind the order's own
-    /// commands, not race them.
+    /// Takes the instance's stripe lock — and its parent's (and root's) when the command may
+    /// update or send commands to linked instances: deliveries updating their order should
+    /// queue behind the order's own commands, not race them. (The locks only spare
+    /// re-evaluations; version checks at commit keep linked changes correct either way.)
     async fn lock_for_command(&self, request: &CommandRequest) -> Vec<MutexGuard<'_, ()>> {
         let mut lock_ids = vec![request.instance];
+        let reaches_linked =
+            |c: &CommandDef| !c.effects.update.is_empty() || !c.effects.send.is_empty();
         // Reading the instance to find its parent costs a store read on the hot path: only
-        // pay it when some definition's command of this name may update a linked instance.
+        // pay it when some definition's command of this name may reach a linked instance.
         let rules = self.rules();
-        let may_update_linked = rules.definitions.iter().any(|d| {
-            d.command(&request.command)
-                .is_some_and(|c| !c.effects.update.is_empty())
-        });
-        if may_update_linked {
+        let may_reach_linked = rules
+            .definitions
+            .iter()
+            .any(|d| d.command(&request.command).is_some_and(reaches_linked));
+        if may_reach_linked {
             if let Ok((instance, definition)) = self.load(&rules, request.instance) {
-                let updates_linked = definition
-                    .command(&request.command)
-                    .is_some_and(|c| !c.effects.update.is_empty());
-                if let (true, Some(parent)) = (updates_linked, instance.parent) {
+                let command = definition.command(&request.command);
+                if let (true, Some(parent)) = (command.is_some_and(reaches_linked), instance.parent)
+                {
                     lock_ids.push(parent);
+                }
+                if command.is_some_and(|c| !c.effects.send.is_empty()) {
+                    lock_ids.extend(self.ancestors(instance.parent));
                 }
             }
         }
         self.lock_instances(&lock_ids).await
+    }
+
+    /// The parents above `first` (inclusive), up to a bound; stops at one it cannot read.
+    fn ancestors(&self, first: Option<InstanceId>) -> Vec<InstanceId> {
+        let mut found = Vec::new();
+        let mut next = first;
+        while let Some(id) = next {
+            if found.len() >= 32 {
+                break;
+            }
+            found.push(id);
+            next = self
+                .inner
+                .store
+                .instance(id)
+                .ok()
+                .flatten()
+                .and_then(|i| i.parent);
+        }
+        found
     }
 
     /// Cancels an active instance (status `cancelled`; its state is kept). The reason is
@@ -528,10 +553,11 @@ impl Engine {
             parent: inputs.parent.as_ref(),
             now: inputs.now,
             fired,
+            sent_by: None,
         };
         let mut builder = CommitBuilder::transition(self, &cx, &decision)?;
         for effect in decision.effects {
-            builder.effect(effect)?;
+            builder.effect(effect).await?;
         }
         if let Some(timer) = fired {
             builder.timer_fired(timer);
@@ -545,7 +571,7 @@ impl Engine {
     /// The command as declared, if the request may send it to `instance` now: it exists, the
     /// actor holds a role, the instance is active and in a `from` state, the payload fits and
     /// the expected version (if any) matches.
-    fn check_command<'d>(
+    pub(super) fn check_command<'d>(
         &self,
         definition: &'d Definition,
         instance: &Instance,
@@ -589,7 +615,7 @@ impl Engine {
 
     /// Asks the command's decider (a fixed move when it has none), on the rule pool; hands the
     /// inputs back for the commit.
-    async fn decide(
+    pub(super) async fn decide(
         &self,
         rules: &Active,
         command: &CommandDef,
@@ -706,14 +732,14 @@ impl Engine {
 }
 
 /// What a decider is given, owned, so that it can run on the rule pool's threads.
-struct DecisionInputs {
-    definition: Arc<Definition>,
-    command: String,
-    instance: Instance,
-    parent: Option<Instance>,
-    payload: Value,
-    actor: crate::model::Actor,
-    now: DateTime<Utc>,
+pub(super) struct DecisionInputs {
+    pub definition: Arc<Definition>,
+    pub command: String,
+    pub instance: Instance,
+    pub parent: Option<Instance>,
+    pub payload: Value,
+    pub actor: crate::model::Actor,
+    pub now: DateTime<Utc>,
 }
 
 impl DecisionInputs {

@@ -6,23 +6,30 @@
 //! `effects.update`, `effects.jobs`, `effects.counters`) and refuses an undeclared one with
 //! `DECISION_INVALID`, so a decider can only do what the definition says it may.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::checks::{check_business_key, check_decision, decision_invalid, display_list};
+use super::command::DecisionInputs;
 use super::requests::CommandRequest;
 use super::{timers, Active, Engine, Prepared};
-use crate::decider::{CounterAssign, Decision, Effect};
+use crate::decider::{CounterAssign, Decision, Effect, LinkedTarget};
 use crate::definition::schema::is_identifier;
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{EventDraft, EventType};
 use crate::job::Job;
 use crate::model::{
-    ChangeKind, CommandOutcome, HistoryEntry, Instance, InstanceId, OpenTimer, RequestTarget,
+    roles, Actor, ChangeKind, CommandOutcome, HistoryEntry, Instance, InstanceId, OpenTimer,
+    RequestTarget,
 };
 use crate::patch::apply_merge_patch;
 use crate::store::{Commit, CounterDraw, InstanceWrite, JobWrite};
+
+/// The longest chain of parents `LinkedTarget::Root` walks.
+const ROOT_DEPTH_MAX: usize = 32;
 
 /// What a command's commit is built from: the request, the instance as read, and the
 /// definition it is pinned to, under one snapshot of the rules.
@@ -37,6 +44,8 @@ pub(super) struct CommandContext<'a> {
     pub now: DateTime<Utc>,
     /// The timer whose firing sent the command, if one did.
     pub fired: Option<&'a OpenTimer>,
+    /// For a command another instance's decision sent (`effects.send`): that instance.
+    pub sent_by: Option<InstanceId>,
 }
 
 /// A commit under construction.
@@ -78,7 +87,10 @@ impl<'a> CommitBuilder<'a> {
             at: cx.now,
             actor: cx.request.actor.clone(),
             request_id: Some(cx.request.request_id.clone()),
-            kind: ChangeKind::Command,
+            kind: match cx.sent_by {
+                Some(by) => ChangeKind::LinkedCommand { by },
+                None => ChangeKind::Command,
+            },
             command: Some(cx.command.name.clone()),
             payload: cx.request.payload.clone(),
             from_state: Some(cx.instance.state.clone()),
@@ -104,7 +116,7 @@ impl<'a> CommitBuilder<'a> {
     }
 
     /// Adds one effect of the decision.
-    pub fn effect(&mut self, effect: Effect) -> Result<(), CommandError> {
+    pub async fn effect(&mut self, effect: Effect) -> Result<(), CommandError> {
         match effect {
             Effect::StartLinked {
                 definition,
@@ -124,6 +136,11 @@ impl<'a> CommitBuilder<'a> {
                 limit,
                 assign,
             } => self.draw_counter(counter, key, limit, assign),
+            Effect::SendLinked {
+                to,
+                command,
+                payload,
+            } => self.send_linked(to, command, payload).await,
         }
     }
 
@@ -300,6 +317,11 @@ impl<'a> CommitBuilder<'a> {
         }
         check_business_key("effects.counters.key", &key)
             .map_err(|e| self.invalid(e.to_string()))?;
+        if assign.is_some() && cx.sent_by.is_some() {
+            return Err(self.invalid(format!(
+                "a command sent by a linked instance cannot assign counter `{counter}` to a field"
+            )));
+        }
         if let Some(a) = &assign {
             if !is_identifier(&a.field) || a.width > 32 {
                 return Err(self.invalid(format!(
@@ -314,6 +336,185 @@ impl<'a> CommitBuilder<'a> {
             limit,
             assign,
         });
+        Ok(())
+    }
+
+    /// A command for a linked instance, sent as `system`: checked like any command, decided
+    /// by its own decider, and its transition (with its effects) added to this commit. A
+    /// command so sent may not send further commands.
+    async fn send_linked(
+        &mut self,
+        to: LinkedTarget,
+        command: String,
+        payload: Value,
+    ) -> Result<(), CommandError> {
+        let cx = self.cx;
+        if cx.sent_by.is_some() {
+            return Err(self.invalid(format!(
+                "it sends `{command}` to its {to}, but a command sent by a linked instance may not send further commands"
+            )));
+        }
+        let (request, instance, definition) = self.linked_request(to, &command, payload)?;
+        let target = instance.id;
+        let refused = |cause: CommandError| match cause {
+            CommandError::Store(_)
+            | CommandError::ShuttingDown
+            | CommandError::Overloaded { .. } => cause,
+            cause => CommandError::LinkedCommandRefused {
+                instance: target,
+                definition: definition.name.clone(),
+                command: command.clone(),
+                cause: Box::new(cause),
+            },
+        };
+        let linked_command = self
+            .engine
+            .check_command(&definition, &instance, &request)
+            .map_err(refused)?;
+        // Its parent as this commit leaves it, when the sender is that parent.
+        let parent = match instance.parent {
+            Some(p) => match self.commit.writes.iter().find(|w| w.instance.id == p) {
+                Some(w) => Some(w.instance.clone()),
+                None => self.engine.inner.store.instance(p)?,
+            },
+            None => None,
+        };
+        let inputs = DecisionInputs {
+            definition: definition.clone(),
+            command: command.clone(),
+            instance,
+            parent,
+            payload: request.payload.clone(),
+            actor: request.actor.clone(),
+            now: cx.now,
+        };
+        let (decision, inputs) = self
+            .engine
+            .decide(cx.rules, linked_command, inputs)
+            .await
+            .map_err(refused)?;
+        let lcx = CommandContext {
+            rules: cx.rules,
+            request: &request,
+            digest: cx.digest,
+            definition: &definition,
+            command: linked_command,
+            instance: &inputs.instance,
+            parent: inputs.parent.as_ref(),
+            now: cx.now,
+            fired: None,
+            sent_by: Some(cx.instance.id),
+        };
+        let mut linked =
+            CommitBuilder::transition(self.engine, &lcx, &decision).map_err(refused)?;
+        for effect in decision.effects {
+            Box::pin(linked.effect(effect)).await.map_err(refused)?;
+        }
+        self.absorb(linked.commit, linked.started)
+    }
+
+    /// The request a sent command makes, with its target as read and that target's definition,
+    /// if the command declares it and the target is linked and not yet changed in this commit.
+    fn linked_request(
+        &self,
+        to: LinkedTarget,
+        command: &str,
+        payload: Value,
+    ) -> Result<(CommandRequest, Instance, Arc<Definition>), CommandError> {
+        let cx = self.cx;
+        let target = self.linked_target(to)?;
+        let (instance, definition) = self.engine.load(cx.rules, target)?;
+        let declared = format!("{}.{command}", definition.name);
+        if !cx.command.effects.send.contains(&declared) {
+            return Err(self.invalid(format!(
+                "it sends `{}`, but command `{}` may only send: {}",
+                crate::error::clip(&declared, 128),
+                cx.command.name,
+                display_list(&cx.command.effects.send)
+            )));
+        }
+        if self.commit.writes.iter().any(|w| w.instance.id == target) {
+            return Err(self.invalid(format!(
+                "it changes instance {target} twice (a command sent to it and another change)"
+            )));
+        }
+        let request = CommandRequest::new(
+            target,
+            command,
+            Actor::new(format!("system:{}", cx.definition.name), &[roles::SYSTEM]),
+            cx.request.request_id.clone(),
+        )
+        .payload(payload);
+        Ok((request, instance, definition))
+    }
+
+    /// The instance `to` names, which must be linked to this one.
+    fn linked_target(&self, to: LinkedTarget) -> Result<InstanceId, CommandError> {
+        let cx = self.cx;
+        let no_parent = || {
+            self.invalid(format!(
+                "it sends a command to its {to}, but {} has no parent",
+                cx.instance.id
+            ))
+        };
+        match to {
+            LinkedTarget::Parent => cx.instance.parent.ok_or_else(no_parent),
+            LinkedTarget::Root => {
+                let mut id = cx.instance.parent.ok_or_else(no_parent)?;
+                // A chain of parents is short; the bound only guards against a corrupt loop.
+                for _ in 0..ROOT_DEPTH_MAX {
+                    let Some(up) = self.engine.inner.store.instance(id)? else {
+                        return Err(self.invalid(format!("its ancestor {id} does not exist")));
+                    };
+                    match up.parent {
+                        Some(p) => id = p,
+                        None => return Ok(id),
+                    }
+                }
+                Err(self.invalid(format!(
+                    "its chain of parents is longer than {ROOT_DEPTH_MAX}"
+                )))
+            }
+            LinkedTarget::Instance(id) => {
+                let linked = cx.instance.parent == Some(id)
+                    || self
+                        .engine
+                        .inner
+                        .store
+                        .instance(id)?
+                        .is_some_and(|i| i.parent == Some(cx.instance.id));
+                if linked || self.linked_target(LinkedTarget::Root).ok() == Some(id) {
+                    Ok(id)
+                } else {
+                    Err(self.invalid(format!(
+                        "it sends a command to instance {id}, which is not its parent, root or child"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Takes a linked command's commit into this one.
+    fn absorb(&mut self, linked: Commit, started: Vec<InstanceId>) -> Result<(), CommandError> {
+        for write in &linked.writes {
+            if self
+                .commit
+                .writes
+                .iter()
+                .any(|w| w.instance.id == write.instance.id)
+            {
+                return Err(self.invalid(format!(
+                    "instance {} would be changed twice in one commit",
+                    write.instance.id
+                )));
+            }
+        }
+        self.commit.writes.extend(linked.writes);
+        self.commit.history.extend(linked.history);
+        self.commit.events.extend(linked.events);
+        self.commit.jobs.extend(linked.jobs);
+        self.commit.counters.extend(linked.counters);
+        self.started.extend(started);
         Ok(())
     }
 

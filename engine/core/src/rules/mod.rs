@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decider::{
     CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
-    SourceLocation,
+    LinkedTarget, SourceLocation,
 };
 use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
 use crate::model::{Instance, InstanceId, Provenance, ProvenanceInputs};
@@ -804,7 +804,24 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
             payload: field(map, "payload").cloned().unwrap_or_else(|| json!({})),
         });
     }
-    Err("an effect needs one of `start`, `update`, `counter` or `job`".into())
+    if field(map, "send").is_some() {
+        let to = string(map, "to", "")?;
+        return Ok(Effect::SendLinked {
+            to: match to.as_str() {
+                "parent" => LinkedTarget::Parent,
+                "root" => LinkedTarget::Root,
+                id => LinkedTarget::Instance(id.parse::<InstanceId>().map_err(|_| {
+                    format!(
+                        "`to` must be \"parent\", \"root\" or an instance id, got \"{}\"",
+                        crate::error::clip(id, 64)
+                    )
+                })?),
+            },
+            command: string(map, "send", "")?,
+            payload: field(map, "payload").cloned().unwrap_or_else(|| json!({})),
+        });
+    }
+    Err("an effect needs one of `start`, `update`, `counter`, `job` or `send`".into())
 }
 
 /// The instance map a decider function receives.

@@ -375,6 +375,7 @@ pub(crate) enum ChangeKindV1 {
     // Added without a new format: older records have none of these.
     TimerIncidentRaised { timer: String },
     TimerIncidentResolved { timer: String },
+    LinkedCommand { by: Uuid },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -464,6 +465,7 @@ impl Record for HistoryEntry {
                 ChangeKind::Command => ChangeKindV1::Command,
                 ChangeKind::Cancelled => ChangeKindV1::Cancelled,
                 ChangeKind::LinkedUpdate { by } => ChangeKindV1::LinkedUpdate { by: by.0 },
+                ChangeKind::LinkedCommand { by } => ChangeKindV1::LinkedCommand { by: by.0 },
                 ChangeKind::TimerIncidentRaised { timer } => ChangeKindV1::TimerIncidentRaised {
                     timer: timer.clone(),
                 },
@@ -498,6 +500,9 @@ impl Record for HistoryEntry {
                 ChangeKindV1::Cancelled => ChangeKind::Cancelled,
                 ChangeKindV1::LinkedUpdate { by } => {
                     ChangeKind::LinkedUpdate { by: InstanceId(by) }
+                }
+                ChangeKindV1::LinkedCommand { by } => {
+                    ChangeKind::LinkedCommand { by: InstanceId(by) }
                 }
                 ChangeKindV1::TimerIncidentRaised { timer } => {
                     ChangeKind::TimerIncidentRaised { timer }
