@@ -320,6 +320,112 @@ async fn a_lead_is_qualified_and_its_quotes_are_linked_to_it() {
     assert_eq!(w.data(lead).await["lost_reason"], "too_expensive");
 }
 
+impl World {
+    /// A lead assigned to ana and qualified.
+    async fn qualified_lead(&self, key: &str) -> InstanceId {
+        let lead = self
+            .engine
+            .start(
+                StartRequest::new("lead", who("ana:sales_rep"), format!("lead-{key}"))
+                    .business_key(key)
+                    .data(json!({ "company": "ACME GmbH" })),
+            )
+            .await
+            .unwrap()
+            .instance;
+        let assign = json!({ "owner": "ana" });
+        self.send(lead, "mia:sales_manager", "assign", assign)
+            .await
+            .unwrap();
+        self.send(lead, "ana:sales_rep", "qualify", json!({}))
+            .await
+            .unwrap();
+        lead
+    }
+
+    /// A quote created from `lead`, submitted (approved automatically) and sent.
+    async fn sent_quote_of(&self, lead: InstanceId) -> InstanceId {
+        let out = self
+            .send(lead, "ana:sales_rep", "create_quote", json!({ "customer": "BETA", "currency": "EUR", "valid_until": "2026-05-01", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] }))
+            .await
+            .unwrap();
+        let quote = out.started[0];
+        for command in ["submit", "send"] {
+            self.send(quote, "ana:sales_rep", command, json!({}))
+                .await
+                .unwrap();
+        }
+        quote
+    }
+}
+
+#[tokio::test]
+async fn a_lead_is_lost_in_the_same_commit_as_its_last_open_quote_declined_or_expired() {
+    let w = memory_world(&[]).await;
+    let lead = w.qualified_lead("L-LOST").await;
+    let (first, second) = (w.sent_quote_of(lead).await, w.sent_quote_of(lead).await);
+    assert_eq!(w.data(lead).await["open_quotes"], 2);
+
+    let out = w
+        .send(first, "ana:sales_rep", "decline", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(out.reason, "declined, recorded by ana");
+    let after = w.engine.get(lead).await.unwrap();
+    assert_eq!(
+        (after.state.as_str(), &after.data["open_quotes"]),
+        ("qualified", &json!(1))
+    );
+
+    // The second expires by its timer: the lead is lost with it, by `system`.
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 5, 2, 0, 0, 0).unwrap());
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(w.engine.get(second).await.unwrap().state, "expired");
+    let lost = w.engine.get(lead).await.unwrap();
+    assert_eq!(lost.state, "lost");
+    assert_eq!(lost.data["lost_reason"], "last_quote_expired");
+    let last = w.engine.history(lead, lost.version - 1, 1).await.unwrap();
+    assert_eq!(last[0].kind, ChangeKind::LinkedCommand { by: second });
+    assert_eq!(last[0].actor.id, "system:quote");
+    assert_eq!(
+        last[0].reason,
+        format!("the last open quote ({second}) was expired")
+    );
+    assert_eq!(
+        last[0].request_id.as_deref(),
+        w.engine
+            .history(second, 0, 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .request_id
+            .as_deref(),
+        "one request, one commit"
+    );
+}
+
+#[tokio::test]
+async fn a_quote_closed_after_its_lead_was_decided_leaves_the_lead_alone() {
+    let w = memory_world(&[]).await;
+    let lead = w.qualified_lead("L-DONE").await;
+    let quote = w.sent_quote_of(lead).await;
+    w.send(
+        lead,
+        "ana:sales_rep",
+        "lose",
+        json!({ "lost_reason": "competitor" }),
+    )
+    .await
+    .unwrap();
+    let before = w.engine.get(lead).await.unwrap();
+    w.send(quote, "ana:sales_rep", "decline", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(w.engine.get(lead).await.unwrap(), before);
+}
+
 #[tokio::test]
 async fn a_coupon_usage_limit_is_a_counter_in_the_same_commit() {
     let w = memory_world(&[]).await;

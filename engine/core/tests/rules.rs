@@ -89,6 +89,34 @@ fn the_shipped_rule_set_passes_its_own_tests() {
 }
 
 #[test]
+fn a_rule_test_fails_on_the_operation_limit_not_on_a_busy_machines_clock() {
+    // 100,000 iterations take far longer than 1 ms, and far less than the tests' 2 s.
+    let script = "fn decide(instance, payload, actor) {\n    let n = 0;\n    while n < 100000 { n += 1; }\n    #{ state: \"closed\", reason: `counted to ${n}` }\n}\n";
+    let limits = RuleLimits {
+        operations: 10_000_000,
+        deadline: StdDuration::from_millis(1),
+        ..RuleLimits::default()
+    };
+    let (dir, _) = rule_set_with(script, limits.clone());
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("tests/deal.toml"),
+        "[[test]]\nname = \"slow but finite\"\nfunction = \"deal::decide\"\ninstance = { state = \"open\" }\nexpect = { state = \"closed\", reason = \"counted to 100000\" }\n",
+    )
+    .unwrap();
+    let rules = RuleSet::load(dir.path(), DeciderRegistry::new(), limits).unwrap();
+    let live = rules
+        .evaluate("deal::decide", &input(json!({})))
+        .unwrap_err();
+    assert!(
+        live.message().contains("deadline exceeded (at most 1 ms"),
+        "a live decision keeps its deadline: {live}"
+    );
+    let outcomes = testing::run(&rules);
+    assert!(outcomes[0].passed, "{}", outcomes[0].report);
+}
+
+#[test]
 fn runaway_scripts_hit_a_limit_named_with_its_location() {
     // A roomy deadline, so the other limits are what stop these even in a debug build.
     let counted = RuleLimits {

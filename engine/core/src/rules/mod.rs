@@ -69,6 +69,9 @@ const RULE_FILES: [(&str, &str); 5] = [
 /// Most example tests a rule set may hold.
 pub const TESTS_MAX: usize = 1000;
 
+/// The least wall-clock deadline a rule test's evaluation gets (see `RuleSet::evaluate_test`).
+pub const TEST_DEADLINE_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a rule-set file may be, for messages.
 pub const RULE_FILE_KINDS: &str =
     "definitions/*.toml, scripts/*.rhai, scripts/lib/*.rhai, data/*.json, tests/*.toml";
@@ -391,7 +394,26 @@ impl RuleSet {
                 "`{name}` is not a decider of this rule set"
             )));
         }
-        self.compiled.call(script, function, input)
+        self.compiled
+            .call(script, function, input, self.compiled.limits.deadline)
+    }
+
+    /// [`RuleSet::evaluate`] for the rule set's own tests: the same limits, but a wall-clock
+    /// deadline of at least [`TEST_DEADLINE_MIN`]. A test's outcome should not depend on how
+    /// busy the machine is; a runaway script is still stopped by the operation limit.
+    pub(crate) fn evaluate_test(
+        &self,
+        name: &str,
+        input: &DecisionInput,
+    ) -> Result<(Decision, Value), DecideError> {
+        match name.split_once("::") {
+            Some((script, function)) if self.deciders.contains(name) => {
+                let deadline = self.compiled.limits.deadline.max(TEST_DEADLINE_MIN);
+                self.compiled.call(script, function, input, deadline)
+            }
+            // Not a decider: the same error a live evaluation gives.
+            _ => self.evaluate(name, input),
+        }
     }
 
     /// The scripts' limits.
@@ -475,6 +497,7 @@ impl Compiled {
         script: &str,
         function: &str,
         input: &DecisionInput,
+        deadline: std::time::Duration,
     ) -> Result<(Decision, Value), DecideError> {
         let script_def = self
             .scripts
@@ -487,7 +510,7 @@ impl Compiled {
                 to_dynamic(&input.payload),
                 to_dynamic(&input.actor),
             );
-            sandbox::with_evaluation(input.now, self.limits.deadline, &self.data, || {
+            sandbox::with_evaluation(input.now, deadline, &self.data, || {
                 engine.call_fn_with_options::<Dynamic>(
                     CallFnOptions::new().eval_ast(false).rewind_scope(true),
                     &mut scope,
@@ -518,7 +541,7 @@ impl Compiled {
                 } else {
                     None
                 };
-                self.describe(&e, script_def, function, located)
+                self.describe(&e, script_def, function, located, deadline)
             })?,
             Err(panic) => {
                 let what = crate::error::panic_message(&*panic);
@@ -570,6 +593,7 @@ impl Compiled {
         script: &Script,
         function: &str,
         located: Option<(String, usize, usize)>,
+        deadline: std::time::Duration,
     ) -> DecideError {
         // Walk into the calls: each call site lies in the file of the function making it, and
         // the innermost error in the file of the function it happened in.
@@ -602,7 +626,7 @@ impl Compiled {
                 l.string_bytes, l.array_items, l.map_items
             ),
             EvalAltResult::ErrorTerminated(token, _) if token.to_string() == sandbox::DEADLINE_TOKEN => {
-                format!("deadline exceeded (at most {} ms per evaluation)", l.deadline.as_millis())
+                format!("deadline exceeded (at most {} ms per evaluation)", deadline.as_millis())
             }
             EvalAltResult::ErrorFunctionNotFound(sig, _) if sig.starts_with(function) && error.position().is_none() => {
                 format!("no function `{function}` with 3 parameters (instance, payload, actor)")
@@ -866,7 +890,12 @@ impl Decider for RhaiDecider {
             actor: json!({ "id": ctx.actor.id, "roles": ctx.actor.roles }),
             now: ctx.now,
         };
-        let (mut decision, outputs) = self.compiled.call(&self.script, &self.function, &input)?;
+        let (mut decision, outputs) = self.compiled.call(
+            &self.script,
+            &self.function,
+            &input,
+            self.compiled.limits.deadline,
+        )?;
         let file = &self.compiled.scripts[&self.script].file;
         decision.provenance = Some(Provenance {
             rule_set: self.compiled.version.clone(),

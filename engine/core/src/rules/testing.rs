@@ -230,7 +230,7 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
         "{}:{} {} ({})",
         test.file, test.line, test.name, test.function
     );
-    let result = rules.evaluate(&test.function, &test.input);
+    let result = rules.evaluate_test(&test.function, &test.input);
     let mut report = String::new();
     match (&test.expect, result) {
         (Expect::Error(want), Err(e)) if e.message().contains(want.as_str()) => {}
