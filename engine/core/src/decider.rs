@@ -124,6 +124,15 @@ pub enum Effect {
         /// Where to write the drawn value into this instance's data, if anywhere.
         assign: Option<CounterAssign>,
     },
+    /// Give one drawn value back to a usage counter (a coupon's uses): its value for `key`
+    /// goes down by one, never below zero, in the same commit. Not for numbering counters,
+    /// whose values must stay gap-free.
+    ReturnCounter {
+        /// Counter name; must be in the command's `effects.counters`.
+        counter: String,
+        /// Key within the counter.
+        key: String,
+    },
     /// Send a command, as `system`, to a linked instance: it is checked and decided like any
     /// command, and its transition commits with this one, or the whole command is refused.
     SendLinked {

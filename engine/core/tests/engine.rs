@@ -665,6 +665,46 @@ async fn counters_are_gap_free_and_respect_limits() {
 }
 
 #[tokio::test]
+async fn a_counter_use_may_be_given_back_only_by_a_command_declaring_the_counter() {
+    let mut d = deciders();
+    for name in ["order.note", "order.confirm"] {
+        d.register(name, |ctx: &DecisionContext<'_>| {
+            let to = if ctx.command.name == "confirm" {
+                "confirmed"
+            } else {
+                "created"
+            };
+            Ok(
+                Decision::goto(to, "given back").with_effect(Effect::ReturnCounter {
+                    counter: "order_number".into(),
+                    key: "coupon-X".into(),
+                }),
+            )
+        });
+    }
+    let engine = Engine::open(EngineConfig::in_memory(), definitions(&d), d)
+        .await
+        .unwrap();
+    let id = started(&engine, "O-GB", "1.00").await;
+    let err = engine
+        .send(command(id, "note", json!({"text": "x"}), rep(), "gb-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "DECISION_INVALID");
+    assert!(
+        err.to_string().contains(
+            "it gives back to counter `order_number`, but command `note` may only use: (nothing)"
+        ),
+        "{err}"
+    );
+    let out = engine
+        .send(command(id, "confirm", json!({}), rep(), "gb-2"))
+        .await
+        .unwrap();
+    assert_eq!(out.counters[0].value, 0, "never below zero");
+}
+
+#[tokio::test]
 async fn invalid_decisions_are_refused_naming_the_decider() {
     let mut d = deciders();
     d.register("order.note", |_: &DecisionContext<'_>| {

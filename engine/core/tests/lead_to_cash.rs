@@ -451,6 +451,55 @@ async fn a_coupon_usage_limit_is_a_counter_in_the_same_commit() {
 }
 
 #[tokio::test]
+async fn a_declined_or_expired_quote_gives_its_coupon_use_back_once() {
+    let w = memory_world(&[]).await;
+    let mut quotes = Vec::new();
+    for n in 1..=3 {
+        let id = w.quote(&format!("Q-G{n}"), json!({ "customer": "BETA", "currency": "EUR", "coupon": "VIP20", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await;
+        quotes.push(id);
+    }
+    let uses = || w.engine.store().counter("coupon_uses", "VIP20").unwrap();
+    for id in &quotes[..2] {
+        let submitted = w
+            .send(*id, "ana:sales_rep", "submit", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(submitted.state, "pending_approval", "20% off: the manager");
+        w.send(*id, "mia:sales_manager", "approve", json!({}))
+            .await
+            .unwrap();
+        w.send(*id, "ana:sales_rep", "send", json!({}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(uses(), 2, "the usage limit is reached");
+    let out = w
+        .send(quotes[0], "ana:sales_rep", "decline", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.reason,
+        "declined, recorded by ana; coupon VIP20 use given back"
+    );
+    assert_eq!(uses(), 1);
+    assert!(w.data(quotes[0]).await.get("coupon_counted").is_none());
+    // The freed use goes to the third quote.
+    w.send(quotes[2], "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    w.send(quotes[2], "mia:sales_manager", "approve", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(uses(), 2);
+    // The second expires: its use comes back too, once.
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 5, 16, 0, 0, 0).unwrap());
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(w.engine.get(quotes[1]).await.unwrap().state, "expired");
+    assert_eq!(uses(), 1);
+}
+
+#[tokio::test]
 async fn a_sent_quote_expires_after_valid_until_and_cannot_be_accepted() {
     let w = memory_world(&[]).await;
     let id = w.quote("Q-E", json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await;

@@ -250,6 +250,10 @@ fn runtime_errors_and_bad_results_name_script_function_and_position() {
         "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter`, `job` or `send`"
     );
     assert_eq!(
+        eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ counter: \"uses\", key: \"k\", give_back: true, limit: 3 }] } }\n"),
+        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: `limit` does not go with `give_back`; it takes counter and key"
+    );
+    assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ send: \"win\", to: \"uncle\" }] } }\n"),
         "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: `to` must be \"parent\", \"root\" or an instance id, got \"uncle\""
     );

@@ -205,6 +205,7 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
         key: "2026".into(),
         limit,
         assign: None,
+        give_back: false,
     };
     let mut c = write(instance(id, 1, "created", "C"), None);
     c.counters = vec![
@@ -261,6 +262,7 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
         key: key.into(),
         limit: None,
         assign: None,
+        give_back: false,
     };
     c.counters = vec![
         on("m", "a"),
@@ -279,6 +281,34 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
     assert_eq!(store.counter("m", "a").unwrap(), 2);
     assert_eq!(store.counter("m", "b").unwrap(), 1);
     assert_eq!(store.counter("o", "a").unwrap(), 1);
+
+    // A usage given back lowers the counter, never below zero, limits aside; in one commit a
+    // give-back counts on from a draw before it.
+    let back = |counter: &str, key: &str| CounterDraw {
+        give_back: true,
+        ..on(counter, key)
+    };
+    let returned = InstanceId::new();
+    let mut c = write(instance(returned, 1, "created", "C"), None);
+    c.counters = vec![back("m", "a"), on("m", "b"), back("m", "b"), back("o", "x")];
+    let values: Vec<u64> = one(store, c)
+        .unwrap()
+        .counters
+        .iter()
+        .map(|c| c.value)
+        .collect();
+    assert_eq!(values, vec![1, 2, 1, 0]);
+    assert_eq!(store.counter("m", "a").unwrap(), 1);
+    assert_eq!(store.counter("m", "b").unwrap(), 1);
+    assert_eq!(store.counter("o", "x").unwrap(), 0, "never below zero");
+    // A limited draw after a give-back gets the freed use.
+    let again = InstanceId::new();
+    let mut c = write(instance(again, 1, "created", "C"), None);
+    c.counters = vec![CounterDraw {
+        limit: Some(2),
+        ..on("m", "a")
+    }];
+    assert_eq!(one(store, c).unwrap().counters[0].value, 2);
 }
 
 fn a_batch_applies_in_order_and_refusals_are_isolated(store: &dyn Store) {
@@ -353,6 +383,7 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
             prefix: "N".into(),
             width: 2,
         }),
+        give_back: false,
     }];
     let results = store
         .commit(&[
@@ -715,6 +746,7 @@ fn sled_keeps_everything_across_a_reopen() {
             key: "k".into(),
             limit: None,
             assign: None,
+            give_back: false,
         }];
         one(&store, c).unwrap();
     }

@@ -136,6 +136,7 @@ impl<'a> CommitBuilder<'a> {
                 limit,
                 assign,
             } => self.draw_counter(counter, key, limit, assign),
+            Effect::ReturnCounter { counter, key } => self.return_counter(counter, key),
             Effect::SendLinked {
                 to,
                 command,
@@ -335,6 +336,28 @@ impl<'a> CommitBuilder<'a> {
             key,
             limit,
             assign,
+            give_back: false,
+        });
+        Ok(())
+    }
+
+    fn return_counter(&mut self, counter: String, key: String) -> Result<(), CommandError> {
+        let cx = self.cx;
+        if !cx.command.effects.counters.contains(&counter) {
+            return Err(self.invalid(format!(
+                "it gives back to counter `{counter}`, but command `{}` may only use: {}",
+                cx.command.name,
+                display_list(&cx.command.effects.counters)
+            )));
+        }
+        check_business_key("effects.counters.key", &key)
+            .map_err(|e| self.invalid(e.to_string()))?;
+        self.commit.counters.push(CounterDraw {
+            counter,
+            key,
+            limit: None,
+            assign: None,
+            give_back: true,
         });
         Ok(())
     }

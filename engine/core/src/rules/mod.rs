@@ -799,6 +799,23 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
                 .to_string(),
         });
     }
+    if field(map, "counter").is_some() && field(map, "give_back").is_some() {
+        if field(map, "give_back") != Some(&Value::Bool(true)) {
+            return Err("`give_back` must be true (or left out to draw)".into());
+        }
+        if let Some(other) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "counter" | "key" | "give_back"))
+        {
+            return Err(format!(
+                "`{other}` does not go with `give_back`; it takes counter and key"
+            ));
+        }
+        return Ok(Effect::ReturnCounter {
+            counter: string(map, "counter", "")?,
+            key: string(map, "key", "")?,
+        });
+    }
     if field(map, "counter").is_some() {
         let assign = match field(map, "assign") {
             None => None,

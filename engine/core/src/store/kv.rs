@@ -548,6 +548,14 @@ impl<'a> Staged<'a> {
                 Some(d) => d.value,
                 None => self.counter(&draw.counter, &draw.key)?,
             };
+            if draw.give_back {
+                drawn.push(CounterValue {
+                    counter: draw.counter.clone(),
+                    key: draw.key.clone(),
+                    value: base.saturating_sub(1),
+                });
+                continue;
+            }
             let value = base + 1;
             if let Some(limit) = draw.limit {
                 if value > limit {

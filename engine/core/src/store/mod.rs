@@ -126,6 +126,9 @@ pub struct CounterDraw {
     pub limit: Option<u64>,
     /// Write the drawn value into the first instance of the commit (and its history changes).
     pub assign: Option<CounterAssign>,
+    /// Give a value back instead: the counter goes down by one (not below zero); `limit` and
+    /// `assign` do not apply.
+    pub give_back: bool,
 }
 
 /// The idempotency record of a request: what it targeted and what it returned.
