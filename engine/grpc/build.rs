@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("switchyard/v1/switchyard.proto"),
         root.join("switchyard/v1/access.proto"),
+        root.join("switchyard/v1/feed.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

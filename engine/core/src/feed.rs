@@ -291,6 +291,11 @@ impl Subscription {
         self.cursor
     }
 
+    /// The latest durable offset: events up to it can be delivered now.
+    pub fn durable_head(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
     /// The next event, waiting for one to be committed and flushed if needed. Fails with
     /// [`CommandError::ShuttingDown`] when the engine stops, and with
     /// [`CommandError::FeedHorizon`] if retention removed events this subscription had not

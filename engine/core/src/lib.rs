@@ -81,8 +81,8 @@ pub use decider::{
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
     ActivateJobs, CancelRequest, CommandRequest, DryRun, DryRunInput, Engine, EngineConfig,
-    FailJob, ListRequest, NewToken, RuleSetInfo, RulesWatch, RulesWatchStatus, StartRequest,
-    StoreConfig,
+    FailJob, FeedReader, FeedRequest, ListRequest, NewToken, RuleSetInfo, RulesWatch,
+    RulesWatchStatus, StartRequest, StoreConfig, FEED_FILTER_ITEMS_MAX,
 };
 pub use error::{clip, CommandError, OpenError, RuleSetProblem};
 pub use feed::{EventType, FeedEvent, Subscription};

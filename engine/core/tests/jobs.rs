@@ -489,3 +489,36 @@ async fn an_in_process_handler_that_panics_or_hangs_fails_its_attempt_and_the_ot
     }
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_job_event_reaches_the_feed_readers_of_its_instances_definition_only() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock).await;
+    let id = submitted(&engine, "O-FEED").await;
+    let head = engine.feed_bounds().unwrap().1;
+    let rep = Actor::new("rep", &["sales_rep"]);
+    let mut request = FeedRequest::after(0);
+    request.definitions = vec!["order".into()];
+    request.event_types = vec!["switchyard.job.created".into()];
+    let mut reader = engine.feed_as(&rep, request).unwrap();
+    let event = tokio::time::timeout(StdDuration::from_secs(10), reader.next())
+        .await
+        .expect("the job's event is delivered to a reader of orders")
+        .unwrap();
+    assert_eq!(event.kind, EventType::JobCreated);
+    assert_eq!(event.subject, id.to_string());
+
+    // Finance may not read orders: it is shown nothing, yet its position moves past it all.
+    let finance = Actor::new("fin", &["finance"]);
+    let mut reader = engine.feed_as(&finance, FeedRequest::after(0)).unwrap();
+    let nothing = tokio::time::timeout(StdDuration::from_millis(300), reader.next()).await;
+    assert!(nothing.is_err(), "{nothing:?}");
+    assert_eq!(reader.position(), head);
+    assert_eq!(reader.head(), head);
+
+    let refused = engine
+        .feed_as(&Actor::new("nobody", &[]), FeedRequest::after(0))
+        .err()
+        .unwrap();
+    assert_eq!(refused.code(), "ROLE_NOT_ALLOWED");
+}

@@ -20,6 +20,7 @@ pub mod codec;
 pub mod config;
 pub mod connections;
 mod convert;
+mod feed;
 pub mod health;
 pub mod http;
 pub mod metrics_http;

@@ -51,11 +51,12 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
     "switchyard.v1.AccessService",
+    "switchyard.v1.FeedService",
 ];
 
 /// A running server.
@@ -266,6 +267,17 @@ pub async fn start(
             .max_encoding_message_size(size),
         auth.clone(),
     );
+    // Raised when shutdown begins: feed streams end then, instead of holding the drain.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let feed = InterceptedService::new(
+        pb::feed_service_server::FeedServiceServer::new(crate::feed::FeedService {
+            engine: engine.clone(),
+            stopping,
+        })
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        auth.clone(),
+    );
     let (health, health_service) = crate::health::service();
     health.set("", ServingStatus::Serving);
     for name in SERVICE_NAMES {
@@ -299,7 +311,8 @@ pub async fn start(
         .add_service(instances)
         .add_service(definitions)
         .add_service(rule_sets)
-        .add_service(access);
+        .add_service(access)
+        .add_service(feed);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();
@@ -310,6 +323,7 @@ pub async fn start(
             tracing::info!("shutting down: no new connections; draining in-flight calls");
             // NOT_SERVING everywhere, and every health watch ends after telling its watcher.
             health.close();
+            let _ = stopping_tx.send(true);
             let _ = draining_tx.send(());
         };
         // Bounded: a connection limit, handshake and idle deadlines (and no Nagle delay).

@@ -31,7 +31,7 @@ async fn server() -> TestServer {
 async fn a_credential_without_roles_is_refused_everything_but_health() {
     let server = server().await;
     let refused = one_call_per_service(&server, Some("no-roles-token")).await;
-    assert_eq!(refused.len(), 3);
+    assert_eq!(refused.len(), 4, "one per service");
     for status in refused {
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert_eq!(status.get_details_error_info().unwrap().reason, "NO_ROLES");

@@ -159,6 +159,10 @@ impl TestServer {
         pb::access_service_client::AccessServiceClient::new(self.channel.clone())
     }
 
+    pub fn feed(&self) -> pb::feed_service_client::FeedServiceClient<Channel> {
+        pb::feed_service_client::FeedServiceClient::new(self.channel.clone())
+    }
+
     pub async fn stop(mut self) {
         self.running.take().unwrap().shutdown().await.unwrap();
     }
@@ -281,6 +285,17 @@ pub async fn one_call_per_service(server: &TestServer, bearer: Option<&str>) -> 
             .list_rule_sets(match bearer {
                 Some(b) => authed(b, pb::ListRuleSetsRequest::default()),
                 None => tonic::Request::new(pb::ListRuleSetsRequest::default()),
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    );
+    out.push(
+        server
+            .feed()
+            .subscribe(match bearer {
+                Some(b) => authed(b, pb::SubscribeRequest::default()),
+                None => tonic::Request::new(pb::SubscribeRequest::default()),
             })
             .await
             .map(|_| ())
