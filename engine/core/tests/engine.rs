@@ -917,11 +917,14 @@ async fn lists_filter_by_definition_state_and_business_key_with_pages() {
         .unwrap();
     assert_eq!(shipments.items.len(), 1);
 
-    let err = engine.list(page(None, None, 5000, None)).await.unwrap_err();
+    // Above the maximum (1,000) a page size is lowered to it, not refused (AIP-158).
+    let all = engine.list(page(None, None, 5000, None)).await.unwrap();
     assert_eq!(
-        err.to_string(),
-        "field `page_size`: 5000 is above the maximum page size 1000"
+        all.items.len(),
+        9,
+        "every instance (eight orders, a shipment), on one page"
     );
+    assert!(all.next_page_token.is_none());
     let err = engine
         .list(page(None, None, 1, Some("nope".into())))
         .await

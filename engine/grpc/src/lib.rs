@@ -39,3 +39,40 @@ pub mod pb {
 /// The encoded descriptor set of `switchyard.v1` (and its imports), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_v1_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    /// Every file of the contract carries the same settled file options (adding or changing
+    /// one later breaks generated clients), and each its own Java outer class name.
+    #[test]
+    fn every_contract_file_settles_its_file_options() {
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let files: Vec<_> = set
+            .file
+            .iter()
+            .filter(|f| f.package() == "switchyard.v1")
+            .collect();
+        assert_eq!(files.len(), 3, "switchyard, access, feed");
+        let mut outer = std::collections::BTreeSet::new();
+        for f in files {
+            let o = f.options.as_ref().unwrap_or_else(|| panic!("{}", f.name()));
+            assert_eq!(
+                o.go_package(),
+                "switchyard.dev/proto/switchyard/v1;switchyardv1"
+            );
+            assert_eq!(o.java_package(), "dev.switchyard.v1");
+            assert!(o.java_multiple_files());
+            assert_eq!(o.csharp_namespace(), "Switchyard.V1");
+            assert_eq!(o.php_namespace(), "Switchyard\\V1");
+            assert_eq!(o.ruby_package(), "Switchyard::V1");
+            assert_eq!(o.objc_class_prefix(), "SYX");
+            assert!(
+                outer.insert(o.java_outer_classname().to_string()),
+                "{}",
+                f.name()
+            );
+        }
+    }
+}

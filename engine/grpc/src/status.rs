@@ -349,7 +349,8 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
         }
         E::UnknownRuleSet(number) => {
             details.add_bad_request_violation("number", clip(&message, DESCRIPTION_BYTES_MAX));
-            metadata.push(("number", number.to_string()));
+            // The same key wherever a rule-set number is meant, whatever the request field.
+            metadata.push(("rule_set", number.to_string()));
         }
         E::NoRuleSets => {}
         E::ShuttingDown => {}

@@ -202,18 +202,15 @@ impl Engine {
         self.history_page(id, page_size, page_token).await
     }
 
-    /// The page size a list uses for `requested`: 0 means the default (100), above the
-    /// configured `page_size_max` is refused. Every list of the engine (and of a server on top
-    /// of it) applies this one rule.
+    /// The page size a list uses for `requested`: 0 means the default (100); above the
+    /// configured `page_size_max` it is lowered to that (as AIP-158 asks: a caller asking for
+    /// more gets a full page and a token, not a refusal). Every list of the engine (and of a
+    /// server on top of it) applies this one rule.
     pub fn page_size(&self, requested: usize) -> Result<usize, CommandError> {
         let max = self.inner.config.page_size_max;
-        match requested {
-            0 => Ok(PAGE_SIZE_DEFAULT.min(max)),
-            n if n > max => Err(CommandError::InvalidInput {
-                field: "page_size".into(),
-                message: format!("{n} is above the maximum page size {max}"),
-            }),
-            n => Ok(n),
-        }
+        Ok(match requested {
+            0 => PAGE_SIZE_DEFAULT.min(max),
+            n => n.min(max),
+        })
     }
 }
