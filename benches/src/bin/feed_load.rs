@@ -51,6 +51,7 @@ fn fill(store: &SledStore, events: u64) -> Result<()> {
                 writes: vec![],
                 history: vec![],
                 counters: vec![],
+                counter_checks: vec![],
                 jobs: vec![],
                 events: vec![EventDraft {
                     source: "switchyard".into(),

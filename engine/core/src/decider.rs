@@ -34,6 +34,187 @@ pub struct DecisionContext<'a> {
     pub parent: Option<&'a Instance>,
     /// The engine clock's time for this evaluation.
     pub now: DateTime<Utc>,
+    /// Counter values the decider may read (those its command declares in
+    /// `effects.counters`); what it reads is checked again when the commit is written.
+    pub counters: &'a Counters,
+}
+
+/// A counter value a decision was made on. The commit is refused (and the command decided
+/// again) if the value changed before it was written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CounterRead {
+    /// Counter name.
+    pub counter: String,
+    /// Key within the counter.
+    pub key: String,
+    /// The value read.
+    pub value: u64,
+}
+
+/// Reads one counter value (counter, key) from a live store.
+pub(crate) type CounterLookup =
+    Arc<dyn Fn(&str, &str) -> Result<u64, crate::store::StoreError> + Send + Sync>;
+
+/// Where counter values come from: the store (a live decision or a dry run), a rule test's
+/// given values, or a past decision's record (a backtest).
+#[derive(Clone)]
+enum CounterSource {
+    Fixed(BTreeMap<(String, String), u64>),
+    Live(CounterLookup),
+}
+
+/// The counters a decider may read. Every value read is remembered, first read wins, so the
+/// engine can check at commit that the decision still stands on it and a backtest can replay
+/// it. Clones share what was read.
+#[derive(Clone)]
+pub struct Counters {
+    source: CounterSource,
+    /// The counters that may be read; `None`: any.
+    allowed: Option<Vec<String>>,
+    reads: Arc<std::sync::Mutex<Vec<CounterRead>>>,
+    /// The first store failure a read met: it fails the command as that failure (a corrupt
+    /// record stays DATA_LOSS), whatever the decider made of the error it was given.
+    failed: Arc<std::sync::Mutex<Option<crate::store::StoreError>>>,
+}
+
+/// Most distinct counter values one decision may read.
+pub const COUNTER_READS_MAX: usize = 64;
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::fixed(BTreeMap::new())
+    }
+}
+
+impl fmt::Debug for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            CounterSource::Fixed(values) => f.debug_tuple("Counters::Fixed").field(values).finish(),
+            CounterSource::Live(_) => f.write_str("Counters::Live"),
+        }
+    }
+}
+
+impl PartialEq for Counters {
+    /// Given values compare; live sources never equal anything.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.source, &other.source) {
+            (CounterSource::Fixed(a), CounterSource::Fixed(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Counters {
+    /// Given values, keyed by (counter, key); any other counter reads as 0 (never drawn).
+    pub fn fixed(values: BTreeMap<(String, String), u64>) -> Self {
+        Counters {
+            source: CounterSource::Fixed(values),
+            allowed: None,
+            reads: Arc::default(),
+            failed: Arc::default(),
+        }
+    }
+
+    /// Given values as `{ counter: { key: value } }` (a rule test's `counters`, the `rules
+    /// eval` input's).
+    pub fn given(values: BTreeMap<String, BTreeMap<String, u64>>) -> Self {
+        Counters::fixed(
+            values
+                .into_iter()
+                .flat_map(|(counter, keys)| {
+                    keys.into_iter()
+                        .map(move |(key, value)| ((counter.clone(), key), value))
+                })
+                .collect(),
+        )
+    }
+
+    /// The values a past decision read.
+    pub fn replaying(reads: &[CounterRead]) -> Self {
+        Counters::fixed(
+            reads
+                .iter()
+                .map(|r| ((r.counter.clone(), r.key.clone()), r.value))
+                .collect(),
+        )
+    }
+
+    /// Values read by `read`, of the `allowed` counters only (`None`: any).
+    pub(crate) fn live(read: CounterLookup, allowed: Option<Vec<String>>) -> Self {
+        Counters {
+            source: CounterSource::Live(read),
+            allowed,
+            reads: Arc::default(),
+            failed: Arc::default(),
+        }
+    }
+
+    /// The value of `counter` at `key` (0 if never drawn). Refused for a counter the command
+    /// does not declare, and past [`COUNTER_READS_MAX`] distinct values.
+    pub fn read(&self, counter: &str, key: &str) -> Result<u64, String> {
+        if let Some(allowed) = &self.allowed {
+            if !allowed.iter().any(|c| c == counter) {
+                return Err(format!(
+                    "counter `{}` may not be read here; the command declares: {}",
+                    crate::error::clip(counter, 64),
+                    if allowed.is_empty() {
+                        "(nothing)".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
+                ));
+            }
+        }
+        let mut reads = self.reads.lock().expect("counter reads lock poisoned");
+        if let Some(r) = reads.iter().find(|r| r.counter == counter && r.key == key) {
+            return Ok(r.value);
+        }
+        if reads.len() >= COUNTER_READS_MAX {
+            return Err(format!(
+                "at most {COUNTER_READS_MAX} counter values may be read in one decision"
+            ));
+        }
+        let value = match &self.source {
+            CounterSource::Fixed(values) => values
+                .get(&(counter.to_string(), key.to_string()))
+                .copied()
+                .unwrap_or(0),
+            CounterSource::Live(read) => match read(counter, key) {
+                Ok(value) => value,
+                Err(e) => {
+                    let message = format!("reading counter `{counter}` failed: {e}");
+                    self.failed
+                        .lock()
+                        .expect("counter failure lock poisoned")
+                        .get_or_insert(e);
+                    return Err(message);
+                }
+            },
+        };
+        reads.push(CounterRead {
+            counter: counter.to_string(),
+            key: key.to_string(),
+            value,
+        });
+        Ok(value)
+    }
+
+    /// The store failure a read met, if one did.
+    pub(crate) fn store_failure(&self) -> Option<crate::store::StoreError> {
+        self.failed
+            .lock()
+            .expect("counter failure lock poisoned")
+            .clone()
+    }
+
+    /// Every value read so far, in the order first read.
+    pub fn reads(&self) -> Vec<CounterRead> {
+        self.reads
+            .lock()
+            .expect("counter reads lock poisoned")
+            .clone()
+    }
 }
 
 /// What a command does, as decided.

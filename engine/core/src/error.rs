@@ -204,6 +204,17 @@ pub enum CommandError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A counter value the decision read kept changing under concurrent commands; the bounded
+    /// retries ran out.
+    #[error("counter `{counter}` key `{key}` kept changing under concurrent commands; gave up after {attempts} attempts")]
+    CounterConflict {
+        /// Counter name.
+        counter: String,
+        /// Key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The request id was used before for a different request.
     #[error("request id `{request_id}` was already used for {original}; a different request needs a new request id")]
     RequestIdReused {
@@ -376,6 +387,7 @@ impl CommandError {
         "PAYLOAD_TOO_LARGE",
         "VERSION_MISMATCH",
         "CONFLICT",
+        "COUNTER_CONFLICT",
         "REQUEST_ID_REUSED",
         "COUNTER_LIMIT",
         "DECISION_REFUSED",
@@ -415,6 +427,7 @@ impl CommandError {
             CommandError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             CommandError::VersionMismatch { .. } => "VERSION_MISMATCH",
             CommandError::Conflict { .. } => "CONFLICT",
+            CommandError::CounterConflict { .. } => "COUNTER_CONFLICT",
             CommandError::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
             CommandError::DecisionRefused { .. } => "DECISION_REFUSED",
@@ -545,6 +558,11 @@ mod tests {
             CommandError::Conflict {
                 instance: id,
                 current: 2,
+                attempts: 9,
+            },
+            CommandError::CounterConflict {
+                counter: s(),
+                key: s(),
                 attempts: 9,
             },
             CommandError::RequestIdReused {

@@ -75,8 +75,8 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credential::Credential;
 pub use decider::{
-    CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
-    LinkedTarget, SourceLocation,
+    CounterAssign, CounterRead, Counters, DecideError, Decider, DeciderRegistry, Decision,
+    DecisionContext, Effect, LinkedTarget, SourceLocation,
 };
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{

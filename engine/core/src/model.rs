@@ -402,6 +402,9 @@ pub struct ProvenanceInputs {
     pub actor: Value,
     /// The engine clock's time.
     pub now: DateTime<Utc>,
+    /// The counter values the decision read (a backtest replays them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counters: Vec<crate::decider::CounterRead>,
 }
 
 /// What a request acted on; kept with its request record, so that a retry is matched to the

@@ -705,6 +705,48 @@ async fn a_counter_use_may_be_given_back_only_by_a_command_declaring_the_counter
 }
 
 #[tokio::test]
+async fn a_decider_reads_only_the_counters_its_command_declares() {
+    let mut d = deciders();
+    d.register("order.note", |ctx: &DecisionContext<'_>| {
+        let value = ctx
+            .counters
+            .read("order_number", "2026")
+            .map_err(DecideError::new)?;
+        Ok(Decision::goto(
+            ctx.instance.state.clone(),
+            format!("read {value}"),
+        ))
+    });
+    d.register("order.confirm", |ctx: &DecisionContext<'_>| {
+        let value = ctx
+            .counters
+            .read("order_number", "2026")
+            .map_err(DecideError::new)?;
+        Ok(Decision::goto("confirmed", format!("read {value}")))
+    });
+    let engine = Engine::open(EngineConfig::in_memory(), definitions(&d), d)
+        .await
+        .unwrap();
+    let id = started(&engine, "O-RD", "1.00").await;
+    let err = engine
+        .send(command(id, "note", json!({"text": "x"}), rep(), "rd-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "DECISION_FAILED");
+    assert!(
+        err.to_string().contains(
+            "counter `order_number` may not be read here; the command declares: (nothing)"
+        ),
+        "{err}"
+    );
+    let out = engine
+        .send(command(id, "confirm", json!({}), rep(), "rd-2"))
+        .await
+        .unwrap();
+    assert_eq!(out.reason, "read 0");
+}
+
+#[tokio::test]
 async fn invalid_decisions_are_refused_naming_the_decider() {
     let mut d = deciders();
     d.register("order.note", |_: &DecisionContext<'_>| {

@@ -427,26 +427,83 @@ async fn a_quote_closed_after_its_lead_was_decided_leaves_the_lead_alone() {
 }
 
 #[tokio::test]
-async fn a_coupon_usage_limit_is_a_counter_in_the_same_commit() {
+async fn a_used_up_coupon_is_dropped_with_a_reason_and_the_quote_priced_without_it() {
     let w = memory_world(&[]).await;
     for n in 1..=3 {
         let id = w.quote(&format!("Q-C{n}"), json!({ "customer": "BETA", "currency": "EUR", "coupon": "VIP20", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await;
-        let result = w.send(id, "ana:sales_rep", "submit", json!({})).await;
+        let out = w
+            .send(id, "ana:sales_rep", "submit", json!({}))
+            .await
+            .unwrap();
+        let data = w.data(id).await;
+        let submit = w.engine.history(id, 1, 1).await.unwrap().remove(0);
+        let read = &submit.provenance.unwrap().inputs.counters;
+        assert_eq!(
+            read,
+            &vec![CounterRead {
+                counter: "coupon_uses".into(),
+                key: "VIP20".into(),
+                value: n - 1
+            }],
+            "the value the decision read is in its provenance"
+        );
         if n <= 2 {
-            result.unwrap();
+            assert_eq!(data["coupon_counted"], true);
+            assert_eq!(data["pricing"]["coupon"], "VIP20");
         } else {
-            let err = result.unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                "counter `coupon_uses` key `VIP20` has reached its limit of 2"
+            assert!(
+                out.reason
+                    .starts_with("coupon VIP20 is used up (2 uses): priced without it; "),
+                "{}",
+                out.reason
             );
-            assert_eq!(
-                w.engine.get(id).await.unwrap().state,
-                "draft",
-                "nothing written"
-            );
+            assert!(data.get("coupon").is_none());
+            assert_eq!(data["coupon_dropped"], "VIP20");
+            assert_eq!(data["pricing"]["coupon"], Value::Null, "priced without it");
         }
     }
+    assert_eq!(w.engine.store().counter("coupon_uses", "VIP20").unwrap(), 2);
+    // A backtest replays each submit with the count it read then, not today's: unchanged.
+    let same = RuleSet::load(
+        w._rules.path(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .unwrap();
+    let report = w.engine.backtest(&same, None).unwrap();
+    assert_eq!(report.replayed, 3);
+    assert!(report.changed.is_empty(), "{:?}", report.changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_never_share_a_coupons_last_use_and_none_is_refused() {
+    let w = Arc::new(memory_world(&[]).await);
+    let mut quotes = Vec::new();
+    for n in 0..24 {
+        quotes.push(w.quote(&format!("Q-R{n}"), json!({ "customer": "BETA", "currency": "EUR", "coupon": "VIP20", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] })).await);
+    }
+    let tasks: Vec<_> = quotes
+        .iter()
+        .map(|id| {
+            let (w, id) = (w.clone(), *id);
+            tokio::spawn(async move { w.send(id, "ana:sales_rep", "submit", json!({})).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("no submit is refused for a used-up coupon");
+    }
+    let mut counted = 0;
+    for id in &quotes {
+        let data = w.data(*id).await;
+        if data.get("coupon_counted").is_some() {
+            counted += 1;
+        } else {
+            assert_eq!(data["coupon_dropped"], "VIP20");
+        }
+    }
+    assert_eq!(counted, 2, "exactly the coupon's two uses");
     assert_eq!(w.engine.store().counter("coupon_uses", "VIP20").unwrap(), 2);
 }
 

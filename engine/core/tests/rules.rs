@@ -55,6 +55,7 @@ fn input(data: serde_json::Value) -> DecisionInput {
         payload: json!({}),
         actor: json!({ "id": "rep", "roles": ["sales_rep"] }),
         now: Utc.with_ymd_and_hms(2026, 4, 1, 9, 30, 0).unwrap(),
+        counters: Counters::default(),
     }
 }
 

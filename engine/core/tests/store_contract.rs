@@ -57,6 +57,7 @@ fn write(i: Instance, expected: Option<u64>) -> Commit {
     Commit {
         at: t0(),
         request: None,
+        counter_checks: vec![],
         history: vec![entry(&i)],
         events: vec![event(&i)],
         jobs: vec![],
@@ -301,6 +302,29 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
     assert_eq!(store.counter("m", "a").unwrap(), 1);
     assert_eq!(store.counter("m", "b").unwrap(), 1);
     assert_eq!(store.counter("o", "x").unwrap(), 0, "never below zero");
+    // A value the decision read must still hold: checked before the draws of the commit.
+    let checked = |value| {
+        let mut c = write(instance(InstanceId::new(), 1, "created", "C"), None);
+        c.counter_checks = vec![CounterValue {
+            counter: "m".into(),
+            key: "b".into(),
+            value,
+        }];
+        c.counters = vec![on("m", "b")];
+        c
+    };
+    let refused = one(store, checked(0)).unwrap_err();
+    assert_eq!(
+        refused,
+        CommitRefusal::CounterChanged {
+            counter: "m".into(),
+            key: "b".into(),
+            read: 0,
+            current: 1
+        }
+    );
+    assert_eq!(store.counter("m", "b").unwrap(), 1, "nothing drawn");
+    assert_eq!(one(store, checked(1)).unwrap().counters[0].value, 2);
     // A limited draw after a give-back gets the freed use.
     let again = InstanceId::new();
     let mut c = write(instance(again, 1, "created", "C"), None);
@@ -480,6 +504,7 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         writes: vec![],
         history: vec![],
         counters: vec![],
+        counter_checks: vec![],
         events: vec![],
         jobs: vec![JobWrite {
             job: j,

@@ -114,7 +114,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "RULE_SET_REFUSED"
         | "NO_RULE_SETS" => Code::FailedPrecondition,
         "ROLE_NOT_ALLOWED" | "NOT_OWNER" => Code::PermissionDenied,
-        "VERSION_MISMATCH" | "CONFLICT" => Code::Aborted,
+        "VERSION_MISMATCH" | "CONFLICT" | "COUNTER_CONFLICT" => Code::Aborted,
         "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
         "SHUTTING_DOWN" | "STORE" => Code::Unavailable,

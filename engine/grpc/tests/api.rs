@@ -1317,7 +1317,8 @@ async fn tls_when_a_certificate_is_configured() {
         assert!(
             matches!(
                 refused.code(),
-                Code::Unavailable | Code::Unknown | Code::Internal
+                // The server closes the connection: how the client reports that varies.
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
             ),
             "{refused:?}"
         );

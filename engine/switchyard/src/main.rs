@@ -293,11 +293,19 @@ fn rules(what: Rules) -> Result<i32> {
                     .with_timezone(&chrono::Utc),
                 None => chrono::Utc::now(),
             };
+            let counters = serde_json::from_value(field("counters", serde_json::json!({})))
+                .with_context(|| {
+                    format!(
+                        "{}: field `counters`: expected {{ \"counter\": {{ \"key\": value }} }}",
+                        input.display()
+                    )
+                })?;
             let input = DecisionInput {
                 instance: field("instance", serde_json::json!({})),
                 payload: field("payload", serde_json::json!({})),
                 actor: field("actor", serde_json::json!({ "id": "eval", "roles": [] })),
                 now,
+                counters: switchyard_core::Counters::given(counters),
             };
             let started = std::time::Instant::now();
             let result = rules.evaluate(&function, &input);

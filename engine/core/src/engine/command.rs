@@ -21,7 +21,7 @@ use super::effects::{CommandContext, CommitBuilder};
 use super::requests::{CancelRequest, CommandRequest, StartRequest};
 use super::{timers, Active, Applied, Engine, Origin, Prepared};
 use crate::committer::Work;
-use crate::decider::{DecideError, Decision, DecisionContext};
+use crate::decider::{Counters, DecideError, Decision, DecisionContext};
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{self, EventType};
@@ -541,6 +541,7 @@ impl Engine {
             payload: request.payload.clone(),
             actor: request.actor.clone(),
             now: self.inner.config.clock.now(),
+            counters: self.counters_for(command),
         };
         let (decision, inputs) = self.decide(&rules, command, inputs).await?;
         let cx = CommandContext {
@@ -556,6 +557,7 @@ impl Engine {
             sent_by: None,
         };
         let mut builder = CommitBuilder::transition(self, &cx, &decision)?;
+        builder.counters_read(inputs.counters.reads());
         for effect in decision.effects {
             builder.effect(effect).await?;
         }
@@ -655,6 +657,9 @@ impl Engine {
         match ran {
             Ok((decided, took, inputs)) => {
                 self.inner.metrics.rule_evaluation.observe_duration(took);
+                if let Some(failure) = inputs.counters.store_failure() {
+                    return Err(CommandError::Store(failure));
+                }
                 let decision = decided.map_err(|e| decide_error(e, name, &command.name))?;
                 Ok((decision, inputs))
             }
@@ -665,6 +670,20 @@ impl Engine {
                 location: None,
             }),
         }
+    }
+
+    /// The counters a decider of `command` may read: those it declares, read from the store.
+    pub(super) fn counters_for(&self, command: &CommandDef) -> Counters {
+        self.counters_reading(Some(command.effects.counters.clone()))
+    }
+
+    /// Counter values read from the store: of the `allowed` counters, or (`None`) any.
+    pub(super) fn counters_reading(&self, allowed: Option<Vec<String>>) -> Counters {
+        let store = self.inner.store.clone();
+        Counters::live(
+            Arc::new(move |counter: &str, key: &str| store.counter(counter, key)),
+            allowed,
+        )
     }
 
     pub(super) fn request_record(
@@ -740,6 +759,7 @@ pub(super) struct DecisionInputs {
     pub payload: Value,
     pub actor: crate::model::Actor,
     pub now: DateTime<Utc>,
+    pub counters: Counters,
 }
 
 impl DecisionInputs {
@@ -755,6 +775,7 @@ impl DecisionInputs {
             actor: &self.actor,
             parent: self.parent.as_ref(),
             now: self.now,
+            counters: &self.counters,
         }
     }
 }
@@ -813,6 +834,23 @@ impl Retry<'_> {
                 })
             }
             CommitRefusal::JobConflict { .. } => Ok(None),
+            // What the decision read changed: decide again on the new value.
+            CommitRefusal::CounterChanged { counter, key, .. } if self.last => {
+                Err(CommandError::CounterConflict {
+                    counter,
+                    key,
+                    attempts: self.attempt,
+                })
+            }
+            CommitRefusal::CounterChanged {
+                counter,
+                key,
+                read,
+                current,
+            } => {
+                tracing::debug!(%counter, %key, read, current, attempt = self.attempt, "a counter read changed; re-evaluating");
+                Ok(None)
+            }
             CommitRefusal::VersionConflict {
                 instance,
                 expected,

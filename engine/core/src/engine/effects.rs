@@ -15,15 +15,15 @@ use super::checks::{check_business_key, check_decision, decision_invalid, displa
 use super::command::DecisionInputs;
 use super::requests::CommandRequest;
 use super::{timers, Active, Engine, Prepared};
-use crate::decider::{CounterAssign, Decision, Effect, LinkedTarget};
+use crate::decider::{CounterAssign, CounterRead, Decision, Effect, LinkedTarget};
 use crate::definition::schema::is_identifier;
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{EventDraft, EventType};
 use crate::job::Job;
 use crate::model::{
-    roles, Actor, ChangeKind, CommandOutcome, HistoryEntry, Instance, InstanceId, OpenTimer,
-    RequestTarget,
+    roles, Actor, ChangeKind, CommandOutcome, CounterValue, HistoryEntry, Instance, InstanceId,
+    OpenTimer, RequestTarget,
 };
 use crate::patch::apply_merge_patch;
 use crate::store::{Commit, CounterDraw, InstanceWrite, JobWrite};
@@ -410,6 +410,7 @@ impl<'a> CommitBuilder<'a> {
             payload: request.payload.clone(),
             actor: request.actor.clone(),
             now: cx.now,
+            counters: self.engine.counters_for(linked_command),
         };
         let (decision, inputs) = self
             .engine
@@ -430,6 +431,7 @@ impl<'a> CommitBuilder<'a> {
         };
         let mut linked =
             CommitBuilder::transition(self.engine, &lcx, &decision).map_err(refused)?;
+        linked.counters_read(inputs.counters.reads());
         for effect in decision.effects {
             Box::pin(linked.effect(effect)).await.map_err(refused)?;
         }
@@ -537,8 +539,21 @@ impl<'a> CommitBuilder<'a> {
         self.commit.events.extend(linked.events);
         self.commit.jobs.extend(linked.jobs);
         self.commit.counters.extend(linked.counters);
+        self.commit.counter_checks.extend(linked.counter_checks);
         self.started.extend(started);
         Ok(())
+    }
+
+    /// Checks, when the commit is written, that the counter values the decision read still
+    /// hold.
+    pub fn counters_read(&mut self, reads: Vec<CounterRead>) {
+        self.commit
+            .counter_checks
+            .extend(reads.into_iter().map(|r| CounterValue {
+                counter: r.counter,
+                key: r.key,
+                value: r.value,
+            }));
     }
 
     /// Records that the timer `timer` fell due and sent this command.

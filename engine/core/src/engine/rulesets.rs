@@ -436,6 +436,8 @@ impl Engine {
             payload,
             actor: serde_json::json!({ "id": actor.id, "roles": actor.roles }),
             now: now.unwrap_or_else(|| self.inner.config.clock.now()),
+            // The store's counter values, any counter (a dry run names no command).
+            counters: self.counters_reading(None),
         };
         self.evaluate_rule(number, decider, &input).await
     }

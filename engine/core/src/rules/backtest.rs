@@ -112,6 +112,8 @@ fn replay(
         payload: inputs.payload.clone(),
         actor: inputs.actor.clone(),
         now: inputs.now,
+        // The counter values the decision read then, not today's.
+        counters: crate::decider::Counters::replaying(&inputs.counters),
     };
     report.replayed += 1;
     report.covered = Some(match report.covered {

@@ -34,8 +34,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::decider::{
-    CounterAssign, DecideError, Decider, DeciderRegistry, Decision, DecisionContext, Effect,
-    LinkedTarget, SourceLocation,
+    CounterAssign, Counters, DecideError, Decider, DeciderRegistry, Decision, DecisionContext,
+    Effect, LinkedTarget, SourceLocation,
 };
 use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
 use crate::model::{Instance, InstanceId, Provenance, ProvenanceInputs};
@@ -126,6 +126,8 @@ pub struct DecisionInput {
     pub actor: Value,
     /// The engine clock's time.
     pub now: DateTime<Utc>,
+    /// The counters the decider may read (`counter_value`); what it reads is remembered.
+    pub counters: Counters,
 }
 
 fn problem(file: &Path, line: usize, column: usize, message: impl Into<String>) -> DefinitionError {
@@ -510,7 +512,7 @@ impl Compiled {
                 to_dynamic(&input.payload),
                 to_dynamic(&input.actor),
             );
-            sandbox::with_evaluation(input.now, deadline, &self.data, || {
+            sandbox::with_evaluation(input.now, deadline, &self.data, &input.counters, || {
                 engine.call_fn_with_options::<Dynamic>(
                     CallFnOptions::new().eval_ast(false).rewind_scope(true),
                     &mut scope,
@@ -906,6 +908,7 @@ impl Decider for RhaiDecider {
             payload: ctx.payload.clone(),
             actor: json!({ "id": ctx.actor.id, "roles": ctx.actor.roles }),
             now: ctx.now,
+            counters: ctx.counters.clone(),
         };
         let (mut decision, outputs) = self.compiled.call(
             &self.script,
@@ -924,6 +927,7 @@ impl Decider for RhaiDecider {
                 payload: input.payload,
                 actor: input.actor,
                 now: input.now,
+                counters: input.counters.reads(),
             },
             outputs,
         });

@@ -14,6 +14,7 @@ use rhai::packages::{
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, INT};
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use crate::decider::Counters;
 use crate::definition::schema::parse_decimal_text;
 
 /// Limits every evaluation runs under.
@@ -55,6 +56,8 @@ struct Evaluation {
     deadline: Instant,
     /// The rule set's reference data (a shared map: cloning it is cheap).
     data: Dynamic,
+    /// The counters the decision may read (each read is remembered).
+    counters: Counters,
 }
 
 thread_local! {
@@ -107,6 +110,7 @@ pub(crate) fn with_evaluation<T>(
     now: DateTime<Utc>,
     limit: Duration,
     data: &Dynamic,
+    counters: &Counters,
     f: impl FnOnce() -> T,
 ) -> T {
     struct Reset;
@@ -120,6 +124,7 @@ pub(crate) fn with_evaluation<T>(
             now,
             deadline: Instant::now() + limit,
             data: data.clone(),
+            counters: counters.clone(),
         })
     });
     let _reset = Reset;
@@ -270,6 +275,24 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
         "round_currency",
         |d: Decimal, code: ImmutableString, mode: ImmutableString| round_currency(d, &code, &mode),
     );
+    // counter_value("coupon_uses", "VIP20"): how many have been drawn (0 if none), for a
+    // counter the command declares. The commit checks the value still holds.
+    engine.register_fn(
+        "counter_value",
+        |counter: ImmutableString, key: ImmutableString| {
+            EVALUATION.with(|e| {
+                let e = e.borrow();
+                let e = e
+                    .as_ref()
+                    .ok_or("counter_value() is only available while a rule is evaluated")?;
+                let value = e
+                    .counters
+                    .read(&counter, &key)
+                    .map_err(|m| Box::<EvalAltResult>::from(format!("counter_value: {m}")))?;
+                Ok::<INT, Box<EvalAltResult>>(INT::try_from(value).unwrap_or(INT::MAX))
+            })
+        },
+    );
     engine.register_fn("now", || {
         now().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     });
@@ -355,9 +378,13 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        with_evaluation(now, Duration::from_secs(1), &data, || {
-            engine.eval::<Dynamic>(expr)
-        })
+        with_evaluation(
+            now,
+            Duration::from_secs(1),
+            &data,
+            &Counters::default(),
+            || engine.eval::<Dynamic>(expr),
+        )
     }
 
     fn int() -> impl Strategy<Value = i64> {

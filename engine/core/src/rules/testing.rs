@@ -8,6 +8,7 @@
 //! actor = { id = "rep-1", roles = ["sales_rep"] }   # optional
 //! payload = {}                                # optional
 //! instance = { state = "draft", data = { net = "4999.99" } }   # also id, version, business_key, definition, parent
+//! counters = { coupon_uses = { VIP20 = 2 } }  # optional: what counter_value reads (else 0)
 //! expect = { state = "approved", reason = "net 4999.99 < 5000 → approved" }
 //! # expect may hold state, reason, changes and effects. `changes` is matched as a subset:
 //! # only the keys given are compared (maps recursively, lists whole), and "(removed)" stands
@@ -15,6 +16,7 @@
 //! # expect_error = "a substring of the error"
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -23,6 +25,7 @@ use serde_json::{json, Value};
 use toml::Spanned;
 
 use super::{position, DecisionInput, RuleSet};
+use crate::decider::Counters;
 use crate::definition::DefinitionError;
 
 /// One parsed test.
@@ -82,6 +85,9 @@ struct TestSpec {
     actor: Option<toml::Value>,
     payload: Option<toml::Value>,
     instance: Option<toml::Value>,
+    /// Counter values `counter_value` reads: `{ coupon_uses = { VIP20 = 2 } }`.
+    #[serde(default)]
+    counters: BTreeMap<String, BTreeMap<String, u64>>,
     expect: Option<toml::Table>,
     expect_error: Option<String>,
 }
@@ -175,6 +181,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
             line: position(text, offset).0,
             function: spec.function,
             input: DecisionInput {
+                counters: Counters::given(spec.counters),
                 instance,
                 payload: spec.payload.map(json_of).unwrap_or_else(|| json!({})),
                 actor: spec

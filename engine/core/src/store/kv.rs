@@ -494,6 +494,17 @@ impl<'a> Staged<'a> {
             Ok(jobs) => jobs,
             Err(refusal) => return Ok(Err(refusal)),
         };
+        for check in &commit.counter_checks {
+            let current = self.counter(&check.counter, &check.key)?;
+            if current != check.value {
+                return Ok(Err(CommitRefusal::CounterChanged {
+                    counter: check.counter.clone(),
+                    key: check.key.clone(),
+                    read: check.value,
+                    current,
+                }));
+            }
+        }
         let drawn = match self.draw(commit)? {
             Ok(drawn) => drawn,
             Err(refusal) => return Ok(Err(refusal)),

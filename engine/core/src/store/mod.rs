@@ -161,6 +161,9 @@ pub struct Commit {
     pub history: Vec<HistoryEntry>,
     /// Counter draws.
     pub counters: Vec<CounterDraw>,
+    /// Counter values the decision read: each must still hold when the commit is written
+    /// (checked before the draws), else `CounterChanged`.
+    pub counter_checks: Vec<crate::model::CounterValue>,
     /// Jobs written, each version-checked (`None`: must not exist yet).
     pub jobs: Vec<JobWrite>,
     /// Feed events, numbered by the store in order. Counter assignments are applied to the
@@ -177,6 +180,7 @@ impl Commit {
             writes: Vec::new(),
             history: Vec::new(),
             counters: Vec::new(),
+            counter_checks: Vec::new(),
             jobs: Vec::new(),
             events: Vec::new(),
         }
@@ -190,6 +194,7 @@ impl Commit {
             writes: Vec::new(),
             history: Vec::new(),
             counters: Vec::new(),
+            counter_checks: Vec::new(),
             jobs: vec![write],
             events,
         }
@@ -228,6 +233,17 @@ pub enum CommitRefusal {
     },
     /// A live record for the request id exists.
     DuplicateRequest(Box<RequestRecord>),
+    /// A counter value the decision read has changed since.
+    CounterChanged {
+        /// Counter name.
+        counter: String,
+        /// Key.
+        key: String,
+        /// The value the decision read.
+        read: u64,
+        /// The value now.
+        current: u64,
+    },
     /// A counter draw would pass its limit.
     CounterLimit {
         /// Counter name.

@@ -394,6 +394,16 @@ pub(crate) struct ProvenanceInputsV1 {
     payload: Value,
     actor: Value,
     now: DateTime<Utc>,
+    // Added without a new format: older records read none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    counters: Vec<CounterReadV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CounterReadV1 {
+    counter: String,
+    key: String,
+    value: u64,
 }
 
 impl ProvenanceV1 {
@@ -408,6 +418,16 @@ impl ProvenanceV1 {
                 payload: p.inputs.payload.clone(),
                 actor: p.inputs.actor.clone(),
                 now: p.inputs.now,
+                counters: p
+                    .inputs
+                    .counters
+                    .iter()
+                    .map(|r| CounterReadV1 {
+                        counter: r.counter.clone(),
+                        key: r.key.clone(),
+                        value: r.value,
+                    })
+                    .collect(),
             },
             outputs: p.outputs.clone(),
         }
@@ -423,6 +443,16 @@ impl ProvenanceV1 {
                 payload: self.inputs.payload,
                 actor: self.inputs.actor,
                 now: self.inputs.now,
+                counters: self
+                    .inputs
+                    .counters
+                    .into_iter()
+                    .map(|r| crate::decider::CounterRead {
+                        counter: r.counter,
+                        key: r.key,
+                        value: r.value,
+                    })
+                    .collect(),
             },
             outputs: self.outputs,
         }
