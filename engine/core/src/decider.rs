@@ -95,16 +95,6 @@ impl fmt::Debug for Counters {
     }
 }
 
-impl PartialEq for Counters {
-    /// Given values compare; live sources never equal anything.
-    fn eq(&self, other: &Self) -> bool {
-        match (&self.source, &other.source) {
-            (CounterSource::Fixed(a), CounterSource::Fixed(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
 impl Counters {
     /// Given values, keyed by (counter, key); any other counter reads as 0 (never drawn).
     pub fn fixed(values: BTreeMap<(String, String), u64>) -> Self {
@@ -534,5 +524,95 @@ impl DeciderRegistry {
     /// Registered names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.deciders.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use super::{CounterRead, Counters, COUNTER_READS_MAX};
+    use crate::store::StoreError;
+
+    fn read(counter: &str, key: &str, value: u64) -> CounterRead {
+        CounterRead {
+            counter: counter.into(),
+            key: key.into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn the_first_read_of_a_value_wins_and_each_value_is_recorded_once() {
+        // A live source whose value moves on every read.
+        let next = Arc::new(AtomicU64::new(5));
+        let source = next.clone();
+        let counters = Counters::live(
+            Arc::new(move |_: &str, _: &str| Ok(source.fetch_add(1, Ordering::SeqCst))),
+            Some(vec!["uses".into()]),
+        );
+        assert_eq!(counters.read("uses", "a"), Ok(5));
+        assert_eq!(counters.read("uses", "a"), Ok(5), "the value decided on");
+        assert_eq!(counters.read("uses", "b"), Ok(6));
+        assert_eq!(
+            counters.reads(),
+            vec![read("uses", "a", 5), read("uses", "b", 6)]
+        );
+        let undeclared = counters.read("other", "a").unwrap_err();
+        assert_eq!(
+            undeclared,
+            "counter `other` may not be read here; the command declares: uses"
+        );
+        assert_eq!(counters.reads().len(), 2, "a refused read records nothing");
+    }
+
+    #[test]
+    fn given_values_replay_and_reads_are_bounded() {
+        let mut given = BTreeMap::new();
+        given.insert("uses".to_string(), BTreeMap::from([("a".to_string(), 3)]));
+        let counters = Counters::given(given);
+        assert_eq!(counters.read("uses", "a"), Ok(3));
+        assert_eq!(
+            counters.read("uses", "never"),
+            Ok(0),
+            "a counter never drawn"
+        );
+        assert_eq!(
+            format!("{counters:?}"),
+            r#"Counters::Fixed({("uses", "a"): 3})"#
+        );
+        let replay = Counters::replaying(&counters.reads());
+        assert_eq!(replay.read("uses", "a"), Ok(3));
+        let many = Counters::default();
+        for i in 0..COUNTER_READS_MAX {
+            many.read("n", &i.to_string()).unwrap();
+        }
+        assert!(many
+            .read("n", "one more")
+            .unwrap_err()
+            .contains("at most 64"));
+        assert_eq!(
+            many.read("n", "0"),
+            Ok(0),
+            "a value already read is still there"
+        );
+    }
+
+    #[test]
+    fn a_store_failure_is_kept_as_it_was_for_the_engine() {
+        let counters = Counters::live(
+            Arc::new(|_: &str, _: &str| Err(StoreError::Io("disk on fire".into()))),
+            None,
+        );
+        assert_eq!(format!("{counters:?}"), "Counters::Live");
+        let message = counters.read("uses", "a").unwrap_err();
+        assert!(message.contains("disk on fire"), "{message}");
+        assert!(matches!(
+            counters.store_failure(),
+            Some(StoreError::Io(m)) if m == "disk on fire"
+        ));
+        assert!(counters.reads().is_empty());
     }
 }

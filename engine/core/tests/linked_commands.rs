@@ -43,6 +43,14 @@ from = ["open"]
 to = ["won"]
 roles = ["system"]
 
+[commands.nudge]
+from = ["open"]
+to = ["open"]
+roles = ["rep"]
+decider = "account.nudge"
+payload = { deal = { type = "string" } }
+effects = { send = ["deal.note"] }
+
 [commands.audit]
 from = ["open"]
 to = ["open"]
@@ -142,7 +150,21 @@ fn deciders(decline: Plan, finish: Plan) -> DeciderRegistry {
         Ok(Decision::goto(ctx.instance.state.clone(), "audited"))
     });
     r.register("deal.note", |ctx: &DecisionContext<'_>| {
-        Ok(Decision::goto(ctx.instance.state.clone(), "noted"))
+        let nudged = ctx.parent.map(|p| p.data["nudged"].clone());
+        Ok(Decision::goto(
+            ctx.instance.state.clone(),
+            format!("noted; parent nudged: {}", nudged.unwrap_or_default()),
+        ))
+    });
+    r.register("account.nudge", |ctx: &DecisionContext<'_>| {
+        let deal = ctx.payload["deal"].as_str().unwrap_or_default();
+        Ok(Decision::goto("open", "nudged")
+            .with_changes(json!({ "nudged": true }))
+            .with_effect(Effect::SendLinked {
+                to: LinkedTarget::Instance(deal.parse().map_err(|_| DecideError::new("no id"))?),
+                command: "note".into(),
+                payload: json!({}),
+            }))
     });
     r.register("deal.accept", |_: &DecisionContext<'_>| {
         Ok(Decision::goto("accepted", "accepted")
@@ -454,7 +476,10 @@ async fn a_decision_may_send_only_declared_commands_to_linked_instances() {
     };
     assert_eq!(cause.code(), "DECISION_INVALID", "{cause}");
     assert!(
-        cause.to_string().contains("may not send further"),
+        cause.to_string().contains(&format!(
+            "it sends `note` to its instance {}, but a command sent by a linked instance may not send further commands",
+            deals[0]
+        )),
         "{cause}"
     );
     assert_eq!(f.engine.get(account).await.unwrap().data["open_deals"], 1);
@@ -496,6 +521,34 @@ async fn the_root_is_the_top_of_the_chain_and_a_sent_command_sees_the_senders_ne
     let deal = f.engine.get(deals[0]).await.unwrap();
     assert_eq!(deal.version, deal_version + 1);
     assert_eq!(f.engine.get(task).await.unwrap().state, "done");
+    f.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_parent_may_send_to_a_child_which_sees_the_parents_new_state() {
+    let f = fixture().await;
+    let (account, deals) = account_with_deals(&f.engine, 1).await;
+    let (_, others) = account_with_deals(&f.engine, 1).await;
+    let nudge = |deal: InstanceId, id: &str| {
+        send(account, "nudge", id).payload(json!({ "deal": deal.to_string() }))
+    };
+    f.engine.send(nudge(deals[0], "n-1")).await.unwrap();
+    let last = f.engine.history(deals[0], 0, 10).await.unwrap();
+    let last = last.last().unwrap();
+    assert_eq!(last.kind, ChangeKind::LinkedCommand { by: account });
+    assert_eq!(
+        last.reason, "noted; parent nudged: true",
+        "the child decides on the parent as this commit leaves it"
+    );
+    // Another account's deal is not its child.
+    let refused = f.engine.send(nudge(others[0], "n-2")).await.unwrap_err();
+    assert_eq!(refused.code(), "DECISION_INVALID");
+    assert!(
+        refused
+            .to_string()
+            .contains("which is not its parent, root or child"),
+        "{refused}"
+    );
     f.engine.shutdown().await;
 }
 

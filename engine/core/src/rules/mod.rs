@@ -115,7 +115,7 @@ struct Script {
 }
 
 /// What a decider function is given, as JSON.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct DecisionInput {
     /// The instance map (`id`, `definition`, `version`, `state`, `business_key`, `data`,
     /// `parent`).

@@ -29,7 +29,7 @@ use crate::decider::Counters;
 use crate::definition::DefinitionError;
 
 /// One parsed test.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RuleTest {
     /// Its name.
     pub name: String,
