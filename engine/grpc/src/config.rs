@@ -47,6 +47,9 @@ pub struct GrpcConfig {
     pub message_bytes_max: usize,
     /// Most connections at once; more are closed at once (default 1024).
     pub connections_max: usize,
+    /// Most feed streams open at once, over all connections; more are refused with
+    /// RESOURCE_EXHAUSTED (default 256).
+    pub feed_streams_max: usize,
     /// How long a new connection may take for the HTTP/2 handshake (default `10s`).
     pub handshake_timeout: String,
     /// How long a connection may send nothing, not even ping answers (default `5m`).
@@ -210,6 +213,7 @@ impl Default for GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             message_bytes_max: 4 * 1024 * 1024,
             connections_max: 1024,
+            feed_streams_max: 256,
             handshake_timeout: "10s".into(),
             idle_timeout: "5m".into(),
             keepalive_interval: "30s".into(),
@@ -281,6 +285,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "grpc.message_bytes_max",
     ),
     ("SWITCHYARD_GRPC_CONNECTIONS_MAX", "grpc.connections_max"),
+    ("SWITCHYARD_GRPC_FEED_STREAMS_MAX", "grpc.feed_streams_max"),
     (
         "SWITCHYARD_GRPC_HANDSHAKE_TIMEOUT",
         "grpc.handshake_timeout",
@@ -330,6 +335,7 @@ fn kind_of(key: &str) -> Kind {
     match key {
         "grpc.message_bytes_max"
         | "grpc.connections_max"
+        | "grpc.feed_streams_max"
         | "store.cache_bytes"
         | "store.reserve_bytes"
         | "engine.payload_bytes_max"
@@ -412,6 +418,9 @@ impl ServerConfig {
         }
         if self.grpc.connections_max == 0 {
             return bad("grpc.connections_max", "must be at least 1");
+        }
+        if self.grpc.feed_streams_max == 0 {
+            return bad("grpc.feed_streams_max", "must be at least 1");
         }
         let idle = Self::duration(&self.grpc.idle_timeout);
         let ping = Self::duration(&self.grpc.keepalive_interval)

@@ -5,10 +5,11 @@
 //! shut down, with UNAVAILABLE: the consumer reconnects after its last position.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_core::{Engine, FeedReader, FeedRequest};
-use tokio::sync::{mpsc, watch};
+use switchyard_core::{CommandError, Engine, FeedReader, FeedRequest};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -26,11 +27,14 @@ const HEARTBEAT_DEFAULT_SECONDS: u32 = 15;
 /// The longest heartbeat interval a request may ask for.
 const HEARTBEAT_MAX_SECONDS: u32 = 300;
 
-/// The feed service: the engine, and a flag the server raises when it starts to stop.
+/// The feed service: the engine, a flag the server raises when it starts to stop, and the
+/// permits for open streams (`grpc.feed_streams_max`).
 #[derive(Clone)]
 pub(crate) struct FeedService {
     pub(crate) engine: Engine,
     pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) streams: Arc<Semaphore>,
+    pub(crate) streams_max: usize,
 }
 
 type Answer = Result<pb::SubscribeResponse, Status>;
@@ -62,6 +66,15 @@ impl pb::feed_service_server::FeedService for FeedService {
             .engine
             .feed_as(&actor, feed)
             .map_err(|e| to_status(&e, Wire::NONE))?;
+        // Each open stream holds a page of events: their number is bounded, not just per
+        // connection.
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            let overloaded = CommandError::Overloaded {
+                resource: "open feed streams (grpc.feed_streams_max)".into(),
+                limit: self.streams_max,
+            };
+            to_status(&overloaded, Wire::NONE)
+        })?;
         tracing::debug!(actor = %actor.id, after = r.after_offset, "feed stream opened");
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(pump(
@@ -69,18 +82,20 @@ impl pb::feed_service_server::FeedService for FeedService {
             tx,
             Duration::from_secs(u64::from(heartbeat)),
             self.stopping.clone(),
+            permit,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
 /// Moves events (and heartbeats, and the caught-up marker) from `reader` to the consumer until
-/// it goes away, the feed fails, or the server stops.
+/// it goes away, the feed fails, or the server stops; the stream's permit is held until then.
 async fn pump(
     mut reader: FeedReader,
     tx: mpsc::Sender<Answer>,
     heartbeat: Duration,
     mut stopping: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
 ) {
     let mut caught_up = false;
     loop {
@@ -108,6 +123,8 @@ async fn pump(
             _ = stopping.wait_for(|s| *s) => {
                 Err(Status::unavailable("the server is shutting down; resume after your last position"))
             }
+            // The consumer went away: free its permit now, not at the next heartbeat.
+            () = tx.closed() => return,
         };
         let last = item.is_err();
         if !send(&tx, item).await || last {

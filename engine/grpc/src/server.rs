@@ -273,6 +273,8 @@ pub async fn start(
         pb::feed_service_server::FeedServiceServer::new(crate::feed::FeedService {
             engine: engine.clone(),
             stopping,
+            streams: Arc::new(tokio::sync::Semaphore::new(config.grpc.feed_streams_max)),
+            streams_max: config.grpc.feed_streams_max,
         })
         .max_decoding_message_size(size)
         .max_encoding_message_size(size),

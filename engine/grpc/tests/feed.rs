@@ -347,3 +347,32 @@ async fn streams_end_with_unavailable_when_the_server_shuts_down_not_at_the_drai
         "well before the 30 s drain"
     );
 }
+
+#[tokio::test]
+async fn open_streams_are_bounded_and_a_closed_one_frees_its_place_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = harness::config(dir.path());
+    config.grpc.feed_streams_max = 2;
+    let server = TestServer::start_with(dir, config).await;
+    let first = subscribe(&server, "analyst", pb::SubscribeRequest::default())
+        .await
+        .unwrap();
+    let _second = subscribe(&server, "analyst", pb::SubscribeRequest::default())
+        .await
+        .unwrap();
+    let refused = subscribe(&server, "analyst", pb::SubscribeRequest::default()).await;
+    let status = expect_refusal(refused, Code::ResourceExhausted, "OVERLOADED");
+    assert!(status.message().contains("feed_streams_max"), "{status:?}");
+    // Dropping a stream frees its place well before the 15 s heartbeat would notice.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(s) = subscribe(&server, "analyst", pb::SubscribeRequest::default()).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a place was freed within 5 s");
+    server.stop().await;
+}
