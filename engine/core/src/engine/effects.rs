@@ -309,15 +309,7 @@ impl<'a> CommitBuilder<'a> {
         assign: Option<CounterAssign>,
     ) -> Result<(), CommandError> {
         let cx = self.cx;
-        if !cx.command.effects.counters.contains(&counter) {
-            return Err(self.invalid(format!(
-                "it draws from counter `{counter}`, but command `{}` may only draw from: {}",
-                cx.command.name,
-                display_list(&cx.command.effects.counters)
-            )));
-        }
-        check_business_key("effects.counters.key", &key)
-            .map_err(|e| self.invalid(e.to_string()))?;
+        self.check_counter(&counter, &key, "draws from", "may only draw from")?;
         if assign.is_some() && cx.sent_by.is_some() {
             return Err(self.invalid(format!(
                 "a command sent by a linked instance cannot assign counter `{counter}` to a field"
@@ -341,17 +333,27 @@ impl<'a> CommitBuilder<'a> {
         Ok(())
     }
 
-    fn return_counter(&mut self, counter: String, key: String) -> Result<(), CommandError> {
-        let cx = self.cx;
-        if !cx.command.effects.counters.contains(&counter) {
+    /// The counter is declared in the command's `effects.counters` and the key is valid.
+    fn check_counter(
+        &self,
+        counter: &str,
+        key: &str,
+        doing: &str,
+        allowed: &str,
+    ) -> Result<(), CommandError> {
+        let command = self.cx.command;
+        if !command.effects.counters.iter().any(|c| c == counter) {
             return Err(self.invalid(format!(
-                "it gives back to counter `{counter}`, but command `{}` may only use: {}",
-                cx.command.name,
-                display_list(&cx.command.effects.counters)
+                "it {doing} counter `{counter}`, but command `{}` {allowed}: {}",
+                command.name,
+                display_list(&command.effects.counters)
             )));
         }
-        check_business_key("effects.counters.key", &key)
-            .map_err(|e| self.invalid(e.to_string()))?;
+        check_business_key("effects.counters.key", key).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    fn return_counter(&mut self, counter: String, key: String) -> Result<(), CommandError> {
+        self.check_counter(&counter, &key, "gives back to", "may only use")?;
         self.commit.counters.push(CounterDraw {
             counter,
             key,

@@ -131,6 +131,18 @@ pub(crate) fn with_evaluation<T>(
     f()
 }
 
+/// Runs `f` on the evaluation in progress on this thread; outside one, the helper `name`
+/// fails saying so.
+fn in_evaluation<T>(
+    name: &str,
+    f: impl FnOnce(&Evaluation) -> Result<T, Box<EvalAltResult>>,
+) -> Result<T, Box<EvalAltResult>> {
+    EVALUATION.with(|e| match e.borrow().as_ref() {
+        Some(e) => f(e),
+        None => Err(format!("{name}() is only available while a rule is evaluated").into()),
+    })
+}
+
 fn now() -> Result<DateTime<Utc>, Box<EvalAltResult>> {
     EVALUATION
         .with(|e| e.borrow().as_ref().map(|e| e.now))
@@ -280,16 +292,12 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     engine.register_fn(
         "counter_value",
         |counter: ImmutableString, key: ImmutableString| {
-            EVALUATION.with(|e| {
-                let e = e.borrow();
-                let e = e
-                    .as_ref()
-                    .ok_or("counter_value() is only available while a rule is evaluated")?;
+            in_evaluation("counter_value", |e| {
                 let value = e
                     .counters
                     .read(&counter, &key)
                     .map_err(|m| Box::<EvalAltResult>::from(format!("counter_value: {m}")))?;
-                Ok::<INT, Box<EvalAltResult>>(INT::try_from(value).unwrap_or(INT::MAX))
+                Ok(INT::try_from(value).unwrap_or(INT::MAX))
             })
         },
     );
@@ -297,11 +305,7 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
         now().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     });
     engine.register_fn("data", |name: ImmutableString| {
-        EVALUATION.with(|e| {
-            let e = e.borrow();
-            let e = e
-                .as_ref()
-                .ok_or("data() is only available while a rule is evaluated")?;
+        in_evaluation("data", |e| {
             let map = e
                 .data
                 .read_lock::<rhai::Map>()
@@ -319,11 +323,7 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
     // data file, or () where the path leads nowhere. Only the leaf is copied, so looking up
     // one price in a large list stays cheap (`data("prices").list_prices` copies the list).
     engine.register_fn("data_at", |name: ImmutableString, path: rhai::Array| {
-        EVALUATION.with(|e| {
-            let e = e.borrow();
-            let e = e
-                .as_ref()
-                .ok_or("data_at() is only available while a rule is evaluated")?;
+        in_evaluation("data_at", |e| {
             let map = e
                 .data
                 .read_lock::<rhai::Map>()
