@@ -180,28 +180,25 @@ fn deciders(decline: Plan, finish: Plan) -> DeciderRegistry {
             }))
     });
     r.register("deal.decline", move |_: &DecisionContext<'_>| {
-        let mut d = Decision::goto("declined", "declined");
-        for (to, command, payload) in decline.lock().unwrap().iter() {
-            d = d.with_effect(Effect::SendLinked {
-                to: *to,
-                command: command.clone(),
-                payload: payload.clone(),
-            });
-        }
-        Ok(d)
+        Ok(sending(Decision::goto("declined", "declined"), &decline))
     });
     r.register("task.finish", move |_: &DecisionContext<'_>| {
-        let mut d = Decision::goto("done", "finished");
-        for (to, command, payload) in finish.lock().unwrap().iter() {
-            d = d.with_effect(Effect::SendLinked {
-                to: *to,
-                command: command.clone(),
-                payload: payload.clone(),
-            });
-        }
-        Ok(d)
+        Ok(sending(Decision::goto("done", "finished"), &finish))
     });
     r
+}
+
+/// `decision` with a command sent for each entry of `plan`.
+fn sending(decision: Decision, plan: &Plan) -> Decision {
+    let mut d = decision;
+    for (to, command, payload) in plan.lock().unwrap().iter() {
+        d = d.with_effect(Effect::SendLinked {
+            to: *to,
+            command: command.clone(),
+            payload: payload.clone(),
+        });
+    }
+    d
 }
 
 fn definitions(d: &DeciderRegistry) -> DefinitionSet {
