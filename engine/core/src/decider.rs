@@ -32,6 +32,9 @@ pub struct DecisionContext<'a> {
     pub actor: &'a Actor,
     /// The parent instance, if the instance has one.
     pub parent: Option<&'a Instance>,
+    /// The top of the chain of parents when it is above the parent (an order's lead, whose
+    /// quote is the order's parent); `None` when the parent is the top, or there is none.
+    pub root: Option<&'a Instance>,
     /// The engine clock's time for this evaluation.
     pub now: DateTime<Utc>,
     /// Counter values the decider may read (those its command declares in
@@ -341,7 +344,8 @@ impl fmt::Display for LinkedTarget {
 /// e.g. `SO-2026-` + `000123`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterAssign {
-    /// Top-level data field to set.
+    /// Data field to set: a top-level key, or a dotted path through maps and list indices
+    /// (`invoices.2.number`) whose containers the decision's changes already hold.
     pub field: String,
     /// Text before the number.
     pub prefix: String,
@@ -353,6 +357,54 @@ impl CounterAssign {
     /// The text written for `value`.
     pub fn render(&self, value: u64) -> String {
         format!("{}{:0width$}", self.prefix, value, width = self.width)
+    }
+
+    /// Whether `field` is a well-formed path: identifiers and list indices separated by dots,
+    /// starting with an identifier, at most 8 steps.
+    pub fn path_is_valid(&self) -> bool {
+        let steps: Vec<&str> = self.field.split('.').collect();
+        steps.len() <= 8
+            && crate::definition::schema::is_identifier(steps[0])
+            && steps[1..].iter().all(|s| {
+                crate::definition::schema::is_identifier(s)
+                    || (!s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit()))
+            })
+    }
+
+    /// The top-level key the path starts at.
+    pub fn top(&self) -> &str {
+        self.field.split('.').next().unwrap_or_default()
+    }
+
+    /// Writes the rendered `value` at the path in `data`; false (and nothing written) when a
+    /// container on the way is missing.
+    pub fn write(&self, data: &mut Value, value: u64) -> bool {
+        let mut steps = self.field.split('.').peekable();
+        let mut at = data;
+        while let Some(step) = steps.next() {
+            let last = steps.peek().is_none();
+            let next = match at {
+                Value::Object(map) if last => {
+                    map.insert(step.to_string(), Value::String(self.render(value)));
+                    return true;
+                }
+                Value::Object(map) => map.get_mut(step),
+                Value::Array(items) => match step.parse::<usize>().ok() {
+                    Some(i) if last && i < items.len() => {
+                        items[i] = Value::String(self.render(value));
+                        return true;
+                    }
+                    Some(i) => items.get_mut(i),
+                    None => None,
+                },
+                _ => None,
+            };
+            match next {
+                Some(n) => at = n,
+                None => return false,
+            }
+        }
+        false
     }
 }
 
@@ -533,8 +585,58 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    use super::{CounterRead, Counters, COUNTER_READS_MAX};
+    use serde_json::json;
+
+    use super::{CounterAssign, CounterRead, Counters, COUNTER_READS_MAX};
     use crate::store::StoreError;
+
+    fn assign(field: &str) -> CounterAssign {
+        CounterAssign {
+            field: field.into(),
+            prefix: "INV-".into(),
+            width: 3,
+        }
+    }
+
+    #[test]
+    fn a_counter_is_assigned_at_a_top_level_key_or_a_path_that_exists() {
+        let mut data = json!({ "invoices": [{ "number": "" }, { "number": "", "lines": [] }] });
+        assert!(assign("number").write(&mut data, 7));
+        assert_eq!(data["number"], "INV-007");
+        assert!(assign("invoices.1.number").write(&mut data, 8));
+        assert_eq!(data["invoices"][1]["number"], "INV-008");
+        assert_eq!(data["invoices"][0]["number"], "");
+        let before = data.clone();
+        for missing in [
+            "invoices.2.number",
+            "invoices.x.number",
+            "orders.0.number",
+            "number.x",
+        ] {
+            assert!(!assign(missing).write(&mut data, 9), "{missing}");
+        }
+        assert_eq!(data, before, "a failed write changes nothing");
+        assert!(assign("invoices.1").write(&mut data, 10));
+        assert_eq!(data["invoices"][1], "INV-010");
+        assert_eq!(assign("invoices.1.number").top(), "invoices");
+    }
+
+    #[test]
+    fn an_assignment_path_is_identifiers_and_indices() {
+        for good in ["number", "invoices.0.number", "a.b.c.d.e.f.g.h"] {
+            assert!(assign(good).path_is_valid(), "{good}");
+        }
+        for bad in [
+            "",
+            "0.number",
+            "invoices..number",
+            "a.b.c.d.e.f.g.h.i",
+            "Number",
+            "a.123456",
+        ] {
+            assert!(!assign(bad).path_is_valid(), "{bad}");
+        }
+    }
 
     fn read(counter: &str, key: &str, value: u64) -> CounterRead {
         CounterRead {

@@ -200,6 +200,27 @@ impl Engine {
         found
     }
 
+    /// The top of the chain of parents above `parent`, when there is one above it (read
+    /// through at most 32 links; a link that is gone ends the chain).
+    pub(super) fn root_above(
+        &self,
+        parent: Option<&Instance>,
+    ) -> Result<Option<Instance>, crate::store::StoreError> {
+        let mut top: Option<Instance> = None;
+        let mut next = parent.and_then(|p| p.parent);
+        for _ in 0..32 {
+            let Some(id) = next else { break };
+            match self.inner.store.instance(id)? {
+                Some(found) => {
+                    next = found.parent;
+                    top = Some(found);
+                }
+                None => break,
+            }
+        }
+        Ok(top)
+    }
+
     /// Cancels an active instance (status `cancelled`; its state is kept). The reason is
     /// optional.
     pub async fn cancel(&self, request: CancelRequest) -> Result<CommandOutcome, CommandError> {
@@ -533,11 +554,13 @@ impl Engine {
             Some(p) => self.inner.store.instance(p)?,
             None => None,
         };
+        let root = self.root_above(parent.as_ref())?;
         let inputs = DecisionInputs {
             definition: definition.clone(),
             command: command.name.clone(),
             instance,
             parent,
+            root,
             payload: request.payload.clone(),
             actor: request.actor.clone(),
             now: self.inner.config.clock.now(),
@@ -756,6 +779,7 @@ pub(super) struct DecisionInputs {
     pub command: String,
     pub instance: Instance,
     pub parent: Option<Instance>,
+    pub root: Option<Instance>,
     pub payload: Value,
     pub actor: crate::model::Actor,
     pub now: DateTime<Utc>,
@@ -774,6 +798,7 @@ impl DecisionInputs {
             payload: &self.payload,
             actor: &self.actor,
             parent: self.parent.as_ref(),
+            root: self.root.as_ref(),
             now: self.now,
             counters: &self.counters,
         }

@@ -16,7 +16,6 @@ use super::command::DecisionInputs;
 use super::requests::CommandRequest;
 use super::{timers, Active, Engine, Prepared};
 use crate::decider::{CounterAssign, CounterRead, Decision, Effect, LinkedTarget};
-use crate::definition::schema::is_identifier;
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{EventDraft, EventType};
@@ -316,9 +315,21 @@ impl<'a> CommitBuilder<'a> {
             )));
         }
         if let Some(a) = &assign {
-            if !is_identifier(&a.field) || a.width > 32 {
+            if !a.path_is_valid() || a.width > 32 {
                 return Err(self.invalid(format!(
-                    "counter assignment to `{}` needs an identifier field and a width of at most 32",
+                    "counter assignment to `{}` needs a field (an identifier, or a dotted path of identifiers and list indices) and a width of at most 32",
+                    a.field
+                )));
+            }
+            let reaches = a.field == a.top()
+                || self
+                    .commit
+                    .writes
+                    .first()
+                    .is_some_and(|w| a.write(&mut w.instance.data.clone(), 0));
+            if !reaches {
+                return Err(self.invalid(format!(
+                    "counter assignment to `{}`: the decision's data has no such place (create the entry first, e.g. with an empty `number`)",
                     a.field
                 )));
             }
@@ -404,11 +415,13 @@ impl<'a> CommitBuilder<'a> {
             },
             None => None,
         };
+        let root = self.engine.root_above(parent.as_ref())?;
         let inputs = DecisionInputs {
             definition: definition.clone(),
             command: command.clone(),
             instance,
             parent,
+            root,
             payload: request.payload.clone(),
             actor: request.actor.clone(),
             now: cx.now,

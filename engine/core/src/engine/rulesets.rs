@@ -428,7 +428,8 @@ impl Engine {
                     Some(p) => Some(self.get(p).await?),
                     None => None,
                 };
-                crate::rules::instance_value(&live, parent.as_ref())
+                let root = self.root_above(parent.as_ref())?;
+                crate::rules::instance_value(&live, parent.as_ref(), root.as_ref())
             }
         };
         let input = DecisionInput {

@@ -869,12 +869,17 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
 
 /// The instance map a decider function receives.
 pub fn instance_input(ctx: &DecisionContext<'_>) -> Value {
-    instance_value(ctx.instance, ctx.parent)
+    instance_value(ctx.instance, ctx.parent, ctx.root)
 }
 
-/// The instance map a decider function receives for `instance` and its `parent` — also what
-/// a dry run on a live instance passes.
-pub fn instance_value(instance: &Instance, parent: Option<&Instance>) -> Value {
+/// The instance map a decider function receives for `instance`, its `parent` and the `root`
+/// above that parent (`()` when the parent is the top) — also what a dry run on a live
+/// instance passes.
+pub fn instance_value(
+    instance: &Instance,
+    parent: Option<&Instance>,
+    root: Option<&Instance>,
+) -> Value {
     let view = |i: &Instance| {
         json!({
             "id": i.id,
@@ -887,6 +892,7 @@ pub fn instance_value(instance: &Instance, parent: Option<&Instance>) -> Value {
     };
     let mut value = view(instance);
     value["parent"] = parent.map(view).unwrap_or(Value::Null);
+    value["root"] = root.map(view).unwrap_or(Value::Null);
     value
 }
 

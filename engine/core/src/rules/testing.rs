@@ -169,6 +169,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
             "business_key": "TEST",
             "data": {},
             "parent": null,
+            "root": null,
         });
         if let Some(Value::Object(given)) = spec.instance.map(json_of) {
             for (k, v) in given {
@@ -232,6 +233,14 @@ pub fn run_within(rules: &RuleSet, deadline: std::time::Duration) -> Vec<TestOut
         .collect()
 }
 
+/// What `expect_error` is matched against: a refusal as `CODE: message`, a failure's message.
+fn error_text(error: &crate::decider::DecideError) -> String {
+    match error {
+        crate::decider::DecideError::Refused { code, message } => format!("{code}: {message}"),
+        other => other.message().to_string(),
+    }
+}
+
 fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     let title = format!(
         "{}:{} {} ({})",
@@ -240,11 +249,11 @@ fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     let result = rules.evaluate_test(&test.function, &test.input);
     let mut report = String::new();
     match (&test.expect, result) {
-        (Expect::Error(want), Err(e)) if e.message().contains(want.as_str()) => {}
+        (Expect::Error(want), Err(e)) if error_text(&e).contains(want.as_str()) => {}
         (Expect::Error(want), Err(e)) => {
             report = format!(
                 "  error: expected one containing {want:?}\n         got {:?}\n",
-                e.message()
+                error_text(&e)
             )
         }
         (Expect::Error(want), Ok((_, outputs))) => {

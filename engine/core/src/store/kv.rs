@@ -366,16 +366,19 @@ fn assigned(commit: &Commit, drawn: &[CounterValue]) -> (Vec<Instance>, Vec<Hist
     let mut history: Vec<HistoryEntry> = commit.history.clone();
     for (draw, value) in commit.counters.iter().zip(drawn) {
         let Some(assign) = &draw.assign else { continue };
-        let rendered = serde_json::Value::String(assign.render(value.value));
-        if let Some(obj) = writes.first_mut().and_then(|w| w.data.as_object_mut()) {
-            obj.insert(assign.field.clone(), rendered.clone());
-        }
+        let Some(first) = writes.first_mut() else {
+            continue;
+        };
+        assign.write(&mut first.data, value.value);
+        // The history records the whole top-level value the path is in (a merge patch).
+        let top = assign.top();
+        let written = first.data.get(top).cloned().unwrap_or_default();
         if let Some(entry) = history.first_mut() {
             if !entry.changes.is_object() {
                 entry.changes = serde_json::json!({});
             }
             if let Some(obj) = entry.changes.as_object_mut() {
-                obj.insert(assign.field.clone(), rendered);
+                obj.insert(top.to_string(), written);
             }
         }
     }
@@ -668,9 +671,9 @@ impl<'a> Staged<'a> {
             head += 1;
             let event = if i == 0 && !assigned.is_empty() {
                 let mut draft = draft.clone();
-                if let Some(data) = draft.data.get_mut("data").and_then(|d| d.as_object_mut()) {
+                if let Some(data) = draft.data.get_mut("data") {
                     for (assign, value) in &assigned {
-                        data.insert(assign.field.clone(), assign.render(*value).into());
+                        assign.write(data, *value);
                     }
                 }
                 draft.at_offset(head)
