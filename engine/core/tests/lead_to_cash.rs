@@ -759,3 +759,606 @@ async fn a_linked_quote_is_owned_by_the_actor_whose_command_started_it() {
         .await
         .unwrap();
 }
+
+// ---- Sales orders (rules/definitions/sales_order.toml, shipment.toml) ----
+
+impl World {
+    /// Leases the one waiting job of `job_type` and completes it with `result`.
+    async fn complete_only_job(&self, job_type: &str, result: Value) -> CommandOutcome {
+        let jobs = self
+            .engine
+            .activate_jobs(ActivateJobs::new(
+                job_type,
+                "adapter",
+                10,
+                std::time::Duration::from_secs(60),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(jobs.len(), 1, "one {job_type} job waits: {jobs:?}");
+        self.engine
+            .complete_job(jobs[0].id, jobs[0].lease, result)
+            .await
+            .unwrap()
+    }
+
+    /// The (actor, command, state, reason) of every change of `id`.
+    async fn story(&self, id: InstanceId) -> Vec<(String, String, String, String)> {
+        self.engine
+            .history(id, 0, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| {
+                (
+                    h.actor.id,
+                    h.command.unwrap_or_default(),
+                    h.to_state,
+                    h.reason,
+                )
+            })
+            .collect()
+    }
+}
+
+async fn check(
+    w: &World,
+    id: InstanceId,
+    actor: &str,
+    command: &str,
+    payload: Value,
+    state: &str,
+    reason: &str,
+) -> CommandOutcome {
+    let out = w
+        .send(id, actor, command, payload)
+        .await
+        .unwrap_or_else(|e| panic!("{actor} {command}: {e}"));
+    assert_eq!(
+        (out.state.as_str(), out.reason.as_str()),
+        (state, reason),
+        "{actor} {command}"
+    );
+    out
+}
+
+#[tokio::test]
+async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
+    let w = memory_world(&[]).await;
+    // A lead, qualified into an opportunity with a quote of 11 pumps at ACME's 1,190.00, 5% tier and 12% off.
+    let lead = w
+        .engine
+        .start(
+            StartRequest::new("lead", who("ana:sales_rep"), "lead-1")
+                .business_key("L-1")
+                .data(json!({ "company": "ACME GmbH" })),
+        )
+        .await
+        .unwrap()
+        .instance;
+    check(
+        &w,
+        lead,
+        "mia:sales_manager",
+        "assign",
+        json!({ "owner": "ana" }),
+        "assigned",
+        "assigned to ana by mia",
+    )
+    .await;
+    check(
+        &w,
+        lead,
+        "ana:sales_rep",
+        "qualify",
+        json!({}),
+        "qualified",
+        "qualified by ana",
+    )
+    .await;
+    let quote = check(&w, lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "discount_pct": "12", "valid_until": "2026-05-15", "lines": [{ "sku": "PUMP-200", "quantity": 11 }] }), "qualified", "quote created for ACME GmbH").await.started[0];
+    // Two-step approval: the discount needs the manager, the net of 10,943.24 finance.
+    check(
+        &w,
+        quote,
+        "ana:sales_rep",
+        "submit",
+        json!({}),
+        "pending_approval",
+        "discount 16.4000% > 10% → sales_manager; net 10943.24 > 10000 → finance",
+    )
+    .await;
+    check(
+        &w,
+        quote,
+        "mia:sales_manager",
+        "approve",
+        json!({}),
+        "pending_approval",
+        "sales_manager approved (mia); waiting for [\"finance\"]",
+    )
+    .await;
+    check(
+        &w,
+        quote,
+        "fin:finance",
+        "approve",
+        json!({}),
+        "approved",
+        "finance approved (fin) → approved",
+    )
+    .await;
+    check(
+        &w,
+        quote,
+        "ana:sales_rep",
+        "send",
+        json!({}),
+        "sent",
+        "send → sent",
+    )
+    .await;
+    let order = check(
+        &w,
+        quote,
+        "ana:sales_rep",
+        "accept",
+        json!({}),
+        "accepted",
+        "accepted, recorded by ana; sales order started (11846.06 EUR)",
+    )
+    .await
+    .started[0];
+    assert_eq!(w.data(quote).await["ordered"], json!(true));
+
+    // Credit: 38,000 open + 7,000 uninvoiced + 11,846.06 is over ACME's 50,000.
+    check(&w, order, "ana:sales_rep", "submit", json!({}), "credit_hold", "credit: exposure 56846.06 EUR (open 38000 + uninvoiced 7000 + this order 11846.06) > limit 50000 → credit_hold").await;
+    let refused = w
+        .send(
+            order,
+            "ana:sales_rep",
+            "release",
+            json!({ "note": "please" }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        "ROLE_NOT_ALLOWED",
+        "a sales rep cannot release a credit hold: {refused}"
+    );
+    check(
+        &w,
+        order,
+        "cc:credit_controller",
+        "release",
+        json!({ "note": "prepayment received" }),
+        "checking_stock",
+        "credit hold released by cc: prepayment received",
+    )
+    .await;
+
+    // Stock: 6 of 11 reserved, 5 backordered (ACME allows backorders); confirmed and numbered,
+    // and the lead is won in the same commit.
+    let out = w
+        .complete_only_job(
+            "reserve_stock",
+            json!({ "lines": [{ "sku": "PUMP-200", "reserved": 6 }] }),
+        )
+        .await;
+    assert_eq!((out.state.as_str(), out.reason.as_str()), ("confirmed", "PUMP-200: 6 of 11 in stock, 5 backordered; net 10943.24 ≤ 25000 → confirmed; its lead is won"));
+    let data = w.data(order).await;
+    assert_eq!(data["number"], "SO-2026-000001");
+    assert_eq!(
+        data["alerts"],
+        json!([{ "kind": "backorder", "sku": "PUMP-200", "quantity": "5" }])
+    );
+    let won = w.engine.get(lead).await.unwrap();
+    assert_eq!(
+        (won.state.as_str(), won.data["won_by_order"].clone()),
+        ("won", json!(order.to_string()))
+    );
+
+    // A partial shipment: the carrier picks up 6, the order is fulfilling with 5 on backorder.
+    let first = check(
+        &w,
+        order,
+        "wh:logistics",
+        "ship",
+        json!({}),
+        "fulfilling",
+        "shipment 1 started by wh: 6 × PUMP-200",
+    )
+    .await
+    .started[0];
+    check(
+        &w,
+        first,
+        "wh:logistics",
+        "book",
+        json!({}),
+        "booking",
+        "carrier booking requested by wh",
+    )
+    .await;
+    w.complete_only_job(
+        "book_carrier",
+        json!({ "carrier": "dhl", "tracking": "JD0001" }),
+    )
+    .await;
+    assert_eq!(w.engine.get(order).await.unwrap().state, "fulfilling");
+    check(
+        &w,
+        first,
+        "wh:logistics",
+        "deliver",
+        json!({ "delivered_on": "2026-04-03" }),
+        "delivered",
+        "delivered on 2026-04-03, recorded by wh",
+    )
+    .await;
+    let line = &w.data(order).await["lines"][0];
+    assert_eq!(
+        (
+            line["delivered"].clone(),
+            line["backordered"].clone(),
+            line["delivery_status"].clone()
+        ),
+        (json!("6"), json!("5"), json!("partial"))
+    );
+
+    // The backorder arrives and ships; delivered in full.
+    check(
+        &w,
+        order,
+        "wh:logistics",
+        "stock_arrived",
+        json!({ "lines": [{ "sku": "PUMP-200", "quantity": 5 }] }),
+        "fulfilling",
+        "backordered stock reserved: 5 × PUMP-200",
+    )
+    .await;
+    let second = check(
+        &w,
+        order,
+        "wh:logistics",
+        "ship",
+        json!({}),
+        "fulfilling",
+        "shipment 2 started by wh: 5 × PUMP-200",
+    )
+    .await
+    .started[0];
+    check(
+        &w,
+        second,
+        "wh:logistics",
+        "book",
+        json!({}),
+        "booking",
+        "carrier booking requested by wh",
+    )
+    .await;
+    w.complete_only_job(
+        "book_carrier",
+        json!({ "carrier": "ups", "tracking": "1Z0002" }),
+    )
+    .await;
+    assert_eq!(w.engine.get(order).await.unwrap().state, "shipped");
+    check(
+        &w,
+        second,
+        "wh:logistics",
+        "deliver",
+        json!({ "delivered_on": "2026-04-09" }),
+        "delivered",
+        "delivered on 2026-04-09, recorded by wh",
+    )
+    .await;
+    assert_eq!(w.engine.get(order).await.unwrap().state, "delivered");
+
+    // One invoice for everything delivered, then a partial and a full payment; closed.
+    check(
+        &w,
+        order,
+        "fin:finance",
+        "invoice",
+        json!({}),
+        "invoiced",
+        "invoiced 11846.06 EUR (net 10943.24 + tax 902.82; policy: what is delivered)",
+    )
+    .await;
+    let invoice = w.data(order).await["invoices"][0].clone();
+    assert_eq!(
+        (invoice["number"].clone(), invoice["due"].clone()),
+        (json!("INV-2026-000001"), json!("2026-05-01"))
+    );
+    check(
+        &w,
+        order,
+        "fin:finance",
+        "record_payment",
+        json!({ "amount": "5000.00", "method": "bank_transfer", "reference": "BT-77" }),
+        "partially_paid",
+        "payment of 5000.00 EUR (bank_transfer BT-77); 6846.06 EUR still open",
+    )
+    .await;
+    let over = w
+        .send(
+            order,
+            "fin:finance",
+            "record_payment",
+            json!({ "amount": "9000.00", "method": "card", "reference": "CH-1" }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        over.to_string()
+            .contains("amount: 9000.00 EUR is more than the 6846.06 EUR open"),
+        "{over}"
+    );
+    check(
+        &w,
+        order,
+        "fin:finance",
+        "record_payment",
+        json!({ "amount": "6846.06", "method": "card", "reference": "CH-2" }),
+        "paid",
+        "payment of 6846.06 EUR (card CH-2); 0.00 EUR still open",
+    )
+    .await;
+    check(
+        &w,
+        order,
+        "fin:finance",
+        "close",
+        json!({}),
+        "closed",
+        "close → closed",
+    )
+    .await;
+
+    // The order's whole history, actor by actor.
+    let story = w.story(order).await;
+    let steps: Vec<(&str, &str, &str)> = story
+        .iter()
+        .map(|(a, c, s, _)| (a.as_str(), c.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("ana", "", "created"),
+            ("ana", "submit", "credit_hold"),
+            ("cc", "release", "checking_stock"),
+            ("job-worker:adapter", "stock_reserved", "confirmed"),
+            ("wh", "ship", "fulfilling"),
+            ("system:shipment", "shipment_shipped", "fulfilling"),
+            ("system:shipment", "shipment_delivered", "fulfilling"),
+            ("wh", "stock_arrived", "fulfilling"),
+            ("wh", "ship", "fulfilling"),
+            ("system:shipment", "shipment_shipped", "shipped"),
+            ("system:shipment", "shipment_delivered", "delivered"),
+            ("fin", "invoice", "invoiced"),
+            ("fin", "record_payment", "partially_paid"),
+            ("fin", "record_payment", "paid"),
+            ("fin", "close", "closed"),
+        ]
+    );
+    assert_eq!(
+        story[6].3,
+        "shipment SO-2026-000001/1 delivered on 2026-04-03"
+    );
+    let lead_story = w.story(lead).await;
+    assert_eq!(
+        lead_story.last().unwrap().3,
+        format!("order {order} confirmed")
+    );
+}
+
+impl World {
+    /// A sales order entered directly for `customer` and submitted by its rep.
+    async fn submitted_order(&self, key: &str, customer: &str, lines: Value) -> InstanceId {
+        let order = self
+            .engine
+            .start(
+                StartRequest::new("sales_order", who("ana:sales_rep"), format!("start-{key}"))
+                    .business_key(key)
+                    .data(json!({ "customer": customer, "currency": "EUR", "lines": lines })),
+            )
+            .await
+            .unwrap()
+            .instance;
+        self.send(order, "ana:sales_rep", "submit", json!({}))
+            .await
+            .unwrap();
+        order
+    }
+}
+
+#[tokio::test]
+async fn scenario_6_a_submit_sent_twice_is_one_transition_and_one_job_and_a_changed_payload_is_refused(
+) {
+    let w = memory_world(&[]).await;
+    let order = w
+        .engine
+        .start(StartRequest::new("sales_order", who("ana:sales_rep"), "start-o6").data(json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 2 }] })))
+        .await
+        .unwrap()
+        .instance;
+    let submit = |payload: Value| {
+        CommandRequest::new(order, "submit", who("ana:sales_rep"), "confirm-o6").payload(payload)
+    };
+    let first = w.engine.send(submit(json!({}))).await.unwrap();
+    let again = w.engine.send(submit(json!({}))).await.unwrap();
+    assert_eq!(first, again, "the same response twice");
+    assert_eq!(
+        w.engine.get(order).await.unwrap().version,
+        2,
+        "one transition"
+    );
+    assert_eq!(
+        w.engine.jobs(order).await.unwrap().len(),
+        1,
+        "one set of jobs"
+    );
+    let changed = w
+        .engine
+        .send(submit(json!({ "note": "x" })))
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code(), "REQUEST_ID_REUSED", "{changed}");
+    assert_eq!(
+        w.engine.get(order).await.unwrap().version,
+        2,
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn a_reserve_stock_job_failing_until_its_retries_run_out_raises_an_incident_and_the_order_does_not_confirm(
+) {
+    let w = memory_world(&[]).await;
+    let order = w
+        .submitted_order(
+            "O-INC",
+            "BETA",
+            json!([{ "sku": "SEAL-KIT", "quantity": 2 }]),
+        )
+        .await;
+    for attempt in 1..=4 {
+        w.clock.advance(Duration::minutes(10));
+        let job = w
+            .engine
+            .activate_jobs(ActivateJobs::new(
+                "reserve_stock",
+                "inventory",
+                1,
+                std::time::Duration::from_secs(60),
+            ))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("attempt {attempt} finds the job"));
+        assert_eq!(job.attempt, attempt);
+        w.engine
+            .fail_job(FailJob::new(job.id, job.lease, "warehouse system down"))
+            .await
+            .unwrap();
+    }
+    let jobs = w.engine.jobs(order).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        jobs[0].status,
+        JobStatus::Incident,
+        "retries (3) used up: {jobs:?}"
+    );
+    let stuck = w.engine.get(order).await.unwrap();
+    assert_eq!(stuck.state, "checking_stock");
+    assert!(
+        stuck.data.get("number").is_none(),
+        "not confirmed, no number drawn"
+    );
+    let cancel = w
+        .send(
+            order,
+            "ana:sales_rep",
+            "cancel_order",
+            json!({ "reason": "x" }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        cancel.code(),
+        "WRONG_STATE",
+        "not cancelled under a reservation in flight: {cancel}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_confirmations_never_share_a_number_and_leave_no_gap() {
+    // Every order waits for approval, so that the confirmations can be sent all at once.
+    let w = memory_world(&[(
+        "data/orders.json",
+        "\"approval_net_above\": \"25000\"",
+        "\"approval_net_above\": \"0\"",
+    )])
+    .await;
+    let mut orders = Vec::new();
+    for n in 0..12 {
+        let order = w
+            .submitted_order(
+                &format!("O-{n}"),
+                "BETA",
+                json!([{ "sku": "SEAL-KIT", "quantity": 1 }]),
+            )
+            .await;
+        w.complete_only_job(
+            "reserve_stock",
+            json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 1 }] }),
+        )
+        .await;
+        assert_eq!(w.engine.get(order).await.unwrap().state, "pending_approval");
+        orders.push(order);
+    }
+    let mut tasks = Vec::new();
+    for order in orders.clone() {
+        let engine = w.engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .send(CommandRequest::new(
+                    order,
+                    "approve",
+                    who("mia:sales_manager"),
+                    format!("approve-{order}"),
+                ))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().state, "confirmed");
+    }
+    let mut numbers = Vec::new();
+    for order in orders {
+        numbers.push(w.data(order).await["number"].as_str().unwrap().to_string());
+    }
+    numbers.sort();
+    let expected: Vec<String> = (1..=12).map(|n| format!("SO-2026-{n:06}")).collect();
+    assert_eq!(numbers, expected);
+}
+
+#[tokio::test]
+async fn order_entry_bad_input_is_refused_naming_the_field_and_nothing_is_written() {
+    let w = memory_world(&[]).await;
+    // A negative quantity never starts an order.
+    let negative = w
+        .engine
+        .start(StartRequest::new("sales_order", who("ana:sales_rep"), "start-neg").data(json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": -3 }] })))
+        .await
+        .unwrap_err();
+    assert!(
+        negative.to_string().contains("lines[0].quantity"),
+        "{negative}"
+    );
+    // An unknown SKU is refused at submit, naming the line; the order stays as it was.
+    let order = w
+        .engine
+        .start(StartRequest::new("sales_order", who("ana:sales_rep"), "start-sku").data(json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }, { "sku": "NOPE-1", "quantity": 1 }] })))
+        .await
+        .unwrap()
+        .instance;
+    let unknown = w
+        .send(order, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), "DECISION_REFUSED");
+    assert!(
+        unknown
+            .to_string()
+            .contains("lines[1].sku: unknown SKU NOPE-1"),
+        "{unknown}"
+    );
+    let after = w.engine.get(order).await.unwrap();
+    assert_eq!((after.state.as_str(), after.version), ("created", 1));
+    assert!(w.engine.jobs(order).await.unwrap().is_empty());
+}

@@ -194,7 +194,7 @@ async fn definitions_list_and_get() {
         .unwrap()
         .into_inner();
     let names: Vec<&str> = listed.definitions.iter().map(|d| d.name.as_str()).collect();
-    assert_eq!(names, vec!["lead", "quote"]);
+    assert_eq!(names, vec!["lead", "quote", "sales_order", "shipment"]);
     let paged = client
         .list_definitions(as_role(
             "sales_rep",
@@ -276,7 +276,7 @@ async fn definitions_list_and_get() {
         ))
         .await;
     // Lowered to the maximum, not refused (AIP-158).
-    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 2);
+    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 4);
     server.stop().await;
 }
 
@@ -1272,7 +1272,7 @@ async fn tls_when_a_certificate_is_configured() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.definitions.len(), 2);
+    assert_eq!(listed.definitions.len(), 4);
     expect_refusal(
         client
             .list_definitions(tonic::Request::new(pb::ListDefinitionsRequest::default()))
