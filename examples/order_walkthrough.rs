@@ -74,6 +74,16 @@ impl Walk {
     }
 }
 
+/// ACME's exposure in EUR as the engine keeps it (the credit rule reads these balances).
+async fn exposure(engine: &Engine) -> Result<()> {
+    println!(
+        "  ACME's exposure kept by the engine: uninvoiced {} EUR, receivable {} EUR",
+        engine.balance("uninvoiced", "ACME/EUR").await?,
+        engine.balance("receivable", "ACME/EUR").await?
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let rules_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
@@ -105,7 +115,7 @@ async fn main() -> Result<()> {
         n: 0,
     };
 
-    println!("\n1. A qualified lead's quote: 100 seal kits for ACME, approved, sent and accepted");
+    println!("\n1. A qualified lead's quote: 100 seal kits and 10 pumps for ACME, approved, sent and accepted");
     let lead = engine
         .start(
             StartRequest::new(
@@ -128,12 +138,12 @@ async fn main() -> Result<()> {
     walk.send(lead, "ana:sales_rep", "qualify", json!({}))
         .await?;
     let quote = walk
-        .send(lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "valid_until": "2026-05-15", "lines": [{ "sku": "SEAL-KIT", "quantity": 100 }, { "sku": "PUMP-200", "quantity": 4 }] }))
+        .send(lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "valid_until": "2026-05-15", "lines": [{ "sku": "SEAL-KIT", "quantity": 100 }, { "sku": "PUMP-200", "quantity": 10 }] }))
         .await?
         .started[0];
     walk.send(quote, "ana:sales_rep", "submit", json!({}))
         .await?;
-    walk.send(quote, "mia:sales_manager", "approve", json!({}))
+    walk.send(quote, "fin:finance", "approve", json!({}))
         .await?;
     walk.send(quote, "ana:sales_rep", "send", json!({})).await?;
     let order = walk
@@ -176,7 +186,7 @@ async fn main() -> Result<()> {
     .await?;
 
     println!("\n3. The inventory adapter reserves 60 of 100 seal kits: 40 backordered, the order confirmed");
-    walk.job("reserve_stock", "inventory", json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 60 }, { "sku": "PUMP-200", "reserved": 4 }] })).await?;
+    walk.job("reserve_stock", "inventory", json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 60 }, { "sku": "PUMP-200", "reserved": 10 }] })).await?;
     let data = engine.get(order).await?.data;
     println!(
         "  order number {}, alerts {}; the lead is {}",
@@ -184,6 +194,7 @@ async fn main() -> Result<()> {
         data["alerts"],
         engine.get(lead).await?.state
     );
+    exposure(&engine).await?;
 
     println!(
         "\n4. A shipment of what is reserved; the carrier booking is a job; delivery reports back"
@@ -270,6 +281,7 @@ async fn main() -> Result<()> {
     )
     .await?;
     walk.send(order, "fin:finance", "close", json!({})).await?;
+    exposure(&engine).await?;
 
     println!("\n7. The order's history: every change with its actor, command and reason");
     for h in engine.history(order, 0, 0).await? {

@@ -11,7 +11,7 @@ use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use switchyard_core::rules::DecisionInput;
-use switchyard_core::{Counters, DeciderRegistry, RuleLimits, RuleSet};
+use switchyard_core::{Balances, Counters, DeciderRegistry, RuleLimits, RuleSet};
 
 fn rules() -> RuleSet {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules");
@@ -26,6 +26,7 @@ fn input(data: serde_json::Value) -> DecisionInput {
         actor: json!({ "id": "rep-1", "roles": ["sales_rep"] }),
         now: Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap(),
         counters: Counters::default(),
+        balances: Balances::default(),
     }
 }
 

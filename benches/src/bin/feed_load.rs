@@ -52,6 +52,8 @@ fn fill(store: &SledStore, events: u64) -> Result<()> {
                 history: vec![],
                 counters: vec![],
                 counter_checks: vec![],
+                balances: vec![],
+                balance_checks: vec![],
                 jobs: vec![],
                 events: vec![EventDraft {
                     source: "switchyard".into(),

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::definition::{CommandDef, Definition};
@@ -40,6 +41,9 @@ pub struct DecisionContext<'a> {
     /// Counter values the decider may read (those its command declares in
     /// `effects.counters`); what it reads is checked again when the commit is written.
     pub counters: &'a Counters,
+    /// Balance values the decider may read (those its command declares in
+    /// `effects.balances`); checked again when the commit is written, like counters.
+    pub balances: &'a Balances,
 }
 
 /// A counter value a decision was made on. The commit is refused (and the command decided
@@ -54,103 +58,133 @@ pub struct CounterRead {
     pub value: u64,
 }
 
-/// Reads one counter value (counter, key) from a live store.
-pub(crate) type CounterLookup =
-    Arc<dyn Fn(&str, &str) -> Result<u64, crate::store::StoreError> + Send + Sync>;
-
-/// Where counter values come from: the store (a live decision or a dry run), a rule test's
-/// given values, or a past decision's record (a backtest).
-#[derive(Clone)]
-enum CounterSource {
-    Fixed(BTreeMap<(String, String), u64>),
-    Live(CounterLookup),
+/// A balance value a decision was made on (a customer's exposure…). The commit is refused
+/// (and the command decided again) if the value changed before it was written.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalanceRead {
+    /// Balance name.
+    pub balance: String,
+    /// Key within the balance.
+    pub key: String,
+    /// The value read.
+    pub value: Decimal,
 }
 
-/// The counters a decider may read. Every value read is remembered, first read wins, so the
-/// engine can check at commit that the decision still stands on it and a backtest can replay
-/// it. Clones share what was read.
+/// Reads one value (name, key) from a live store.
+pub(crate) type LedgerLookup<V> =
+    Arc<dyn Fn(&str, &str) -> Result<V, crate::store::StoreError> + Send + Sync>;
+
+/// Where values come from: the store (a live decision or a dry run), a rule test's given
+/// values, or a past decision's record (a backtest).
 #[derive(Clone)]
-pub struct Counters {
-    source: CounterSource,
-    /// The counters that may be read; `None`: any.
+enum LedgerSource<V> {
+    Fixed(BTreeMap<(String, String), V>),
+    Live(LedgerLookup<V>),
+}
+
+/// Named, keyed values a decider may read — counters (`u64`) or balances (`Decimal`). Every
+/// value read is remembered, first read wins, so the engine can check at commit that the
+/// decision still stands on it and a backtest can replay it. Clones share what was read.
+#[derive(Clone)]
+pub struct Ledger<V> {
+    source: LedgerSource<V>,
+    /// The names that may be read; `None`: any.
     allowed: Option<Vec<String>>,
-    reads: Arc<std::sync::Mutex<Vec<CounterRead>>>,
+    reads: Arc<std::sync::Mutex<Vec<(String, String, V)>>>,
     /// The first store failure a read met: it fails the command as that failure (a corrupt
     /// record stays DATA_LOSS), whatever the decider made of the error it was given.
     failed: Arc<std::sync::Mutex<Option<crate::store::StoreError>>>,
 }
 
-/// Most distinct counter values one decision may read.
+/// The counters a decider may read.
+pub type Counters = Ledger<u64>;
+
+/// The balances a decider may read.
+pub type Balances = Ledger<Decimal>;
+
+/// Most distinct counter (or balance) values one decision may read.
 pub const COUNTER_READS_MAX: usize = 64;
 
-impl Default for Counters {
+/// The value types a [`Ledger`] holds.
+pub trait LedgerValue: Clone + Default + fmt::Debug + Send + Sync + 'static {
+    /// What one is called in messages.
+    const KIND: &'static str;
+    /// The ledger's type name, for `Debug`.
+    const LEDGER: &'static str;
+}
+
+impl LedgerValue for u64 {
+    const KIND: &'static str = "counter";
+    const LEDGER: &'static str = "Counters";
+}
+
+impl LedgerValue for Decimal {
+    const KIND: &'static str = "balance";
+    const LEDGER: &'static str = "Balances";
+}
+
+impl<V: LedgerValue> Default for Ledger<V> {
     fn default() -> Self {
-        Counters::fixed(BTreeMap::new())
+        Ledger::fixed(BTreeMap::new())
     }
 }
 
-impl fmt::Debug for Counters {
+impl<V: LedgerValue> fmt::Debug for Ledger<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
-            CounterSource::Fixed(values) => f.debug_tuple("Counters::Fixed").field(values).finish(),
-            CounterSource::Live(_) => f.write_str("Counters::Live"),
+            LedgerSource::Fixed(values) => f
+                .debug_tuple(&format!("{}::Fixed", V::LEDGER))
+                .field(values)
+                .finish(),
+            LedgerSource::Live(_) => write!(f, "{}::Live", V::LEDGER),
         }
     }
 }
 
-impl Counters {
-    /// Given values, keyed by (counter, key); any other counter reads as 0 (never drawn).
-    pub fn fixed(values: BTreeMap<(String, String), u64>) -> Self {
-        Counters {
-            source: CounterSource::Fixed(values),
+impl<V: LedgerValue> Ledger<V> {
+    /// Given values, keyed by (name, key); any other reads as zero (never drawn or moved).
+    pub fn fixed(values: BTreeMap<(String, String), V>) -> Self {
+        Ledger {
+            source: LedgerSource::Fixed(values),
             allowed: None,
             reads: Arc::default(),
             failed: Arc::default(),
         }
     }
 
-    /// Given values as `{ counter: { key: value } }` (a rule test's `counters`, the `rules
-    /// eval` input's).
-    pub fn given(values: BTreeMap<String, BTreeMap<String, u64>>) -> Self {
-        Counters::fixed(
+    /// Given values as `{ name: { key: value } }` (a rule test's `counters` or `balances`,
+    /// the `rules eval` input's).
+    pub fn given(values: BTreeMap<String, BTreeMap<String, V>>) -> Self {
+        Ledger::fixed(
             values
                 .into_iter()
-                .flat_map(|(counter, keys)| {
+                .flat_map(|(name, keys)| {
                     keys.into_iter()
-                        .map(move |(key, value)| ((counter.clone(), key), value))
+                        .map(move |(key, value)| ((name.clone(), key), value))
                 })
                 .collect(),
         )
     }
 
-    /// The values a past decision read.
-    pub fn replaying(reads: &[CounterRead]) -> Self {
-        Counters::fixed(
-            reads
-                .iter()
-                .map(|r| ((r.counter.clone(), r.key.clone()), r.value))
-                .collect(),
-        )
-    }
-
-    /// Values read by `read`, of the `allowed` counters only (`None`: any).
-    pub(crate) fn live(read: CounterLookup, allowed: Option<Vec<String>>) -> Self {
-        Counters {
-            source: CounterSource::Live(read),
+    /// Values read by `read`, of the `allowed` names only (`None`: any).
+    pub(crate) fn live(read: LedgerLookup<V>, allowed: Option<Vec<String>>) -> Self {
+        Ledger {
+            source: LedgerSource::Live(read),
             allowed,
             reads: Arc::default(),
             failed: Arc::default(),
         }
     }
 
-    /// The value of `counter` at `key` (0 if never drawn). Refused for a counter the command
-    /// does not declare, and past [`COUNTER_READS_MAX`] distinct values.
-    pub fn read(&self, counter: &str, key: &str) -> Result<u64, String> {
+    /// The value of `name` at `key` (zero if never drawn or moved). Refused for a name the
+    /// command does not declare, and past [`COUNTER_READS_MAX`] distinct values.
+    pub fn read(&self, name: &str, key: &str) -> Result<V, String> {
+        let kind = V::KIND;
         if let Some(allowed) = &self.allowed {
-            if !allowed.iter().any(|c| c == counter) {
+            if !allowed.iter().any(|c| c == name) {
                 return Err(format!(
-                    "counter `{}` may not be read here; the command declares: {}",
-                    crate::error::clip(counter, 64),
+                    "{kind} `{}` may not be read here; the command declares: {}",
+                    crate::error::clip(name, 64),
                     if allowed.is_empty() {
                         "(nothing)".to_string()
                     } else {
@@ -159,37 +193,33 @@ impl Counters {
                 ));
             }
         }
-        let mut reads = self.reads.lock().expect("counter reads lock poisoned");
-        if let Some(r) = reads.iter().find(|r| r.counter == counter && r.key == key) {
-            return Ok(r.value);
+        let mut reads = self.reads.lock().expect("ledger reads lock poisoned");
+        if let Some((_, _, value)) = reads.iter().find(|(n, k, _)| n == name && k == key) {
+            return Ok(value.clone());
         }
         if reads.len() >= COUNTER_READS_MAX {
             return Err(format!(
-                "at most {COUNTER_READS_MAX} counter values may be read in one decision"
+                "at most {COUNTER_READS_MAX} {kind} values may be read in one decision"
             ));
         }
         let value = match &self.source {
-            CounterSource::Fixed(values) => values
-                .get(&(counter.to_string(), key.to_string()))
-                .copied()
-                .unwrap_or(0),
-            CounterSource::Live(read) => match read(counter, key) {
+            LedgerSource::Fixed(values) => values
+                .get(&(name.to_string(), key.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+            LedgerSource::Live(read) => match read(name, key) {
                 Ok(value) => value,
                 Err(e) => {
-                    let message = format!("reading counter `{counter}` failed: {e}");
+                    let message = format!("reading {kind} `{name}` failed: {e}");
                     self.failed
                         .lock()
-                        .expect("counter failure lock poisoned")
+                        .expect("ledger failure lock poisoned")
                         .get_or_insert(e);
                     return Err(message);
                 }
             },
         };
-        reads.push(CounterRead {
-            counter: counter.to_string(),
-            key: key.to_string(),
-            value,
-        });
+        reads.push((name.to_string(), key.to_string(), value.clone()));
         Ok(value)
     }
 
@@ -197,16 +227,64 @@ impl Counters {
     pub(crate) fn store_failure(&self) -> Option<crate::store::StoreError> {
         self.failed
             .lock()
-            .expect("counter failure lock poisoned")
+            .expect("ledger failure lock poisoned")
             .clone()
+    }
+
+    /// Every (name, key, value) read so far, in the order first read.
+    fn values_read(&self) -> Vec<(String, String, V)> {
+        self.reads
+            .lock()
+            .expect("ledger reads lock poisoned")
+            .clone()
+    }
+}
+
+impl Ledger<u64> {
+    /// The values a past decision read.
+    pub fn replaying(reads: &[CounterRead]) -> Self {
+        Ledger::fixed(
+            reads
+                .iter()
+                .map(|r| ((r.counter.clone(), r.key.clone()), r.value))
+                .collect(),
+        )
     }
 
     /// Every value read so far, in the order first read.
     pub fn reads(&self) -> Vec<CounterRead> {
-        self.reads
-            .lock()
-            .expect("counter reads lock poisoned")
-            .clone()
+        self.values_read()
+            .into_iter()
+            .map(|(counter, key, value)| CounterRead {
+                counter,
+                key,
+                value,
+            })
+            .collect()
+    }
+}
+
+impl Ledger<Decimal> {
+    /// The values a past decision read.
+    pub fn replaying(reads: &[BalanceRead]) -> Self {
+        Ledger::fixed(
+            reads
+                .iter()
+                .map(|r| ((r.balance.clone(), r.key.clone()), r.value))
+                .collect(),
+        )
+    }
+
+    /// Every value read so far, in the order first read.
+    pub fn reads(&self) -> Vec<BalanceRead> {
+        self.values_read()
+            .into_iter()
+            .map(|(balance, key, value)| BalanceRead {
+                balance,
+                key,
+                value,
+            })
+            .collect()
     }
 }
 
@@ -306,6 +384,16 @@ pub enum Effect {
         counter: String,
         /// Key within the counter.
         key: String,
+    },
+    /// Move a named balance (a customer's exposure…) at `key` by `amount` (negative: down),
+    /// in the same commit. Balances are exact decimals and start at zero.
+    AdjustBalance {
+        /// Balance name; must be in the command's `effects.balances`.
+        balance: String,
+        /// Key within the balance (e.g. `"ACME/EUR"`).
+        key: String,
+        /// By how much.
+        amount: Decimal,
     },
     /// Send a command, as `system`, to a linked instance: it is checked and decided like any
     /// command, and its transition commits with this one, or the whole command is refused.
@@ -699,6 +787,38 @@ mod tests {
             many.read("n", "0"),
             Ok(0),
             "a value already read is still there"
+        );
+    }
+
+    #[test]
+    fn balances_are_read_like_counters_exactly_and_replay() {
+        let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+        let balances = super::Balances::given(BTreeMap::from([(
+            "uninvoiced".to_string(),
+            BTreeMap::from([("ACME/EUR".to_string(), d("7000.10"))]),
+        )]));
+        assert_eq!(balances.read("uninvoiced", "ACME/EUR"), Ok(d("7000.10")));
+        assert_eq!(balances.read("uninvoiced", "BETA/EUR"), Ok(d("0")));
+        assert_eq!(
+            format!("{balances:?}"),
+            r#"Balances::Fixed({("uninvoiced", "ACME/EUR"): 7000.10})"#
+        );
+        let reads = balances.reads();
+        assert_eq!(reads.len(), 2);
+        assert_eq!(reads[0].value.to_string(), "7000.10", "exact, scale kept");
+        let replay = super::Balances::replaying(&reads);
+        assert_eq!(replay.read("uninvoiced", "ACME/EUR"), Ok(d("7000.10")));
+        let live = super::Balances::live(
+            Arc::new(|_: &str, _: &str| Ok(rust_decimal::Decimal::ONE)),
+            Some(vec!["receivable".into()]),
+        );
+        assert_eq!(
+            live.read("uninvoiced", "ACME/EUR").unwrap_err(),
+            "balance `uninvoiced` may not be read here; the command declares: receivable"
+        );
+        assert_eq!(
+            live.read("receivable", "ACME/EUR"),
+            Ok(rust_decimal::Decimal::ONE)
         );
     }
 

@@ -215,6 +215,17 @@ pub enum CommandError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A balance value the decision read kept changing under concurrent commands; the bounded
+    /// retries ran out.
+    #[error("balance `{balance}` key `{key}` kept changing under concurrent commands; gave up after {attempts} attempts")]
+    BalanceConflict {
+        /// Balance name.
+        balance: String,
+        /// Key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The request id was used before for a different request.
     #[error("request id `{request_id}` was already used for {original}; a different request needs a new request id")]
     RequestIdReused {
@@ -388,6 +399,7 @@ impl CommandError {
         "VERSION_MISMATCH",
         "CONFLICT",
         "COUNTER_CONFLICT",
+        "BALANCE_CONFLICT",
         "REQUEST_ID_REUSED",
         "COUNTER_LIMIT",
         "DECISION_REFUSED",
@@ -428,6 +440,7 @@ impl CommandError {
             CommandError::VersionMismatch { .. } => "VERSION_MISMATCH",
             CommandError::Conflict { .. } => "CONFLICT",
             CommandError::CounterConflict { .. } => "COUNTER_CONFLICT",
+            CommandError::BalanceConflict { .. } => "BALANCE_CONFLICT",
             CommandError::RequestIdReused { .. } => "REQUEST_ID_REUSED",
             CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
             CommandError::DecisionRefused { .. } => "DECISION_REFUSED",
@@ -562,6 +575,11 @@ mod tests {
             },
             CommandError::CounterConflict {
                 counter: s(),
+                key: s(),
+                attempts: 9,
+            },
+            CommandError::BalanceConflict {
+                balance: s(),
                 key: s(),
                 attempts: 9,
             },

@@ -75,8 +75,9 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use credential::Credential;
 pub use decider::{
-    CounterAssign, CounterRead, Counters, DecideError, Decider, DeciderRegistry, Decision,
-    DecisionContext, Effect, LinkedTarget, SourceLocation,
+    BalanceRead, Balances, CounterAssign, CounterRead, Counters, DecideError, Decider,
+    DeciderRegistry, Decision, DecisionContext, Effect, Ledger, LedgerValue, LinkedTarget,
+    SourceLocation,
 };
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{

@@ -405,6 +405,9 @@ pub struct ProvenanceInputs {
     /// The counter values the decision read (a backtest replays them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub counters: Vec<crate::decider::CounterRead>,
+    /// The balance values the decision read (a backtest replays them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub balances: Vec<crate::decider::BalanceRead>,
 }
 
 /// What a request acted on; kept with its request record, so that a retry is matched to the

@@ -782,6 +782,18 @@ impl World {
             .unwrap()
     }
 
+    /// ACME's uninvoiced and receivable balances in EUR, as the engine keeps them.
+    async fn exposure(&self) -> (String, String) {
+        let read = |name: &'static str| async move {
+            self.engine
+                .balance(name, "ACME/EUR")
+                .await
+                .unwrap()
+                .to_string()
+        };
+        (read("uninvoiced").await, read("receivable").await)
+    }
+
     /// The (actor, command, state, reason) of every change of `id`.
     async fn story(&self, id: InstanceId) -> Vec<(String, String, String, String)> {
         self.engine
@@ -825,7 +837,7 @@ async fn check(
 #[tokio::test]
 async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     let w = memory_world(&[]).await;
-    // A lead, qualified into an opportunity with a quote of 11 pumps at ACME's 1,190.00, 5% tier and 12% off.
+    // A lead, qualified into an opportunity with a quote of 12 pumps at ACME's 1,190.00, 5% tier and 12% off.
     let lead = w
         .engine
         .start(
@@ -856,8 +868,8 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "qualified by ana",
     )
     .await;
-    let quote = check(&w, lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "discount_pct": "12", "valid_until": "2026-05-15", "lines": [{ "sku": "PUMP-200", "quantity": 11 }] }), "qualified", "quote created for ACME GmbH").await.started[0];
-    // Two-step approval: the discount needs the manager, the net of 10,943.24 finance.
+    let quote = check(&w, lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "discount_pct": "12", "valid_until": "2026-05-15", "lines": [{ "sku": "PUMP-200", "quantity": 12 }] }), "qualified", "quote created for ACME GmbH").await.started[0];
+    // Two-step approval: the discount needs the manager, the net of 11,938.08 finance.
     check(
         &w,
         quote,
@@ -865,7 +877,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "submit",
         json!({}),
         "pending_approval",
-        "discount 16.4000% > 10% → sales_manager; net 10943.24 > 10000 → finance",
+        "discount 16.4000% > 10% → sales_manager; net 11938.08 > 10000 → finance",
     )
     .await;
     check(
@@ -905,14 +917,14 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "accept",
         json!({}),
         "accepted",
-        "accepted, recorded by ana; sales order started (11846.06 EUR)",
+        "accepted, recorded by ana; sales order started (12922.97 EUR)",
     )
     .await
     .started[0];
     assert_eq!(w.data(quote).await["ordered"], json!(true));
 
-    // Credit: 38,000 open + 7,000 uninvoiced + 11,846.06 is over ACME's 50,000.
-    check(&w, order, "ana:sales_rep", "submit", json!({}), "credit_hold", "credit: exposure 56846.06 EUR (open 38000 + uninvoiced 7000 + this order 11846.06) > limit 50000 → credit_hold").await;
+    // Credit: 38,000 opening balance + 12,922.97 is over ACME's 50,000.
+    check(&w, order, "ana:sales_rep", "submit", json!({}), "credit_hold", "credit: exposure 50922.97 EUR (open 38000 + uninvoiced 0 + this order 12922.97) > limit 50000 → credit_hold").await;
     let refused = w
         .send(
             order,
@@ -938,7 +950,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
 
-    // Stock: 6 of 11 reserved, 5 backordered (ACME allows backorders); confirmed and numbered,
+    // Stock: 6 of 12 reserved, 6 backordered (ACME allows backorders); confirmed and numbered,
     // and the lead is won in the same commit.
     let out = w
         .complete_only_job(
@@ -946,12 +958,17 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
             json!({ "lines": [{ "sku": "PUMP-200", "reserved": 6 }] }),
         )
         .await;
-    assert_eq!((out.state.as_str(), out.reason.as_str()), ("confirmed", "PUMP-200: 6 of 11 in stock, 5 backordered; net 10943.24 ≤ 25000 → confirmed; its lead is won"));
+    assert_eq!((out.state.as_str(), out.reason.as_str()), ("confirmed", "PUMP-200: 6 of 12 in stock, 6 backordered; net 11938.08 ≤ 25000 → confirmed; its lead is won"));
     let data = w.data(order).await;
     assert_eq!(data["number"], "SO-2026-000001");
     assert_eq!(
+        w.exposure().await,
+        ("12922.97".into(), "0".into()),
+        "the order counts as uninvoiced"
+    );
+    assert_eq!(
         data["alerts"],
-        json!([{ "kind": "backorder", "sku": "PUMP-200", "quantity": "5" }])
+        json!([{ "kind": "backorder", "sku": "PUMP-200", "quantity": "6" }])
     );
     let won = w.engine.get(lead).await.unwrap();
     assert_eq!(
@@ -959,7 +976,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         ("won", json!(order.to_string()))
     );
 
-    // A partial shipment: the carrier picks up 6, the order is fulfilling with 5 on backorder.
+    // A partial shipment: the carrier picks up 6, the order is fulfilling with 6 on backorder.
     let first = check(
         &w,
         order,
@@ -1004,7 +1021,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
             line["backordered"].clone(),
             line["delivery_status"].clone()
         ),
-        (json!("6"), json!("5"), json!("partial"))
+        (json!("6"), json!("6"), json!("partial"))
     );
 
     // The backorder arrives and ships; delivered in full.
@@ -1013,9 +1030,9 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         order,
         "wh:logistics",
         "stock_arrived",
-        json!({ "lines": [{ "sku": "PUMP-200", "quantity": 5 }] }),
+        json!({ "lines": [{ "sku": "PUMP-200", "quantity": 6 }] }),
         "fulfilling",
-        "backordered stock reserved: 5 × PUMP-200",
+        "backordered stock reserved: 6 × PUMP-200",
     )
     .await;
     let second = check(
@@ -1025,7 +1042,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "ship",
         json!({}),
         "fulfilling",
-        "shipment 2 started by wh: 5 × PUMP-200",
+        "shipment 2 started by wh: 6 × PUMP-200",
     )
     .await
     .started[0];
@@ -1065,9 +1082,14 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "invoice",
         json!({}),
         "invoiced",
-        "invoiced 11846.06 EUR (net 10943.24 + tax 902.82; policy: what is delivered)",
+        "invoiced 12922.97 EUR (net 11938.08 + tax 984.89; policy: what is delivered)",
     )
     .await;
+    assert_eq!(
+        w.exposure().await,
+        ("0.00".into(), "12922.97".into()),
+        "invoiced: now receivable"
+    );
     let invoice = w.data(order).await["invoices"][0].clone();
     assert_eq!(
         (invoice["number"].clone(), invoice["due"].clone()),
@@ -1080,7 +1102,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "record_payment",
         json!({ "amount": "5000.00", "method": "bank_transfer", "reference": "BT-77" }),
         "partially_paid",
-        "payment of 5000.00 EUR (bank_transfer BT-77); 6846.06 EUR still open",
+        "payment of 5000.00 EUR (bank_transfer BT-77); 7922.97 EUR still open",
     )
     .await;
     let over = w
@@ -1094,7 +1116,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         .unwrap_err();
     assert!(
         over.to_string()
-            .contains("amount: 9000.00 EUR is more than the 6846.06 EUR open"),
+            .contains("amount: 9000.00 EUR is more than the 7922.97 EUR open"),
         "{over}"
     );
     check(
@@ -1102,9 +1124,9 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         order,
         "fin:finance",
         "record_payment",
-        json!({ "amount": "6846.06", "method": "card", "reference": "CH-2" }),
+        json!({ "amount": "7922.97", "method": "card", "reference": "CH-2" }),
         "paid",
-        "payment of 6846.06 EUR (card CH-2); 0.00 EUR still open",
+        "payment of 7922.97 EUR (card CH-2); 0.00 EUR still open",
     )
     .await;
     check(
@@ -1114,9 +1136,15 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "close",
         json!({}),
         "closed",
-        "close → closed",
+        "closed by fin",
     )
     .await;
+
+    assert_eq!(
+        w.exposure().await,
+        ("0.00".into(), "0.00".into()),
+        "paid: no exposure left"
+    );
 
     // The order's whole history, actor by actor.
     let story = w.story(order).await;
@@ -1361,4 +1389,69 @@ async fn order_entry_bad_input_is_refused_naming_the_field_and_nothing_is_writte
     let after = w.engine.get(order).await.unwrap();
     assert_eq!((after.state.as_str(), after.version), ("created", 1));
     assert!(w.engine.jobs(order).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_orders_near_one_customers_limit_exactly_one_passes() {
+    // ACME: limit 50,000, opening balance 38,000. Each order is worth 7,143.50 (100 seal kits
+    // and 4 pumps): one fits (45,143.50: a warning), two do not (52,287.00).
+    for round in 0..4 {
+        let w = memory_world(&[]).await;
+        let mut orders = Vec::new();
+        for n in 0..2 {
+            let order = w
+                .engine
+                .start(StartRequest::new("sales_order", who("ana:sales_rep"), format!("start-{round}-{n}")).data(json!({ "customer": "ACME", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 100 }, { "sku": "PUMP-200", "quantity": 4 }] })))
+                .await
+                .unwrap()
+                .instance;
+            orders.push(order);
+        }
+        let mut tasks = Vec::new();
+        for order in orders.clone() {
+            let engine = w.engine.clone();
+            tasks.push(tokio::spawn(async move {
+                engine
+                    .send(CommandRequest::new(
+                        order,
+                        "submit",
+                        who("ana:sales_rep"),
+                        format!("submit-{order}"),
+                    ))
+                    .await
+                    .unwrap()
+                    .state
+            }));
+        }
+        let mut states = Vec::new();
+        for t in tasks {
+            states.push(t.await.unwrap());
+        }
+        states.sort();
+        assert_eq!(
+            states,
+            vec!["checking_stock", "credit_hold"],
+            "round {round}"
+        );
+        assert_eq!(
+            w.exposure().await.0,
+            "7143.50",
+            "only the one that passed counts"
+        );
+        // The held order was decided on the balance the other one moved, and says so.
+        for order in &orders {
+            let submit = w.engine.history(*order, 1, 1).await.unwrap().remove(0);
+            let read = submit.provenance.unwrap().inputs.balances;
+            let uninvoiced = read
+                .iter()
+                .find(|r| r.balance == "uninvoiced" && r.key == "ACME/EUR")
+                .unwrap();
+            let expected = if submit.to_state == "credit_hold" {
+                "7143.50"
+            } else {
+                "0"
+            };
+            assert_eq!(uninvoiced.value.to_string(), expected, "round {round}");
+        }
+    }
 }

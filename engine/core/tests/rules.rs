@@ -56,6 +56,7 @@ fn input(data: serde_json::Value) -> DecisionInput {
         actor: json!({ "id": "rep", "roles": ["sales_rep"] }),
         now: Utc.with_ymd_and_hms(2026, 4, 1, 9, 30, 0).unwrap(),
         counters: Counters::default(),
+        balances: Balances::default(),
     }
 }
 
@@ -248,7 +249,7 @@ fn runtime_errors_and_bad_results_name_script_function_and_position() {
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ launch: 1 }] } }\n"),
-        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter`, `job` or `send`"
+        "scripts/deal.rhai: function `decide` returned an invalid decision: effects[0]: an effect needs one of `start`, `update`, `counter`, `balance`, `job` or `send`"
     );
     assert_eq!(
         eval_error("fn decide(instance, payload, actor) { #{ state: \"closed\", reason: \"r\", effects: [#{ counter: \"uses\", key: \"k\", give_back: true, limit: 3 }] } }\n"),

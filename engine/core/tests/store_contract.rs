@@ -58,6 +58,8 @@ fn write(i: Instance, expected: Option<u64>) -> Commit {
         at: t0(),
         request: None,
         counter_checks: vec![],
+        balances: vec![],
+        balance_checks: vec![],
         history: vec![entry(&i)],
         events: vec![event(&i)],
         jobs: vec![],
@@ -335,6 +337,61 @@ fn counters_draw_gap_free_with_limits_and_assignment(store: &dyn Store) {
     assert_eq!(one(store, c).unwrap().counters[0].value, 2);
 }
 
+fn balances_move_exactly_and_a_changed_read_refuses_the_commit(store: &dyn Store) {
+    let d = |s: &str| s.parse::<rust_decimal::Decimal>().unwrap();
+    let by = |key: &str, amount: &str| BalanceChange {
+        balance: "uninvoiced".into(),
+        key: key.into(),
+        amount: d(amount),
+    };
+    assert_eq!(store.balance("uninvoiced", "ACME/EUR").unwrap(), d("0"));
+    let mut c = write(instance(InstanceId::new(), 1, "created", "B"), None);
+    c.balances = vec![
+        by("ACME/EUR", "0.1"),
+        by("ACME/EUR", "0.2"),
+        by("BETA/EUR", "-5.00"),
+    ];
+    one(store, c).unwrap();
+    assert_eq!(
+        store.balance("uninvoiced", "ACME/EUR").unwrap(),
+        d("0.3"),
+        "exact, in order"
+    );
+    assert_eq!(store.balance("uninvoiced", "BETA/EUR").unwrap(), d("-5.00"));
+    assert_eq!(
+        store.balance("receivable", "ACME/EUR").unwrap(),
+        d("0"),
+        "names apart"
+    );
+    // A value the decision read must still hold when the commit is written.
+    let checked = |value: &str| {
+        let mut c = write(instance(InstanceId::new(), 1, "created", "B"), None);
+        c.balance_checks = vec![BalanceRead {
+            balance: "uninvoiced".into(),
+            key: "ACME/EUR".into(),
+            value: d(value),
+        }];
+        c.balances = vec![by("ACME/EUR", "100")];
+        c
+    };
+    assert_eq!(
+        one(store, checked("0")).unwrap_err(),
+        CommitRefusal::BalanceChanged {
+            balance: "uninvoiced".into(),
+            key: "ACME/EUR".into(),
+            read: d("0"),
+            current: d("0.3"),
+        }
+    );
+    assert_eq!(
+        store.balance("uninvoiced", "ACME/EUR").unwrap(),
+        d("0.3"),
+        "nothing moved"
+    );
+    one(store, checked("0.30")).unwrap();
+    assert_eq!(store.balance("uninvoiced", "ACME/EUR").unwrap(), d("100.3"));
+}
+
 fn a_batch_applies_in_order_and_refusals_are_isolated(store: &dyn Store) {
     let id = InstanceId::new();
     let other = InstanceId::new();
@@ -505,6 +562,8 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         history: vec![],
         counters: vec![],
         counter_checks: vec![],
+        balances: vec![],
+        balance_checks: vec![],
         events: vec![],
         jobs: vec![JobWrite {
             job: j,
@@ -711,6 +770,11 @@ macro_rules! contract {
             fn counters_draw_gap_free_with_limits_and_assignment() {
                 let (store, _guard) = $make;
                 super::counters_draw_gap_free_with_limits_and_assignment(&*store);
+            }
+            #[test]
+            fn balances_move_exactly_and_a_changed_read_refuses_the_commit() {
+                let (store, _guard) = $make;
+                super::balances_move_exactly_and_a_changed_read_refuses_the_commit(&*store);
             }
             #[test]
             fn a_batch_applies_in_order_and_refusals_are_isolated() {

@@ -114,7 +114,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "RULE_SET_REFUSED"
         | "NO_RULE_SETS" => Code::FailedPrecondition,
         "ROLE_NOT_ALLOWED" | "NOT_OWNER" => Code::PermissionDenied,
-        "VERSION_MISMATCH" | "CONFLICT" | "COUNTER_CONFLICT" => Code::Aborted,
+        "VERSION_MISMATCH" | "CONFLICT" | "COUNTER_CONFLICT" | "BALANCE_CONFLICT" => Code::Aborted,
         "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
         "SHUTTING_DOWN" | "STORE" => Code::Unavailable,
@@ -251,6 +251,15 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             details.add_bad_request_violation("request_id", clip(&message, DESCRIPTION_BYTES_MAX));
             metadata.push(("request_id", request_id.clone()));
             metadata.push(("original", original.clone()));
+        }
+        E::BalanceConflict {
+            balance,
+            key,
+            attempts,
+        } => {
+            metadata.push(("balance", balance.clone()));
+            metadata.push(("key", key.clone()));
+            metadata.push(("attempts", attempts.to_string()));
         }
         E::CounterLimit {
             counter,

@@ -300,12 +300,23 @@ fn rules(what: Rules) -> Result<i32> {
                         input.display()
                     )
                 })?;
+            let balances: std::collections::BTreeMap<
+                String,
+                std::collections::BTreeMap<String, rust_decimal::Decimal>,
+            > = serde_json::from_value(field("balances", serde_json::json!({})))
+                .with_context(|| {
+                    format!(
+                        "{}: field `balances`: expected {{ \"balance\": {{ \"key\": \"decimal string\" }} }}",
+                        input.display()
+                    )
+                })?;
             let input = DecisionInput {
                 instance: field("instance", serde_json::json!({})),
                 payload: field("payload", serde_json::json!({})),
                 actor: field("actor", serde_json::json!({ "id": "eval", "roles": [] })),
                 now,
                 counters: switchyard_core::Counters::given(counters),
+                balances: switchyard_core::Balances::given(balances),
             };
             let started = std::time::Instant::now();
             let result = rules.evaluate(&function, &input);

@@ -177,6 +177,8 @@ pub struct EffectsDef {
     pub update: Vec<String>,
     /// Named counters it may draw from.
     pub counters: Vec<String>,
+    /// Named balances it may read and move.
+    pub balances: Vec<String>,
     /// Job types it may create.
     pub jobs: Vec<String>,
     /// Commands it may send to linked instances, as `<definition>.<command>`.
@@ -571,6 +573,8 @@ struct EffectsSpec {
     #[serde(default)]
     counters: Vec<String>,
     #[serde(default)]
+    balances: Vec<String>,
+    #[serde(default)]
     jobs: Vec<String>,
     #[serde(default)]
     send: Vec<String>,
@@ -767,12 +771,18 @@ fn check_file(
         }
         let effects = match &cmd.effects {
             Some(e) => {
-                for c in &e.get_ref().counters {
-                    if !is_identifier(c) {
-                        problem(
-                            e.span(),
-                            format!("{what}: counter name `{c}` is not an identifier"),
-                        );
+                let named = [
+                    ("counter", &e.get_ref().counters),
+                    ("balance", &e.get_ref().balances),
+                ];
+                for (kind, names) in named {
+                    for c in names {
+                        if !is_identifier(c) {
+                            problem(
+                                e.span(),
+                                format!("{what}: {kind} name `{c}` is not an identifier"),
+                            );
+                        }
                     }
                 }
                 for j in &e.get_ref().jobs {
@@ -790,6 +800,7 @@ fn check_file(
                     start: e.get_ref().start.clone(),
                     update: e.get_ref().update.clone(),
                     counters: e.get_ref().counters.clone(),
+                    balances: e.get_ref().balances.clone(),
                     jobs: e.get_ref().jobs.clone(),
                     send: e.get_ref().send.clone(),
                 }

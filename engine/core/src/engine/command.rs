@@ -21,7 +21,7 @@ use super::effects::{CommandContext, CommitBuilder};
 use super::requests::{CancelRequest, CommandRequest, StartRequest};
 use super::{timers, Active, Applied, Engine, Origin, Prepared};
 use crate::committer::Work;
-use crate::decider::{Counters, DecideError, Decision, DecisionContext};
+use crate::decider::{Balances, Counters, DecideError, Decision, DecisionContext};
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{self, EventType};
@@ -565,6 +565,7 @@ impl Engine {
             actor: request.actor.clone(),
             now: self.inner.config.clock.now(),
             counters: self.counters_for(command),
+            balances: self.balances_for(command),
         };
         let (decision, inputs) = self.decide(&rules, command, inputs).await?;
         let cx = CommandContext {
@@ -581,6 +582,7 @@ impl Engine {
         };
         let mut builder = CommitBuilder::transition(self, &cx, &decision)?;
         builder.counters_read(inputs.counters.reads());
+        builder.balances_read(inputs.balances.reads());
         for effect in decision.effects {
             builder.effect(effect).await?;
         }
@@ -709,6 +711,20 @@ impl Engine {
         )
     }
 
+    /// The balances a decider of `command` may read: those it declares, read from the store.
+    pub(super) fn balances_for(&self, command: &CommandDef) -> Balances {
+        self.balances_reading(Some(command.effects.balances.clone()))
+    }
+
+    /// Balance values read from the store: of the `allowed` balances, or (`None`) any.
+    pub(super) fn balances_reading(&self, allowed: Option<Vec<String>>) -> Balances {
+        let store = self.inner.store.clone();
+        Balances::live(
+            Arc::new(move |balance: &str, key: &str| store.balance(balance, key)),
+            allowed,
+        )
+    }
+
     pub(super) fn request_record(
         &self,
         request_id: &str,
@@ -784,6 +800,7 @@ pub(super) struct DecisionInputs {
     pub actor: crate::model::Actor,
     pub now: DateTime<Utc>,
     pub counters: Counters,
+    pub balances: Balances,
 }
 
 impl DecisionInputs {
@@ -801,6 +818,7 @@ impl DecisionInputs {
             root: self.root.as_ref(),
             now: self.now,
             counters: &self.counters,
+            balances: &self.balances,
         }
     }
 }
@@ -874,6 +892,22 @@ impl Retry<'_> {
                 current,
             } => {
                 tracing::debug!(%counter, %key, read, current, attempt = self.attempt, "a counter read changed; re-evaluating");
+                Ok(None)
+            }
+            CommitRefusal::BalanceChanged { balance, key, .. } if self.last => {
+                Err(CommandError::BalanceConflict {
+                    balance,
+                    key,
+                    attempts: self.attempt,
+                })
+            }
+            CommitRefusal::BalanceChanged {
+                balance,
+                key,
+                read,
+                current,
+            } => {
+                tracing::debug!(%balance, %key, %read, %current, attempt = self.attempt, "a balance read changed; re-evaluating");
                 Ok(None)
             }
             CommitRefusal::VersionConflict {

@@ -15,7 +15,7 @@ use super::checks::{check_business_key, check_decision, decision_invalid, displa
 use super::command::DecisionInputs;
 use super::requests::CommandRequest;
 use super::{timers, Active, Engine, Prepared};
-use crate::decider::{CounterAssign, CounterRead, Decision, Effect, LinkedTarget};
+use crate::decider::{BalanceRead, CounterAssign, CounterRead, Decision, Effect, LinkedTarget};
 use crate::definition::{CommandDef, Definition};
 use crate::error::CommandError;
 use crate::feed::{EventDraft, EventType};
@@ -25,7 +25,7 @@ use crate::model::{
     OpenTimer, RequestTarget,
 };
 use crate::patch::apply_merge_patch;
-use crate::store::{Commit, CounterDraw, InstanceWrite, JobWrite};
+use crate::store::{BalanceChange, Commit, CounterDraw, InstanceWrite, JobWrite};
 
 /// The longest chain of parents `LinkedTarget::Root` walks.
 const ROOT_DEPTH_MAX: usize = 32;
@@ -136,6 +136,11 @@ impl<'a> CommitBuilder<'a> {
                 assign,
             } => self.draw_counter(counter, key, limit, assign),
             Effect::ReturnCounter { counter, key } => self.return_counter(counter, key),
+            Effect::AdjustBalance {
+                balance,
+                key,
+                amount,
+            } => self.adjust_balance(balance, key, amount),
             Effect::SendLinked {
                 to,
                 command,
@@ -426,6 +431,7 @@ impl<'a> CommitBuilder<'a> {
             actor: request.actor.clone(),
             now: cx.now,
             counters: self.engine.counters_for(linked_command),
+            balances: self.engine.balances_for(linked_command),
         };
         let (decision, inputs) = self
             .engine
@@ -447,6 +453,7 @@ impl<'a> CommitBuilder<'a> {
         let mut linked =
             CommitBuilder::transition(self.engine, &lcx, &decision).map_err(refused)?;
         linked.counters_read(inputs.counters.reads());
+        linked.balances_read(inputs.balances.reads());
         for effect in decision.effects {
             Box::pin(linked.effect(effect)).await.map_err(refused)?;
         }
@@ -555,6 +562,8 @@ impl<'a> CommitBuilder<'a> {
         self.commit.jobs.extend(linked.jobs);
         self.commit.counters.extend(linked.counters);
         self.commit.counter_checks.extend(linked.counter_checks);
+        self.commit.balances.extend(linked.balances);
+        self.commit.balance_checks.extend(linked.balance_checks);
         self.started.extend(started);
         Ok(())
     }
@@ -569,6 +578,42 @@ impl<'a> CommitBuilder<'a> {
                 key: r.key,
                 value: r.value,
             }));
+    }
+
+    /// Checks, when the commit is written, that the balance values the decision read still
+    /// hold.
+    pub fn balances_read(&mut self, reads: Vec<BalanceRead>) {
+        self.commit.balance_checks.extend(reads);
+    }
+
+    /// Moves a balance the command declares in `effects.balances`.
+    fn adjust_balance(
+        &mut self,
+        balance: String,
+        key: String,
+        amount: rust_decimal::Decimal,
+    ) -> Result<(), CommandError> {
+        let command = self.cx.command;
+        if !command.effects.balances.contains(&balance) {
+            return Err(self.invalid(format!(
+                "it moves balance `{}`, but the command may only move: {}",
+                crate::error::clip(&balance, 64),
+                if command.effects.balances.is_empty() {
+                    "(nothing)".to_string()
+                } else {
+                    command.effects.balances.join(", ")
+                }
+            )));
+        }
+        if key.is_empty() || key.len() > 128 {
+            return Err(self.invalid(format!("balance `{balance}` needs a key of 1 to 128 bytes")));
+        }
+        self.commit.balances.push(BalanceChange {
+            balance,
+            key,
+            amount,
+        });
+        Ok(())
     }
 
     /// Records that the timer `timer` fell due and sent this command.

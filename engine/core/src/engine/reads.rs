@@ -46,6 +46,16 @@ impl Engine {
             .ok_or(CommandError::UnknownInstance(id))
     }
 
+    /// The value of the balance `balance` at `key` (0 if never moved): e.g. a customer's
+    /// `uninvoiced` exposure at `"ACME/EUR"` as the shipped rules keep it.
+    pub async fn balance(
+        &self,
+        balance: &str,
+        key: &str,
+    ) -> Result<rust_decimal::Decimal, CommandError> {
+        Ok(self.inner.store.balance(balance, key)?)
+    }
+
     /// A page of instances, ordered by start time.
     pub async fn list(&self, request: ListRequest) -> Result<Page<Instance>, CommandError> {
         let page_size = self.page_size(request.page_size)?;

@@ -439,6 +439,7 @@ impl Engine {
             now: now.unwrap_or_else(|| self.inner.config.clock.now()),
             // The store's counter values, any counter (a dry run names no command).
             counters: self.counters_reading(None),
+            balances: self.balances_reading(None),
         };
         self.evaluate_rule(number, decider, &input).await
     }

@@ -114,6 +114,7 @@ fn replay(
         now: inputs.now,
         // The counter values the decision read then, not today's.
         counters: crate::decider::Counters::replaying(&inputs.counters),
+        balances: crate::decider::Balances::replaying(&inputs.balances),
     };
     report.replayed += 1;
     report.covered = Some(match report.covered {

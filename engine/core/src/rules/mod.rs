@@ -34,8 +34,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::decider::{
-    CounterAssign, Counters, DecideError, Decider, DeciderRegistry, Decision, DecisionContext,
-    Effect, LinkedTarget, SourceLocation,
+    Balances, CounterAssign, Counters, DecideError, Decider, DeciderRegistry, Decision,
+    DecisionContext, Effect, LinkedTarget, SourceLocation,
 };
 use crate::definition::{line_col, DefinitionError, DefinitionErrors, DefinitionSet};
 use crate::model::{Instance, InstanceId, Provenance, ProvenanceInputs};
@@ -128,6 +128,8 @@ pub struct DecisionInput {
     pub now: DateTime<Utc>,
     /// The counters the decider may read (`counter_value`); what it reads is remembered.
     pub counters: Counters,
+    /// The balances the decider may read (`balance_value`); what it reads is remembered.
+    pub balances: Balances,
 }
 
 fn problem(file: &Path, line: usize, column: usize, message: impl Into<String>) -> DefinitionError {
@@ -512,15 +514,21 @@ impl Compiled {
                 to_dynamic(&input.payload),
                 to_dynamic(&input.actor),
             );
-            sandbox::with_evaluation(input.now, deadline, &self.data, &input.counters, || {
-                engine.call_fn_with_options::<Dynamic>(
-                    CallFnOptions::new().eval_ast(false).rewind_scope(true),
-                    &mut scope,
-                    &script_def.ast,
-                    function,
-                    args,
-                )
-            })
+            sandbox::with_evaluation(
+                input.now,
+                deadline,
+                &self.data,
+                (&input.counters, &input.balances),
+                || {
+                    engine.call_fn_with_options::<Dynamic>(
+                        CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                        &mut scope,
+                        &script_def.ast,
+                        function,
+                        args,
+                    )
+                },
+            )
         };
         // Every helper is total, so nothing here should panic; if something still does, the
         // evaluation fails like a script error (with the last position the locator stepped on)
@@ -841,6 +849,27 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
             assign,
         });
     }
+    if field(map, "balance").is_some() {
+        if let Some(other) = map
+            .keys()
+            .find(|k| !matches!(k.as_str(), "balance" | "key" | "add"))
+        {
+            return Err(format!(
+                "`{other}` does not go with `balance`; it takes balance, key and add"
+            ));
+        }
+        let amount = match field(map, "add") {
+            Some(Value::String(s)) => s.parse::<rust_decimal::Decimal>().ok(),
+            Some(Value::Number(n)) => n.as_i64().map(rust_decimal::Decimal::from),
+            _ => None,
+        }
+        .ok_or("`add` must be a decimal (the amount the balance moves by)")?;
+        return Ok(Effect::AdjustBalance {
+            balance: string(map, "balance", "")?,
+            key: string(map, "key", "")?,
+            amount,
+        });
+    }
     if field(map, "job").is_some() {
         return Ok(Effect::CreateJob {
             job_type: string(map, "job", "")?,
@@ -864,7 +893,7 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
             payload: field(map, "payload").cloned().unwrap_or_else(|| json!({})),
         });
     }
-    Err("an effect needs one of `start`, `update`, `counter`, `job` or `send`".into())
+    Err("an effect needs one of `start`, `update`, `counter`, `balance`, `job` or `send`".into())
 }
 
 /// The instance map a decider function receives.
@@ -915,6 +944,7 @@ impl Decider for RhaiDecider {
             actor: json!({ "id": ctx.actor.id, "roles": ctx.actor.roles }),
             now: ctx.now,
             counters: ctx.counters.clone(),
+            balances: ctx.balances.clone(),
         };
         let (mut decision, outputs) = self.compiled.call(
             &self.script,
@@ -934,6 +964,7 @@ impl Decider for RhaiDecider {
                 actor: input.actor,
                 now: input.now,
                 counters: input.counters.reads(),
+                balances: input.balances.reads(),
             },
             outputs,
         });

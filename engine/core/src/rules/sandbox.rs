@@ -14,7 +14,7 @@ use rhai::packages::{
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, INT};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::decider::Counters;
+use crate::decider::{Balances, Counters};
 use crate::definition::schema::parse_decimal_text;
 
 /// Limits every evaluation runs under.
@@ -58,6 +58,8 @@ struct Evaluation {
     data: Dynamic,
     /// The counters the decision may read (each read is remembered).
     counters: Counters,
+    /// The balances the decision may read (each read is remembered).
+    balances: Balances,
 }
 
 thread_local! {
@@ -110,7 +112,7 @@ pub(crate) fn with_evaluation<T>(
     now: DateTime<Utc>,
     limit: Duration,
     data: &Dynamic,
-    counters: &Counters,
+    (counters, balances): (&Counters, &Balances),
     f: impl FnOnce() -> T,
 ) -> T {
     struct Reset;
@@ -125,6 +127,7 @@ pub(crate) fn with_evaluation<T>(
             deadline: Instant::now() + limit,
             data: data.clone(),
             counters: counters.clone(),
+            balances: balances.clone(),
         })
     });
     let _reset = Reset;
@@ -301,6 +304,18 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
             })
         },
     );
+    // balance_value("uninvoiced", "ACME/EUR"): an exact decimal (0 if never moved), for a
+    // balance the command declares. The commit checks the value still holds.
+    engine.register_fn(
+        "balance_value",
+        |balance: ImmutableString, key: ImmutableString| {
+            in_evaluation("balance_value", |e| {
+                e.balances
+                    .read(&balance, &key)
+                    .map_err(|m| Box::<EvalAltResult>::from(format!("balance_value: {m}")))
+            })
+        },
+    );
     engine.register_fn("now", || {
         now().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     });
@@ -382,7 +397,7 @@ mod tests {
             now,
             Duration::from_secs(1),
             &data,
-            &Counters::default(),
+            (&Counters::default(), &Balances::default()),
             || engine.eval::<Dynamic>(expr),
         )
     }

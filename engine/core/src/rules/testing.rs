@@ -9,6 +9,7 @@
 //! payload = {}                                # optional
 //! instance = { state = "draft", data = { net = "4999.99" } }   # also id, version, business_key, definition, parent
 //! counters = { coupon_uses = { VIP20 = 2 } }  # optional: what counter_value reads (else 0)
+//! balances = { uninvoiced = { "ACME/EUR" = "7000.00" } }  # optional: what balance_value reads
 //! expect = { state = "approved", reason = "net 4999.99 < 5000 → approved" }
 //! # expect may hold state, reason, changes and effects. `changes` is matched as a subset:
 //! # only the keys given are compared (maps recursively, lists whole), and "(removed)" stands
@@ -25,7 +26,7 @@ use serde_json::{json, Value};
 use toml::Spanned;
 
 use super::{position, DecisionInput, RuleSet};
-use crate::decider::Counters;
+use crate::decider::{Balances, Counters};
 use crate::definition::DefinitionError;
 
 /// One parsed test.
@@ -88,8 +89,32 @@ struct TestSpec {
     /// Counter values `counter_value` reads: `{ coupon_uses = { VIP20 = 2 } }`.
     #[serde(default)]
     counters: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Balance values `balance_value` reads, as decimal strings:
+    /// `{ uninvoiced = { "ACME/EUR" = "7000.00" } }`.
+    #[serde(default)]
+    balances: BTreeMap<String, BTreeMap<String, String>>,
     expect: Option<toml::Table>,
     expect_error: Option<String>,
+}
+
+/// A test's `balances`, each value parsed as an exact decimal.
+pub(crate) fn given_balances(
+    given: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, BTreeMap<String, rust_decimal::Decimal>>, String> {
+    given
+        .iter()
+        .map(|(balance, keys)| {
+            let keys = keys
+                .iter()
+                .map(|(key, value)| {
+                    value.parse().map(|d| (key.clone(), d)).map_err(|_| {
+                        format!("`balances.{balance}.{key}` = {value:?} is not a decimal string")
+                    })
+                })
+                .collect::<Result<_, String>>()?;
+            Ok((balance.clone(), keys))
+        })
+        .collect()
 }
 
 fn json_of(v: toml::Value) -> Value {
@@ -133,6 +158,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
                     continue;
                 }
             },
+        };
+        let balances = match given_balances(&spec.balances) {
+            Ok(b) => b,
+            Err(m) => {
+                problems.push(at(offset, format!("test `{}`: {m}", spec.name)));
+                continue;
+            }
         };
         let expect = match (spec.expect, spec.expect_error) {
             (Some(e), None) => {
@@ -183,6 +215,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
             function: spec.function,
             input: DecisionInput {
                 counters: Counters::given(spec.counters),
+                balances: Balances::given(balances),
                 instance,
                 payload: spec.payload.map(json_of).unwrap_or_else(|| json!({})),
                 actor: spec

@@ -122,6 +122,9 @@ impl<S: Store> Store for FaultyStore<S> {
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
         self.inner.counter(counter, key)
     }
+    fn balance(&self, balance: &str, key: &str) -> Result<rust_decimal::Decimal, StoreError> {
+        self.inner.balance(balance, key)
+    }
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner.job(id)
     }

@@ -25,6 +25,7 @@ pub(crate) mod prefix {
     pub const ACTIVATION: u8 = b'w';
     pub const RULE_SET_REQUEST: u8 = b'g';
     pub const CREDENTIAL: u8 = b'u';
+    pub const BALANCE: u8 = b'b';
 }
 
 /// A key rendered for error messages.
@@ -170,6 +171,14 @@ pub(crate) const FEED_TAIL_KEY: &[u8] = b"mfeed_tail";
 pub(crate) fn counter_key(counter: &str, key: &str) -> Vec<u8> {
     let mut k = vec![prefix::COUNTER];
     k.extend_from_slice(counter.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn balance_key(balance: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![prefix::BALANCE];
+    k.extend_from_slice(balance.as_bytes());
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k

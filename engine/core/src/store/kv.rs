@@ -182,6 +182,14 @@ macro_rules! kv_store_reads {
             $crate::store::kv::counter(self, counter, key)
         }
 
+        fn balance(
+            &self,
+            balance: &str,
+            key: &str,
+        ) -> Result<rust_decimal::Decimal, $crate::store::StoreError> {
+            $crate::store::kv::balance(self, balance, key)
+        }
+
         fn rule_sets(
             &self,
         ) -> Result<Vec<$crate::store::RuleSetRecord>, $crate::store::StoreError> {
@@ -434,6 +442,13 @@ impl<'a> Staged<'a> {
                 encode(&CounterRecord { value: value.value }),
             );
         }
+        for change in &commit.balances {
+            let value = self.balance(&change.balance, &change.key)? + change.amount;
+            self.put(
+                keys::balance_key(&change.balance, &change.key),
+                encode(&records::BalanceRecord { value }),
+            );
+        }
         for (instance, old) in writes.iter().zip(&checked.previous) {
             self.stage_instance(instance, old.as_ref());
         }
@@ -502,6 +517,17 @@ impl<'a> Staged<'a> {
             if current != check.value {
                 return Ok(Err(CommitRefusal::CounterChanged {
                     counter: check.counter.clone(),
+                    key: check.key.clone(),
+                    read: check.value,
+                    current,
+                }));
+            }
+        }
+        for check in &commit.balance_checks {
+            let current = self.balance(&check.balance, &check.key)?;
+            if current != check.value {
+                return Ok(Err(CommitRefusal::BalanceChanged {
+                    balance: check.balance.clone(),
                     key: check.key.clone(),
                     read: check.value,
                     current,
@@ -693,6 +719,11 @@ impl<'a> Staged<'a> {
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError> {
         let k = keys::counter_key(counter, key);
         Ok(u64_record(&k, self.get(&k)?)?.unwrap_or(0))
+    }
+
+    fn balance(&self, balance: &str, key: &str) -> Result<rust_decimal::Decimal, StoreError> {
+        let k = keys::balance_key(balance, key);
+        balance_record(&k, self.get(&k)?)
     }
 
     /// Stages the deletion of up to `limit` request records expired at `now`.
@@ -990,6 +1021,24 @@ pub(crate) fn request(
 
 pub(crate) fn counter(kv: &dyn KvRead, counter: &str, key: &str) -> Result<u64, StoreError> {
     Ok(meta(kv, &keys::counter_key(counter, key))?.unwrap_or(0))
+}
+
+pub(crate) fn balance(
+    kv: &dyn KvRead,
+    balance: &str,
+    key: &str,
+) -> Result<rust_decimal::Decimal, StoreError> {
+    let k = keys::balance_key(balance, key);
+    balance_record(&k, kv.get(&k)?)
+}
+
+/// The value of a balance record read at `key` (0 when there is none).
+fn balance_record(key: &[u8], bytes: Option<Vec<u8>>) -> Result<rust_decimal::Decimal, StoreError> {
+    Ok(bytes
+        .map(|b| decode::<records::BalanceRecord>(key, &b))
+        .transpose()?
+        .map(|r| r.value)
+        .unwrap_or_default())
 }
 
 pub(crate) fn list(kv: &dyn KvRead, query: &ListQuery) -> Result<Page<Instance>, StoreError> {

@@ -131,6 +131,17 @@ pub struct CounterDraw {
     pub give_back: bool,
 }
 
+/// A move of a named balance at a key, by an exact amount (negative: down).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalanceChange {
+    /// Balance name.
+    pub balance: String,
+    /// Key within the balance.
+    pub key: String,
+    /// By how much.
+    pub amount: rust_decimal::Decimal,
+}
+
 /// The idempotency record of a request: what it targeted and what it returned.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestRecord {
@@ -164,6 +175,11 @@ pub struct Commit {
     /// Counter values the decision read: each must still hold when the commit is written
     /// (checked before the draws), else `CounterChanged`.
     pub counter_checks: Vec<crate::model::CounterValue>,
+    /// Balance moves, applied in order.
+    pub balances: Vec<BalanceChange>,
+    /// Balance values the decision read: each must still hold when the commit is written,
+    /// else `BalanceChanged`.
+    pub balance_checks: Vec<crate::decider::BalanceRead>,
     /// Jobs written, each version-checked (`None`: must not exist yet).
     pub jobs: Vec<JobWrite>,
     /// Feed events, numbered by the store in order. Counter assignments are applied to the
@@ -181,6 +197,8 @@ impl Commit {
             history: Vec::new(),
             counters: Vec::new(),
             counter_checks: Vec::new(),
+            balances: Vec::new(),
+            balance_checks: Vec::new(),
             jobs: Vec::new(),
             events: Vec::new(),
         }
@@ -195,6 +213,8 @@ impl Commit {
             history: Vec::new(),
             counters: Vec::new(),
             counter_checks: Vec::new(),
+            balances: Vec::new(),
+            balance_checks: Vec::new(),
             jobs: vec![write],
             events,
         }
@@ -243,6 +263,17 @@ pub enum CommitRefusal {
         read: u64,
         /// The value now.
         current: u64,
+    },
+    /// A balance value the decision read has changed since.
+    BalanceChanged {
+        /// Balance name.
+        balance: String,
+        /// Key.
+        key: String,
+        /// The value the decision read.
+        read: rust_decimal::Decimal,
+        /// The value now.
+        current: rust_decimal::Decimal,
     },
     /// A counter draw would pass its limit.
     CounterLimit {
@@ -362,6 +393,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<InstanceId>, StoreError>;
     /// The current value of a counter key (0 if never drawn).
     fn counter(&self, counter: &str, key: &str) -> Result<u64, StoreError>;
+    /// The current value of a balance key (0 if never moved).
+    fn balance(&self, balance: &str, key: &str) -> Result<rust_decimal::Decimal, StoreError>;
     /// The job `id`.
     fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
     /// Jobs of `job_type` that may be activated at `now` (activatable, or leased with an

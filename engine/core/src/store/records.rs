@@ -397,6 +397,17 @@ pub(crate) struct ProvenanceInputsV1 {
     // Added without a new format: older records read none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     counters: Vec<CounterReadV1>,
+    // Added without a new format: older records read none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    balances: Vec<BalanceReadV1>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BalanceReadV1 {
+    balance: String,
+    key: String,
+    /// A decimal string.
+    value: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -428,12 +439,36 @@ impl ProvenanceV1 {
                         value: r.value,
                     })
                     .collect(),
+                balances: p
+                    .inputs
+                    .balances
+                    .iter()
+                    .map(|r| BalanceReadV1 {
+                        balance: r.balance.clone(),
+                        key: r.key.clone(),
+                        value: r.value.to_string(),
+                    })
+                    .collect(),
             },
             outputs: p.outputs.clone(),
         }
     }
-    fn into_provenance(self) -> Provenance {
-        Provenance {
+    fn into_provenance(self) -> Result<Provenance, String> {
+        let balances =
+            self.inputs
+                .balances
+                .into_iter()
+                .map(|r| {
+                    Ok(crate::decider::BalanceRead {
+                        value: r.value.parse().map_err(|e| {
+                            format!("balance read {:?} is not a decimal: {e}", r.value)
+                        })?,
+                        balance: r.balance,
+                        key: r.key,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+        Ok(Provenance {
             rule_set: self.rule_set,
             script: self.script,
             function: self.function,
@@ -453,9 +488,10 @@ impl ProvenanceV1 {
                         value: r.value,
                     })
                     .collect(),
+                balances,
             },
             outputs: self.outputs,
-        }
+        })
     }
 }
 
@@ -548,7 +584,10 @@ impl Record for HistoryEntry {
             decider: s.decider,
             reason: s.reason,
             changes: s.changes,
-            provenance: s.provenance.map(ProvenanceV1::into_provenance),
+            provenance: s
+                .provenance
+                .map(ProvenanceV1::into_provenance)
+                .transpose()?,
         })
     }
     fn check(&self) -> Result<(), String> {
@@ -1090,6 +1129,36 @@ impl Record for CounterRecord {
     }
 }
 
+/// A balance's value: an exact decimal, kept as its string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BalanceRecord {
+    pub value: rust_decimal::Decimal,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BalanceRecordV1 {
+    value: String,
+}
+
+impl Record for BalanceRecord {
+    const TAG: u8 = b'B';
+    type Stored = BalanceRecordV1;
+    fn to_stored(&self) -> BalanceRecordV1 {
+        BalanceRecordV1 {
+            value: self.value.to_string(),
+        }
+    }
+    fn from_stored(s: BalanceRecordV1) -> Result<Self, String> {
+        s.value
+            .parse()
+            .map(|value| BalanceRecord { value })
+            .map_err(|e| format!("balance value {:?} is not a decimal: {e}", s.value))
+    }
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Golden fixtures: records exactly as an earlier build wrote them (generated once, never
@@ -1165,6 +1234,40 @@ mod tests {
         assert_eq!(c.replaced_by.as_deref(), Some("00112233aabbccdd"));
         assert!(!c.is_valid_at(c.created_at + chrono::Duration::days(2)));
         assert_eq!(round_trip::<CounterRecord>("counter").value, 7);
+        assert_eq!(
+            round_trip::<BalanceRecord>("balance").value.to_string(),
+            "12922.97"
+        );
+        let h: HistoryEntry = round_trip("history_balance_reads");
+        let inputs = h.provenance.expect("provenance").inputs;
+        assert_eq!(inputs.counters[0].value, 2);
+        assert_eq!(inputs.balances[0].key, "ACME/EUR");
+        assert_eq!(inputs.balances[0].value.to_string(), "7000.00");
+    }
+
+    #[test]
+    fn a_balance_that_is_not_a_decimal_is_corruption_naming_it() {
+        let bad = b"B\x01{\"value\":\"12,5\"}".to_vec();
+        let e = decode::<BalanceRecord>(b"bkey", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bkey") && e.contains("\"12,5\" is not a decimal"),
+            "{e}"
+        );
+        let mut history = fixture("history_balance_reads");
+        let at = history
+            .windows(9)
+            .position(|w| w == b"\"7000.00\"")
+            .expect("the balance read");
+        history[at + 1] = b'x';
+        let e = decode::<HistoryEntry>(b"hkey", &history)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("balance read \"x000.00\" is not a decimal"),
+            "{e}"
+        );
     }
 
     #[test]
