@@ -25,6 +25,8 @@ pub const ROLES: &[&str] = &[
     "sales_rep",
     "sales_manager",
     "finance",
+    "credit_controller",
+    "logistics",
     "analyst",
     "admin",
     "system",
