@@ -6,7 +6,8 @@
 //! log file is also `fdatasync`ed, because sled's flush only asks the kernel to write the
 //! pages (`sync_file_range`) and does not flush the device cache or file metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,8 @@ pub struct SledStore {
     /// The store's directory and the free space to keep there.
     dir: PathBuf,
     reserve_bytes: u64,
+    /// Blob files already synced (fsync mode): see [`SledStore::sync_new_blobs`].
+    synced_blobs: Mutex<HashSet<OsString>>,
 }
 
 /// Bytes sled may write for every byte of a batch (its log, then the pages it rewrites).
@@ -124,7 +127,7 @@ impl SledStore {
             sync_metadata(&config.path)?;
         }
         tracing::debug!(path = %config.path.display(), durability = ?config.durability, "opened sled store");
-        Ok(SledStore {
+        let store = SledStore {
             path,
             db,
             durability: config.durability,
@@ -133,7 +136,12 @@ impl SledStore {
             counters: KvStats::default(),
             dir: config.path.clone(),
             reserve_bytes: config.reserve_bytes,
-        })
+            synced_blobs: Mutex::default(),
+        };
+        if store.durability == Durability::Fsync {
+            store.sync_new_blobs()?;
+        }
+        Ok(store)
     }
 }
 
@@ -224,6 +232,44 @@ impl KvWrite for SledStore {
 }
 
 impl SledStore {
+    /// sled 0.34 writes a log item larger than a quarter of its segment (a value over about
+    /// 128 KiB, or a leaf of up to 16 items consolidated past that) to its own file under
+    /// `blobs/`, and never syncs it: after a power cut the log could point at a blob whose
+    /// data is gone, and sled panics opening the store. In fsync mode every blob file not yet
+    /// synced is synced, with the directory, before the log is (found by the power-loss test,
+    /// `engine/switchyard/tests/power_loss.rs`, once the shipped rule set passed 128 KiB).
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(format!("cannot list {}: {e}", dir.display()))),
+        };
+        let mut synced = self.synced_blobs.lock().expect("blob set lock poisoned");
+        let mut present = HashSet::new();
+        let mut any = false;
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                File::open(entry.path())
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| io(format!("cannot sync {}: {e}", entry.path().display())))?;
+                any = true;
+            }
+            present.insert(name);
+        }
+        if any {
+            File::open(&dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io(format!("cannot sync {}: {e}", dir.display())))?;
+        }
+        // Blobs sled has collected are gone from the set too, so it stays as small as the
+        // directory.
+        *synced = present;
+        Ok(())
+    }
+
     /// Refuses unless the disk has `bytes` plus the reserve free.
     fn room_for(&self, bytes: u64) -> Result<(), StoreError> {
         let available = fs2::available_space(&self.dir).map_err(io)?;
@@ -244,9 +290,15 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         let started = Instant::now();
+        // In fsync mode no batch is applied while the log is made durable: a batch applied
+        // meanwhile could write a blob (below) that the log's fdatasync would then point at
+        // before the blob's own data is synced.
+        let _writer = (self.durability == Durability::Fsync)
+            .then(|| self.writer.lock().expect("store writer lock poisoned"));
         self.db.flush().map_err(io)?;
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         if self.durability == Durability::Fsync {
+            self.sync_new_blobs()?;
             self.log.sync_data().map_err(io)?;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
