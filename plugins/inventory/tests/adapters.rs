@@ -1,6 +1,8 @@
 //! The reference adapters answering the shipped rules' jobs in-process, end to end: stock
 //! reserved and backordered (DOMAIN scenario 4), a carrier booked, a tracking event delivered
-//! once, reservations released on cancel, and a warehouse that stays down raising an incident.
+//! once, reservations released on cancel, a warehouse that stays down raising an incident, the
+//! credit system's account deciding the credit rule, card captures (one declined) and a
+//! refund of an overpayment.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use switchyard_core::*;
+use switchyard_credit::{Account, MemoryCreditSystem};
 use switchyard_inventory::MemoryInventory;
+use switchyard_payments::MemoryPaymentProvider;
 use switchyard_shipping::{MemoryCarrier, TrackingEvent};
 
 struct World {
@@ -17,11 +21,51 @@ struct World {
     clock: Arc<ManualClock>,
     inventory: Arc<MemoryInventory>,
     carrier: Arc<MemoryCarrier>,
+    credit: Arc<MemoryCreditSystem>,
+    payments: Arc<MemoryPaymentProvider>,
+    _rules: tempfile::TempDir,
+}
+
+/// The shipped rules, with `(file, from, to)` edits to their data.
+fn rules_with(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules"),
+        dir.path(),
+    );
+    for (file, from, to) in edits {
+        let path = dir.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    dir
 }
 
 async fn world(stock: &[(&str, u32)]) -> World {
-    let rules_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
-    let rules = RuleSet::load(&rules_dir, DeciderRegistry::new(), RuleLimits::default()).unwrap();
+    world_with(stock, &[]).await
+}
+
+async fn world_with(stock: &[(&str, u32)], edits: &[(&str, &str, &str)]) -> World {
+    let rules_dir = rules_with(edits);
+    let rules = RuleSet::load(
+        rules_dir.path(),
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .unwrap();
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2026, 4, 1, 9, 0, 0).unwrap(),
     ));
@@ -36,11 +80,18 @@ async fn world(stock: &[(&str, u32)]) -> World {
     let carrier = Arc::new(MemoryCarrier::new("dhl", "JD"));
     switchyard_inventory::register(&engine, inventory.clone());
     switchyard_shipping::register(&engine, carrier.clone());
+    let credit = Arc::new(MemoryCreditSystem::default());
+    switchyard_credit::register(&engine, credit.clone());
+    let payments = Arc::new(MemoryPaymentProvider::default());
+    switchyard_payments::register(&engine, payments.clone());
     World {
         engine,
         clock,
         inventory,
         carrier,
+        credit,
+        payments,
+        _rules: rules_dir,
     }
 }
 
@@ -193,5 +244,169 @@ async fn a_warehouse_that_stays_down_raises_an_incident_and_the_order_does_not_c
         units(10),
         "nothing reserved"
     );
+    w.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_credit_source_adapter_the_credit_systems_account_decides() {
+    let w = world_with(
+        &[("SEAL-KIT", 100)],
+        &[(
+            "data/orders.json",
+            "\"credit_source\": \"reference_data\"",
+            "\"credit_source\": \"adapter\"",
+        )],
+    )
+    .await;
+    // BETA's reference data would pass (limit 20,000, nothing open); its credit system says
+    // 2,000 limit and 1,500 open.
+    w.credit.set(
+        "BETA",
+        Account {
+            credit_limit: units(2000),
+            opening_balance: units(1500),
+        },
+    );
+    let order = w
+        .order("BETA", json!([{ "sku": "SEAL-KIT", "quantity": 30 }]))
+        .await;
+    let held = w.reaches(order, "credit_hold").await;
+    assert_eq!(held.data["credit"]["limit"], "2000");
+    let history = w.engine.history(order, 0, 0).await.unwrap();
+    assert_eq!(history[1].to_state, "checking_credit");
+    assert!(
+        history[2].reason.starts_with("credit: exposure "),
+        "{}",
+        history[2].reason
+    );
+    assert!(
+        history[2]
+            .reason
+            .contains("(open 1500 + uninvoiced 0 + this order "),
+        "{}",
+        history[2].reason
+    );
+    // An unknown customer is the job's failure, retried, then an incident.
+    let unknown = w
+        .order("GOVT-AGENCY", json!([{ "sku": "SEAL-KIT", "quantity": 1 }]))
+        .await;
+    let mut status = JobStatus::Activatable;
+    for _ in 0..500 {
+        status = w.engine.jobs(unknown).await.unwrap()[0].status;
+        if status == JobStatus::Incident {
+            break;
+        }
+        w.clock.advance(chrono::Duration::seconds(30));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, JobStatus::Incident);
+    assert_eq!(
+        w.engine.get(unknown).await.unwrap().state,
+        "checking_credit"
+    );
+    w.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn card_captures_declines_and_a_refunded_overpayment() {
+    let w = world_with(
+        &[("SEAL-KIT", 10)],
+        &[(
+            "data/orders.json",
+            "\"overpayment\": \"refuse\"",
+            "\"overpayment\": \"credit\"",
+        )],
+    )
+    .await;
+    // BETA is invoiced on order: invoiced as soon as it is confirmed.
+    let order = w
+        .order("BETA", json!([{ "sku": "SEAL-KIT", "quantity": 3 }]))
+        .await;
+    w.reaches(order, "confirmed").await;
+    w.send(order, "fin:finance", "invoice", json!({})).await;
+    let total = w.engine.get(order).await.unwrap().data["invoices"][0]["total"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A declined card pays nothing; the pending amount is free again afterwards.
+    w.payments.decline("tok_bad");
+    w.send(
+        order,
+        "fin:finance",
+        "capture_payment",
+        json!({ "amount": total, "card": "tok_bad" }),
+    )
+    .await;
+    for _ in 0..500 {
+        if w.engine
+            .get(order)
+            .await
+            .unwrap()
+            .data
+            .get("declined_captures")
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data = w.engine.get(order).await.unwrap().data;
+    assert_eq!(data["declined_captures"][0]["reason"], "card declined");
+    assert_eq!(data["pending_captures"], json!([]));
+    // A good card pays the invoice in full.
+    w.send(
+        order,
+        "fin:finance",
+        "capture_payment",
+        json!({ "amount": total, "card": "tok_visa" }),
+    )
+    .await;
+    for _ in 0..500 {
+        if w.engine.get(order).await.unwrap().data["invoices"][0]["paid"] == json!(total) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data = w.engine.get(order).await.unwrap().data;
+    assert_eq!(data["payments"][0]["method"], "card");
+    assert_eq!(data["payments"][0]["reference"], "ch_000002");
+    assert_eq!(w.payments.totals().0.to_string(), total);
+    // A bank transfer paid twice: the second is kept as the customer's credit, and refunded.
+    w.send(
+        order,
+        "fin:finance",
+        "record_payment",
+        json!({ "amount": "12.50", "method": "bank_transfer", "reference": "BT-2" }),
+    )
+    .await;
+    assert_eq!(
+        w.engine.get(order).await.unwrap().data["customer_credit"],
+        "12.50"
+    );
+    w.send(
+        order,
+        "fin:finance",
+        "refund_credit",
+        json!({ "reference": "BT-2" }),
+    )
+    .await;
+    for _ in 0..500 {
+        if w.engine
+            .get(order)
+            .await
+            .unwrap()
+            .data
+            .get("refunds")
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data = w.engine.get(order).await.unwrap().data;
+    assert_eq!(data["refunds"][0]["amount"], "12.50");
+    assert_eq!(data["refunds"][0]["reference"], "re_000001");
+    assert!(data.get("refund_pending").is_none());
+    assert_eq!(w.payments.totals().1, "12.50".parse::<Decimal>().unwrap());
     w.engine.shutdown().await;
 }
