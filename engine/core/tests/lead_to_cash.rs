@@ -1455,3 +1455,46 @@ async fn two_concurrent_orders_near_one_customers_limit_exactly_one_passes() {
         }
     }
 }
+
+#[tokio::test]
+async fn scenario_6_a_confirmation_sent_twice_draws_one_number_and_a_changed_payload_is_refused() {
+    let w = memory_world(&[(
+        "data/orders.json",
+        "\"approval_net_above\": \"25000\"",
+        "\"approval_net_above\": \"0\"",
+    )])
+    .await;
+    let order = w
+        .submitted_order("O-6", "BETA", json!([{ "sku": "SEAL-KIT", "quantity": 1 }]))
+        .await;
+    w.complete_only_job(
+        "reserve_stock",
+        json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 1 }] }),
+    )
+    .await;
+    let confirm = |payload: Value| {
+        CommandRequest::new(order, "approve", who("mia:sales_manager"), "confirm-O-6")
+            .payload(payload)
+    };
+    let first = w.engine.send(confirm(json!({}))).await.unwrap();
+    let again = w.engine.send(confirm(json!({}))).await.unwrap();
+    assert_eq!(first, again, "the same response twice");
+    assert_eq!(first.state, "confirmed");
+    assert_eq!(first.counters.len(), 1, "one number drawn");
+    let history = w.engine.history(order, 0, 0).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h.command.as_deref() == Some("approve"))
+            .count(),
+        1,
+        "one transition"
+    );
+    let changed = w
+        .engine
+        .send(confirm(json!({ "note": "again" })))
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code(), "REQUEST_ID_REUSED", "{changed}");
+    assert_eq!(w.data(order).await["number"], "SO-2026-000001");
+}
