@@ -88,6 +88,10 @@ pub struct Job {
     pub lease: Option<Lease>,
     /// The last failure's message.
     pub last_error: Option<String>,
+    /// The lease the last failure was reported with: the same report again (a worker retrying
+    /// after a lost reply) is answered as the first was, not refused as stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_lease: Option<uuid::Uuid>,
     /// The command sent to the instance on completion, with the result as payload.
     pub complete_command: String,
     /// Starts at 1; grows with every change (leases, failures, completion).
@@ -118,6 +122,7 @@ impl Job {
             available_at: now,
             lease: None,
             last_error: None,
+            failed_lease: None,
             complete_command: spec.complete.clone(),
             version: 1,
             created_at: now,
@@ -188,6 +193,7 @@ impl Job {
             self.id
         );
         self.failures += 1;
+        self.failed_lease = self.lease.as_ref().map(|l| l.id);
         self.lease = None;
         self.last_error = Some(error.to_string());
         self.changed(now);

@@ -522,3 +522,163 @@ async fn a_job_event_reaches_the_feed_readers_of_its_instances_definition_only()
         .unwrap();
     assert_eq!(refused.code(), "ROLE_NOT_ALLOWED");
 }
+
+#[tokio::test]
+async fn a_failure_reported_twice_is_answered_as_the_first_and_a_different_one_is_stale() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let id = submitted(&engine, "O-F").await;
+    let job = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    let first = engine.fail_job(fail(&job, "warehouse down")).await.unwrap();
+    let again = engine.fail_job(fail(&job, "warehouse down")).await.unwrap();
+    assert_eq!(
+        first, again,
+        "a retry after a lost reply gets the original answer"
+    );
+    assert_eq!(first.failures, 1, "counted once");
+    let other = engine
+        .fail_job(fail(&job, "another error"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), "STALE_LEASE");
+    assert!(!other.to_string().contains(&job.lease.to_string()));
+    // Leased again by another worker: the old report is still answered, never with the new
+    // lease, and the new lease is untouched.
+    clock.advance(Duration::seconds(11));
+    let next = engine.activate_jobs(activate(30)).await.unwrap().remove(0);
+    let replay = engine.fail_job(fail(&job, "warehouse down")).await.unwrap();
+    assert_eq!(replay.lease.as_ref().map(|l| l.id), Some(next.lease));
+    assert_eq!(replay.failures, 1);
+    let stale = engine
+        .complete_job(job.id, job.lease, json!({ "warehouse": "W1" }))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), "STALE_LEASE");
+    assert!(
+        !stale.to_string().contains(&next.lease.to_string()),
+        "a stale completion never learns the current lease: {stale}"
+    );
+    engine
+        .complete_job(next.id, next.lease, json!({ "warehouse": "W2" }))
+        .await
+        .unwrap();
+    assert_eq!(engine.get(id).await.unwrap().state, "reserved");
+}
+
+#[tokio::test]
+async fn a_long_poll_waits_for_a_job_and_returns_empty_when_none_comes() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock).await;
+    let types = vec!["reserve_stock".to_string()];
+    let started = std::time::Instant::now();
+    let none = engine
+        .activate_jobs_waiting(
+            &types,
+            "wms-1",
+            5,
+            StdDuration::from_secs(30),
+            StdDuration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(started.elapsed() >= StdDuration::from_millis(200));
+    let waiting = {
+        let engine = engine.clone();
+        let types = types.clone();
+        tokio::spawn(async move {
+            engine
+                .activate_jobs_waiting(
+                    &types,
+                    "wms-1",
+                    5,
+                    StdDuration::from_secs(30),
+                    StdDuration::from_secs(20),
+                )
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(StdDuration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    submitted(&engine, "O-W").await;
+    let got = waiting.await.unwrap();
+    assert_eq!(got.len(), 1, "woken by the new job");
+    assert!(
+        started.elapsed() < StdDuration::from_secs(5),
+        "not at the end of the wait"
+    );
+    for (types, field) in [
+        (vec![], "job_types"),
+        (vec!["x".to_string(); 17], "job_types"),
+    ] {
+        let e = engine
+            .activate_jobs_waiting(
+                &types,
+                "w",
+                1,
+                StdDuration::from_secs(30),
+                StdDuration::ZERO,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, CommandError::InvalidInput { field: ref f, .. } if f == field),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn incidents_are_listed_for_admins_in_pages() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let engine = engine(clock.clone()).await;
+    let mut expected = Vec::new();
+    for n in 0..3 {
+        let id = submitted(&engine, &format!("O-I{n}")).await;
+        if n != 1 {
+            expected.push(id);
+        }
+    }
+    // Every job fails until its retries (2) run out, except O-I1's, which completes.
+    for _ in 0..3 {
+        clock.advance(Duration::minutes(5));
+        for job in engine.activate_jobs(activate(30)).await.unwrap() {
+            if engine.get(job.instance).await.unwrap().business_key == "O-I1" {
+                engine
+                    .complete_job(job.id, job.lease, json!({ "warehouse": "W" }))
+                    .await
+                    .unwrap();
+            } else {
+                engine.fail_job(fail(&job, "down")).await.unwrap();
+            }
+        }
+    }
+    let admin = Actor::new("ops", &["admin"]);
+    let refused = engine
+        .incidents_page(&Actor::new("rep", &["sales_rep"]), 10, None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "ROLE_NOT_ALLOWED");
+    let first = engine.incidents_page(&admin, 1, None).await.unwrap();
+    assert_eq!(first.items.len(), 1);
+    let second = engine
+        .incidents_page(&admin, 1, first.next_page_token.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(second.items.len(), 1);
+    let mut listed: Vec<InstanceId> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|j| j.instance)
+        .collect();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let rest = engine
+        .incidents_page(&admin, 1, second.next_page_token.as_deref())
+        .await
+        .unwrap();
+    assert!(rest.items.is_empty() && rest.next_page_token.is_none());
+}

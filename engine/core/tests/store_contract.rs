@@ -527,6 +527,7 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         available_at: t0(),
         lease: None,
         last_error: None,
+        failed_lease: None,
         complete_command: "picked".into(),
         version: 1,
         created_at: t0(),
@@ -551,6 +552,8 @@ fn jobs_are_version_checked_and_indexed_for_activation(store: &dyn Store) {
         store.jobs_of(instance_id, None, 100).unwrap(),
         vec![job.clone()]
     );
+    assert_eq!(store.jobs_after(None, 100).unwrap(), vec![job.clone()]);
+    assert!(store.jobs_after(Some(job.id), 100).unwrap().is_empty());
 
     let mut done = job.clone();
     done.status = JobStatus::Completed;
@@ -608,6 +611,7 @@ fn jobs_page_and_rule_sets_read_one_at_a_time(store: &dyn Store) {
             available_at: t0(),
             lease: None,
             last_error: None,
+            failed_lease: None,
             complete_command: "picked".into(),
             version: 1,
             created_at: t0(),

@@ -10,6 +10,13 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::requests::CommandRequest;
+
+/// Most job types one long poll may name.
+const JOB_TYPES_MAX: usize = 16;
+/// The longest a long poll may wait.
+const WAIT_MAX: StdDuration = StdDuration::from_secs(300);
+/// Most jobs one page of incidents looks at.
+const INCIDENT_SCAN_MAX: usize = 4096;
 use super::{Applied, Engine, Origin};
 use crate::committer::Reply;
 use crate::error::CommandError;
@@ -236,6 +243,106 @@ impl Engine {
         Ok(activated)
     }
 
+    /// Leases up to `max_jobs` available jobs of any of `job_types` (in that order) to
+    /// `worker`, waiting up to `wait` for one when none is available (a long poll: it wakes
+    /// when a transition creates a job or a failure makes one available, and looks again every
+    /// `job_poll_interval` for retries falling due). At most 16 types; `wait` at most 5
+    /// minutes.
+    pub async fn activate_jobs_waiting(
+        &self,
+        job_types: &[String],
+        worker: &str,
+        max_jobs: usize,
+        lease: StdDuration,
+        wait: StdDuration,
+    ) -> Result<Vec<ActivatedJob>, CommandError> {
+        let invalid = |field: &str, message: &str| CommandError::InvalidInput {
+            field: field.into(),
+            message: message.into(),
+        };
+        if job_types.is_empty() || job_types.len() > JOB_TYPES_MAX {
+            return Err(invalid("job_types", "name 1 to 16 job types"));
+        }
+        if wait > WAIT_MAX {
+            return Err(invalid("wait", "is longer than 5 minutes"));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a job created meanwhile still wakes us.
+            let wake = self.inner.jobs_available.clone();
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut activated = Vec::new();
+            for job_type in job_types {
+                let left = max_jobs.saturating_sub(activated.len());
+                if left == 0 {
+                    break;
+                }
+                let request = ActivateJobs::new(job_type.clone(), worker, left.max(1), lease);
+                activated.extend(self.activate_jobs(request).await?);
+            }
+            let now = tokio::time::Instant::now();
+            if !activated.is_empty() || now >= deadline {
+                return Ok(activated);
+            }
+            let poll = self.inner.config.job_poll_interval;
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(poll.min(deadline - now)) => {}
+            }
+        }
+    }
+
+    /// A page of the jobs that are incidents (their retries ran out), oldest first, for an
+    /// admin. Each call looks at a bounded number of jobs, so a page may hold fewer than
+    /// `page_size` (even none) and still have a `next_page_token`.
+    pub async fn incidents_page(
+        &self,
+        actor: &Actor,
+        page_size: usize,
+        page_token: Option<&str>,
+    ) -> Result<crate::store::Page<Job>, CommandError> {
+        super::require_role(actor, &[roles::ADMIN.to_string()], || {
+            "list job incidents".to_string()
+        })?;
+        let page_size = self.page_size(page_size)?;
+        let mut after = match page_token {
+            None | Some("") => None,
+            Some(t) => Some(t.parse::<JobId>().map_err(|_| CommandError::InvalidInput {
+                field: "page_token".into(),
+                message: "is not a token this list returned".into(),
+            })?),
+        };
+        const BATCH: usize = 256;
+        let mut items = Vec::new();
+        let mut looked = 0;
+        while looked < INCIDENT_SCAN_MAX && items.len() < page_size {
+            let jobs = self.inner.store.jobs_after(after, BATCH)?;
+            let end = jobs.len() < BATCH;
+            for job in jobs {
+                looked += 1;
+                after = Some(job.id);
+                if job.status == JobStatus::Incident {
+                    items.push(job);
+                    if items.len() == page_size {
+                        break;
+                    }
+                }
+            }
+            if end && items.len() < page_size {
+                return Ok(crate::store::Page {
+                    items,
+                    next_page_token: None,
+                });
+            }
+        }
+        Ok(crate::store::Page {
+            next_page_token: after.map(|id| id.to_string()),
+            items,
+        })
+    }
+
     fn check_activation(&self, request: &ActivateJobs) -> Result<(), CommandError> {
         let invalid = |field: &str, message: String| {
             Err(CommandError::InvalidInput {
@@ -304,6 +411,13 @@ impl Engine {
         let retry_in = request
             .retry_in
             .map(|d| Duration::from_std(d).unwrap_or(Duration::days(1)));
+        // The same report again (its reply was lost): answered as the first one was.
+        let job = self.job(request.job).await?;
+        if job.failed_lease == Some(request.lease)
+            && job.last_error.as_deref() == Some(request.error.as_str())
+        {
+            return Ok(job);
+        }
         self.change_job(request.job, |engine, job, now| {
             let job = engine.current_lease(job.id, request.lease, job.instance)?;
             let mut failed = job.clone();

@@ -147,6 +147,9 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> Result<Vec<Job>, StoreError> {
         self.inner.jobs_of(instance, after, limit)
     }
+    fn jobs_after(&self, after: Option<JobId>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.jobs_after(after, limit)
+    }
     fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError> {
         self.inner.rule_sets()
     }

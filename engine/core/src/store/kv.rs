@@ -276,6 +276,14 @@ macro_rules! kv_store_reads {
             $crate::store::kv::jobs_of(self, instance, after, limit)
         }
 
+        fn jobs_after(
+            &self,
+            after: Option<$crate::job::JobId>,
+            limit: usize,
+        ) -> Result<Vec<$crate::job::Job>, $crate::store::StoreError> {
+            $crate::store::kv::jobs_after(self, after, limit)
+        }
+
         fn due_timers(
             &self,
             now: chrono::DateTime<chrono::Utc>,
@@ -987,6 +995,18 @@ pub(crate) fn jobs_of(
         }
     }
     Ok(out)
+}
+
+pub(crate) fn jobs_after(
+    kv: &dyn KvRead,
+    after: Option<JobId>,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let after = after.map(keys::job_key);
+    kv.scan(&[keys::prefix::JOB], after.as_deref(), limit)?
+        .into_iter()
+        .map(|(k, v)| decode(&k, &v))
+        .collect()
 }
 
 pub(crate) fn due_timers(

@@ -416,6 +416,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<JobId>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
+    /// Every job after `after` (from the first when `None`), in id (creation) order, at most
+    /// `limit`.
+    fn jobs_after(&self, after: Option<JobId>, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// Every deployed rule-set version, by number (at most 10,000 are kept).
     fn rule_sets(&self) -> Result<Vec<RuleSetRecord>, StoreError>;
     /// The deployed rule-set version `number`.

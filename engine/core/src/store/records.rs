@@ -844,6 +844,9 @@ pub(crate) struct JobV1 {
     available_at: DateTime<Utc>,
     lease: Option<LeaseV1>,
     last_error: Option<String>,
+    // Added without a new format: older records have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_lease: Option<Uuid>,
     complete_command: String,
     version: u64,
     created_at: DateTime<Utc>,
@@ -876,6 +879,7 @@ impl Record for Job {
                 expires_at: l.expires_at,
             }),
             last_error: self.last_error.clone(),
+            failed_lease: self.failed_lease,
             complete_command: self.complete_command.clone(),
             version: self.version,
             created_at: self.created_at,
@@ -905,6 +909,7 @@ impl Record for Job {
                 expires_at: l.expires_at,
             }),
             last_error: s.last_error,
+            failed_lease: s.failed_lease,
             complete_command: s.complete_command,
             version: s.version,
             created_at: s.created_at,
