@@ -23,6 +23,7 @@ mod convert;
 mod feed;
 pub mod health;
 pub mod http;
+mod jobs;
 pub mod metrics_http;
 pub mod server;
 mod services;
@@ -54,7 +55,7 @@ mod tests {
             .iter()
             .filter(|f| f.package() == "switchyard.v1")
             .collect();
-        assert_eq!(files.len(), 3, "switchyard, access, feed");
+        assert_eq!(files.len(), 4, "switchyard, access, feed, jobs");
         let mut outer = std::collections::BTreeSet::new();
         for f in files {
             let o = f.options.as_ref().unwrap_or_else(|| panic!("{}", f.name()));

@@ -51,12 +51,13 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
     "switchyard.v1.AccessService",
     "switchyard.v1.FeedService",
+    "switchyard.v1.JobService",
 ];
 
 /// A running server.
@@ -269,6 +270,15 @@ pub async fn start(
     );
     // Raised when shutdown begins: feed streams end then, instead of holding the drain.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let jobs = InterceptedService::new(
+        pb::job_service_server::JobServiceServer::new(crate::jobs::JobService {
+            engine: engine.clone(),
+            stopping: stopping.clone(),
+        })
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        auth.clone(),
+    );
     let feed = InterceptedService::new(
         pb::feed_service_server::FeedServiceServer::new(crate::feed::FeedService {
             engine: engine.clone(),
@@ -314,7 +324,8 @@ pub async fn start(
         .add_service(definitions)
         .add_service(rule_sets)
         .add_service(access)
-        .add_service(feed);
+        .add_service(feed)
+        .add_service(jobs);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();

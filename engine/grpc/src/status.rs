@@ -30,6 +30,9 @@ impl Wire {
         payload: "payload_json",
     };
     pub(crate) const NONE: Wire = Wire { payload: "payload" };
+    pub(crate) const RESULT: Wire = Wire {
+        payload: "result_json",
+    };
 
     fn payload_field(&self, path: &str) -> String {
         match path {
