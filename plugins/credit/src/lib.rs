@@ -43,20 +43,27 @@ pub trait CreditSystem: Send + Sync + 'static {
 pub fn register(engine: &Engine, system: Arc<dyn CreditSystem>) {
     engine.register_job_handler(CHECK_CREDIT, move |job: ActivatedJob| {
         let system = system.clone();
-        async move {
-            let text = |field: &str| {
-                job.payload[field]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("payload.{field}: expected a string"))
-            };
-            let account = system.account(&text("customer")?, &text("currency")?)?;
-            Ok(json!({
-                "credit_limit": account.credit_limit.to_string(),
-                "opening_balance": account.opening_balance.to_string(),
-            }))
-        }
+        async move { answer(&*system, &job.payload) }
     });
+}
+
+/// The answer to a `check_credit` job with `payload`: what `register` completes it with, and
+/// what a worker in another process sends back with `CompleteJob`.
+pub fn answer(
+    system: &dyn CreditSystem,
+    payload: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let text = |field: &str| {
+        payload[field]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("payload.{field}: expected a string"))
+    };
+    let account = system.account(&text("customer")?, &text("currency")?)?;
+    Ok(json!({
+        "credit_limit": account.credit_limit.to_string(),
+        "opening_balance": account.opening_balance.to_string(),
+    }))
 }
 
 #[derive(Default)]

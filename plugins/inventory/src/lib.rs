@@ -48,12 +48,35 @@ pub trait Inventory: Send + Sync + 'static {
 /// in-process (`Engine::register_job_handler`: bounded by the engine's job handler timeout;
 /// a failure is retried, then an incident).
 pub fn register(engine: &Engine, inventory: Arc<dyn Inventory>) {
-    let reserving = inventory.clone();
-    engine.register_job_handler(RESERVE_STOCK, move |job: ActivatedJob| {
-        let inventory = reserving.clone();
-        async move {
-            let lines = lines_of(&job.payload)?;
-            let reserved = inventory.reserve(&job.id.to_string(), &lines)?;
+    for job_type in [RESERVE_STOCK, RELEASE_STOCK] {
+        let inventory = inventory.clone();
+        engine.register_job_handler(job_type, move |job: ActivatedJob| {
+            let inventory = inventory.clone();
+            async move {
+                answer(
+                    &*inventory,
+                    &job.job_type,
+                    &job.id.to_string(),
+                    &job.payload,
+                )
+            }
+        });
+    }
+}
+
+/// The answer to one job of `job_type` (`reserve_stock` or `release_stock`) with id `key` and
+/// `payload`: what `register` completes it with, and what a worker in another process sends
+/// back with `CompleteJob`. `Err` fails the job.
+pub fn answer(
+    inventory: &dyn Inventory,
+    job_type: &str,
+    key: &str,
+    payload: &Value,
+) -> Result<Value, String> {
+    let lines = lines_of(payload)?;
+    match job_type {
+        RESERVE_STOCK => {
+            let reserved = inventory.reserve(key, &lines)?;
             if reserved.len() != lines.len() {
                 return Err(format!(
                     "the inventory answered {} lines for {} asked",
@@ -68,14 +91,14 @@ pub fn register(engine: &Engine, inventory: Arc<dyn Inventory>) {
                 .collect();
             Ok(json!({ "lines": answer }))
         }
-    });
-    engine.register_job_handler(RELEASE_STOCK, move |job: ActivatedJob| {
-        let inventory = inventory.clone();
-        async move {
-            inventory.release(&job.id.to_string(), &lines_of(&job.payload)?)?;
+        RELEASE_STOCK => {
+            inventory.release(key, &lines)?;
             Ok(json!({}))
         }
-    });
+        other => Err(format!(
+            "the inventory adapter does not answer {other} jobs"
+        )),
+    }
 }
 
 /// The `lines` of a job payload; a malformed one is the job's failure, naming the field.

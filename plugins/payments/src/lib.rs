@@ -60,18 +60,29 @@ pub trait PaymentProvider: Send + Sync + 'static {
 /// Answers the shipped `capture_payment` and `refund_payment` jobs of `engine` with
 /// `provider`, in-process.
 pub fn register(engine: &Engine, provider: Arc<dyn PaymentProvider>) {
-    let capturing = provider.clone();
-    engine.register_job_handler(CAPTURE_PAYMENT, move |job: ActivatedJob| {
-        let provider = capturing.clone();
-        async move {
-            let p = &job.payload;
+    for job_type in [CAPTURE_PAYMENT, REFUND_PAYMENT] {
+        let provider = provider.clone();
+        engine.register_job_handler(job_type, move |job: ActivatedJob| {
+            let provider = provider.clone();
+            async move { answer(&*provider, &job.job_type, &job.id.to_string(), &job.payload) }
+        });
+    }
+}
+
+/// The answer to one job of `job_type` (`capture_payment` or `refund_payment`) with id `key`
+/// and `payload`: what `register` completes it with, and what a worker in another process
+/// sends back with `CompleteJob`. `Err` fails the job (a declined card is an answer).
+pub fn answer(
+    provider: &dyn PaymentProvider,
+    job_type: &str,
+    key: &str,
+    p: &Value,
+) -> Result<Value, String> {
+    match job_type {
+        CAPTURE_PAYMENT => {
             let capture = text(p, "capture")?;
-            let answer = provider.capture(
-                &job.id.to_string(),
-                amount(p)?,
-                &text(p, "currency")?,
-                &text(p, "card")?,
-            )?;
+            let answer =
+                provider.capture(key, amount(p)?, &text(p, "currency")?, &text(p, "card")?)?;
             Ok(match answer {
                 Capture::Captured(reference) => {
                     json!({ "capture": capture, "outcome": "captured", "reference": reference })
@@ -81,20 +92,17 @@ pub fn register(engine: &Engine, provider: Arc<dyn PaymentProvider>) {
                 }
             })
         }
-    });
-    engine.register_job_handler(REFUND_PAYMENT, move |job: ActivatedJob| {
-        let provider = provider.clone();
-        async move {
-            let p = &job.payload;
+        REFUND_PAYMENT => {
             let reference = provider.refund(
-                &job.id.to_string(),
+                key,
                 amount(p)?,
                 &text(p, "currency")?,
                 &text(p, "reference")?,
             )?;
             Ok(json!({ "reference": reference }))
         }
-    });
+        other => Err(format!("the payments adapter does not answer {other} jobs")),
+    }
 }
 
 fn text(payload: &Value, field: &str) -> Result<String, String> {

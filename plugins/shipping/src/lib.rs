@@ -45,11 +45,19 @@ pub trait Carrier: Send + Sync + 'static {
 pub fn register(engine: &Engine, carrier: Arc<dyn Carrier>) {
     engine.register_job_handler(BOOK_CARRIER, move |job: ActivatedJob| {
         let carrier = carrier.clone();
-        async move {
-            let booking = carrier.book(&job.id.to_string(), &job.payload)?;
-            Ok(json!({ "carrier": booking.carrier, "tracking": booking.tracking }))
-        }
+        async move { answer(&*carrier, &job.id.to_string(), &job.payload) }
     });
+}
+
+/// The answer to the `book_carrier` job `key` with `payload`: what `register` completes it
+/// with, and what a worker in another process sends back with `CompleteJob`.
+pub fn answer(
+    carrier: &dyn Carrier,
+    key: &str,
+    payload: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let booking = carrier.book(key, payload)?;
+    Ok(json!({ "carrier": booking.carrier, "tracking": booking.tracking }))
 }
 
 /// What a carrier reports about a shipment.
