@@ -16,7 +16,6 @@
 //! SKU not given has none (its lines are backordered or cancelled by the rules' policy). The
 //! credit system gives every shipped customer a 50,000 limit and no opening balance.
 
-
 use anyhow::{Context, Result};
 use switchyard_credit::{Account, MemoryCreditSystem};
 use switchyard_grpc::pb;

@@ -22,6 +22,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("switchyard_v1_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Google's error detail types (vendored from googleapis, as tonic-types uses them), only
+    // for reflection: so that grpcurl and generic clients can decode every error detail.
+    let google = [
+        root.join("google/rpc/status.proto"),
+        root.join("google/rpc/error_details.proto"),
+    ];
+    for file in &google {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    std::fs::write(
+        out.join("google_rpc_descriptor.bin"),
+        protox::compile(&google, [&root])?.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

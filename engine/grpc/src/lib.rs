@@ -41,6 +41,11 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_v1_descriptor.bin"));
 
+/// The encoded descriptor set of `google.rpc.Status` and the error details the server sends
+/// (`ErrorInfo`, `BadRequest`, …), served by reflection too.
+pub const GOOGLE_RPC_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
+
 #[cfg(test)]
 mod tests {
     use prost::Message;

@@ -1177,6 +1177,27 @@ async fn health_and_reflection_are_open_and_list_the_services() {
         panic!("{answer:?}");
     };
     assert!(!files.file_descriptor_proto.is_empty());
+    // And the error details every refusal carries, so generic clients can decode them.
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "google.rpc.Status",
+    ] {
+        let mut answers = reflection
+            .server_reflection_info(ask(MessageRequest::FileContainingSymbol(symbol.into())))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else {
+            panic!("{symbol}: {answer:?}");
+        };
+        let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+            &files.file_descriptor_proto[0][..],
+        )
+        .unwrap();
+        assert_eq!(file.package(), "google.rpc", "{symbol}");
+    }
     server.stop().await;
 }
 
