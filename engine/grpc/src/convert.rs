@@ -235,28 +235,116 @@ pub(crate) fn page_size(size: i32) -> Result<usize, Status> {
     usize::try_from(size).map_err(|_| bad_request("page_size", format!("{size} is negative")))
 }
 
+/// Page tokens on the wire are opaque: the list's own position (an id, an offset) sealed with
+/// a fingerprint of the list and of the filters it was asked with, hex-encoded. A token is
+/// refused by another list, or with other filters (AIP-158: "the token is bound to the
+/// request's other fields").
+pub(crate) fn seal_token(list: &str, filters: &[&str], position: Option<String>) -> String {
+    let Some(position) = position else {
+        return String::new();
+    };
+    let mut bytes = b"p1".to_vec();
+    bytes.extend_from_slice(&fingerprint(list, filters));
+    bytes.extend_from_slice(position.as_bytes());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The position inside a token [`seal_token`] made for this list and these filters; `None`
+/// for an empty token (the first page).
+#[allow(clippy::result_large_err)]
+pub(crate) fn open_token(
+    list: &str,
+    filters: &[&str],
+    token: &str,
+) -> Result<Option<String>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let not_ours = || bad_request("page_token", "is not a token this list returned");
+    if token.len() % 2 != 0 || token.len() > 2048 {
+        return Err(not_ours());
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| not_ours())?;
+    let Some(rest) = bytes.strip_prefix(b"p1") else {
+        return Err(not_ours());
+    };
+    if rest.len() < 8 {
+        return Err(not_ours());
+    }
+    let (print, position) = rest.split_at(8);
+    if print != fingerprint(list, filters) {
+        return Err(bad_request(
+            "page_token",
+            "was returned for another list or other filters; ask again without it",
+        ));
+    }
+    String::from_utf8(position.to_vec())
+        .map(Some)
+        .map_err(|_| not_ours())
+}
+
+fn fingerprint(list: &str, filters: &[&str]) -> [u8; 8] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(list.as_bytes());
+    for f in filters {
+        hash.update([0]);
+        hash.update(f.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut out = [0; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
 /// An offset-based page over an in-memory list (definitions, rule sets); `size` is already
 /// checked by [`switchyard_core::Engine::page_size`].
 #[allow(clippy::result_large_err)]
 pub(crate) fn offset_page<T: Clone>(
+    list: &str,
     items: &[T],
     size: usize,
     token: &str,
 ) -> Result<(Vec<T>, String), Status> {
-    let start = if token.is_empty() {
-        0
-    } else {
-        token
+    let start = match open_token(list, &[], token)? {
+        None => 0,
+        Some(position) => position
             .parse::<usize>()
             .ok()
             .filter(|s| *s <= items.len())
-            .ok_or_else(|| bad_request("page_token", "is not a token this list returned"))?
+            .ok_or_else(|| bad_request("page_token", "is not a token this list returned"))?,
     };
     let end = (start + size).min(items.len());
-    let next = if end < items.len() {
-        end.to_string()
-    } else {
-        String::new()
-    };
+    let next = seal_token(list, &[], (end < items.len()).then(|| end.to_string()));
     Ok((items[start..end].to_vec(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open_token, seal_token};
+
+    #[test]
+    fn a_page_token_opens_only_for_its_list_and_filters() {
+        let token = seal_token("instances", &["quote", "", ""], Some("01ab".into()));
+        assert!(!token.contains("01ab"), "opaque: {token}");
+        assert_eq!(
+            open_token("instances", &["quote", "", ""], &token).unwrap(),
+            Some("01ab".into())
+        );
+        assert_eq!(open_token("instances", &[], "").unwrap(), None);
+        assert_eq!(seal_token("instances", &[], None), "");
+        for (list, filters, token) in [
+            ("instances", vec!["lead", "", ""], token.as_str()),
+            ("history", vec!["quote", "", ""], token.as_str()),
+            ("instances", vec!["quote", "", ""], "zz"),
+            ("instances", vec!["quote", "", ""], "abc"),
+            ("instances", vec!["quote", "", ""], "01ab"),
+        ] {
+            assert!(open_token(list, &filters, token).is_err(), "{list} {filters:?} {token}");
+        }
+    }
 }

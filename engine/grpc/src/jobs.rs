@@ -192,15 +192,15 @@ impl pb::job_service_server::JobService for JobService {
         let actor = actor_of(&request)?;
         let r = request.into_inner();
         let page_size = convert::page_size(r.page_size)?;
-        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let position = convert::open_token("job_incidents", &[], &r.page_token)?;
         let page = self
             .engine
-            .incidents_page(&actor, page_size, token)
+            .incidents_page(&actor, page_size, position.as_deref())
             .await
             .map_err(|e| to_status(&e, Wire::NONE))?;
         Ok(Response::new(pb::ListJobIncidentsResponse {
             jobs: page.items.iter().map(job).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
+            next_page_token: convert::seal_token("job_incidents", &[], page.next_page_token),
         }))
     }
 

@@ -182,23 +182,33 @@ impl pb::instance_service_server::InstanceService for Services {
             async move {
                 let actor = actor_of(&request)?;
                 let r = request.into_inner();
-                let some = |s: String| (!s.is_empty()).then_some(s);
+                let filters = [
+                    r.definition.as_str(),
+                    r.state.as_str(),
+                    r.business_key.as_str(),
+                ];
+                let position = convert::open_token("instances", &filters, &r.page_token)?;
+                let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
                 let page = self
                     .engine
                     .list_as(&actor, {
                         let mut list =
                             ListRequest::new().page_size(convert::page_size(r.page_size)?);
-                        list.definition = some(r.definition);
-                        list.state = some(r.state);
-                        list.business_key = some(r.business_key);
-                        list.page_token = some(r.page_token);
+                        list.definition = some(&r.definition);
+                        list.state = some(&r.state);
+                        list.business_key = some(&r.business_key);
+                        list.page_token = position;
                         list
                     })
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::ListInstancesResponse {
                     instances: page.items.iter().map(convert::instance).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
+                    next_page_token: convert::seal_token(
+                        "instances",
+                        &filters,
+                        page.next_page_token,
+                    ),
                 }))
             }
             .await,
@@ -215,19 +225,21 @@ impl pb::instance_service_server::InstanceService for Services {
                 let actor = actor_of(&request)?;
                 let r = request.into_inner();
                 let id = convert::instance_id("instance_id", &r.instance_id)?;
+                let filters = [r.instance_id.as_str()];
+                let position = convert::open_token("history", &filters, &r.page_token)?;
                 let page = self
                     .engine
                     .history_page_as(
                         &actor,
                         id,
                         convert::page_size(r.page_size)?,
-                        Some(&r.page_token),
+                        position.as_deref(),
                     )
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::ListInstanceHistoryResponse {
                     entries: page.items.iter().map(convert::history_entry).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
+                    next_page_token: convert::seal_token("history", &filters, page.next_page_token),
                 }))
             }
             .await,
@@ -309,8 +321,12 @@ impl pb::definition_service_server::DefinitionService for Services {
                 actor_of(&request)?;
                 let r = request.into_inner();
                 let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
-                let (page, next) =
-                    convert::offset_page(&all, self.page_size(r.page_size)?, &r.page_token)?;
+                let (page, next) = convert::offset_page(
+                    "definitions",
+                    &all,
+                    self.page_size(r.page_size)?,
+                    &r.page_token,
+                )?;
                 Ok(Response::new(pb::ListDefinitionsResponse {
                     definitions: page.iter().map(|d| convert::definition(d)).collect(),
                     next_page_token: next,
@@ -474,8 +490,12 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                 actor_of(&request)?;
                 let r = request.into_inner();
                 let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
-                let (page, next) =
-                    convert::offset_page(&all, self.page_size(r.page_size)?, &r.page_token)?;
+                let (page, next) = convert::offset_page(
+                    "rule_sets",
+                    &all,
+                    self.page_size(r.page_size)?,
+                    &r.page_token,
+                )?;
                 Ok(Response::new(pb::ListRuleSetsResponse {
                     rule_sets: page.iter().map(convert::rule_set).collect(),
                     next_page_token: next,
@@ -626,14 +646,15 @@ impl pb::access_service_server::AccessService for Services {
             async move {
                 let by = actor_of(&request)?;
                 let r = request.into_inner();
+                let position = convert::open_token("tokens", &[], &r.page_token)?;
                 let page = self
                     .engine
-                    .credentials_page(&by, convert::page_size(r.page_size)?, Some(&r.page_token))
+                    .credentials_page(&by, convert::page_size(r.page_size)?, position.as_deref())
                     .await
                     .map_err(engine_error(Wire::NONE))?;
                 Ok(Response::new(pb::ListTokensResponse {
                     credentials: page.items.iter().map(credential).collect(),
-                    next_page_token: page.next_page_token.unwrap_or_default(),
+                    next_page_token: convert::seal_token("tokens", &[], page.next_page_token),
                 }))
             }
             .await,
