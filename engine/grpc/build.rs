@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("switchyard/v1/access.proto"),
         root.join("switchyard/v1/feed.proto"),
         root.join("switchyard/v1/jobs.proto"),
+        root.join("switchyard/v1/clock.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -108,6 +108,11 @@ pub struct EngineSettings {
     /// Longest time a rule set's tests may take in all when it is validated or deployed,
     /// e.g. `10s` (default).
     pub rule_tests_deadline: String,
+    /// `system` (default), or `manual`: a test server whose clock moves only when an admin
+    /// advances it (`ClockService.AdvanceClock`, `switchyard clock advance`).
+    pub clock: String,
+    /// Where a manual clock starts (RFC 3339); default: the real time at start.
+    pub clock_start: Option<String>,
 }
 
 /// TLS settings.
@@ -254,6 +259,8 @@ impl Default for EngineSettings {
             rule_threads: 0,
             rule_queue_max: 1024,
             rule_tests_deadline: "10s".into(),
+            clock: "system".into(),
+            clock_start: None,
         }
     }
 }
@@ -323,6 +330,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "SWITCHYARD_ENGINE_RULE_TESTS_DEADLINE",
         "engine.rule_tests_deadline",
     ),
+    ("SWITCHYARD_ENGINE_CLOCK", "engine.clock"),
+    ("SWITCHYARD_ENGINE_CLOCK_START", "engine.clock_start"),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -396,6 +405,20 @@ impl ServerConfig {
         let bad = |key: &str, message: &str| Err(ConfigError(format!("`{key}`: {message}")));
         if !matches!(self.store.durability.as_str(), "fsync" | "flush") {
             return bad("store.durability", "must be `fsync` or `flush`");
+        }
+        if !matches!(self.engine.clock.as_str(), "system" | "manual") {
+            return bad("engine.clock", "must be `system` or `manual`");
+        }
+        if let Some(start) = &self.engine.clock_start {
+            if chrono::DateTime::parse_from_rfc3339(start).is_err() {
+                return bad(
+                    "engine.clock_start",
+                    "must be an RFC 3339 time such as `2026-04-01T09:00:00Z`",
+                );
+            }
+            if self.engine.clock != "manual" {
+                return bad("engine.clock_start", "needs `engine.clock = \"manual\"`");
+            }
         }
         for (key, value) in [
             ("engine.request_retention", &self.engine.request_retention),

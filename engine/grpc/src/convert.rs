@@ -344,7 +344,10 @@ mod tests {
             ("instances", vec!["quote", "", ""], "abc"),
             ("instances", vec!["quote", "", ""], "01ab"),
         ] {
-            assert!(open_token(list, &filters, token).is_err(), "{list} {filters:?} {token}");
+            assert!(
+                open_token(list, &filters, token).is_err(),
+                "{list} {filters:?} {token}"
+            );
         }
     }
 }

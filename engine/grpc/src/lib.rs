@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod clock;
 pub mod codec;
 pub mod config;
 pub mod connections;
@@ -60,7 +61,7 @@ mod tests {
             .iter()
             .filter(|f| f.package() == "switchyard.v1")
             .collect();
-        assert_eq!(files.len(), 4, "switchyard, access, feed, jobs");
+        assert_eq!(files.len(), 5, "switchyard, access, feed, jobs, clock");
         let mut outer = std::collections::BTreeSet::new();
         for f in files {
             let o = f.options.as_ref().unwrap_or_else(|| panic!("{}", f.name()));

@@ -18,6 +18,8 @@ use switchyard_core::Engine;
 pub struct MetricsState {
     /// The engine measured.
     pub engine: Engine,
+    /// Whether it runs on a manual (test) clock.
+    pub manual_clock: bool,
     /// RPCs refused for a missing or unknown credential.
     pub unauthenticated: Arc<AtomicU64>,
     /// Connections refused at a listener's connection limit.
@@ -147,6 +149,12 @@ pub async fn render(state: &MetricsState) -> Result<String, switchyard_core::Com
         "switchyard_rule_pool_pending",
         "Rule evaluations queued or running on the rule pool.",
         m.rule_pool_pending as u64,
+    );
+    gauge(
+        &mut out,
+        "switchyard_clock_manual",
+        "1 on a test server whose clock moves only when an admin advances it (--clock manual).",
+        u64::from(state.manual_clock),
     );
     let _ = writeln!(
         out,

@@ -51,13 +51,14 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
     "switchyard.v1.AccessService",
     "switchyard.v1.FeedService",
     "switchyard.v1.JobService",
+    "switchyard.v1.ClockService",
 ];
 
 /// A running server.
@@ -213,8 +214,27 @@ pub async fn start(
             ))
         })?;
     }
+    // A test server's clock (`--clock manual`): it moves only when an admin advances it.
+    let manual = match config.engine.clock.as_str() {
+        "manual" => {
+            let start = config
+                .engine
+                .clock_start
+                .as_deref()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .unwrap_or_else(chrono::Utc::now);
+            tracing::warn!(%start, "the engine runs on a MANUAL clock (a test server): time moves only when an admin advances it");
+            Some(Arc::new(switchyard_core::ManualClock::new(start)))
+        }
+        _ => None,
+    };
+    let mut engine_settings = engine_config(&config);
+    if let Some(clock) = &manual {
+        engine_settings.clock = clock.clone();
+    }
     let engine = Engine::open_with_rules(
-        engine_config(&config),
+        engine_settings,
         &config.rules_dir,
         DeciderRegistry::new(),
         RuleLimits::default(),
@@ -228,6 +248,7 @@ pub async fn start(
     let metrics_task = metrics_listener.map(|listener| {
         let router = crate::metrics_http::router(crate::metrics_http::MetricsState {
             engine: engine.clone(),
+            manual_clock: manual.is_some(),
             unauthenticated: auth.refusals(),
             connections_refused: connections_refused.clone(),
         });
@@ -271,6 +292,15 @@ pub async fn start(
     );
     // Raised when shutdown begins: feed streams end then, instead of holding the drain.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let clock = InterceptedService::new(
+        pb::clock_service_server::ClockServiceServer::new(crate::clock::ClockService {
+            engine: engine.clone(),
+            manual: manual.clone(),
+        })
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        auth.clone(),
+    );
     let jobs = InterceptedService::new(
         pb::job_service_server::JobServiceServer::new(crate::jobs::JobService {
             engine: engine.clone(),
@@ -326,7 +356,8 @@ pub async fn start(
         .add_service(rule_sets)
         .add_service(access)
         .add_service(feed)
-        .add_service(jobs);
+        .add_service(jobs)
+        .add_service(clock);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();

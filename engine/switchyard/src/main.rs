@@ -21,6 +21,7 @@ struct Cli {
     command: Command,
 }
 
+mod client;
 mod serve;
 
 /// See Cargo.toml: measured faster than the system allocator for the server.
@@ -42,6 +43,14 @@ enum Command {
     Rules {
         #[command(subcommand)]
         what: Rules,
+    },
+    /// The engine clock of a running server; `advance` moves a test server's manual clock
+    /// (`serve --clock manual`) forward and fires the timers due meanwhile.
+    Clock {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[command(subcommand)]
+        what: client::ClockCommand,
     },
     /// Read a stopped store: list instances, show one, print its history.
     Inspect {
@@ -157,6 +166,10 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve::serve(args),
         Command::Token { what } => serve::token(what),
         Command::Inspect { store, what } => inspect(&store, what),
+        Command::Clock { connection, what } => {
+            let code = client::clock(connection, what)?;
+            std::process::exit(code);
+        }
         Command::Rules { what } => {
             let code = rules(what)?;
             std::process::exit(code);

@@ -22,6 +22,16 @@ pub struct ServeArgs {
     /// The gRPC address (default 127.0.0.1:50051).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// The metrics address (default 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// `manual` runs a test server whose clock moves only when an admin advances it
+    /// (`switchyard clock advance`); never the default.
+    #[arg(long, value_parser = ["system", "manual"])]
+    clock: Option<String>,
+    /// Where a manual clock starts (RFC 3339; default: now).
+    #[arg(long)]
+    clock_start: Option<String>,
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`);
@@ -81,6 +91,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(listen) = args.listen {
         config.grpc.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics.listen = listen;
+    }
+    if let Some(clock) = args.clock {
+        config.engine.clock = clock;
+    }
+    if let Some(start) = args.clock_start {
+        if chrono::DateTime::parse_from_rfc3339(&start).is_err() {
+            anyhow::bail!(
+                "--clock-start: `{start}` is not an RFC 3339 time such as 2026-04-01T09:00:00Z"
+            );
+        }
+        config.engine.clock_start = Some(start);
+    }
+    if config.engine.clock_start.is_some() && config.engine.clock != "manual" {
+        anyhow::bail!("--clock-start needs --clock manual");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

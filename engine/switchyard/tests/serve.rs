@@ -318,3 +318,73 @@ fn serve_without_a_rules_directory_fails_and_leaves_no_store_behind() {
         "no empty store is left behind"
     );
 }
+
+#[test]
+fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"ops\"\nroles = [\"admin\"]\n",
+            token_hash(TOKEN)
+        ),
+    )
+    .unwrap();
+    let mut child = spawn_serve(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data-dir",
+            "data",
+            "--clock",
+            "manual",
+            "--clock-start",
+            "2026-04-01T09:00:00Z",
+        ],
+        None,
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .args(["--addr", &addr])
+            .env("SWITCHYARD_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&["clock", "show"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2026-04-01T09:00:00+00:00 (manual test clock)");
+    let (code, out, err) = cli(&["clock", "advance", "2d"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2026-04-03T09:00:00+00:00 (0 timer(s) fired)");
+    let (code, _, err) = cli(&["clock", "advance", "soon"]);
+    assert_eq!(code, 2, "bad input: {err}");
+    let (code, _, err) = cli(&["clock", "show", "--token", "wrong"]);
+    assert_eq!(code, 1, "refused: {err}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // Nobody listens any more: unavailable.
+    let (code, _, err) = cli(&["clock", "show"]);
+    assert_eq!(code, 3, "unavailable: {err}");
+}

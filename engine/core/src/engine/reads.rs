@@ -46,6 +46,11 @@ impl Engine {
             .ok_or(CommandError::UnknownInstance(id))
     }
 
+    /// The engine clock's time: what timers, deadlines and rule scripts go by.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.config.clock.now()
+    }
+
     /// The value of the balance `balance` at `key` (0 if never moved): e.g. a customer's
     /// `uninvoiced` exposure at `"ACME/EUR"` as the shipped rules keep it.
     pub async fn balance(
