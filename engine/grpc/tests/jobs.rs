@@ -89,6 +89,18 @@ fn reserved(n: u32) -> String {
     json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": n }] }).to_string()
 }
 
+/// A worker's completion of `job` (its id and lease token), reserving 2.
+fn completion(job: &pb::ActivatedJob) -> tonic::Request<pb::CompleteJobRequest> {
+    as_role(
+        "system",
+        pb::CompleteJobRequest {
+            job_id: job.job_id.clone(),
+            lease_token: job.lease_token.clone(),
+            result_json: reserved(2),
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_never_share_a_job_and_completion_commits_the_command() {
     let server = TestServer::start().await;
@@ -121,18 +133,8 @@ async fn two_workers_never_share_a_job_and_completion_commits_the_command() {
     ids.dedup();
     assert_eq!(ids.len(), 6, "no job to both");
     let job = a.iter().chain(&b).next().unwrap();
-    let complete = |token: &str| {
-        as_role(
-            "system",
-            pb::CompleteJobRequest {
-                job_id: job.job_id.clone(),
-                lease_token: token.into(),
-                result_json: reserved(2),
-            },
-        )
-    };
     let done = jobs(&server)
-        .complete_job(complete(&job.lease_token))
+        .complete_job(completion(job))
         .await
         .unwrap()
         .into_inner()
@@ -141,7 +143,7 @@ async fn two_workers_never_share_a_job_and_completion_commits_the_command() {
     assert_eq!(done.state, "confirmed");
     assert_eq!(done.instance_id, job.instance_id);
     let again = jobs(&server)
-        .complete_job(complete(&job.lease_token))
+        .complete_job(completion(job))
         .await
         .unwrap()
         .into_inner()
@@ -212,30 +214,14 @@ async fn a_long_poll_wakes_for_a_new_job_and_a_lapsed_lease_is_offered_again() {
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].job_id, first[0].job_id);
     assert_eq!(second[0].attempt, 1, "a lapsed lease is not a failure");
-    let stale = jobs(&server)
-        .complete_job(as_role(
-            "system",
-            pb::CompleteJobRequest {
-                job_id: first[0].job_id.clone(),
-                lease_token: first[0].lease_token.clone(),
-                result_json: reserved(2),
-            },
-        ))
-        .await;
+    let stale = jobs(&server).complete_job(completion(&first[0])).await;
     let status = expect_refusal(stale, Code::FailedPrecondition, "STALE_LEASE");
     assert!(
         !format!("{status:?}").contains(&second[0].lease_token),
         "{status:?}"
     );
     jobs(&server)
-        .complete_job(as_role(
-            "system",
-            pb::CompleteJobRequest {
-                job_id: second[0].job_id.clone(),
-                lease_token: second[0].lease_token.clone(),
-                result_json: reserved(2),
-            },
-        ))
+        .complete_job(completion(&second[0]))
         .await
         .unwrap();
     server.stop().await;
@@ -323,14 +309,7 @@ async fn failures_retry_then_raise_an_incident_that_an_admin_resolves() {
         .jobs
         .remove(0);
     let done = jobs(&server)
-        .complete_job(as_role(
-            "system",
-            pb::CompleteJobRequest {
-                job_id: job.job_id,
-                lease_token: job.lease_token,
-                result_json: reserved(2),
-            },
-        ))
+        .complete_job(completion(&job))
         .await
         .unwrap()
         .into_inner()

@@ -136,6 +136,35 @@ impl World {
         order
     }
 
+    /// Waits (up to 10 s) until `id`'s data passes `ready` (the adapters answer in the
+    /// background); returns that data.
+    async fn data_when(&self, id: InstanceId, ready: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..500 {
+            let data = self.engine.get(id).await.unwrap().data;
+            if ready(&data) {
+                return data;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "{id}'s data never got there: {}",
+            self.engine.get(id).await.unwrap().data
+        );
+    }
+
+    /// Moves the clock on until `id`'s (only) job has used up its retries.
+    async fn until_incident(&self, id: InstanceId) -> Job {
+        for _ in 0..500 {
+            let job = self.engine.jobs(id).await.unwrap().remove(0);
+            if job.status == JobStatus::Incident {
+                return job;
+            }
+            self.clock.advance(chrono::Duration::seconds(30));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{id}'s job never became an incident");
+    }
+
     /// Waits (up to 10 s) until `id` is in `state`: the adapters answer in the background.
     async fn reaches(&self, id: InstanceId, state: &str) -> Instance {
         for _ in 0..500 {
@@ -223,18 +252,7 @@ async fn a_warehouse_that_stays_down_raises_an_incident_and_the_order_does_not_c
         .order("BETA", json!([{ "sku": "SEAL-KIT", "quantity": 1 }]))
         .await;
     // reserve_stock: 3 retries, backoff 10 s doubling; the clock moves past each.
-    let mut status = JobStatus::Activatable;
-    for _ in 0..500 {
-        let jobs = w.engine.jobs(order).await.unwrap();
-        status = jobs[0].status;
-        if status == JobStatus::Incident {
-            break;
-        }
-        w.clock.advance(chrono::Duration::seconds(30));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, JobStatus::Incident);
-    let job = &w.engine.jobs(order).await.unwrap()[0];
+    let job = w.until_incident(order).await;
     assert_eq!(job.last_error.as_deref(), Some("warehouse system down"));
     let stuck = w.engine.get(order).await.unwrap();
     assert_eq!(stuck.state, "checking_stock");
@@ -290,16 +308,7 @@ async fn with_credit_source_adapter_the_credit_systems_account_decides() {
     let unknown = w
         .order("GOVT-AGENCY", json!([{ "sku": "SEAL-KIT", "quantity": 1 }]))
         .await;
-    let mut status = JobStatus::Activatable;
-    for _ in 0..500 {
-        status = w.engine.jobs(unknown).await.unwrap()[0].status;
-        if status == JobStatus::Incident {
-            break;
-        }
-        w.clock.advance(chrono::Duration::seconds(30));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, JobStatus::Incident);
+    w.until_incident(unknown).await;
     assert_eq!(
         w.engine.get(unknown).await.unwrap().state,
         "checking_credit"
@@ -337,20 +346,9 @@ async fn card_captures_declines_and_a_refunded_overpayment() {
         json!({ "amount": total, "card": "tok_bad" }),
     )
     .await;
-    for _ in 0..500 {
-        if w.engine
-            .get(order)
-            .await
-            .unwrap()
-            .data
-            .get("declined_captures")
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let data = w.engine.get(order).await.unwrap().data;
+    let data = w
+        .data_when(order, |d| d.get("declined_captures").is_some())
+        .await;
     assert_eq!(data["declined_captures"][0]["reason"], "card declined");
     assert_eq!(data["pending_captures"], json!([]));
     // A good card pays the invoice in full.
@@ -361,13 +359,9 @@ async fn card_captures_declines_and_a_refunded_overpayment() {
         json!({ "amount": total, "card": "tok_visa" }),
     )
     .await;
-    for _ in 0..500 {
-        if w.engine.get(order).await.unwrap().data["invoices"][0]["paid"] == json!(total) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let data = w.engine.get(order).await.unwrap().data;
+    let data = w
+        .data_when(order, |d| d["invoices"][0]["paid"] == json!(total))
+        .await;
     assert_eq!(data["payments"][0]["method"], "card");
     assert_eq!(data["payments"][0]["reference"], "ch_000002");
     assert_eq!(w.payments.totals().0.to_string(), total);
@@ -390,20 +384,7 @@ async fn card_captures_declines_and_a_refunded_overpayment() {
         json!({ "reference": "BT-2" }),
     )
     .await;
-    for _ in 0..500 {
-        if w.engine
-            .get(order)
-            .await
-            .unwrap()
-            .data
-            .get("refunds")
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let data = w.engine.get(order).await.unwrap().data;
+    let data = w.data_when(order, |d| d.get("refunds").is_some()).await;
     assert_eq!(data["refunds"][0]["amount"], "12.50");
     assert_eq!(data["refunds"][0]["reference"], "re_000001");
     assert!(data.get("refund_pending").is_none());
