@@ -1,4 +1,5 @@
-//! Commands that talk to a running server over gRPC. The server address comes from `--addr`,
+//! Commands that talk to a running server over gRPC: the engine clock, instances (start,
+//! send, show, list) and the event feed (tail). The server address comes from `--addr`,
 //! else `SWITCHYARD_ADDR`, else `http://127.0.0.1:50051`; the bearer token from `--token`,
 //! else `SWITCHYARD_TOKEN`. Exit codes: 0 done; 1 refused by the server (a role, a state, a
 //! rule); 2 bad input (the server named a field, or the command line was wrong); 3 the server
@@ -31,6 +32,66 @@ pub enum ClockCommand {
         /// How far: a duration such as 48h, 7d, 90m, 30s (combinations like 1d12h too).
         by: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum InstanceCommand {
+    /// Start an instance of DEFINITION with initial data (inline JSON, or @file).
+    Start {
+        /// The definition, e.g. lead.
+        definition: String,
+        /// The initial data: a JSON object, or @path to a file holding one.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// The business key (e.g. L-2026-017).
+        #[arg(long, default_value = "")]
+        key: String,
+        /// The idempotency key; a fresh one when absent (retrying then starts another).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Send COMMAND to the instance ID with a payload (inline JSON, or @file).
+    Send {
+        /// The instance id.
+        id: String,
+        /// The command, e.g. submit.
+        command: String,
+        /// The payload: a JSON object, or @path to a file holding one.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// The idempotency key; a fresh one when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Show an instance with its history: every change's actor, command and reason.
+    Show {
+        /// The instance id.
+        id: String,
+    },
+    /// List instances (oldest first), optionally of one definition, state or business key.
+    List {
+        /// Only this definition.
+        #[arg(long, default_value = "")]
+        definition: String,
+        /// Only this state (needs --definition).
+        #[arg(long, default_value = "")]
+        state: String,
+        /// Only this business key (needs --definition).
+        #[arg(long, default_value = "")]
+        key: String,
+        /// Most instances to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// How results print.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// One JSON object per line, for scripts.
+    Json,
 }
 
 /// A failure as the exit code it maps to, after printing it.
@@ -93,6 +154,244 @@ fn time(t: Option<prost_types::Timestamp>) -> String {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()
+}
+
+/// Inline JSON, or the contents of `@path`.
+fn json_arg(name: &str, value: &str) -> Result<String, i32> {
+    let text = match value.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            eprintln!("--{name} {value}: cannot read {path}: {e}");
+            2
+        })?,
+        None => value.to_string(),
+    };
+    match switchyard_core::json::from_str(&text) {
+        Ok(v) if v.is_object() => Ok(text),
+        Ok(_) => {
+            eprintln!("--{name}: must be a JSON object");
+            Err(2)
+        }
+        Err(e) => {
+            eprintln!("--{name}: not JSON: {e}");
+            Err(2)
+        }
+    }
+}
+
+fn result_line(output: Output, r: &pb::CommandResult) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "instance_id": r.instance_id, "version": r.version, "state": r.state,
+                "reason": r.reason, "started_instance_ids": r.started_instance_ids,
+            })
+        ),
+        Output::Text => {
+            println!("{} v{} {}: {}", r.instance_id, r.version, r.state, r.reason);
+            for started in &r.started_instance_ids {
+                println!("  started {started}");
+            }
+        }
+    }
+}
+
+fn instance_json(i: &pb::Instance) -> serde_json::Value {
+    serde_json::json!({
+        "id": i.id, "definition": i.definition, "version": i.version, "state": i.state,
+        "business_key": i.business_key, "parent_id": i.parent_id,
+        "data": serde_json::from_str::<serde_json::Value>(&i.data_json).unwrap_or_default(),
+    })
+}
+
+/// Runs an `instance` command; returns the exit code.
+pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = match connection.channel().await {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        };
+        let mut client = pb::instance_service_client::InstanceServiceClient::new(channel);
+        let fresh = || uuid::Uuid::new_v4().to_string();
+        let code = match what {
+            InstanceCommand::Start { definition, data, key, request_id } => {
+                let data_json = match json_arg("data", &data) {
+                    Ok(t) => t,
+                    Err(code) => return Ok(code),
+                };
+                let request = pb::StartInstanceRequest {
+                    request_id: request_id.unwrap_or_else(fresh),
+                    definition,
+                    business_key: key,
+                    data_json,
+                };
+                match client.start_instance(connection.request(request)).await {
+                    Ok(r) => {
+                        result_line(output, &r.into_inner().result.unwrap_or_default());
+                        0
+                    }
+                    Err(status) => exit_code(&status),
+                }
+            }
+            InstanceCommand::Send { id, command, payload, request_id } => {
+                let payload_json = match json_arg("payload", &payload) {
+                    Ok(t) => t,
+                    Err(code) => return Ok(code),
+                };
+                let request = pb::SendCommandRequest {
+                    request_id: request_id.unwrap_or_else(fresh),
+                    instance_id: id,
+                    command,
+                    payload_json,
+                    expected_version: None,
+                };
+                match client.send_command(connection.request(request)).await {
+                    Ok(r) => {
+                        result_line(output, &r.into_inner().result.unwrap_or_default());
+                        0
+                    }
+                    Err(status) => exit_code(&status),
+                }
+            }
+            InstanceCommand::Show { id } => {
+                let got = client
+                    .get_instance(connection.request(pb::GetInstanceRequest { instance_id: id.clone() }))
+                    .await;
+                let instance = match got {
+                    Ok(r) => r.into_inner().instance.unwrap_or_default(),
+                    Err(status) => return Ok(exit_code(&status)),
+                };
+                let mut entries = Vec::new();
+                let mut token = String::new();
+                loop {
+                    let page = client
+                        .list_instance_history(connection.request(pb::ListInstanceHistoryRequest {
+                            instance_id: id.clone(),
+                            page_size: 1000,
+                            page_token: token.clone(),
+                        }))
+                        .await;
+                    let page = match page {
+                        Ok(p) => p.into_inner(),
+                        Err(status) => return Ok(exit_code(&status)),
+                    };
+                    entries.extend(page.entries);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                match output {
+                    Output::Json => {
+                        let history: Vec<serde_json::Value> = entries
+                            .iter()
+                            .map(|e| serde_json::json!({
+                                "version": e.version, "at": time(e.at), "actor": e.actor.as_ref().map(|a| a.id.clone()),
+                                "command": e.command, "from": e.from_state, "to": e.to_state, "reason": e.reason,
+                            }))
+                            .collect();
+                        let mut shown = instance_json(&instance);
+                        shown["history"] = history.into();
+                        println!("{shown}");
+                    }
+                    Output::Text => {
+                        println!("{} {} v{} {} ({})", instance.definition, instance.id, instance.version, instance.state, instance.business_key);
+                        println!("data: {}", instance.data_json);
+                        for e in &entries {
+                            let actor = e.actor.as_ref().map(|a| a.id.as_str()).unwrap_or("");
+                            let command = if e.command.is_empty() { "(start)" } else { e.command.as_str() };
+                            println!("  v{:<3} {} {:<20} {:<18} → {:<16} {}", e.version, time(e.at), actor, command, e.to_state, e.reason);
+                        }
+                    }
+                }
+                0
+            }
+            InstanceCommand::List { definition, state, key, limit } => {
+                let mut printed = 0;
+                let mut token = String::new();
+                if output == Output::Text {
+                    println!("{:<36}  {:<14} {:<18} {:>4}  business key", "id", "definition", "state", "v");
+                }
+                while printed < limit {
+                    let page = client
+                        .list_instances(connection.request(pb::ListInstancesRequest {
+                            definition: definition.clone(),
+                            state: state.clone(),
+                            business_key: key.clone(),
+                            page_size: i32::try_from((limit - printed).min(1000)).unwrap_or(1000),
+                            page_token: token.clone(),
+                        }))
+                        .await;
+                    let page = match page {
+                        Ok(p) => p.into_inner(),
+                        Err(status) => return Ok(exit_code(&status)),
+                    };
+                    for i in &page.instances {
+                        match output {
+                            Output::Json => println!("{}", instance_json(i)),
+                            Output::Text => println!("{:<36}  {:<14} {:<18} {:>4}  {}", i.id, i.definition, i.state, i.version, i.business_key),
+                        }
+                        printed += 1;
+                    }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                0
+            }
+        };
+        Ok(code)
+    })
+}
+
+/// Tails the event feed after `after` (0: from the start): stored events, then live ones,
+/// until interrupted — or, with `until_caught_up`, until the replay reaches the head.
+pub fn feed_tail(
+    connection: Connection,
+    output: Output,
+    after: u64,
+    until_caught_up: bool,
+) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = match connection.channel().await {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        };
+        let mut client = pb::feed_service_client::FeedServiceClient::new(channel);
+        let request = pb::SubscribeRequest { after_offset: after, ..Default::default() };
+        let mut stream = match client.subscribe(connection.request(request)).await {
+            Ok(s) => s.into_inner(),
+            Err(status) => return Ok(exit_code(&status)),
+        };
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(0),
+                Err(status) => return Ok(exit_code(&status)),
+            };
+            match message.item {
+                Some(pb::subscribe_response::Item::Event(e)) => match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({
+                            "offset": e.offset, "id": e.id, "type": e.r#type, "subject": e.subject, "time": time(e.time),
+                            "data": serde_json::from_str::<serde_json::Value>(&e.data_json).unwrap_or_default(),
+                        })
+                    ),
+                    Output::Text => println!("#{:<6} {} {:<34} {}", e.offset, time(e.time), e.r#type, e.subject),
+                },
+                Some(pb::subscribe_response::Item::CaughtUp(_)) if until_caught_up => return Ok(0),
+                _ => {}
+            }
+        }
+    })
 }
 
 /// Runs a `clock` command; returns the exit code.

@@ -52,6 +52,29 @@ enum Command {
         #[command(subcommand)]
         what: client::ClockCommand,
     },
+    /// Start, drive and look at instances on a running server.
+    Instance {
+        #[command(flatten)]
+        connection: client::Connection,
+        /// text for people, json for scripts (one object per line).
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: client::Output,
+        #[command(subcommand)]
+        what: client::InstanceCommand,
+    },
+    /// Tail a running server's event feed after an offset: stored events, then live ones.
+    Feed {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[arg(long, value_enum, default_value = "text")]
+        output: client::Output,
+        /// Deliver events after this offset (0: from the start).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Stop once the stored events are printed, instead of following live ones.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Read a stopped store: list instances, show one, print its history.
     Inspect {
         /// The store directory.
@@ -166,6 +189,23 @@ fn main() -> Result<()> {
         Command::Serve(args) => serve::serve(args),
         Command::Token { what } => serve::token(what),
         Command::Inspect { store, what } => inspect(&store, what),
+        Command::Instance {
+            connection,
+            output,
+            what,
+        } => {
+            let code = client::instance(connection, output, what)?;
+            std::process::exit(code);
+        }
+        Command::Feed {
+            connection,
+            output,
+            after,
+            until_caught_up,
+        } => {
+            let code = client::feed_tail(connection, output, after, until_caught_up)?;
+            std::process::exit(code);
+        }
         Command::Clock { connection, what } => {
             let code = client::clock(connection, what)?;
             std::process::exit(code);

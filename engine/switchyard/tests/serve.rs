@@ -388,3 +388,152 @@ fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
     let (code, _, err) = cli(&["clock", "show"]);
     assert_eq!(code, 3, "unavailable: {err}");
 }
+
+#[test]
+fn the_client_commands_start_drive_show_list_and_tail_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir();
+    let config = dir.path().join("switchyard.toml");
+    let mut tokens = String::new();
+    for role in ["sales_rep", "sales_manager"] {
+        tokens += &format!(
+            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"u-{role}\"\nroles = [\"{role}\"]\n\n",
+            token_hash(&format!("t-{role}"))
+        );
+    }
+    std::fs::write(&config, tokens).unwrap();
+    let mut child = spawn_serve(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--data-dir",
+            "data",
+        ],
+        None,
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("switchyard listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let cli = |role: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .args(["--addr", &addr, "--token", &format!("t-{role}")])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let data = dir.path().join("lead.json");
+    std::fs::write(&data, r#"{"company": "ACME GmbH", "source": "event"}"#).unwrap();
+    let (code, out, err) = cli(
+        "sales_rep",
+        &[
+            "instance",
+            "start",
+            "lead",
+            "--data",
+            &format!("@{}", data.display()),
+            "--key",
+            "L-1",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let started: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let id = started["instance_id"].as_str().unwrap().to_string();
+    assert_eq!(started["state"], "new");
+    let (code, out, err) = cli(
+        "sales_manager",
+        &[
+            "instance",
+            "send",
+            &id,
+            "assign",
+            "--payload",
+            r#"{"owner": "u-sales_rep"}"#,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("v2 assigned: assigned to u-sales_rep by u-sales_manager"),
+        "{out}"
+    );
+    // A rep may not assign (refused: 1); a payload that is not JSON is bad input (2).
+    let (code, _, err) = cli(
+        "sales_rep",
+        &[
+            "instance",
+            "send",
+            &id,
+            "assign",
+            "--payload",
+            r#"{"owner": "x"}"#,
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ROLE_NOT_ALLOWED"), "{err}");
+    let (code, _, err) = cli(
+        "sales_manager",
+        &["instance", "send", &id, "assign", "--payload", "{owner"],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(
+        "sales_manager",
+        &[
+            "instance",
+            "send",
+            &id,
+            "assign",
+            "--payload",
+            r#"{"owner": 7}"#,
+        ],
+    );
+    assert_eq!(code, 2, "the server named the field: {err}");
+    let (code, out, err) = cli("sales_rep", &["instance", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("lead ") && out.contains(" v2 assigned (L-1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("u-sales_manager")
+            && out.contains("assigned to u-sales_rep by u-sales_manager"),
+        "{out}"
+    );
+    let (code, out, err) = cli("sales_rep", &["instance", "list", "--definition", "lead"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&id) && l.contains("assigned")),
+        "{out}"
+    );
+    let (code, out, err) = cli(
+        "sales_rep",
+        &["feed", "--until-caught-up", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    assert_eq!(events[1]["offset"], 2);
+    assert_eq!(events[1]["subject"], id.as_str());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
