@@ -1,5 +1,5 @@
 //! Commands that talk to a running server over gRPC: the engine clock, instances (start,
-//! send, show, list) and the event feed (tail). The server address comes from `--addr`,
+//! send, show, list), rule sets (validate, deploy, activate, list) and the event feed (tail). The server address comes from `--addr`,
 //! else `SWITCHYARD_ADDR`, else `http://127.0.0.1:50051`; the bearer token from `--token`,
 //! else `SWITCHYARD_TOKEN`. Exit codes: 0 done; 1 refused by the server (a role, a state, a
 //! rule); 2 bad input (the server named a field, or the command line was wrong); 3 the server
@@ -85,6 +85,35 @@ pub enum InstanceCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum RuleSetCommand {
+    /// Check the rules folder DIR on the server (compile, cross-check, tests) without
+    /// deploying; prints every problem as file:line:col. Exit 1 when it is not valid.
+    Validate {
+        /// The rules folder, as the server starts with it.
+        dir: std::path::PathBuf,
+    },
+    /// Deploy the rules folder DIR as a new version and activate it — only if it loads, passes
+    /// its tests, keeps deployed definitions unchanged and serves every live instance.
+    Deploy {
+        /// The rules folder, as the server starts with it.
+        dir: std::path::PathBuf,
+        /// The idempotency key; a fresh one when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Make deployed version NUMBER the active one (a rollback, or forward again).
+    Activate {
+        /// The version number, as `list` shows it.
+        number: u32,
+        /// The idempotency key; a fresh one when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// List the deployed versions.
+    List,
+}
+
 /// How results print.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -109,6 +138,11 @@ fn exit_code(status: &tonic::Status) -> i32 {
         },
         status.message()
     );
+    if let Some(bad) = tonic_types::StatusExt::get_details_bad_request(status) {
+        for v in bad.field_violations {
+            eprintln!("  {}: {}", v.field, v.description);
+        }
+    }
     match status.code() {
         Code::InvalidArgument | Code::OutOfRange => 2,
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => 3,
@@ -391,6 +425,163 @@ pub fn feed_tail(
                 _ => {}
             }
         }
+    })
+}
+
+/// The rule-set files of `dir` as the wire carries them — what the server itself reads from a
+/// rules folder; anything else there (a README, editor files) is left out and named.
+fn rule_files(dir: &std::path::Path) -> Result<Vec<pb::RuleFile>, i32> {
+    fn walk(at: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(at)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    if let Err(e) = walk(dir, &mut paths) {
+        eprintln!("{}: cannot read: {e}", dir.display());
+        return Err(2);
+    }
+    paths.sort();
+    let mut files = Vec::new();
+    for path in paths {
+        let relative = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
+        if !switchyard_core::rules::is_rule_file_path(&relative) {
+            eprintln!("not a rule-set file, left out: {relative}");
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(content) => files.push(pb::RuleFile {
+                path: relative,
+                content,
+            }),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", path.display());
+                return Err(2);
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn rule_set_line(output: Output, r: &pb::RuleSet) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "number": r.number, "version": r.version, "active": r.active,
+                "deployed_at": time(r.deployed_at), "deployed_by": r.deployed_by,
+            })
+        ),
+        Output::Text => println!(
+            "{:>4} {} {} by {}{}",
+            r.number,
+            r.version,
+            time(r.deployed_at),
+            r.deployed_by,
+            if r.active { "  (active)" } else { "" }
+        ),
+    }
+}
+
+/// Runs a `rule-set` command; returns the exit code.
+pub fn rule_set(connection: Connection, output: Output, what: RuleSetCommand) -> Result<i32> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = match connection.channel().await {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        };
+        let mut client = pb::rule_set_service_client::RuleSetServiceClient::new(channel);
+        let fresh = || uuid::Uuid::new_v4().to_string();
+        let code = match what {
+            RuleSetCommand::Validate { dir } => {
+                let files = match rule_files(&dir) {
+                    Ok(f) => f,
+                    Err(code) => return Ok(code),
+                };
+                let request = pb::ValidateRuleSetRequest { files };
+                match client.validate_rule_set(connection.request(request)).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        for p in &r.problems {
+                            eprintln!("{}:{}:{}: {}", p.file, p.line, p.column, p.message);
+                        }
+                        if r.valid {
+                            println!("valid: rule set {}", r.version);
+                            0
+                        } else {
+                            eprintln!("{} problem(s)", r.problems.len());
+                            1
+                        }
+                    }
+                    Err(status) => exit_code(&status),
+                }
+            }
+            RuleSetCommand::Deploy { dir, request_id } => {
+                let files = match rule_files(&dir) {
+                    Ok(f) => f,
+                    Err(code) => return Ok(code),
+                };
+                let request = pb::DeployRuleSetRequest {
+                    request_id: request_id.unwrap_or_else(fresh),
+                    files,
+                };
+                match client.deploy_rule_set(connection.request(request)).await {
+                    Ok(r) => {
+                        rule_set_line(output, &r.into_inner().rule_set.unwrap_or_default());
+                        0
+                    }
+                    Err(status) => exit_code(&status),
+                }
+            }
+            RuleSetCommand::Activate { number, request_id } => {
+                let request = pb::ActivateRuleSetRequest {
+                    request_id: request_id.unwrap_or_else(fresh),
+                    number,
+                };
+                match client.activate_rule_set(connection.request(request)).await {
+                    Ok(r) => {
+                        rule_set_line(output, &r.into_inner().rule_set.unwrap_or_default());
+                        0
+                    }
+                    Err(status) => exit_code(&status),
+                }
+            }
+            RuleSetCommand::List => {
+                let mut token = String::new();
+                loop {
+                    let request = pb::ListRuleSetsRequest {
+                        page_size: 1000,
+                        page_token: token.clone(),
+                    };
+                    let page = match client.list_rule_sets(connection.request(request)).await {
+                        Ok(p) => p.into_inner(),
+                        Err(status) => return Ok(exit_code(&status)),
+                    };
+                    for r in &page.rule_sets {
+                        rule_set_line(output, r);
+                    }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                0
+            }
+        };
+        Ok(code)
     })
 }
 

@@ -62,6 +62,17 @@ enum Command {
         #[command(subcommand)]
         what: client::InstanceCommand,
     },
+    /// Validate, deploy, activate and list rule-set versions on a running server (the offline
+    /// `rules deploy|activate|versions --store` work on a stopped store).
+    RuleSet {
+        #[command(flatten)]
+        connection: client::Connection,
+        /// text for people, json for scripts (one object per line).
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: client::Output,
+        #[command(subcommand)]
+        what: client::RuleSetCommand,
+    },
     /// Tail a running server's event feed after an offset: stored events, then live ones.
     Feed {
         #[command(flatten)]
@@ -195,6 +206,14 @@ fn main() -> Result<()> {
             what,
         } => {
             let code = client::instance(connection, output, what)?;
+            std::process::exit(code);
+        }
+        Command::RuleSet {
+            connection,
+            output,
+            what,
+        } => {
+            let code = client::rule_set(connection, output, what)?;
             std::process::exit(code);
         }
         Command::Feed {

@@ -395,7 +395,7 @@ fn the_client_commands_start_drive_show_list_and_tail_over_grpc() {
     let rules = rules_dir();
     let config = dir.path().join("switchyard.toml");
     let mut tokens = String::new();
-    for role in ["sales_rep", "sales_manager"] {
+    for role in ["sales_rep", "sales_manager", "analyst"] {
         tokens += &format!(
             "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"u-{role}\"\nroles = [\"{role}\"]\n\n",
             token_hash(&format!("t-{role}"))
@@ -531,6 +531,33 @@ fn the_client_commands_start_drive_show_list_and_tail_over_grpc() {
     assert_eq!(events.len(), 2, "{out}");
     assert_eq!(events[1]["offset"], 2);
     assert_eq!(events[1]["subject"], id.as_str());
+    // Rule sets, from the same rules folder the server started with, as it is.
+    let rules_arg = rules.to_str().unwrap();
+    let (code, out, err) = cli("analyst", &["rule-set", "validate", rules_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("valid: rule set sha256:"), "{out}");
+    assert!(
+        err.contains("not a rule-set file, left out: README.md"),
+        "{err}"
+    );
+    let (code, out, err) = cli("analyst", &["rule-set", "list", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (listed["number"].clone(), listed["active"].clone()),
+        (serde_json::json!(1), serde_json::json!(true))
+    );
+    let (code, out, err) = cli("analyst", &["rule-set", "deploy", rules_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(active)"), "{out}");
+    let (code, out, err) = cli("analyst", &["rule-set", "activate", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.trim_start().starts_with("1 ") && out.contains("(active)"),
+        "{out}"
+    );
+    let (code, _, err) = cli("sales_rep", &["rule-set", "deploy", rules_arg]);
+    assert_eq!(code, 1, "a sales rep may not deploy: {err}");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
