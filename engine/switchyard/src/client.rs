@@ -190,6 +190,23 @@ fn time(t: Option<prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+/// Connects to the server and runs `run` on the channel; an unreachable server is exit 3.
+fn on_server<F, Fut>(connection: &Connection, run: F) -> Result<i32>
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<i32>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match connection.channel().await {
+            Ok(channel) => run(channel).await,
+            Err(code) => Ok(code),
+        }
+    })
+}
+
 /// Inline JSON, or the contents of `@path`.
 fn json_arg(name: &str, value: &str) -> Result<String, i32> {
     let text = match value.strip_prefix('@') {
@@ -240,18 +257,17 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
 
 /// Runs an `instance` command; returns the exit code.
 pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let channel = match connection.channel().await {
-            Ok(c) => c,
-            Err(code) => return Ok(code),
-        };
+    let connection = &connection;
+    on_server(connection, |channel| async move {
         let mut client = pb::instance_service_client::InstanceServiceClient::new(channel);
         let fresh = || uuid::Uuid::new_v4().to_string();
         let code = match what {
-            InstanceCommand::Start { definition, data, key, request_id } => {
+            InstanceCommand::Start {
+                definition,
+                data,
+                key,
+                request_id,
+            } => {
                 let data_json = match json_arg("data", &data) {
                     Ok(t) => t,
                     Err(code) => return Ok(code),
@@ -270,7 +286,12 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
                     Err(status) => exit_code(&status),
                 }
             }
-            InstanceCommand::Send { id, command, payload, request_id } => {
+            InstanceCommand::Send {
+                id,
+                command,
+                payload,
+                request_id,
+            } => {
                 let payload_json = match json_arg("payload", &payload) {
                     Ok(t) => t,
                     Err(code) => return Ok(code),
@@ -292,7 +313,9 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
             }
             InstanceCommand::Show { id } => {
                 let got = client
-                    .get_instance(connection.request(pb::GetInstanceRequest { instance_id: id.clone() }))
+                    .get_instance(connection.request(pb::GetInstanceRequest {
+                        instance_id: id.clone(),
+                    }))
                     .await;
                 let instance = match got {
                     Ok(r) => r.into_inner().instance.unwrap_or_default(),
@@ -332,22 +355,49 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
                         println!("{shown}");
                     }
                     Output::Text => {
-                        println!("{} {} v{} {} ({})", instance.definition, instance.id, instance.version, instance.state, instance.business_key);
+                        println!(
+                            "{} {} v{} {} ({})",
+                            instance.definition,
+                            instance.id,
+                            instance.version,
+                            instance.state,
+                            instance.business_key
+                        );
                         println!("data: {}", instance.data_json);
                         for e in &entries {
                             let actor = e.actor.as_ref().map(|a| a.id.as_str()).unwrap_or("");
-                            let command = if e.command.is_empty() { "(start)" } else { e.command.as_str() };
-                            println!("  v{:<3} {} {:<20} {:<18} → {:<16} {}", e.version, time(e.at), actor, command, e.to_state, e.reason);
+                            let command = if e.command.is_empty() {
+                                "(start)"
+                            } else {
+                                e.command.as_str()
+                            };
+                            println!(
+                                "  v{:<3} {} {:<20} {:<18} → {:<16} {}",
+                                e.version,
+                                time(e.at),
+                                actor,
+                                command,
+                                e.to_state,
+                                e.reason
+                            );
                         }
                     }
                 }
                 0
             }
-            InstanceCommand::List { definition, state, key, limit } => {
+            InstanceCommand::List {
+                definition,
+                state,
+                key,
+                limit,
+            } => {
                 let mut printed = 0;
                 let mut token = String::new();
                 if output == Output::Text {
-                    println!("{:<36}  {:<14} {:<18} {:>4}  business key", "id", "definition", "state", "v");
+                    println!(
+                        "{:<36}  {:<14} {:<18} {:>4}  business key",
+                        "id", "definition", "state", "v"
+                    );
                 }
                 while printed < limit {
                     let page = client
@@ -366,7 +416,10 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
                     for i in &page.instances {
                         match output {
                             Output::Json => println!("{}", instance_json(i)),
-                            Output::Text => println!("{:<36}  {:<14} {:<18} {:>4}  {}", i.id, i.definition, i.state, i.version, i.business_key),
+                            Output::Text => println!(
+                                "{:<36}  {:<14} {:<18} {:>4}  {}",
+                                i.id, i.definition, i.state, i.version, i.business_key
+                            ),
                         }
                         printed += 1;
                     }
@@ -390,16 +443,13 @@ pub fn feed_tail(
     after: u64,
     until_caught_up: bool,
 ) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let channel = match connection.channel().await {
-            Ok(c) => c,
-            Err(code) => return Ok(code),
-        };
+    let connection = &connection;
+    on_server(connection, |channel| async move {
         let mut client = pb::feed_service_client::FeedServiceClient::new(channel);
-        let request = pb::SubscribeRequest { after_offset: after, ..Default::default() };
+        let request = pb::SubscribeRequest {
+            after_offset: after,
+            ..Default::default()
+        };
         let mut stream = match client.subscribe(connection.request(request)).await {
             Ok(s) => s.into_inner(),
             Err(status) => return Ok(exit_code(&status)),
@@ -419,7 +469,13 @@ pub fn feed_tail(
                             "data": serde_json::from_str::<serde_json::Value>(&e.data_json).unwrap_or_default(),
                         })
                     ),
-                    Output::Text => println!("#{:<6} {} {:<34} {}", e.offset, time(e.time), e.r#type, e.subject),
+                    Output::Text => println!(
+                        "#{:<6} {} {:<34} {}",
+                        e.offset,
+                        time(e.time),
+                        e.r#type,
+                        e.subject
+                    ),
                 },
                 Some(pb::subscribe_response::Item::CaughtUp(_)) if until_caught_up => return Ok(0),
                 _ => {}
@@ -495,14 +551,8 @@ fn rule_set_line(output: Output, r: &pb::RuleSet) {
 
 /// Runs a `rule-set` command; returns the exit code.
 pub fn rule_set(connection: Connection, output: Output, what: RuleSetCommand) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let channel = match connection.channel().await {
-            Ok(c) => c,
-            Err(code) => return Ok(code),
-        };
+    let connection = &connection;
+    on_server(connection, |channel| async move {
         let mut client = pb::rule_set_service_client::RuleSetServiceClient::new(channel);
         let fresh = || uuid::Uuid::new_v4().to_string();
         let code = match what {
@@ -587,14 +637,8 @@ pub fn rule_set(connection: Connection, output: Output, what: RuleSetCommand) ->
 
 /// Runs a `clock` command; returns the exit code.
 pub fn clock(connection: Connection, what: ClockCommand) -> Result<i32> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let channel = match connection.channel().await {
-            Ok(c) => c,
-            Err(code) => return Ok(code),
-        };
+    let connection = &connection;
+    on_server(connection, |channel| async move {
         let mut client = pb::clock_service_client::ClockServiceClient::new(channel);
         match what {
             ClockCommand::Show => match client
