@@ -1498,3 +1498,42 @@ async fn scenario_6_a_confirmation_sent_twice_draws_one_number_and_a_changed_pay
     assert_eq!(changed.code(), "REQUEST_ID_REUSED", "{changed}");
     assert_eq!(w.data(order).await["number"], "SO-2026-000001");
 }
+
+#[tokio::test]
+async fn a_credit_hold_left_waiting_escalates_to_the_finance_director_after_its_sla() {
+    let w = memory_world(&[]).await;
+    // 100 seal kits and 10 pumps for ACME: over its limit with the opening balance.
+    let order = w
+        .submitted_order(
+            "O-H",
+            "ACME",
+            json!([{ "sku": "SEAL-KIT", "quantity": 100 }, { "sku": "PUMP-200", "quantity": 10 }]),
+        )
+        .await;
+    assert_eq!(w.engine.get(order).await.unwrap().state, "credit_hold");
+    w.clock.advance(Duration::hours(47));
+    assert_eq!(
+        w.engine.fire_due_timers().await.unwrap(),
+        0,
+        "not before 48 h"
+    );
+    w.clock.advance(Duration::hours(1));
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    let last = w.engine.history(order, 2, 1).await.unwrap().remove(0);
+    assert_eq!(
+        (
+            last.actor.id.as_str(),
+            last.command.as_deref(),
+            last.to_state.as_str()
+        ),
+        ("system:timer", Some("escalate_hold"), "credit_hold")
+    );
+    assert_eq!(
+        last.reason,
+        "on credit hold for 48h → escalated to the finance director"
+    );
+    assert_eq!(
+        w.data(order).await["notify"],
+        json!([{ "to": "finance_director", "message": "order for ACME waits on credit hold" }])
+    );
+}

@@ -50,6 +50,9 @@ pub struct GrpcConfig {
     /// Most feed streams open at once, over all connections; more are refused with
     /// RESOURCE_EXHAUSTED (default 256).
     pub feed_streams_max: usize,
+    /// Most job long polls (JobService.ActivateJobs with a wait) at once, over all
+    /// connections; more are refused with RESOURCE_EXHAUSTED (default 256).
+    pub job_polls_max: usize,
     /// How long a new connection may take for the HTTP/2 handshake (default `10s`).
     pub handshake_timeout: String,
     /// How long a connection may send nothing, not even ping answers (default `5m`).
@@ -219,6 +222,7 @@ impl Default for GrpcConfig {
             message_bytes_max: 4 * 1024 * 1024,
             connections_max: 1024,
             feed_streams_max: 256,
+            job_polls_max: 256,
             handshake_timeout: "10s".into(),
             idle_timeout: "5m".into(),
             keepalive_interval: "30s".into(),
@@ -293,6 +297,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("SWITCHYARD_GRPC_CONNECTIONS_MAX", "grpc.connections_max"),
     ("SWITCHYARD_GRPC_FEED_STREAMS_MAX", "grpc.feed_streams_max"),
+    ("SWITCHYARD_GRPC_JOB_POLLS_MAX", "grpc.job_polls_max"),
     (
         "SWITCHYARD_GRPC_HANDSHAKE_TIMEOUT",
         "grpc.handshake_timeout",
@@ -345,6 +350,7 @@ fn kind_of(key: &str) -> Kind {
         "grpc.message_bytes_max"
         | "grpc.connections_max"
         | "grpc.feed_streams_max"
+        | "grpc.job_polls_max"
         | "store.cache_bytes"
         | "store.reserve_bytes"
         | "engine.payload_bytes_max"
@@ -444,6 +450,9 @@ impl ServerConfig {
         }
         if self.grpc.feed_streams_max == 0 {
             return bad("grpc.feed_streams_max", "must be at least 1");
+        }
+        if self.grpc.job_polls_max == 0 {
+            return bad("grpc.job_polls_max", "must be at least 1");
         }
         let idle = Self::duration(&self.grpc.idle_timeout);
         let ping = Self::duration(&self.grpc.keepalive_interval)

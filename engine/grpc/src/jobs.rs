@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
 use switchyard_core::{
     roles, Actor, CommandError, Engine, FailJob, IncidentAction, Job, JobId, JobStatus,
 };
-use tokio::sync::watch;
+
+use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
 use crate::auth::actor_of;
@@ -18,11 +20,16 @@ use crate::status::{bad_request, to_status, Wire};
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// The job service: the engine, and the flag the server raises when it starts to stop.
+/// The job service: the engine, the flag the server raises when it starts to stop, the
+/// permits for long polls waiting at once (`grpc.job_polls_max`), and the longest wait (just
+/// under `grpc.request_timeout`, so a poll answers before its call is cut off).
 #[derive(Clone)]
 pub(crate) struct JobService {
     pub(crate) engine: Engine,
     pub(crate) stopping: watch::Receiver<bool>,
+    pub(crate) polls: Arc<Semaphore>,
+    pub(crate) polls_max: usize,
+    pub(crate) wait_max: Duration,
 }
 
 #[allow(clippy::result_large_err)]
@@ -115,7 +122,21 @@ impl pb::job_service_server::JobService for JobService {
             .ok_or_else(|| bad_request("max_jobs", format!("{} is not at least 1", r.max_jobs)))?;
         let lease = duration("lease", r.lease)?
             .ok_or_else(|| bad_request("lease", "is required (1 s to 24 h)"))?;
-        let wait = duration("wait", r.wait)?.unwrap_or_default();
+        let wait = duration("wait", r.wait)?
+            .unwrap_or_default()
+            .min(self.wait_max);
+        // Only a poll that waits holds a place: each one wakes on every new job.
+        let _permit = if wait.is_zero() {
+            None
+        } else {
+            Some(self.polls.clone().try_acquire_owned().map_err(|_| {
+                let overloaded = CommandError::Overloaded {
+                    resource: "job long polls waiting (grpc.job_polls_max)".into(),
+                    limit: self.polls_max,
+                };
+                to_status(&overloaded, Wire::NONE)
+            })?)
+        };
         let mut stopping = self.stopping.clone();
         if *stopping.borrow() {
             return Err(Status::unavailable("the server is shutting down"));

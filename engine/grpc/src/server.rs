@@ -305,6 +305,10 @@ pub async fn start(
         pb::job_service_server::JobServiceServer::new(crate::jobs::JobService {
             engine: engine.clone(),
             stopping: stopping.clone(),
+            polls: Arc::new(tokio::sync::Semaphore::new(config.grpc.job_polls_max)),
+            polls_max: config.grpc.job_polls_max,
+            // A long poll answers (empty) before the call's own deadline ends it.
+            wait_max: seconds(&config.grpc.request_timeout).saturating_sub(Duration::from_secs(1)),
         })
         .max_decoding_message_size(size)
         .max_encoding_message_size(size),

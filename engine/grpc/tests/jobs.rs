@@ -340,3 +340,35 @@ async fn failures_retry_then_raise_an_incident_that_an_admin_resolves() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_are_bounded_and_answer_before_the_call_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.grpc.job_polls_max = 1;
+    config.grpc.request_timeout = "3s".into();
+    let server = TestServer::start_with(dir, config).await;
+    let first = {
+        let mut client = jobs(&server);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let answer = client.activate_jobs(activate("wms-a", 1, 60, 30_000)).await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one place is taken: a second waiting poll is refused; one that does not wait is not.
+    let second = jobs(&server)
+        .activate_jobs(activate("wms-b", 1, 60, 30_000))
+        .await;
+    expect_refusal(second, Code::ResourceExhausted, "OVERLOADED");
+    let at_once = jobs(&server)
+        .activate_jobs(activate("wms-b", 1, 60, 0))
+        .await;
+    assert!(at_once.unwrap().into_inner().jobs.is_empty());
+    // Asked to wait 30 s on a server whose calls end at 3 s: it answers, empty, in time.
+    let (answer, took) = first.await.unwrap();
+    assert!(answer.unwrap().into_inner().jobs.is_empty());
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    server.stop().await;
+}
