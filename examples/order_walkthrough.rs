@@ -17,61 +17,37 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use switchyard_core::*;
 
-struct Walk {
-    engine: Engine,
-    run: InstanceId,
-    n: u32,
-}
+#[path = "walk.rs"]
+mod walk;
+use walk::Walk;
 
-impl Walk {
-    async fn send(
-        &mut self,
-        id: InstanceId,
-        who: &str,
-        command: &str,
-        payload: Value,
-    ) -> Result<CommandOutcome> {
-        self.n += 1;
-        let (name, role) = who.split_once(':').context("id:role")?;
-        let request = CommandRequest::new(
-            id,
-            command,
-            Actor::new(name, &[role]),
-            format!("{}-{}", self.run, self.n),
-        )
-        .payload(payload);
-        let out = self.engine.send(request).await?;
-        println!(
-            "  {who:<22} {command:<15} → {:<15} {}",
-            out.state, out.reason
-        );
-        Ok(out)
-    }
-
-    /// The inventory, shipping or carrier adapter's side: lease the waiting job and complete it.
-    async fn job(&self, job_type: &str, worker: &str, result: Value) -> Result<CommandOutcome> {
-        let job = self
-            .engine
-            .activate_jobs(ActivateJobs::new(
-                job_type,
-                worker,
-                1,
-                std::time::Duration::from_secs(60),
-            ))
-            .await?
-            .pop()
-            .with_context(|| format!("a {job_type} job should be waiting"))?;
-        println!(
-            "  worker {worker:<15} job {job_type} {} ({})",
-            job.id, job.payload
-        );
-        let out = self.engine.complete_job(job.id, job.lease, result).await?;
-        println!(
-            "  {:<22} {:<15} → {:<15} {}",
-            "", "(completed)", out.state, out.reason
-        );
-        Ok(out)
-    }
+/// The inventory, shipping or carrier adapter's side: lease the waiting job and complete it.
+async fn job(
+    engine: &Engine,
+    job_type: &str,
+    worker: &str,
+    result: Value,
+) -> Result<CommandOutcome> {
+    let job = engine
+        .activate_jobs(ActivateJobs::new(
+            job_type,
+            worker,
+            1,
+            std::time::Duration::from_secs(60),
+        ))
+        .await?
+        .pop()
+        .with_context(|| format!("a {job_type} job should be waiting"))?;
+    println!(
+        "  worker {worker:<15} job {job_type} {} ({})",
+        job.id, job.payload
+    );
+    let out = engine.complete_job(job.id, job.lease, result).await?;
+    println!(
+        "  {:<22} {:<15} → {:<15} {}",
+        "", "(completed)", out.state, out.reason
+    );
+    Ok(out)
 }
 
 /// ACME's exposure in EUR as the engine keeps it (the credit rule reads these balances).
@@ -109,11 +85,7 @@ async fn main() -> Result<()> {
         rules_dir.display(),
         data_dir.display()
     );
-    let mut walk = Walk {
-        engine: engine.clone(),
-        run: InstanceId::new(),
-        n: 0,
-    };
+    let mut walk = Walk::new(engine.clone());
 
     println!("\n1. A qualified lead's quote: 100 seal kits and 10 pumps for ACME, approved, sent and accepted");
     let lead = engine
@@ -186,7 +158,7 @@ async fn main() -> Result<()> {
     .await?;
 
     println!("\n3. The inventory adapter reserves 60 of 100 seal kits: 40 backordered, the order confirmed");
-    walk.job("reserve_stock", "inventory", json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 60 }, { "sku": "PUMP-200", "reserved": 10 }] })).await?;
+    job(&engine, "reserve_stock", "inventory", json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 60 }, { "sku": "PUMP-200", "reserved": 10 }] })).await?;
     let data = engine.get(order).await?.data;
     println!(
         "  order number {}, alerts {}; the lead is {}",
@@ -204,7 +176,8 @@ async fn main() -> Result<()> {
         .await?
         .started[0];
     walk.send(first, "wh:logistics", "book", json!({})).await?;
-    walk.job(
+    job(
+        &engine,
         "book_carrier",
         "carrier-gateway",
         json!({ "carrier": "dhl", "tracking": "JD0146" }),
@@ -231,7 +204,8 @@ async fn main() -> Result<()> {
         .await?
         .started[0];
     walk.send(second, "wh:logistics", "book", json!({})).await?;
-    walk.job(
+    job(
+        &engine,
         "book_carrier",
         "carrier-gateway",
         json!({ "carrier": "ups", "tracking": "1Z9001" }),

@@ -10,46 +10,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use switchyard_core::*;
+
+#[path = "walk.rs"]
+mod walk;
+use walk::Walk;
 
 fn actor(spec: &str) -> Actor {
     let (id, role) = spec.split_once(':').expect("id:role");
     Actor::new(id, &[role])
-}
-
-struct Walk {
-    engine: Engine,
-    n: u32,
-}
-
-impl Walk {
-    async fn send(
-        &mut self,
-        id: InstanceId,
-        who: &str,
-        command: &str,
-        payload: Value,
-    ) -> Result<CommandOutcome> {
-        self.n += 1;
-        let out = self
-            .engine
-            .send(
-                CommandRequest::new(
-                    id,
-                    command,
-                    actor(who),
-                    format!("walk-{}-{}", self.n, InstanceId::new()),
-                )
-                .payload(payload),
-            )
-            .await?;
-        println!(
-            "  {who:<22} {command:<13} → {:<17} {}",
-            out.state, out.reason
-        );
-        Ok(out)
-    }
 }
 
 #[tokio::main]
@@ -69,10 +39,7 @@ async fn main() -> Result<()> {
     let engine = Engine::open(config, rules.definitions, rules.deciders)
         .await
         .context("opening the engine")?;
-    let mut walk = Walk {
-        engine: engine.clone(),
-        n: 0,
-    };
+    let mut walk = Walk::new(engine.clone());
 
     println!("\n1. A lead comes in from an event, is assigned and qualified");
     let lead = engine

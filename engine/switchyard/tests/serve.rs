@@ -319,35 +319,29 @@ fn serve_without_a_rules_directory_fails_and_leaves_no_store_behind() {
     );
 }
 
-#[test]
-fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running `switchyard serve` for client commands: a token `t-<role>` for each of `roles`,
+/// the shipped rules, and `extra` arguments; returns the child and the address it printed.
+fn serve_for_clients(dir: &Path, roles: &[&str], extra: &[&str]) -> (std::process::Child, String) {
+    let mut tokens = String::new();
+    for role in roles {
+        tokens += &format!(
+            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"u-{role}\"\nroles = [\"{role}\"]\n\n",
+            token_hash(&format!("t-{role}"))
+        );
+    }
+    let config = dir.join("switchyard.toml");
+    std::fs::write(&config, tokens).unwrap();
     let rules = rules_dir();
-    let config = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"ops\"\nroles = [\"admin\"]\n",
-            token_hash(TOKEN)
-        ),
-    )
-    .unwrap();
-    let mut child = spawn_serve(
-        dir.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--rules",
-            rules.to_str().unwrap(),
-            "--data-dir",
-            "data",
-            "--clock",
-            "manual",
-            "--clock-start",
-            "2026-04-01T09:00:00Z",
-        ],
-        None,
-    );
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--data-dir",
+        "data",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = spawn_serve(dir, &args, None);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -356,19 +350,43 @@ fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
         .strip_prefix("switchyard listening on ")
         .unwrap_or_else(|| panic!("{line}"))
         .to_string();
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(args)
-            .args(["--addr", &addr])
-            .env("SWITCHYARD_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    // Keep draining stdout so the server never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, addr)
+}
+
+/// Runs a client command against `addr` as `t-<role>`: (exit code, stdout, stderr).
+fn client(addr: &str, role: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .args(["--addr", addr])
+        .env("SWITCHYARD_TOKEN", format!("t-{role}"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = serve_for_clients(
+        dir.path(),
+        &["admin"],
+        &["--clock", "manual", "--clock-start", "2026-04-01T09:00:00Z"],
+    );
+    let cli = |args: &[&str]| client(&addr, "admin", args);
     let (code, out, err) = cli(&["clock", "show"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "2026-04-01T09:00:00+00:00 (manual test clock)");
@@ -379,11 +397,7 @@ fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
     assert_eq!(code, 2, "bad input: {err}");
     let (code, _, err) = cli(&["clock", "show", "--token", "wrong"]);
     assert_eq!(code, 1, "refused: {err}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop(child);
     // Nobody listens any more: unavailable.
     let (code, _, err) = cli(&["clock", "show"]);
     assert_eq!(code, 3, "unavailable: {err}");
@@ -393,47 +407,9 @@ fn a_test_server_on_a_manual_clock_is_advanced_from_the_command_line() {
 fn the_client_commands_start_drive_show_list_and_tail_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let rules = rules_dir();
-    let config = dir.path().join("switchyard.toml");
-    let mut tokens = String::new();
-    for role in ["sales_rep", "sales_manager", "analyst"] {
-        tokens += &format!(
-            "[[auth.tokens]]\nsha256 = \"{}\"\nactor = \"u-{role}\"\nroles = [\"{role}\"]\n\n",
-            token_hash(&format!("t-{role}"))
-        );
-    }
-    std::fs::write(&config, tokens).unwrap();
-    let mut child = spawn_serve(
-        dir.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--rules",
-            rules.to_str().unwrap(),
-            "--data-dir",
-            "data",
-        ],
-        None,
-    );
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    let cli = |role: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(args)
-            .args(["--addr", &addr, "--token", &format!("t-{role}")])
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let (child, addr) =
+        serve_for_clients(dir.path(), &["sales_rep", "sales_manager", "analyst"], &[]);
+    let cli = |role: &str, args: &[&str]| client(&addr, role, args);
     let data = dir.path().join("lead.json");
     std::fs::write(&data, r#"{"company": "ACME GmbH", "source": "event"}"#).unwrap();
     let (code, out, err) = cli(
@@ -558,9 +534,5 @@ fn the_client_commands_start_drive_show_list_and_tail_over_grpc() {
     );
     let (code, _, err) = cli("sales_rep", &["rule-set", "deploy", rules_arg]);
     assert_eq!(code, 1, "a sales rep may not deploy: {err}");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    stop(child);
 }
