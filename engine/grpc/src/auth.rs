@@ -350,3 +350,25 @@ pub(crate) fn actor_of<T>(request: &Request<T>) -> Result<Actor, Status> {
         .cloned()
         .ok_or_else(|| unauthenticated("MISSING_CREDENTIALS", "the request was not authenticated"))
 }
+
+/// Refuses (PERMISSION_DENIED, ROLE_NOT_ALLOWED) an actor without `role`, naming `action`.
+#[allow(clippy::result_large_err)]
+pub(crate) fn require_role(actor: &Actor, role: &str, action: &str) -> Result<(), Status> {
+    if actor.roles.iter().any(|r| r == role) {
+        return Ok(());
+    }
+    let refused = switchyard_core::CommandError::RoleNotAllowed {
+        actor: actor.id.clone(),
+        action: action.to_string(),
+        held: if actor.roles.is_empty() {
+            "none".into()
+        } else {
+            actor.roles.join(", ")
+        },
+        required: role.to_string(),
+    };
+    Err(crate::status::to_status(
+        &refused,
+        crate::status::Wire::NONE,
+    ))
+}

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use switchyard_core::{roles, Clock, CommandError, Engine, ManualClock};
+use switchyard_core::{roles, Clock, Engine, ManualClock};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::actor_of;
+use crate::auth::{actor_of, require_role};
 use crate::convert::timestamp;
 use crate::pb;
 use crate::status::{bad_request, to_status, Wire};
@@ -42,15 +42,7 @@ impl pb::clock_service_server::ClockService for ClockService {
         request: Request<pb::AdvanceClockRequest>,
     ) -> Result<Response<pb::AdvanceClockResponse>, Status> {
         let actor = actor_of(&request)?;
-        if !actor.roles.iter().any(|r| r == roles::ADMIN) {
-            let refused = CommandError::RoleNotAllowed {
-                actor: actor.id.clone(),
-                action: "advance the clock".into(),
-                held: actor.roles.join(", "),
-                required: roles::ADMIN.into(),
-            };
-            return Err(to_status(&refused, Wire::NONE));
-        }
+        require_role(&actor, roles::ADMIN, "advance the clock")?;
         let Some(clock) = &self.manual else {
             let mut details = ErrorDetails::new();
             details.set_error_info(

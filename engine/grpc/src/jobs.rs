@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use std::sync::Arc;
 use switchyard_core::{
-    roles, Actor, CommandError, Engine, FailJob, IncidentAction, Job, JobId, JobStatus,
+    roles, CommandError, Engine, FailJob, IncidentAction, Job, JobId, JobStatus,
 };
 
 use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
-use crate::auth::actor_of;
+use crate::auth::{actor_of, require_role};
 use crate::convert::{self, timestamp};
 use crate::pb;
 use crate::status::{bad_request, to_status, Wire};
@@ -30,24 +30,6 @@ pub(crate) struct JobService {
     pub(crate) polls: Arc<Semaphore>,
     pub(crate) polls_max: usize,
     pub(crate) wait_max: Duration,
-}
-
-#[allow(clippy::result_large_err)]
-fn require(actor: &Actor, role: &str, action: &str) -> Result<(), Status> {
-    if actor.roles.iter().any(|r| r == role) {
-        return Ok(());
-    }
-    let refused = CommandError::RoleNotAllowed {
-        actor: actor.id.clone(),
-        action: action.to_string(),
-        held: if actor.roles.is_empty() {
-            "none".into()
-        } else {
-            actor.roles.join(", ")
-        },
-        required: role.to_string(),
-    };
-    Err(to_status(&refused, Wire::NONE))
 }
 
 #[allow(clippy::result_large_err)]
@@ -114,7 +96,7 @@ impl pb::job_service_server::JobService for JobService {
         request: Request<pb::ActivateJobsRequest>,
     ) -> Answer<pb::ActivateJobsResponse> {
         let actor = actor_of(&request)?;
-        require(&actor, roles::SYSTEM, "activate jobs")?;
+        require_role(&actor, roles::SYSTEM, "activate jobs")?;
         let r = request.into_inner();
         let max_jobs = usize::try_from(r.max_jobs)
             .ok()
@@ -170,7 +152,7 @@ impl pb::job_service_server::JobService for JobService {
         request: Request<pb::CompleteJobRequest>,
     ) -> Answer<pb::CompleteJobResponse> {
         let actor = actor_of(&request)?;
-        require(&actor, roles::SYSTEM, "complete jobs")?;
+        require_role(&actor, roles::SYSTEM, "complete jobs")?;
         let r = request.into_inner();
         let id = job_id(&r.job_id)?;
         let lease = lease(&r.lease_token)?;
@@ -187,7 +169,7 @@ impl pb::job_service_server::JobService for JobService {
 
     async fn fail_job(&self, request: Request<pb::FailJobRequest>) -> Answer<pb::FailJobResponse> {
         let actor = actor_of(&request)?;
-        require(&actor, roles::SYSTEM, "fail jobs")?;
+        require_role(&actor, roles::SYSTEM, "fail jobs")?;
         let r = request.into_inner();
         let mut fail = FailJob::new(job_id(&r.job_id)?, lease(&r.lease_token)?, r.error);
         if let Some(d) = duration("retry_in", r.retry_in)? {
