@@ -308,6 +308,12 @@ async fn failures_retry_then_raise_an_incident_that_an_admin_resolves() {
         .into_inner()
         .jobs
         .remove(0);
+    // A result that does not fit the completion command names the field; nothing changes.
+    let mut wrong = completion(&job);
+    wrong.get_mut().result_json = json!({ "lines": "all of them" }).to_string();
+    let refused = jobs(&server).complete_job(wrong).await;
+    let status = expect_refusal(refused, Code::InvalidArgument, "INVALID_PAYLOAD");
+    assert_eq!(bad_fields(&status), vec!["result_json.lines"]);
     let done = jobs(&server)
         .complete_job(completion(&job))
         .await
