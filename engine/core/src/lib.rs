@@ -94,4 +94,7 @@ pub use model::{
 };
 pub use rules::backtest::{BacktestReport, ChangedDecision};
 pub use rules::{RuleLimits, RuleSet};
-pub use store::{Durability, Page, SledConfig, StoreError, StoreHealth, StoreStats};
+pub use store::{
+    export_stopped, import_into, BackupSummary, Durability, Page, SledConfig, StoreError,
+    StoreHealth, StoreStats, BACKUP_FORMAT,
+};

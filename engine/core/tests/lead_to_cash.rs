@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
+use switchyard_core::store::Store;
 use switchyard_core::*;
 
 mod common;
@@ -21,7 +22,12 @@ struct World {
     _rules: tempfile::TempDir,
 }
 
-async fn world(edits: &[(&str, &str, &str)], store: StoreConfig, clock: Arc<ManualClock>) -> World {
+/// The shipped rule set with `edits`, and engine settings on the manual `clock`.
+fn setup(
+    edits: &[(&str, &str, &str)],
+    store: StoreConfig,
+    clock: &Arc<ManualClock>,
+) -> (tempfile::TempDir, RuleSet, EngineConfig) {
     let rules_dir = rules_copy(edits);
     let rules = RuleSet::load(
         rules_dir.path(),
@@ -32,6 +38,11 @@ async fn world(edits: &[(&str, &str, &str)], store: StoreConfig, clock: Arc<Manu
     let mut config = EngineConfig::new(store);
     config.clock = clock.clone();
     config.background_tasks = false;
+    (rules_dir, rules, config)
+}
+
+async fn world(edits: &[(&str, &str, &str)], store: StoreConfig, clock: Arc<ManualClock>) -> World {
+    let (rules_dir, rules, config) = setup(edits, store, &clock);
     let engine = Engine::open(config, rules.definitions, rules.deciders)
         .await
         .unwrap();
@@ -836,7 +847,12 @@ async fn check(
 
 #[tokio::test]
 async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
-    let w = memory_world(&[]).await;
+    whole_story(&memory_world(&[]).await).await;
+}
+
+/// A lead won by an order that is shipped in two parts, invoiced, paid and closed, every step
+/// checked; the test above, and the backup test's content.
+async fn whole_story(w: &World) {
     // A lead, qualified into an opportunity with a quote of 12 pumps at ACME's 1,190.00, 5% tier and 12% off.
     let lead = w
         .engine
@@ -849,7 +865,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         .unwrap()
         .instance;
     check(
-        &w,
+        w,
         lead,
         "mia:sales_manager",
         "assign",
@@ -859,7 +875,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     check(
-        &w,
+        w,
         lead,
         "ana:sales_rep",
         "qualify",
@@ -868,10 +884,10 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "qualified by ana",
     )
     .await;
-    let quote = check(&w, lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "discount_pct": "12", "valid_until": "2026-05-15", "lines": [{ "sku": "PUMP-200", "quantity": 12 }] }), "qualified", "quote created for ACME GmbH").await.started[0];
+    let quote = check(w, lead, "ana:sales_rep", "create_quote", json!({ "customer": "ACME", "currency": "EUR", "discount_pct": "12", "valid_until": "2026-05-15", "lines": [{ "sku": "PUMP-200", "quantity": 12 }] }), "qualified", "quote created for ACME GmbH").await.started[0];
     // Two-step approval: the discount needs the manager, the net of 11,938.08 finance.
     check(
-        &w,
+        w,
         quote,
         "ana:sales_rep",
         "submit",
@@ -881,7 +897,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     check(
-        &w,
+        w,
         quote,
         "mia:sales_manager",
         "approve",
@@ -891,7 +907,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     check(
-        &w,
+        w,
         quote,
         "fin:finance",
         "approve",
@@ -901,7 +917,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     check(
-        &w,
+        w,
         quote,
         "ana:sales_rep",
         "send",
@@ -911,7 +927,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     let order = check(
-        &w,
+        w,
         quote,
         "ana:sales_rep",
         "accept",
@@ -924,7 +940,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     assert_eq!(w.data(quote).await["ordered"], json!(true));
 
     // Credit: 38,000 opening balance + 12,922.97 is over ACME's 50,000.
-    check(&w, order, "ana:sales_rep", "submit", json!({}), "credit_hold", "credit: exposure 50922.97 EUR (open 38000 + uninvoiced 0 + this order 12922.97) > limit 50000 → credit_hold").await;
+    check(w, order, "ana:sales_rep", "submit", json!({}), "credit_hold", "credit: exposure 50922.97 EUR (open 38000 + uninvoiced 0 + this order 12922.97) > limit 50000 → credit_hold").await;
     let refused = w
         .send(
             order,
@@ -940,7 +956,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "a sales rep cannot release a credit hold: {refused}"
     );
     check(
-        &w,
+        w,
         order,
         "cc:credit_controller",
         "release",
@@ -978,7 +994,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
 
     // A partial shipment: the carrier picks up 6, the order is fulfilling with 6 on backorder.
     let first = check(
-        &w,
+        w,
         order,
         "wh:logistics",
         "ship",
@@ -989,7 +1005,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     .await
     .started[0];
     check(
-        &w,
+        w,
         first,
         "wh:logistics",
         "book",
@@ -1005,7 +1021,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     .await;
     assert_eq!(w.engine.get(order).await.unwrap().state, "fulfilling");
     check(
-        &w,
+        w,
         first,
         "wh:logistics",
         "deliver",
@@ -1026,7 +1042,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
 
     // The backorder arrives and ships; delivered in full.
     check(
-        &w,
+        w,
         order,
         "wh:logistics",
         "stock_arrived",
@@ -1036,7 +1052,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     let second = check(
-        &w,
+        w,
         order,
         "wh:logistics",
         "ship",
@@ -1047,7 +1063,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     .await
     .started[0];
     check(
-        &w,
+        w,
         second,
         "wh:logistics",
         "book",
@@ -1063,7 +1079,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     .await;
     assert_eq!(w.engine.get(order).await.unwrap().state, "shipped");
     check(
-        &w,
+        w,
         second,
         "wh:logistics",
         "deliver",
@@ -1076,7 +1092,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
 
     // One invoice for everything delivered, then a partial and a full payment; closed.
     check(
-        &w,
+        w,
         order,
         "fin:finance",
         "invoice",
@@ -1096,7 +1112,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         (json!("INV-2026-000001"), json!("2026-05-01"))
     );
     check(
-        &w,
+        w,
         order,
         "fin:finance",
         "record_payment",
@@ -1120,7 +1136,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
         "{over}"
     );
     check(
-        &w,
+        w,
         order,
         "fin:finance",
         "record_payment",
@@ -1130,7 +1146,7 @@ async fn the_whole_story_from_lead_to_cash_with_every_actor_and_reason() {
     )
     .await;
     check(
-        &w,
+        w,
         order,
         "fin:finance",
         "close",
@@ -1536,4 +1552,99 @@ async fn a_credit_hold_left_waiting_escalates_to_the_finance_director_after_its_
         w.data(order).await["notify"],
         json!([{ "to": "finance_director", "message": "order for ACME waits on credit hold" }])
     );
+}
+
+// ---- Backup (engine/core/src/store/backup.rs) ----
+
+#[tokio::test]
+async fn a_backup_of_the_whole_story_restores_every_record_and_index_and_the_engine_goes_on() {
+    let original = Arc::new(store::MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (rules_dir, rules, config) = setup(&[], StoreConfig::Memory, &clock);
+    let w = World {
+        engine: Engine::with_store(original.clone(), config, rules.definitions, rules.deciders)
+            .unwrap(),
+        clock: clock.clone(),
+        _rules: rules_dir,
+    };
+    whole_story(&w).await;
+    // Open work too: a quote waiting on its expiry timer, an order waiting on its stock job.
+    let quote = w.quote("Q-OPEN", json!({ "customer": "ACME", "currency": "EUR", "lines": [{ "sku": "PUMP-200", "quantity": 1 }] })).await;
+    let order = w
+        .submitted_order(
+            "O-OPEN",
+            "BETA",
+            json!([{ "sku": "SEAL-KIT", "quantity": 2 }]),
+        )
+        .await;
+
+    let mut backup = Vec::new();
+    let summary = w.engine.export(&mut backup).unwrap();
+    assert_eq!(summary.feed_head, original.feed_bounds().unwrap().1);
+    let text = String::from_utf8(backup.clone()).unwrap();
+    for kind in [
+        "instance", "history", "request", "counter", "balance", "feed", "job", "meta",
+    ] {
+        assert!(
+            text.contains(&format!("{{\"kind\":\"{kind}\"")),
+            "the backup holds {kind} records"
+        );
+    }
+
+    let restored = Arc::new(store::MemoryStore::new());
+    assert_eq!(restored.import(&mut backup.as_slice()).unwrap(), summary);
+    // Every key and value, the indexes import derives included.
+    assert_eq!(restored.entries(), original.entries());
+    // A second import into the now non-empty store is refused and writes nothing.
+    let refused = restored.import(&mut backup.as_slice()).unwrap_err();
+    assert!(matches!(refused, StoreError::NotEmpty(_)), "{refused}");
+    assert_eq!(restored.entries(), original.entries());
+
+    // An engine on the restored store goes on where the original stopped: the order's stock
+    // job is activated there and completed, and the open quote takes its next command.
+    let clock2 = Arc::new(ManualClock::new(clock.now()));
+    let (rules_dir, rules, config) = setup(&[], StoreConfig::Memory, &clock2);
+    let w2 = World {
+        engine: Engine::with_store(restored.clone(), config, rules.definitions, rules.deciders)
+            .unwrap(),
+        clock: clock2.clone(),
+        _rules: rules_dir,
+    };
+    w2.complete_only_job(
+        "reserve_stock",
+        json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 2 }] }),
+    )
+    .await;
+    assert_ne!(w2.engine.get(order).await.unwrap().state, "checking_stock");
+    let out = w2
+        .send(quote, "ana:sales_rep", "submit", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(out.version, w.engine.get(quote).await.unwrap().version + 1);
+}
+
+#[tokio::test]
+async fn a_bad_backup_line_is_refused_naming_its_line() {
+    let store = store::MemoryStore::new();
+    let header = r#"{"switchyard_backup":1,"created_at":"2026-04-01T09:00:00Z"}"#;
+    let cases = [
+        ("", "backup line 1: the file is empty"),
+        ("{\"switchyard_backup\":2,\"created_at\":\"2026-04-01T09:00:00Z\"}\n", "backup line 1: backup format 2 (this build reads format 1)"),
+        (&format!("{header}\n{{\"kind\":\"counter\",\"key\":[\"n\",\"k\"],\"format\":1,\"record\":{{\"value\":\"x\"}}}}\n"), "backup line 2: "),
+        (&format!("{header}\n{{\"kind\":\"gadget\",\"key\":1,\"format\":1,\"record\":{{}}}}\n"), "backup line 2: `kind` \"gadget\""),
+        (&format!("{header}\n{{\"kind\":\"counter\",\"key\":[\"n\",\"k\"],\"format\":1,\"record\":{{\"value\":3}}}}\n"), "backup line 3: the backup ends without its end line"),
+        (&format!("{header}\n{{\"end\":{{\"lines\":5,\"feed_head\":0}}}}\n"), "backup line 2: the end line counts 5 record lines, the file has 0"),
+    ];
+    for (text, expected) in cases {
+        let store = store::MemoryStore::new();
+        let e = store.import(&mut text.as_bytes()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(expected),
+            "{e} (expected {expected})"
+        );
+    }
+    // A well-formed empty backup restores an empty store.
+    let empty = format!("{header}\n{{\"end\":{{\"lines\":0,\"feed_head\":0}}}}\n");
+    store.import(&mut empty.as_bytes()).unwrap();
+    assert!(store.entries().is_empty());
 }

@@ -125,6 +125,16 @@ impl Engine {
         self.inner.health.subscribe()
     }
 
+    /// Writes a backup of the whole store to `out` (`docs/backup.md`): the store exactly as it
+    /// was at one feed offset, while commits go on (they never wait for it). Blocks; one export
+    /// at a time. Restore it with [`crate::import_into`].
+    pub fn export(
+        &self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::BackupSummary, crate::StoreError> {
+        self.inner.store.export(out, self.now())
+    }
+
     /// What the store has done so far (batches, commits, flushes, fsyncs, time spent).
     pub fn store_stats(&self) -> StoreStats {
         self.inner.store.stats()

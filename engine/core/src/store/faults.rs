@@ -227,6 +227,16 @@ impl<S: Store> Store for FaultyStore<S> {
     fn stats(&self) -> StoreStats {
         self.inner.stats()
     }
+    fn export(
+        &self,
+        out: &mut dyn std::io::Write,
+        now: DateTime<Utc>,
+    ) -> Result<super::BackupSummary, StoreError> {
+        self.inner.export(out, now)
+    }
+    fn import(&self, input: &mut dyn std::io::BufRead) -> Result<super::BackupSummary, StoreError> {
+        self.inner.import(input)
+    }
     fn credential(
         &self,
         token_sha256: &[u8; 32],

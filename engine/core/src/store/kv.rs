@@ -66,8 +66,20 @@ pub(crate) trait KvWrite: KvRead {
     fn writer(&self) -> &Mutex<()>;
     /// The store's counters.
     fn counters(&self) -> &KvStats;
+    /// Catches writes for a running export.
+    fn tap(&self) -> &super::backup::WriteTap;
     /// Applies `writes` atomically (all visible at once, all or nothing after a crash).
-    fn write(&self, writes: Writes) -> Result<(), StoreError>;
+    /// Called only through [`KvWrite::write`].
+    fn write_raw(&self, writes: Writes) -> Result<(), StoreError>;
+    /// Applies `writes` atomically, under the writer lock; a running export sees them.
+    fn write(&self, writes: Writes) -> Result<(), StoreError> {
+        self.tap().record(&writes);
+        let written = self.write_raw(writes);
+        if let Err(e) = &written {
+            self.tap().write_failed(e);
+        }
+        written
+    }
 }
 
 /// What a key-value store counts, for [`super::Store::stats`].
@@ -334,6 +346,23 @@ macro_rules! kv_store_reads {
             $crate::store::kv::KvWrite::counters(self).snapshot()
         }
 
+        fn export(
+            &self,
+            out: &mut dyn std::io::Write,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<$crate::store::BackupSummary, $crate::store::StoreError> {
+            $crate::store::backup::export(self, out, now)
+        }
+
+        fn import(
+            &self,
+            input: &mut dyn std::io::BufRead,
+        ) -> Result<$crate::store::BackupSummary, $crate::store::StoreError> {
+            let summary = $crate::store::backup::import(self, input)?;
+            $crate::store::Store::flush(self)?;
+            Ok(summary)
+        }
+
         fn credential(
             &self,
             token_sha256: &[u8; 32],
@@ -418,18 +447,18 @@ impl<'a> Staged<'a> {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.writes.get(key) {
             Some(staged) => Ok(staged.clone()),
             None => self.base.get(key),
         }
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }
 
-    fn delete(&mut self, key: Vec<u8>) {
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
     }
 
@@ -626,7 +655,11 @@ impl<'a> Staged<'a> {
     /// Stages an instance with its index entries and due timers; only the keys that change
     /// are written (most commands keep the definition and business key, a self-loop keeps
     /// the state too).
-    fn stage_instance(&mut self, instance: &Instance, old: Option<&records::InstanceHead>) {
+    pub(crate) fn stage_instance(
+        &mut self,
+        instance: &Instance,
+        old: Option<&records::InstanceHead>,
+    ) {
         let new_keys = keys::index_keys(&records::InstanceHead::of(instance));
         let old_keys = match old {
             Some(old) => keys::index_keys(old),
@@ -666,7 +699,7 @@ impl<'a> Staged<'a> {
     }
 
     /// Stages a job with its activation-index entry.
-    fn stage_job(&mut self, job: &Job, old: Option<&Job>) {
+    pub(crate) fn stage_job(&mut self, job: &Job, old: Option<&Job>) {
         let old_key = old.and_then(keys::activatable_key);
         let new_key = keys::activatable_key(job);
         if old_key != new_key {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Mutex, RwLock};
 
+use super::backup::WriteTap;
 use super::kv::{kv_store_reads, Entry, KvRead, KvStats, KvWrite, Writes};
 use super::{Store, StoreError};
 
@@ -14,12 +15,22 @@ pub struct MemoryStore {
     map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
     writer: Mutex<()>,
     counters: KvStats,
+    tap: WriteTap,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl MemoryStore {
+    /// Every key and value, in key order (for tests that compare whole stores).
+    #[cfg(feature = "testing")]
+    pub fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let map = self.map.read().expect("memory store lock poisoned");
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -76,7 +87,11 @@ impl KvWrite for MemoryStore {
         &self.counters
     }
 
-    fn write(&self, writes: Writes) -> Result<(), StoreError> {
+    fn tap(&self) -> &WriteTap {
+        &self.tap
+    }
+
+    fn write_raw(&self, writes: Writes) -> Result<(), StoreError> {
         let mut map = self.map.write().expect("memory store lock poisoned");
         for (k, v) in writes {
             match v {

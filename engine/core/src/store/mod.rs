@@ -12,6 +12,7 @@
 // Functions here fit on a screen (clippy.toml sets the threshold).
 #![warn(clippy::too_many_lines)]
 
+mod backup;
 #[cfg(feature = "testing")]
 mod faults;
 pub(crate) mod keys;
@@ -29,6 +30,7 @@ use crate::feed::{EventDraft, FeedEvent};
 use crate::job::{Job, JobId};
 use crate::model::{CommandOutcome, DueTimer, HistoryEntry, Instance, InstanceId, RequestTarget};
 
+pub use backup::{export_stopped, import_into, BackupSummary, BACKUP_FORMAT};
 #[cfg(feature = "testing")]
 pub use faults::FaultyStore;
 pub use memory::MemoryStore;
@@ -318,6 +320,18 @@ pub enum StoreError {
     /// The storage backend failed.
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// A backup line cannot be restored (nothing after it was written: see
+    /// [`Store::import`]).
+    #[error("backup line {line}: {message}")]
+    BadBackup {
+        /// 1-based line of the backup file.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store must be empty for this (a backup is restored only into an empty store).
+    #[error("{0}")]
+    NotEmpty(String),
     /// A record could not be decoded or failed its checks.
     #[error("corrupt record at key {key}: {message}")]
     Corrupt {
@@ -477,6 +491,19 @@ pub trait Store: Send + Sync + 'static {
     fn purge_requests(&self, now: DateTime<Utc>, limit: usize) -> Result<usize, StoreError>;
     /// What the store has done so far.
     fn stats(&self) -> StoreStats;
+    /// Writes a copy of the whole store to `out` in the backup format (`docs/backup.md`),
+    /// exactly as the store was at one moment (the returned feed head), while commits go on.
+    /// One export at a time.
+    fn export(
+        &self,
+        out: &mut dyn std::io::Write,
+        now: DateTime<Utc>,
+    ) -> Result<BackupSummary, StoreError>;
+    /// Restores a backup written by [`Store::export`] into this store, which must be empty
+    /// (`StoreError::NotEmpty` otherwise, nothing written), and flushes it. A bad line is
+    /// refused naming it (`StoreError::BadBackup`); the lines before it are then written
+    /// and the store is marked as a partial import, which the sled store refuses to open.
+    fn import(&self, input: &mut dyn std::io::BufRead) -> Result<BackupSummary, StoreError>;
     /// The credential whose token has this SHA-256.
     fn credential(&self, token_sha256: &[u8; 32]) -> Result<Option<Credential>, StoreError>;
     /// The credential with this id (the hash's first 8 bytes, hex).

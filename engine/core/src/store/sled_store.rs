@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::backup::WriteTap;
 use super::kv::{kv_store_reads, Entry, KvRead, KvStats, KvWrite, Writes};
 use super::{Durability, Store, StoreError};
 
@@ -71,6 +72,7 @@ pub struct SledStore {
     /// sled's log file, `fdatasync`ed in [`Durability::Fsync`] mode.
     log: File,
     counters: KvStats,
+    tap: WriteTap,
     /// The store's directory and the free space to keep there.
     dir: PathBuf,
     reserve_bytes: u64,
@@ -120,6 +122,16 @@ impl SledStore {
                 }
             }
         };
+        if db
+            .get(super::backup::IMPORT_MARKER_KEY)
+            .map_err(io)?
+            .is_some()
+        {
+            return Err(StoreError::Io(format!(
+                "the store at {} holds an import that did not finish; delete the directory and import the backup again",
+                config.path.display()
+            )));
+        }
         let path = std::fs::canonicalize(&config.path).unwrap_or(path);
         let log = File::open(config.path.join("db"))
             .map_err(|e| StoreError::Io(format!("cannot open the store's log file: {e}")))?;
@@ -134,6 +146,7 @@ impl SledStore {
             writer: Mutex::new(()),
             log,
             counters: KvStats::default(),
+            tap: WriteTap::default(),
             dir: config.path.clone(),
             reserve_bytes: config.reserve_bytes,
             synced_blobs: Mutex::default(),
@@ -214,7 +227,11 @@ impl KvWrite for SledStore {
         &self.counters
     }
 
-    fn write(&self, writes: Writes) -> Result<(), StoreError> {
+    fn tap(&self) -> &WriteTap {
+        &self.tap
+    }
+
+    fn write_raw(&self, writes: Writes) -> Result<(), StoreError> {
         let bytes: u64 = writes
             .iter()
             .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
