@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("switchyard/v1/feed.proto"),
         root.join("switchyard/v1/jobs.proto"),
         root.join("switchyard/v1/clock.proto"),
+        root.join("switchyard/v1/backup.proto"),
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());

@@ -134,6 +134,29 @@ async fn an_export_under_eight_writers_restores_the_store_at_one_offset() {
         changed += usize::from(latest.version > order.version);
     }
     assert!(changed > 0, "some orders changed after the backup's moment");
+
+    // The same backup cut short, into a sled store: refused at its end, after the first
+    // batches were written — and the store it leaves refuses to open until deleted.
+    let text = String::from_utf8(backup).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 1024);
+    let cut = lines[..lines.len() - 1].join("\n") + "\n";
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledConfig::new(dir.path().join("store"));
+    let e = import_into(&config, &mut cut.as_bytes()).unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!(
+            "backup line {}: the backup ends without its end line",
+            lines.len()
+        )),
+        "{e}"
+    );
+    let e = import_into(&config, &mut text.as_bytes()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("holds an import that did not finish"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

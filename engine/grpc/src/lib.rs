@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod backup;
 mod clock;
 pub mod codec;
 pub mod config;
@@ -61,7 +62,11 @@ mod tests {
             .iter()
             .filter(|f| f.package() == "switchyard.v1")
             .collect();
-        assert_eq!(files.len(), 5, "switchyard, access, feed, jobs, clock");
+        assert_eq!(
+            files.len(),
+            6,
+            "switchyard, access, feed, jobs, clock, backup"
+        );
         let mut outer = std::collections::BTreeSet::new();
         for f in files {
             let o = f.options.as_ref().unwrap_or_else(|| panic!("{}", f.name()));

@@ -51,7 +51,7 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 7] = [
+pub const SERVICE_NAMES: [&str; 8] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
@@ -59,6 +59,7 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "switchyard.v1.FeedService",
     "switchyard.v1.JobService",
     "switchyard.v1.ClockService",
+    "switchyard.v1.BackupService",
 ];
 
 /// A running server.
@@ -301,6 +302,14 @@ pub async fn start(
         .max_encoding_message_size(size),
         auth.clone(),
     );
+    let backup = InterceptedService::new(
+        pb::backup_service_server::BackupServiceServer::new(crate::backup::BackupService {
+            engine: engine.clone(),
+        })
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        auth.clone(),
+    );
     let jobs = InterceptedService::new(
         pb::job_service_server::JobServiceServer::new(crate::jobs::JobService {
             engine: engine.clone(),
@@ -361,7 +370,8 @@ pub async fn start(
         .add_service(access)
         .add_service(feed)
         .add_service(jobs)
-        .add_service(clock);
+        .add_service(clock)
+        .add_service(backup);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();

@@ -1,5 +1,6 @@
 //! Commands that talk to a running server over gRPC: the engine clock, instances (start,
-//! send, show, list), rule sets (validate, deploy, activate, list) and the event feed (tail). The server address comes from `--addr`,
+//! send, show, list), rule sets (validate, deploy, activate, list), the event feed (tail) and
+//! backups (export). The server address comes from `--addr`,
 //! else `SWITCHYARD_ADDR`, else `http://127.0.0.1:50051`; the bearer token from `--token`,
 //! else `SWITCHYARD_TOKEN`. Exit codes: 0 done; 1 refused by the server (a role, a state, a
 //! rule); 2 bad input (the server named a field, or the command line was wrong); 3 the server
@@ -684,4 +685,105 @@ pub fn clock(connection: Connection, what: ClockCommand) -> Result<i32> {
             }
         }
     })
+}
+
+/// `switchyard export`: the backup of a running server's store (or, with `store`, of a stopped
+/// one) into `out`, written as `<out>.partial` and renamed once complete.
+pub fn export(
+    connection: &Connection,
+    store: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> Result<i32> {
+    if out.exists() {
+        eprintln!(
+            "--out {}: the file exists; choose a new name",
+            out.display()
+        );
+        return Ok(2);
+    }
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let file = match std::fs::File::create(&partial) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "--out {}: cannot create {}: {e}",
+                out.display(),
+                partial.display()
+            );
+            return Ok(2);
+        }
+    };
+    let mut writer = std::io::BufWriter::new(file);
+    let code = match store {
+        Some(store) => {
+            match switchyard_core::export_stopped(
+                &switchyard_core::SledConfig::new(store),
+                &mut writer,
+                chrono::Utc::now(),
+            ) {
+                Ok(_) => 0,
+                Err(e) => {
+                    eprintln!("export of {}: {e}", store.display());
+                    1
+                }
+            }
+        }
+        None => on_server(connection, |channel| async {
+            let mut client = pb::backup_service_client::BackupServiceClient::new(channel)
+                .max_decoding_message_size(1 << 20);
+            let mut stream = match client
+                .export_store(connection.request(pb::ExportStoreRequest {}))
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(status) => return Ok(exit_code(&status)),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(piece)) => std::io::Write::write_all(&mut writer, &piece.data)?,
+                    Ok(None) => return Ok(0),
+                    Err(status) => return Ok(exit_code(&status)),
+                }
+            }
+        })?,
+    };
+    let finished = std::io::Write::flush(&mut writer)
+        .and_then(|()| writer.get_ref().sync_all())
+        .and_then(|()| {
+            if code == 0 {
+                std::fs::rename(&partial, out)
+            } else {
+                Ok(())
+            }
+        });
+    if code != 0 {
+        let _ = std::fs::remove_file(&partial);
+        return Ok(code);
+    }
+    if let Err(e) = finished {
+        eprintln!("--out {}: {e}", out.display());
+        let _ = std::fs::remove_file(&partial);
+        return Ok(1);
+    }
+    let summary = last_line(out)?;
+    println!("exported to {} ({summary})", out.display());
+    Ok(0)
+}
+
+/// The backup's end line, for the summary printed after an export.
+fn last_line(path: &std::path::Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(256)))?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail)?;
+    Ok(tail
+        .trim_end()
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }

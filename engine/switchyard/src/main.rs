@@ -86,6 +86,28 @@ enum Command {
         #[arg(long)]
         until_caught_up: bool,
     },
+    /// Back a whole store up to a file (docs/backup.md): from a running server over gRPC (an
+    /// admin token; commits go on meanwhile), or with --store from a stopped store on disk.
+    Export {
+        #[command(flatten)]
+        connection: client::Connection,
+        /// The backup file to write; refused if it exists. Written beside it as
+        /// `<file>.partial` and renamed only once complete.
+        #[arg(long)]
+        out: PathBuf,
+        /// Export this stopped store (a server's --data-dir) instead of asking a server.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Restore a backup file into a new, empty store directory; then `serve --data-dir` it.
+    Import {
+        /// The backup file (from `switchyard export`).
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The store directory to create (refused unless it is new or empty).
+        #[arg(long)]
+        store: PathBuf,
+    },
     /// Read a stopped store: list instances, show one, print its history.
     Inspect {
         /// The store directory.
@@ -232,6 +254,59 @@ fn main() -> Result<()> {
         Command::Rules { what } => {
             let code = rules(what)?;
             std::process::exit(code);
+        }
+        Command::Export {
+            connection,
+            out,
+            store,
+        } => {
+            let code = client::export(&connection, store.as_deref(), &out)?;
+            std::process::exit(code);
+        }
+        Command::Import { input, store } => {
+            let code = import(&input, &store);
+            std::process::exit(code);
+        }
+    }
+}
+
+/// `switchyard import`: restores `input` into a new store at `store`; returns the exit code.
+fn import(input: &Path, store: &Path) -> i32 {
+    let file = match std::fs::File::open(input) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("--in {}: {e}", input.display());
+            return 2;
+        }
+    };
+    // A directory holding other files is not a store: never write sled's files among them.
+    if !store.join("db").exists()
+        && std::fs::read_dir(store).is_ok_and(|mut entries| entries.next().is_some())
+    {
+        eprintln!(
+            "--store {}: the directory is not empty and holds no store; a backup is restored only into a new, empty store",
+            store.display()
+        );
+        return 1;
+    }
+    let mut reader = std::io::BufReader::new(file);
+    match switchyard_core::import_into(&SledConfig::new(store), &mut reader) {
+        Ok(summary) => {
+            println!(
+                "restored {} records into {} (feed head {})",
+                summary.lines,
+                store.display(),
+                summary.feed_head
+            );
+            0
+        }
+        Err(e @ switchyard_core::StoreError::BadBackup { .. }) => {
+            eprintln!("{}: {e}", input.display());
+            2
+        }
+        Err(e) => {
+            eprintln!("import into {}: {e}", store.display());
+            1
         }
     }
 }
