@@ -9,6 +9,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+/// The one-key map serde_json's deserializer hands a visitor for a number it keeps as text
+/// (`arbitrary_precision`); its own `Value` recognises the same key.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
 /// Most nested arrays and objects accepted (`serde_json` stops at 128 too).
 const DEPTH_MAX: usize = 128;
 
@@ -78,6 +82,17 @@ impl<'de> Visitor<'de> for Strict {
         let inner = self.nested()?;
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            if out.is_empty() && key == NUMBER_TOKEN {
+                // A number kept as written (serde_json's `arbitrary_precision`): `1.10` stays
+                // `1.10`, a 23-digit integer stays exact.
+                let text: String = map.next_value()?;
+                return text.parse::<Number>().map(Value::Number).map_err(|_| {
+                    de::Error::custom(format!(
+                        "`{}` is not a JSON number",
+                        crate::error::clip(&text, 64)
+                    ))
+                });
+            }
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!(
                     "duplicate key `{}`",
@@ -108,6 +123,22 @@ impl Strict {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn numbers_keep_their_text_and_objects_their_key_order() {
+        let text = r#"{"z":1.10,"a":12345678901234567890123,"m":{"y":-0.000,"b":1e+3,"c":[2.50]}}"#;
+        assert_eq!(
+            serde_json::to_string(&from_str(text).unwrap()).unwrap(),
+            text
+        );
+        // Only an exponent's sign is written out.
+        assert_eq!(
+            serde_json::to_string(&from_str("[1E3]").unwrap()).unwrap(),
+            "[1e+3]"
+        );
+        let e = from_str(r#"{"$serde_json::private::Number": "x"}"#).unwrap_err();
+        assert!(e.to_string().contains("not a JSON number"), "{e}");
+    }
 
     #[test]
     fn parses_like_serde_json_but_refuses_duplicate_keys_with_their_place() {

@@ -1473,3 +1473,60 @@ async fn a_cancelled_instance_is_not_listed_by_its_business_key_and_state() {
         "the cancelled one keeps its state name but is not listed"
     );
 }
+
+#[tokio::test]
+async fn business_data_keeps_its_numbers_text_and_key_order_through_commands_the_store_and_the_feed(
+) {
+    const NOTE: &str = r#"
+name = "memo"
+version = 1
+initial = "open"
+[start]
+roles = ["sales_rep"]
+[start.payload]
+extra = { type = "json" }
+[states]
+open = {}
+[commands.amend]
+from = ["open"]
+to = ["open"]
+roles = ["sales_rep"]
+decider = "builtin.merge_payload"
+payload = { more = { type = "json" } }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        let d = DeciderRegistry::new();
+        let defs = DefinitionSet::from_sources(&[("memo.toml".into(), NOTE.into())], &d).unwrap();
+        Engine::open(EngineConfig::sled(dir.path()), defs, d)
+            .await
+            .unwrap()
+    };
+    let engine = open().await;
+    let data = json::from_str(
+        r#"{"extra":{"z":1.10,"a":12345678901234567890123,"k":[2.50,{"y":0.1,"b":"x"}]}}"#,
+    )
+    .unwrap();
+    let id = engine
+        .start(StartRequest::new("memo", rep(), "memo-1").data(data))
+        .await
+        .unwrap()
+        .instance;
+    let payload = json::from_str(r#"{"more":{"q":3.000,"c":1}}"#).unwrap();
+    engine
+        .send(command(id, "amend", payload, rep(), "memo-2"))
+        .await
+        .unwrap();
+    engine.shutdown().await;
+    drop(engine);
+    let engine = open().await;
+    let expected = r#"{"extra":{"z":1.10,"a":12345678901234567890123,"k":[2.50,{"y":0.1,"b":"x"}]},"more":{"q":3.000,"c":1}}"#;
+    let instance = engine.get(id).await.unwrap();
+    assert_eq!(serde_json::to_string(&instance.data).unwrap(), expected);
+    let events = engine.store().feed(0, 10).unwrap();
+    assert_eq!(
+        serde_json::to_string(&events[1].data()["data"]).unwrap(),
+        expected
+    );
+    engine.shutdown().await;
+}

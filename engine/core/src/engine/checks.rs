@@ -200,9 +200,41 @@ pub(super) fn display_list(items: &[String]) -> String {
     }
 }
 
-/// SHA-256 of the canonical JSON form (object keys sorted), hex.
+/// SHA-256 of the canonical JSON form (object keys sorted at every level, numbers as
+/// written), hex. Objects keep their key order in data (serde_json's `preserve_order`), so
+/// the digest sorts them itself: a retry whose keys come in another order is the same request.
 pub(super) fn digest(payload: &Value) -> String {
-    let bytes = serde_json::to_vec(payload).expect("JSON values serialize");
+    fn canonical(value: &Value, out: &mut Vec<u8>) {
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    serde_json::to_writer(&mut *out, k).expect("strings serialize");
+                    out.push(b':');
+                    canonical(v, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    canonical(v, out);
+                }
+                out.push(b']');
+            }
+            scalar => serde_json::to_writer(&mut *out, scalar).expect("JSON values serialize"),
+        }
+    }
+    let mut bytes = Vec::new();
+    canonical(payload, &mut bytes);
     Sha256::digest(&bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
