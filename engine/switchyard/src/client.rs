@@ -125,7 +125,7 @@ pub enum Output {
 }
 
 /// A failure as the exit code it maps to, after printing it.
-fn exit_code(status: &tonic::Status) -> i32 {
+pub(crate) fn exit_code(status: &tonic::Status) -> i32 {
     let reason = tonic_types::StatusExt::get_details_error_info(status)
         .map(|i| i.reason)
         .unwrap_or_default();
@@ -172,7 +172,7 @@ impl Connection {
             })
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         let token = self
             .token
@@ -192,7 +192,7 @@ fn time(t: Option<prost_types::Timestamp>) -> String {
 }
 
 /// Connects to the server and runs `run` on the channel; an unreachable server is exit 3.
-fn on_server<F, Fut>(connection: &Connection, run: F) -> Result<i32>
+pub(crate) fn on_server<F, Fut>(connection: &Connection, run: F) -> Result<i32>
 where
     F: FnOnce(Channel) -> Fut,
     Fut: std::future::Future<Output = Result<i32>>,

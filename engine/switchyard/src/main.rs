@@ -23,6 +23,7 @@ struct Cli {
 
 mod client;
 mod serve;
+mod worker;
 
 /// See Cargo.toml: measured faster than the system allocator for the server.
 #[global_allocator]
@@ -85,6 +86,24 @@ enum Command {
         /// Stop once the stored events are printed, instead of following live ones.
         #[arg(long)]
         until_caught_up: bool,
+    },
+    /// Answer a running server's jobs from an answer file (JSON keyed by job type: a result
+    /// template filled from the job's payload, or a failure) — a worker for trying workflows;
+    /// see `switchyard worker --help` and the README. Needs a token with the `system` role.
+    Worker {
+        #[command(flatten)]
+        connection: client::Connection,
+        #[arg(long, value_enum, default_value = "text")]
+        output: client::Output,
+        /// The answer file.
+        #[arg(long)]
+        answers: PathBuf,
+        /// The worker's name, shown on the jobs it leases.
+        #[arg(long, default_value = "cli-worker")]
+        name: String,
+        /// Stop once no job is waiting, instead of polling until interrupted.
+        #[arg(long)]
+        once: bool,
     },
     /// Back a whole store up to a file (docs/backup.md): from a running server over gRPC (an
     /// admin token; commits go on meanwhile), or with --store from a stopped store on disk.
@@ -261,6 +280,16 @@ fn main() -> Result<()> {
             store,
         } => {
             let code = client::export(&connection, store.as_deref(), &out)?;
+            std::process::exit(code);
+        }
+        Command::Worker {
+            connection,
+            output,
+            answers,
+            name,
+            once,
+        } => {
+            let code = worker::run(connection, output, &answers, name, once)?;
             std::process::exit(code);
         }
         Command::Import { input, store } => {

@@ -661,3 +661,101 @@ fn a_running_servers_store_is_exported_and_restored_into_a_new_store_from_the_co
     assert!(out.contains("active"), "{out}");
     stop(child);
 }
+
+#[test]
+fn the_command_line_worker_answers_jobs_from_an_answer_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = serve_for_clients(dir.path(), &["sales_rep", "system"], &[]);
+    let cli = |role: &str, args: &[&str]| client(&addr, role, args);
+    let submitted = |key: &str| {
+        let (code, out, err) = cli(
+            "sales_rep",
+            &[
+                "instance",
+                "start",
+                "sales_order",
+                "--key",
+                key,
+                "--output",
+                "json",
+                "--data",
+                r#"{"customer": "BETA", "currency": "EUR", "lines": [{"sku": "SEAL-KIT", "quantity": 2}]}"#,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let id = serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["instance_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (code, _, err) = cli("sales_rep", &["instance", "send", &id, "submit"]);
+        assert_eq!(code, 0, "{err}");
+        id
+    };
+    let state = |id: &str| {
+        let (code, out, err) = cli("sales_rep", &["instance", "show", id, "--output", "json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let answers = dir.path().join("answers.json");
+    let answers_arg = answers.to_str().unwrap();
+
+    // A failure, with its own retry time: the order keeps waiting for stock.
+    let first = submitted("SO-A");
+    assert_eq!(state(&first), "checking_stock");
+    std::fs::write(
+        &answers,
+        r#"{"reserve_stock": {"fail": "warehouse offline", "retry_in": "10m"}}"#,
+    )
+    .unwrap();
+    let (code, out, err) = cli("system", &["worker", "--answers", answers_arg, "--once"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("on {first}: failed: warehouse offline")),
+        "{out}"
+    );
+    assert_eq!(state(&first), "checking_stock");
+
+    // A result filled from each job's payload (the shipped example answers): the next
+    // order's stock is reserved.
+    let second = submitted("SO-B");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/answers.json"),
+        &answers,
+    )
+    .unwrap();
+    let (code, out, err) = cli(
+        "system",
+        &[
+            "worker",
+            "--answers",
+            answers_arg,
+            "--once",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (
+            line["instance_id"].as_str().unwrap(),
+            line["outcome"].as_str().unwrap()
+        ),
+        (second.as_str(), "completed")
+    );
+    assert_ne!(state(&second), "checking_stock");
+    assert_eq!(state(&second), line["state"].as_str().unwrap());
+
+    // Bad input: a broken file is refused naming its place (2); a rep may not work jobs (1).
+    std::fs::write(&answers, "{\"reserve_stock\": {\"result\": }}").unwrap();
+    let (code, _, err) = cli("system", &["worker", "--answers", answers_arg, "--once"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("answers.json:1:"), "{err}");
+    std::fs::write(&answers, r#"{"reserve_stock": {"result": {}}}"#).unwrap();
+    let (code, _, err) = cli("sales_rep", &["worker", "--answers", answers_arg, "--once"]);
+    assert_eq!(code, 1, "{err}");
+    stop(child);
+}
