@@ -1,10 +1,11 @@
 //! Commands that talk to a running server over gRPC: the engine clock, instances (start,
 //! send, show, list), rule sets (validate, deploy, activate, list), the event feed (tail) and
-//! backups (export). The server address comes from `--addr`,
-//! else `SWITCHYARD_ADDR`, else `http://127.0.0.1:50051`; the bearer token from `--token`,
-//! else `SWITCHYARD_TOKEN`. Exit codes: 0 done; 1 refused by the server (a role, a state, a
-//! rule); 2 bad input (the server named a field, or the command line was wrong); 3 the server
-//! could not be reached or is unavailable.
+//! backups (export). The server address comes from `--addr`, else `SWITCHYARD_ADDR`, else
+//! the profile's `addr`, else `http://127.0.0.1:50051`; the bearer token from `--token`, else
+//! `SWITCHYARD_TOKEN`, else the profile's `token` or `token_file` (see [`Connection`]).
+//! Exit codes: 0 done; 1 refused by the server (a role, a state, a rule); 2 bad input (the
+//! server named a field, or the command line was wrong); 3 the server could not be reached or
+//! is unavailable.
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -15,12 +16,108 @@ use tonic::Code;
 /// Where the server is, and who calls it.
 #[derive(Args)]
 pub struct Connection {
-    /// The server's gRPC address (default: SWITCHYARD_ADDR, else http://127.0.0.1:50051).
+    /// The server's gRPC address (default: SWITCHYARD_ADDR, else the profile's `addr`, else
+    /// http://127.0.0.1:50051).
     #[arg(long, global = true)]
     addr: Option<String>,
-    /// The bearer token (default: SWITCHYARD_TOKEN).
+    /// The bearer token (default: SWITCHYARD_TOKEN, else the profile's `token` or
+    /// `token_file`).
     #[arg(long, global = true)]
     token: Option<String>,
+    /// A profile of the profile file (SWITCHYARD_PROFILES, else
+    /// ~/.config/switchyard/profiles.toml) to take the address and token from (default:
+    /// SWITCHYARD_PROFILE, else `default` if the file has it).
+    #[arg(long, global = true)]
+    profile: Option<String>,
+    /// The address and token, once worked out.
+    #[arg(skip)]
+    resolved: std::sync::OnceLock<Result<Resolved, String>>,
+}
+
+/// A connection's address and token after flags, environment and profile.
+#[derive(Clone, Debug, PartialEq)]
+struct Resolved {
+    addr: String,
+    token: Option<String>,
+}
+
+/// One profile of the profile file.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    addr: Option<String>,
+    token: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+}
+
+/// Where the profile file is: SWITCHYARD_PROFILES, else the user's configuration directory.
+fn profile_file() -> Option<std::path::PathBuf> {
+    if let Ok(path) = std::env::var("SWITCHYARD_PROFILES") {
+        return Some(path.into());
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))?;
+    Some(config.join("switchyard/profiles.toml"))
+}
+
+/// Works out the address and token: a flag, else its environment variable, else the profile.
+/// A profile asked for by name (flag or SWITCHYARD_PROFILE) must exist.
+fn resolve(
+    addr: Option<String>,
+    token: Option<String>,
+    profile: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> Result<Resolved, String> {
+    let asked = profile.is_some();
+    let name = profile.unwrap_or_else(|| "default".into());
+    let text = match &file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !asked => None,
+            Err(e) => return Err(format!("profile file {}: {e}", path.display())),
+        },
+        None if asked => return Err("no profile file: set SWITCHYARD_PROFILES or HOME".into()),
+        None => None,
+    };
+    let chosen = match (text, &file) {
+        (Some(text), Some(path)) => {
+            let mut profiles: std::collections::BTreeMap<String, Profile> =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            match profiles.remove(&name) {
+                Some(p) => p,
+                None if asked => {
+                    let known: Vec<_> = profiles.keys().cloned().collect();
+                    return Err(format!(
+                        "{}: no profile `{name}` (it has: {})",
+                        path.display(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+                None => Profile::default(),
+            }
+        }
+        _ => Profile::default(),
+    };
+    let from_file = match &chosen.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("profile `{name}` token_file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(Resolved {
+        addr: addr
+            .or(chosen.addr)
+            .unwrap_or_else(|| "http://127.0.0.1:50051".into()),
+        token: token.or(chosen.token).or(from_file),
+    })
 }
 
 #[derive(Subcommand)]
@@ -152,12 +249,26 @@ pub(crate) fn exit_code(status: &tonic::Status) -> i32 {
 }
 
 impl Connection {
+    fn resolved(&self) -> &Result<Resolved, String> {
+        self.resolved.get_or_init(|| {
+            let env = |name: &str| std::env::var(name).ok();
+            resolve(
+                self.addr.clone().or_else(|| env("SWITCHYARD_ADDR")),
+                self.token.clone().or_else(|| env("SWITCHYARD_TOKEN")),
+                self.profile.clone().or_else(|| env("SWITCHYARD_PROFILE")),
+                profile_file(),
+            )
+        })
+    }
+
     async fn channel(&self) -> Result<Channel, i32> {
-        let addr = self
-            .addr
-            .clone()
-            .or_else(|| std::env::var("SWITCHYARD_ADDR").ok())
-            .unwrap_or_else(|| "http://127.0.0.1:50051".into());
+        let addr = match self.resolved() {
+            Ok(r) => r.addr.clone(),
+            Err(e) => {
+                eprintln!("{e}");
+                return Err(2);
+            }
+        };
         let endpoint = Channel::from_shared(addr.clone()).map_err(|e| {
             eprintln!("--addr {addr}: {e}");
             2
@@ -174,10 +285,7 @@ impl Connection {
 
     pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        let token = self
-            .token
-            .clone()
-            .or_else(|| std::env::var("SWITCHYARD_TOKEN").ok());
+        let token = self.resolved().as_ref().ok().and_then(|r| r.token.clone());
         if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
             request.metadata_mut().insert("authorization", value);
         }
@@ -786,4 +894,69 @@ fn last_line(path: &std::path::Path) -> Result<String> {
         .next()
         .unwrap_or_default()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_environment_come_before_the_profile_and_a_named_profile_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("profiles.toml");
+        let token_file = dir.path().join("staging.token");
+        std::fs::write(&token_file, "t-from-file\n").unwrap();
+        std::fs::write(
+            &file,
+            format!(
+                "[default]\naddr = \"http://10.0.0.1:50051\"\ntoken = \"t-default\"\n\n[staging]\naddr = \"https://staging:50051\"\ntoken_file = \"{}\"\n",
+                token_file.display()
+            ),
+        )
+        .unwrap();
+        let got = |addr: Option<&str>, token: Option<&str>, profile: Option<&str>| {
+            resolve(
+                addr.map(String::from),
+                token.map(String::from),
+                profile.map(String::from),
+                Some(file.clone()),
+            )
+        };
+        let r = |addr: &str, token: &str| {
+            Ok(Resolved {
+                addr: addr.into(),
+                token: Some(token.into()),
+            })
+        };
+        assert_eq!(
+            got(None, None, None),
+            r("http://10.0.0.1:50051", "t-default")
+        );
+        assert_eq!(
+            got(None, None, Some("staging")),
+            r("https://staging:50051", "t-from-file")
+        );
+        assert_eq!(
+            got(Some("http://x:1"), Some("t"), Some("staging")),
+            r("http://x:1", "t")
+        );
+        let e = got(None, None, Some("prod")).unwrap_err();
+        assert!(
+            e.ends_with("no profile `prod` (it has: default, staging)"),
+            "{e}"
+        );
+        // Without a file, the defaults; unless a profile was asked for by name.
+        let missing = Some(dir.path().join("none.toml"));
+        assert_eq!(
+            resolve(None, None, None, missing.clone()),
+            Ok(Resolved {
+                addr: "http://127.0.0.1:50051".into(),
+                token: None
+            })
+        );
+        assert!(resolve(None, None, Some("staging".into()), missing).is_err());
+        std::fs::write(&file, "[default]\nadress = \"x\"\n").unwrap();
+        let e = got(None, None, None).unwrap_err();
+        assert!(e.contains("unknown field `adress`"), "{e}");
+    }
 }
