@@ -242,6 +242,7 @@ mod tests {
                 definition: "sales_order".into(),
                 business_key: "O-1".into(),
                 data_json: r#"{"customer": "BETA", "currency": "EUR", "lines": [{"sku": "SEAL-KIT", "quantity": 5}]}"#.into(),
+                ..Default::default()
             }))
             .await
             .unwrap()

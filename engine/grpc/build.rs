@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
         .codec_path("crate::codec::StrictCodec")
+        // Per-item errors of the bulk RPC are google.rpc.Status, as tonic-types defines it.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -105,6 +105,7 @@ async fn run(durability: &str, clients: usize, seconds: f64) -> Result<Measured>
                 definition: "quote".into(),
                 business_key: format!("Q-{c}"),
                 data_json: r#"{"net": "100.00", "discount_pct": "0"}"#.into(),
+                ..Default::default()
             }))
             .await?
             .into_inner()

@@ -226,6 +226,12 @@ pub enum CommandError {
         /// Attempts made.
         attempts: u32,
     },
+    /// A start named an instance id that an instance already has.
+    #[error("instance {instance} already exists; a start with a chosen instance id makes a new instance only once")]
+    InstanceExists {
+        /// The id.
+        instance: InstanceId,
+    },
     /// The request id was used before for a different request.
     #[error("request id `{request_id}` was already used for {original}; a different request needs a new request id")]
     RequestIdReused {
@@ -401,6 +407,7 @@ impl CommandError {
         "COUNTER_CONFLICT",
         "BALANCE_CONFLICT",
         "REQUEST_ID_REUSED",
+        "INSTANCE_EXISTS",
         "COUNTER_LIMIT",
         "DECISION_REFUSED",
         "DECISION_FAILED",
@@ -442,6 +449,7 @@ impl CommandError {
             CommandError::CounterConflict { .. } => "COUNTER_CONFLICT",
             CommandError::BalanceConflict { .. } => "BALANCE_CONFLICT",
             CommandError::RequestIdReused { .. } => "REQUEST_ID_REUSED",
+            CommandError::InstanceExists { .. } => "INSTANCE_EXISTS",
             CommandError::CounterLimit { .. } => "COUNTER_LIMIT",
             CommandError::DecisionRefused { .. } => "DECISION_REFUSED",
             CommandError::DecisionFailed { .. } => "DECISION_FAILED",
@@ -587,6 +595,7 @@ mod tests {
                 request_id: s(),
                 original: s(),
             },
+            CommandError::InstanceExists { instance: id },
             CommandError::CounterLimit {
                 counter: s(),
                 key: s(),

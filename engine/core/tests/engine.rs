@@ -1530,3 +1530,65 @@ payload = { more = { type = "json" } }
     );
     engine.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_start_with_a_chosen_instance_id_makes_that_instance_once() {
+    let engine = memory_engine().await;
+    let id = InstanceId(uuid::Uuid::from_u128(
+        0x0193_0000_0000_7000_8000_0000_0000_0042,
+    ));
+    let out = engine
+        .start(start_order("O-1", "10.00", "import-1").instance_id(id))
+        .await
+        .unwrap();
+    assert_eq!(out.instance, id);
+    assert_eq!(engine.get(id).await.unwrap().business_key, "O-1");
+    // The same request again: the original answer.
+    let again = engine
+        .start(start_order("O-1", "10.00", "import-1").instance_id(id))
+        .await
+        .unwrap();
+    assert_eq!(again, out);
+    // Another request id (e.g. after the first expired): refused, nothing written.
+    let e = engine
+        .start(start_order("O-1", "10.00", "import-1b").instance_id(id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "INSTANCE_EXISTS", "{e}");
+    // The same request id naming another instance id is another request.
+    let other = InstanceId(uuid::Uuid::from_u128(
+        0x0193_0000_0000_7000_8000_0000_0000_0043,
+    ));
+    let e = engine
+        .start(start_order("O-1", "10.00", "import-1").instance_id(other))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "REQUEST_ID_REUSED", "{e}");
+    let e = engine
+        .start(start_order("O-2", "10.00", "nil").instance_id(InstanceId(uuid::Uuid::nil())))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "INVALID_INPUT", "{e}");
+    // Eight concurrent starts of one new id: one instance, the others refused.
+    let shared = InstanceId(uuid::Uuid::from_u128(
+        0x0193_0000_0000_7000_8000_0000_0000_0099,
+    ));
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .start(start_order("O-9", "10.00", &format!("race-{n}")).instance_id(shared))
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), "INSTANCE_EXISTS", "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(engine.history(shared, 0, 0).await.unwrap().len(), 1);
+}

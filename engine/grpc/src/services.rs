@@ -86,6 +86,46 @@ fn required(field: &str, value: &str) -> Result<(), Status> {
     }
 }
 
+/// Most items in one BulkStartInstances call.
+const BULK_ITEMS_MAX: usize = 500;
+
+/// StartInstance's work, shared with each item of BulkStartInstances; also whether the
+/// answer is a replay of an applied request.
+async fn start_one(
+    engine: &switchyard_core::Engine,
+    actor: switchyard_core::Actor,
+    r: pb::StartInstanceRequest,
+) -> Result<(pb::CommandResult, bool), Status> {
+    required("request_id", &r.request_id)?;
+    required("definition", &r.definition)?;
+    let data = convert::json_object("data_json", &r.data_json)?;
+    let mut start = StartRequest::new(r.definition, actor, r.request_id)
+        .business_key(r.business_key)
+        .data(data);
+    if !r.instance_id.is_empty() {
+        start = start.instance_id(convert::instance_id("instance_id", &r.instance_id)?);
+    }
+    let (outcome, replayed) = engine
+        .start_or_replay(start)
+        .await
+        .map_err(engine_error(Wire::START))?;
+    Ok((convert::result(&outcome), replayed))
+}
+
+/// A refusal as the `google.rpc.Status` it travels as (`grpc-status-details-bin`), for a
+/// bulk item: the same code, message and details a single call would have carried.
+fn item_status(status: &Status) -> tonic_types::pb::Status {
+    use prost::Message;
+    tonic_types::pb::Status::decode(status.details())
+        .ok()
+        .filter(|s| s.code == status.code() as i32)
+        .unwrap_or_else(|| tonic_types::pb::Status {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            details: Vec::new(),
+        })
+}
+
 fn engine_error(wire: Wire) -> impl Fn(CommandError) -> Status {
     move |e| to_status(&e, wire)
 }
@@ -100,22 +140,58 @@ impl pb::instance_service_server::InstanceService for Services {
         call.end(
             async move {
                 let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                required("definition", &r.definition)?;
-                let data = convert::json_object("data_json", &r.data_json)?;
-                let outcome = self
-                    .engine
-                    .start(
-                        StartRequest::new(r.definition, actor, r.request_id)
-                            .business_key(r.business_key)
-                            .data(data),
-                    )
-                    .await
-                    .map_err(engine_error(Wire::START))?;
+                let (result, _) = start_one(&self.engine, actor, request.into_inner()).await?;
                 Ok(Response::new(pb::StartInstanceResponse {
-                    result: Some(convert::result(&outcome)),
+                    result: Some(result),
                 }))
+            }
+            .await,
+        )
+    }
+
+    async fn bulk_start_instances(
+        &self,
+        request: Request<pb::BulkStartInstancesRequest>,
+    ) -> Answer<pb::BulkStartInstancesResponse> {
+        let call = Call::begin("BulkStartInstances", &request);
+        call.end(
+            async move {
+                let actor = actor_of(&request)?;
+                let items = request.into_inner().items;
+                if items.is_empty() || items.len() > BULK_ITEMS_MAX {
+                    return Err(bad_request(
+                        "items",
+                        format!(
+                            "holds {} items; a call takes 1 to {BULK_ITEMS_MAX}",
+                            items.len()
+                        ),
+                    ));
+                }
+                let mut tasks = tokio::task::JoinSet::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    let (engine, actor) = (self.engine.clone(), actor.clone());
+                    tasks.spawn(async move { (i, start_one(&engine, actor, item).await) });
+                }
+                let mut results = vec![pb::BulkStartResult::default(); tasks.len()];
+                while let Some(done) = tasks.join_next().await {
+                    let (i, outcome) =
+                        done.map_err(|e| Status::internal(format!("a bulk item failed: {e}")))?;
+                    results[i] = match outcome {
+                        Ok((result, replayed)) => pb::BulkStartResult {
+                            status: Some(tonic_types::pb::Status {
+                                code: tonic::Code::Ok as i32,
+                                ..Default::default()
+                            }),
+                            result: Some(result),
+                            replayed,
+                        },
+                        Err(status) => pb::BulkStartResult {
+                            status: Some(item_status(&status)),
+                            ..Default::default()
+                        },
+                    };
+                }
+                Ok(Response::new(pb::BulkStartInstancesResponse { results }))
             }
             .await,
         )

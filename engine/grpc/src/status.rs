@@ -118,7 +118,7 @@ fn code_for(reason: &str) -> Option<Code> {
         | "NO_RULE_SETS" => Code::FailedPrecondition,
         "ROLE_NOT_ALLOWED" | "NOT_OWNER" => Code::PermissionDenied,
         "VERSION_MISMATCH" | "CONFLICT" | "COUNTER_CONFLICT" | "BALANCE_CONFLICT" => Code::Aborted,
-        "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" => Code::AlreadyExists,
+        "REQUEST_ID_REUSED" | "SECRET_SHOWN_ONCE" | "INSTANCE_EXISTS" => Code::AlreadyExists,
         "FEED_HORIZON" | "FEED_BEYOND_HEAD" => Code::OutOfRange,
         "SHUTTING_DOWN" | "STORE" => Code::Unavailable,
         "OVERLOADED" => Code::ResourceExhausted,
@@ -246,6 +246,10 @@ pub(crate) fn to_status(error: &CommandError, wire: Wire) -> Status {
             metadata.push(("instance_id", instance.to_string()));
             metadata.push(("current_version", current.to_string()));
             metadata.push(("attempts", attempts.to_string()));
+        }
+        E::InstanceExists { instance } => {
+            details.add_bad_request_violation("instance_id", clip(&message, DESCRIPTION_BYTES_MAX));
+            metadata.push(("instance_id", instance.to_string()));
         }
         E::RequestIdReused {
             request_id,

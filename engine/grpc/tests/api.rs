@@ -307,6 +307,7 @@ async fn bad_input_names_the_field_and_writes_nothing() {
                 definition: definition.into(),
                 business_key: "Q-1".into(),
                 data_json,
+                ..Default::default()
             },
         )
     };
@@ -667,6 +668,7 @@ async fn jwt_callers_act_with_the_roles_in_their_claim() {
                 definition: "quote".into(),
                 business_key: "Q-JWT".into(),
                 data_json: quote_data("SKU-001"),
+                ..Default::default()
             },
         ))
         .await
@@ -902,6 +904,7 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
                     definition: "quote".into(),
                     business_key: "Q-x".into(),
                     data_json: quote_data("SKU-001"),
+                    ..Default::default()
                 },
             ))
             .await,
@@ -1408,6 +1411,7 @@ async fn jwt_verified_against_a_public_key_file() {
                 definition: "lead".into(),
                 business_key: "L-1".into(),
                 data_json: "{\"company\": \"Acme\"}".into(),
+                ..Default::default()
             },
         ))
         .await
@@ -1465,6 +1469,7 @@ async fn oversized_messages_are_refused_and_nothing_is_written() {
                 definition: "lead".into(),
                 business_key: "L-big".into(),
                 data_json: big,
+                ..Default::default()
             },
         ))
         .await
@@ -1509,6 +1514,7 @@ async fn a_corrupt_record_is_data_loss_not_a_retryable_failure() {
                 definition: "quote".into(),
                 business_key: key.into(),
                 data_json: data.to_string(),
+                ..Default::default()
             },
         )
     };

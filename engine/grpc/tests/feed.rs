@@ -54,6 +54,7 @@ async fn start_lead(server: &TestServer, key: &str) {
                 definition: "lead".into(),
                 business_key: key.into(),
                 data_json: r#"{"company":"ACME GmbH"}"#.into(),
+                ..Default::default()
             },
         ))
         .await
@@ -293,6 +294,7 @@ async fn a_consumer_that_stops_reading_holds_up_no_commit() {
                                 definition: "quote".into(),
                                 business_key: format!("Q-{w}-{n}"),
                                 data_json: quote_data("FIXED-4999"),
+                                ..Default::default()
                             },
                         ))
                         .await

@@ -271,6 +271,7 @@ async fn duplicate_json_keys_zero_quantities_and_empty_lines_are_refused_naming_
                 definition: "quote".into(),
                 business_key: key.into(),
                 data_json: data.into(),
+                ..Default::default()
             },
         )
     };
@@ -710,6 +711,7 @@ async fn a_full_disk_turns_health_not_serving_and_writes_resume_when_it_grows() 
                 definition: "quote".into(),
                 business_key: format!("Q-{n}"),
                 data_json: data.clone(),
+                ..Default::default()
             },
         )
     };

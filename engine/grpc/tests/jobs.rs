@@ -57,6 +57,7 @@ async fn order_waiting_for_stock(server: &TestServer, key: &str) -> String {
                 definition: "sales_order".into(),
                 business_key: key.into(),
                 data_json: json!({ "customer": "BETA", "currency": "EUR", "lines": [{ "sku": "SEAL-KIT", "quantity": 2 }] }).to_string(),
+                ..Default::default()
             },
         ))
         .await

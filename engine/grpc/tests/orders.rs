@@ -136,6 +136,7 @@ async fn the_whole_story_from_lead_to_cash_over_grpc() {
                 definition: "lead".into(),
                 business_key: "L-1".into(),
                 data_json: json!({ "company": "ACME GmbH" }).to_string(),
+                ..Default::default()
             },
         ))
         .await

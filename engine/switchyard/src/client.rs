@@ -166,6 +166,19 @@ pub enum InstanceCommand {
         /// The instance id.
         id: String,
     },
+    /// Start one instance per line of a JSON-lines or CSV file (CSV when FILE ends in .csv),
+    /// each line on its own: a bad line never blocks the good ones, and a re-run applies
+    /// nothing twice (ids derived from each line). See the README for the line format.
+    Import {
+        /// The file.
+        file: std::path::PathBuf,
+        /// The definition of lines that do not name one.
+        #[arg(long, default_value = "")]
+        definition: String,
+        /// Start at this line of the file (to resume where an import stopped).
+        #[arg(long, default_value_t = 1)]
+        from_line: u64,
+    },
     /// List instances (oldest first), optionally of one definition, state or business key.
     List {
         /// Only this definition.
@@ -366,6 +379,14 @@ fn instance_json(i: &pb::Instance) -> serde_json::Value {
 
 /// Runs an `instance` command; returns the exit code.
 pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -> Result<i32> {
+    if let InstanceCommand::Import {
+        file,
+        definition,
+        from_line,
+    } = &what
+    {
+        return crate::bulk::run(&connection, output, file, definition, *from_line);
+    }
     let connection = &connection;
     on_server(connection, |channel| async move {
         let mut client = pb::instance_service_client::InstanceServiceClient::new(channel);
@@ -386,6 +407,7 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
                     definition,
                     business_key: key,
                     data_json,
+                    ..Default::default()
                 };
                 match client.start_instance(connection.request(request)).await {
                     Ok(r) => {
@@ -493,6 +515,9 @@ pub fn instance(connection: Connection, output: Output, what: InstanceCommand) -
                     }
                 }
                 0
+            }
+            InstanceCommand::Import { .. } => {
+                unreachable!("`instance import` runs before connecting")
             }
             InstanceCommand::List {
                 definition,

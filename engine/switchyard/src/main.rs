@@ -21,6 +21,7 @@ struct Cli {
     command: Command,
 }
 
+mod bulk;
 mod client;
 mod serve;
 mod worker;

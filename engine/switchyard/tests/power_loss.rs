@@ -122,6 +122,7 @@ async fn worker(addr: String, round: usize, worker: usize, acks: Arc<Mutex<Acks>
                 definition: "lead".into(),
                 business_key: key.clone(),
                 data_json: format!("{{\"company\": \"{key}\"}}"),
+                ..Default::default()
             }))
             .await;
         let Ok(started) = started else { return };

@@ -84,6 +84,7 @@ fn sigterm_under_load_loses_no_acknowledged_command() {
                         definition: "lead".into(),
                         business_key: request_id.clone(),
                         data_json: format!("{{\"company\": \"{request_id}\"}}"),
+                        ..Default::default()
                     });
                     request
                         .metadata_mut()
@@ -213,6 +214,7 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
                 definition: "lead".into(),
                 business_key: "L".into(),
                 data_json: "{\"company\": \"Acme\"}".into(),
+                ..Default::default()
             });
             request
                 .metadata_mut()
@@ -757,5 +759,112 @@ fn the_command_line_worker_answers_jobs_from_an_answer_file() {
     std::fs::write(&answers, r#"{"reserve_stock": {"result": {}}}"#).unwrap();
     let (code, _, err) = cli("sales_rep", &["worker", "--answers", answers_arg, "--once"]);
     assert_eq!(code, 1, "{err}");
+    stop(child);
+}
+
+#[test]
+fn a_bulk_import_applies_good_lines_names_bad_ones_and_a_rerun_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = serve_for_clients(dir.path(), &["sales_rep"], &[]);
+    let cli = |args: &[&str]| client(&addr, "sales_rep", args);
+    let file = dir.path().join("leads.jsonl");
+    let file_arg = file.to_str().unwrap();
+    std::fs::write(
+        &file,
+        [
+            r#"{"data": {"company": "ACME GmbH", "source": "event"}, "business_key": "L-1"}"#,
+            r#"{"data": {"company": "BETA AG"}, "business_key": "L-2"}"#,
+            r#"{"data": {"company": "Gamma", "revenue": 1}, "business_key": "L-3"}"#,
+            r#"{"data": {"company": "#,
+            "",
+            r#"{"data": {"company": "Delta"}, "business_key": "L-6", "definition": "nope"}"#,
+            r#"{"data": {"company": "Epsilon"}, "business_key": "L-7", "request_id": "r-1", "instance_id": "01930000-0000-7000-8000-000000000007"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let import = |extra: &[&str]| {
+        let mut args = vec!["instance", "import", file_arg, "--definition", "lead"];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, out, err) = import(&[]);
+    assert_eq!(code, 2, "bad lines make it exit 2: {out} {err}");
+    assert!(
+        out.contains("3 started, 0 already there, 1 refused, 2 bad"),
+        "{out}"
+    );
+    assert!(err.contains("leads.jsonl:3: bad: INVALID_PAYLOAD"), "{err}");
+    assert!(err.contains("leads.jsonl:4: bad: column"), "{err}");
+    assert!(
+        err.contains("leads.jsonl:6: refused: UNKNOWN_DEFINITION"),
+        "{err}"
+    );
+    // The same file again: nothing applied twice.
+    let (code, out, err) = import(&[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        out.contains("0 started, 3 already there, 1 refused, 2 bad"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&[
+        "instance",
+        "list",
+        "--definition",
+        "lead",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    // After request ids expire, the chosen (or derived) instance id still keeps it once.
+    std::fs::write(
+        &file,
+        r#"{"data": {"company": "Epsilon"}, "business_key": "L-7", "request_id": "r-2", "instance_id": "01930000-0000-7000-8000-000000000007"}"#,
+    )
+    .unwrap();
+    let (code, out, err) = import(&["--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["line"].as_u64(), first["outcome"].as_str()),
+        (Some(1), Some("already"))
+    );
+    assert!(
+        out.contains("0 started, 1 already there, 0 refused, 0 bad"),
+        "{out}"
+    );
+    // CSV, resumed from its third line.
+    let csv = dir.path().join("leads.csv");
+    std::fs::write(
+        &csv,
+        "business_key,company\nL-10,Zeta\nL-11,Eta\nL-12,Theta\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(&[
+        "instance",
+        "import",
+        csv.to_str().unwrap(),
+        "--definition",
+        "lead",
+        "--from-line",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 started, 0 already there"), "{out}");
+    let (_, out, _) = cli(&[
+        "instance",
+        "list",
+        "--definition",
+        "lead",
+        "--key",
+        "L-10",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.trim().is_empty(),
+        "line 2 was before the resume point: {out}"
+    );
     stop(child);
 }

@@ -32,10 +32,37 @@ impl Engine {
     /// Starts an instance of `request.definition`: the version in the active rule set (or,
     /// for an engine opened with fixed definitions, the latest loaded).
     pub async fn start(&self, request: StartRequest) -> Result<CommandOutcome, CommandError> {
+        self.start_or_replay(request)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`Engine::start`], also telling whether the answer is a replay: `true` when the request
+    /// id had already been applied (the original outcome, nothing written now) — for bulk
+    /// imports that count what a re-run found already there.
+    pub async fn start_or_replay(
+        &self,
+        request: StartRequest,
+    ) -> Result<(CommandOutcome, bool), CommandError> {
         check_request_id(&request.request_id)?;
         check_business_key("business_key", &request.business_key)?;
         self.check_payload_size(&request.data)?;
-        let digest = digest(&request.data);
+        let digest = match request.instance_id {
+            None => digest(&request.data),
+            // A retry naming another instance id is another request.
+            Some(id) => {
+                digest(&serde_json::json!({ "instance_id": id.to_string(), "data": request.data }))
+            }
+        };
+        if request
+            .instance_id
+            .is_some_and(|id| id.0.is_nil() || id.0.is_max())
+        {
+            return Err(CommandError::InvalidInput {
+                field: "instance_id".into(),
+                message: "the nil and max UUIDs are not instance ids".into(),
+            });
+        }
         let target = RequestTarget::Start {
             definition: request.definition.clone(),
         };
@@ -43,7 +70,10 @@ impl Engine {
         let result = self
             .run(&request.request_id, &target, &digest, None, prepare)
             .await
-            .map(Applied::into_outcome);
+            .map(|applied| match applied {
+                Applied::Now(outcome) => (outcome, false),
+                Applied::Replayed(outcome) => (outcome, true),
+            });
         self.count(Some(&request.definition), &target, &result);
         result
     }
@@ -67,6 +97,15 @@ impl Engine {
             &request.actor,
             now,
         );
+        if let Some(id) = request.instance_id {
+            // Checked again by the commit (a start expects no instance under its id): two
+            // concurrent starts with one id make one instance, and the other is refused here
+            // when it is decided again.
+            if self.inner.store.instance(id)?.is_some() {
+                return Err(CommandError::InstanceExists { instance: id });
+            }
+            instance.id = id;
+        }
         instance.timers = timers::timers_for(definition, &definition.initial, &request.data, now)?;
         instance.rule_set = rules.rule_set.as_ref().map(|r| r.number);
         let outcome = CommandOutcome::of(&instance, "started".into());

@@ -21,6 +21,10 @@ pub struct StartRequest {
     pub actor: Actor,
     /// Idempotency key (global).
     pub request_id: String,
+    /// The new instance's id, when the caller chooses it (default: a new UUIDv7). A start
+    /// naming an id an instance already has is refused (`INSTANCE_EXISTS`), so a re-import
+    /// stays idempotent after its request ids have expired.
+    pub instance_id: Option<InstanceId>,
 }
 
 impl StartRequest {
@@ -32,7 +36,14 @@ impl StartRequest {
             data: json!({}),
             actor,
             request_id: request_id.into(),
+            instance_id: None,
         }
+    }
+
+    /// With this instance id (chosen by the caller; see [`StartRequest::instance_id`]).
+    pub fn instance_id(mut self, id: InstanceId) -> Self {
+        self.instance_id = Some(id);
+        self
     }
 
     /// With this business key.

@@ -229,6 +229,7 @@ pub async fn start_quote(server: &TestServer, request_id: &str, sku: &str) -> pb
                 definition: "quote".into(),
                 business_key: format!("Q-{request_id}"),
                 data_json: quote_data(sku),
+                ..Default::default()
             },
         ))
         .await
