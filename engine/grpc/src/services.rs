@@ -459,9 +459,27 @@ impl pb::definition_service_server::DefinitionService for Services {
     }
 }
 
-/// A rule set's files from the wire, refusing empty, duplicate or oversized entries.
+/// Whether `path` is a file a rules folder holds beside its rule files and a client may send
+/// with them: documentation, or a hidden or editor file. Left out and named, never read.
+fn skippable(path: &str) -> bool {
+    if path.starts_with('/') || path.split('/').any(|part| part == ".." || part.is_empty()) {
+        return false;
+    }
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let upper = name.to_ascii_uppercase();
+    ["README", "LICENSE", "CHANGELOG"]
+        .iter()
+        .any(|doc| upper.starts_with(doc))
+        || upper.ends_with(".MD")
+        || upper.ends_with(".TXT")
+        || name.starts_with('.')
+        || name.ends_with('~')
+}
+
+/// A rule set's files from the wire, refusing empty, duplicate or oversized entries; the
+/// documentation and editor files among them are left out and returned by path.
 #[allow(clippy::result_large_err)]
-fn rule_files(files: Vec<pb::RuleFile>) -> Result<BTreeMap<String, String>, Status> {
+fn rule_files(files: Vec<pb::RuleFile>) -> Result<(BTreeMap<String, String>, Vec<String>), Status> {
     if files.is_empty() {
         return Err(bad_request(
             "files",
@@ -469,11 +487,17 @@ fn rule_files(files: Vec<pb::RuleFile>) -> Result<BTreeMap<String, String>, Stat
         ));
     }
     let mut out = BTreeMap::new();
+    let mut skipped = Vec::new();
     for (i, f) in files.into_iter().enumerate() {
         if f.path.is_empty() {
             return Err(bad_request(&format!("files[{i}].path"), "is required"));
         }
-        if !switchyard_core::rules::is_rule_file_path(&f.path) {
+        let rule_file = switchyard_core::rules::is_rule_file_path(&f.path);
+        if !rule_file && skippable(&f.path) {
+            skipped.push(f.path);
+            continue;
+        }
+        if !rule_file {
             return Err(bad_request(
                 &format!("files[{i}].path"),
                 format!(
@@ -491,7 +515,13 @@ fn rule_files(files: Vec<pb::RuleFile>) -> Result<BTreeMap<String, String>, Stat
             ));
         }
     }
-    Ok(out)
+    if out.is_empty() {
+        return Err(bad_request(
+            "files",
+            "holds no rule-set file (definitions/*.toml, scripts/*.rhai, …)",
+        ));
+    }
+    Ok((out, skipped))
 }
 
 #[tonic::async_trait]
@@ -504,12 +534,13 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         call.end(
             async move {
                 let actor = actor_of(&request)?;
-                let files = rule_files(request.into_inner().files)?;
+                let (files, skipped_paths) = rule_files(request.into_inner().files)?;
                 match self.engine.validate_rule_files(files, &actor).await {
                     Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
                         valid: true,
                         version,
                         problems: Vec::new(),
+                        skipped_paths,
                     })),
                     Err(CommandError::RuleSetRefused { problems }) => {
                         Ok(Response::new(pb::ValidateRuleSetResponse {
@@ -524,6 +555,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
                                     message: p.message.clone(),
                                 })
                                 .collect(),
+                            skipped_paths,
                         }))
                     }
                     Err(e) => Err(to_status(&e, Wire::NONE)),
@@ -542,7 +574,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
             let actor = actor_of(&request)?;
             let r = request.into_inner();
             required("request_id", &r.request_id)?;
-            let files = rule_files(r.files)?;
+            let (files, skipped_paths) = rule_files(r.files)?;
             let info = self
                 .engine
                 .deploy_rule_files(files, &actor, &r.request_id)
@@ -551,6 +583,7 @@ impl pb::rule_set_service_server::RuleSetService for Services {
             tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
             Ok(Response::new(pb::DeployRuleSetResponse {
                 rule_set: Some(convert::rule_set(&info)),
+                skipped_paths,
             }))
         }
         .await)

@@ -790,7 +790,65 @@ async fn rule_sets_validate_deploy_list_activate_and_evaluate() {
         "{violations:?}"
     );
 
+    // The folder as it is: documentation and editor files are left out and named.
+    let mut files = rule_files(work.path());
+    for path in [
+        "README.md",
+        "scripts/.quote.rhai.swp",
+        "data/notes.txt",
+        "definitions/quote.toml~",
+    ] {
+        files.push(pb::RuleFile {
+            path: path.into(),
+            content: "not a rule".into(),
+        });
+    }
+    let as_it_is = client
+        .validate_rule_set(as_role("analyst", pb::ValidateRuleSetRequest { files }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        as_it_is.skipped_paths,
+        [
+            "README.md",
+            "scripts/.quote.rhai.swp",
+            "data/notes.txt",
+            "definitions/quote.toml~"
+        ]
+    );
+    // Only documentation is not a rule set.
+    let status = expect_refusal(
+        client
+            .validate_rule_set(as_role(
+                "analyst",
+                pb::ValidateRuleSetRequest {
+                    files: vec![pb::RuleFile {
+                        path: "README.md".into(),
+                        content: String::new(),
+                    }],
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_INPUT",
+    );
+    assert_eq!(bad_fields(&status), ["files"]);
+
     // Unknown paths are refused, not ignored.
+    let mut files = rule_files(work.path());
+    files.push(pb::RuleFile {
+        path: "definitions/quote.yaml".into(),
+        content: String::new(),
+    });
+    let status = expect_refusal(
+        client
+            .validate_rule_set(as_role("analyst", pb::ValidateRuleSetRequest { files }))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_INPUT",
+    );
+    assert!(bad_fields(&status)[0].starts_with("files["), "{status:?}");
     let mut files = rule_files(work.path());
     files.push(pb::RuleFile {
         path: "../etc/passwd".into(),
