@@ -17,9 +17,9 @@
 //! credit system gives every shipped customer a 50,000 limit and no opening balance.
 
 use anyhow::{Context, Result};
+use switchyard_client::pb;
+use switchyard_client::pb::job_service_client::JobServiceClient;
 use switchyard_credit::{Account, MemoryCreditSystem};
-use switchyard_grpc::pb;
-use switchyard_grpc::pb::job_service_client::JobServiceClient;
 use switchyard_inventory::MemoryInventory;
 use switchyard_payments::MemoryPaymentProvider;
 use switchyard_shipping::MemoryCarrier;

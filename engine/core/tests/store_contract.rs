@@ -885,15 +885,29 @@ fn a_corrupt_record_is_an_error_naming_its_key() {
         let store = SledStore::open(&config).unwrap();
         one(&store, write(instance(id, 1, "created", "Q"), None)).unwrap();
     }
+    // sled's background threads can hold the directory's lock a moment after a close; on a
+    // loaded machine the opens below would then fail now and then, so they wait for it.
+    fn retried<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            match open() {
+                Ok(v) => return v,
+                Err(e) if std::time::Instant::now() < until && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
     {
         // Damage the record behind the store's back.
-        let db = sled::open(dir.path()).unwrap();
+        let db = retried(|| sled::open(dir.path()));
         let mut key = vec![b'i'];
         key.extend_from_slice(id.0.as_bytes());
         db.insert(key, b"I\x01{not json".to_vec()).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(&config).unwrap();
+    let store = retried(|| SledStore::open(&config));
     let err = store.instance(id).unwrap_err().to_string();
     assert!(err.starts_with("corrupt record at key i"), "{err}");
 }

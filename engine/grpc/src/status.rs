@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo` domain of every Switchyard error.
-pub const ERROR_DOMAIN: &str = "switchyard";
+pub use switchyard_client::ERROR_DOMAIN;
 
 /// How the RPC being answered names the JSON document a payload violation points into
 /// (`data_json` for a start, `payload_json` for a command).

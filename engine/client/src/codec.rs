@@ -8,8 +8,9 @@ use std::marker::PhantomData;
 
 use prost::Message;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
-use tonic::Status;
+use tonic::{Code, Status};
 use tonic_prost::{ProstDecoder, ProstEncoder};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Longest decode error echoed back.
 const DESCRIPTION_BYTES_MAX: usize = 400;
@@ -59,12 +60,27 @@ impl<U: Message + Default> Decoder for StrictDecoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         U::decode(buf).map(Some).map_err(|e| {
-            crate::status::bad_request(
-                "(message)",
-                crate::status::clip(
-                    &format!("the request is not a valid protobuf message: {e}"),
-                    DESCRIPTION_BYTES_MAX,
-                ),
+            let mut message = format!("the request is not a valid protobuf message: {e}");
+            if message.len() > DESCRIPTION_BYTES_MAX {
+                let mut end = DESCRIPTION_BYTES_MAX;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push('…');
+            }
+            let mut details = ErrorDetails::new();
+            details
+                .set_error_info(
+                    "INVALID_INPUT",
+                    crate::ERROR_DOMAIN,
+                    [("field".to_string(), "(message)".to_string())],
+                )
+                .add_bad_request_violation("(message)", message.clone());
+            Status::with_error_details(
+                Code::InvalidArgument,
+                format!("field `(message)`: {message}"),
+                details,
             )
         })
     }
