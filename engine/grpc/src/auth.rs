@@ -199,6 +199,8 @@ impl Interceptor for Authenticator {
                 details,
             ));
         }
+        // The call's log line (src/call_log.rs) names who called.
+        tracing::Span::current().record("actor", tracing::field::display(&actor.id));
         request.extensions_mut().insert(actor);
         Ok(request)
     }

@@ -17,6 +17,7 @@
 
 pub mod auth;
 mod backup;
+mod call_log;
 mod clock;
 pub mod config;
 pub mod connections;

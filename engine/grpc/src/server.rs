@@ -164,8 +164,13 @@ pub async fn start(
     let mut builder = tonic::transport::Server::builder()
         .trace_fn(|request| {
             // The path only: headers carry credentials and are never logged.
-            tracing::info_span!("rpc", path = %request.uri().path())
+            tracing::info_span!(
+                "rpc",
+                path = %request.uri().path(),
+                actor = tracing::field::Empty
+            )
         })
+        .layer(crate::call_log::CallLogLayer)
         // A call that has not answered in time (a stuck body, a slow client) is ended.
         .timeout(seconds(&config.grpc.request_timeout))
         // Idle connections are pinged; one that does not answer is closed.

@@ -17,49 +17,6 @@ use crate::status::{bad_request, not_found, to_status, Wire};
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// One call, for the debug-level access log: RPC, actor, outcome and time taken. (Refused
-/// credentials never get here; the authenticator logs those without the credential.)
-struct Call {
-    rpc: &'static str,
-    actor: String,
-    started: std::time::Instant,
-}
-
-impl Call {
-    fn begin<T>(rpc: &'static str, request: &Request<T>) -> Call {
-        Call {
-            rpc,
-            actor: request
-                .extensions()
-                .get::<switchyard_core::Actor>()
-                .map(|a| a.id.clone())
-                .unwrap_or_default(),
-            started: std::time::Instant::now(),
-        }
-    }
-
-    fn end<T>(self, answer: Answer<T>) -> Answer<T> {
-        let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match &answer {
-            Ok(_) => tracing::debug!(rpc = self.rpc, actor = %self.actor, micros, "ok"),
-            Err(status) => {
-                let reason = tonic_types::StatusExt::get_details_error_info(status)
-                    .map(|i| i.reason)
-                    .unwrap_or_default();
-                match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal => {
-                        tracing::warn!(rpc = self.rpc, actor = %self.actor, micros, code = ?status.code(), %reason, message = status.message(), "failed")
-                    }
-                    code => {
-                        tracing::debug!(rpc = self.rpc, actor = %self.actor, micros, ?code, %reason, "refused")
-                    }
-                }
-            }
-        }
-        answer
-    }
-}
-
 /// Handlers share the engine.
 #[derive(Clone)]
 pub(crate) struct Services {
@@ -136,252 +93,199 @@ impl pb::instance_service_server::InstanceService for Services {
         &self,
         request: Request<pb::StartInstanceRequest>,
     ) -> Answer<pb::StartInstanceResponse> {
-        let call = Call::begin("StartInstance", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let (result, _) = start_one(&self.engine, actor, request.into_inner()).await?;
-                Ok(Response::new(pb::StartInstanceResponse {
-                    result: Some(result),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let (result, _) = start_one(&self.engine, actor, request.into_inner()).await?;
+        Ok(Response::new(pb::StartInstanceResponse {
+            result: Some(result),
+        }))
     }
 
     async fn bulk_start_instances(
         &self,
         request: Request<pb::BulkStartInstancesRequest>,
     ) -> Answer<pb::BulkStartInstancesResponse> {
-        let call = Call::begin("BulkStartInstances", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let items = request.into_inner().items;
-                if items.is_empty() || items.len() > BULK_ITEMS_MAX {
-                    return Err(bad_request(
-                        "items",
-                        format!(
-                            "holds {} items; a call takes 1 to {BULK_ITEMS_MAX}",
-                            items.len()
-                        ),
-                    ));
-                }
-                let mut tasks = tokio::task::JoinSet::new();
-                for (i, item) in items.into_iter().enumerate() {
-                    let (engine, actor) = (self.engine.clone(), actor.clone());
-                    tasks.spawn(async move { (i, start_one(&engine, actor, item).await) });
-                }
-                let mut results = vec![pb::BulkStartResult::default(); tasks.len()];
-                while let Some(done) = tasks.join_next().await {
-                    let (i, outcome) =
-                        done.map_err(|e| Status::internal(format!("a bulk item failed: {e}")))?;
-                    results[i] = match outcome {
-                        Ok((result, replayed)) => pb::BulkStartResult {
-                            status: Some(tonic_types::pb::Status {
-                                code: tonic::Code::Ok as i32,
-                                ..Default::default()
-                            }),
-                            result: Some(result),
-                            replayed,
-                        },
-                        Err(status) => pb::BulkStartResult {
-                            status: Some(item_status(&status)),
-                            ..Default::default()
-                        },
-                    };
-                }
-                Ok(Response::new(pb::BulkStartInstancesResponse { results }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let items = request.into_inner().items;
+        if items.is_empty() || items.len() > BULK_ITEMS_MAX {
+            return Err(bad_request(
+                "items",
+                format!(
+                    "holds {} items; a call takes 1 to {BULK_ITEMS_MAX}",
+                    items.len()
+                ),
+            ));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let (engine, actor) = (self.engine.clone(), actor.clone());
+            tasks.spawn(async move { (i, start_one(&engine, actor, item).await) });
+        }
+        let mut results = vec![pb::BulkStartResult::default(); tasks.len()];
+        while let Some(done) = tasks.join_next().await {
+            let (i, outcome) =
+                done.map_err(|e| Status::internal(format!("a bulk item failed: {e}")))?;
+            results[i] = match outcome {
+                Ok((result, replayed)) => pb::BulkStartResult {
+                    status: Some(tonic_types::pb::Status {
+                        code: tonic::Code::Ok as i32,
+                        ..Default::default()
+                    }),
+                    result: Some(result),
+                    replayed,
+                },
+                Err(status) => pb::BulkStartResult {
+                    status: Some(item_status(&status)),
+                    ..Default::default()
+                },
+            };
+        }
+        Ok(Response::new(pb::BulkStartInstancesResponse { results }))
     }
 
     async fn send_command(
         &self,
         request: Request<pb::SendCommandRequest>,
     ) -> Answer<pb::SendCommandResponse> {
-        let call = Call::begin("SendCommand", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                let instance = convert::instance_id("instance_id", &r.instance_id)?;
-                required("command", &r.command)?;
-                let payload = convert::json_object("payload_json", &r.payload_json)?;
-                let outcome = self
-                    .engine
-                    .send(
-                        CommandRequest::new(instance, r.command, actor, r.request_id)
-                            .payload(payload)
-                            .expected_version(r.expected_version),
-                    )
-                    .await
-                    .map_err(engine_error(Wire::COMMAND))?;
-                Ok(Response::new(pb::SendCommandResponse {
-                    result: Some(convert::result(&outcome)),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        let instance = convert::instance_id("instance_id", &r.instance_id)?;
+        required("command", &r.command)?;
+        let payload = convert::json_object("payload_json", &r.payload_json)?;
+        let outcome = self
+            .engine
+            .send(
+                CommandRequest::new(instance, r.command, actor, r.request_id)
+                    .payload(payload)
+                    .expected_version(r.expected_version),
+            )
+            .await
+            .map_err(engine_error(Wire::COMMAND))?;
+        Ok(Response::new(pb::SendCommandResponse {
+            result: Some(convert::result(&outcome)),
+        }))
     }
 
     async fn get_instance(
         &self,
         request: Request<pb::GetInstanceRequest>,
     ) -> Answer<pb::GetInstanceResponse> {
-        let call = Call::begin("GetInstance", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
-                let instance = self
-                    .engine
-                    .get_as(&actor, id)
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::GetInstanceResponse {
-                    instance: Some(convert::instance(&instance)),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
+        let instance = self
+            .engine
+            .get_as(&actor, id)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::GetInstanceResponse {
+            instance: Some(convert::instance(&instance)),
+        }))
     }
 
     async fn list_instances(
         &self,
         request: Request<pb::ListInstancesRequest>,
     ) -> Answer<pb::ListInstancesResponse> {
-        let call = Call::begin("ListInstances", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                let filters = [
-                    r.definition.as_str(),
-                    r.state.as_str(),
-                    r.business_key.as_str(),
-                ];
-                let position = convert::open_token("instances", &filters, &r.page_token)?;
-                let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-                let page = self
-                    .engine
-                    .list_as(&actor, {
-                        let mut list =
-                            ListRequest::new().page_size(convert::page_size(r.page_size)?);
-                        list.definition = some(&r.definition);
-                        list.state = some(&r.state);
-                        list.business_key = some(&r.business_key);
-                        list.page_token = position;
-                        list
-                    })
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::ListInstancesResponse {
-                    instances: page.items.iter().map(convert::instance).collect(),
-                    next_page_token: convert::seal_token(
-                        "instances",
-                        &filters,
-                        page.next_page_token,
-                    ),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let filters = [
+            r.definition.as_str(),
+            r.state.as_str(),
+            r.business_key.as_str(),
+        ];
+        let position = convert::open_token("instances", &filters, &r.page_token)?;
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let page = self
+            .engine
+            .list_as(&actor, {
+                let mut list = ListRequest::new().page_size(convert::page_size(r.page_size)?);
+                list.definition = some(&r.definition);
+                list.state = some(&r.state);
+                list.business_key = some(&r.business_key);
+                list.page_token = position;
+                list
+            })
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances: page.items.iter().map(convert::instance).collect(),
+            next_page_token: convert::seal_token("instances", &filters, page.next_page_token),
+        }))
     }
 
     async fn list_instance_history(
         &self,
         request: Request<pb::ListInstanceHistoryRequest>,
     ) -> Answer<pb::ListInstanceHistoryResponse> {
-        let call = Call::begin("ListInstanceHistory", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                let id = convert::instance_id("instance_id", &r.instance_id)?;
-                let filters = [r.instance_id.as_str()];
-                let position = convert::open_token("history", &filters, &r.page_token)?;
-                let page = self
-                    .engine
-                    .history_page_as(
-                        &actor,
-                        id,
-                        convert::page_size(r.page_size)?,
-                        position.as_deref(),
-                    )
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::ListInstanceHistoryResponse {
-                    entries: page.items.iter().map(convert::history_entry).collect(),
-                    next_page_token: convert::seal_token("history", &filters, page.next_page_token),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let id = convert::instance_id("instance_id", &r.instance_id)?;
+        let filters = [r.instance_id.as_str()];
+        let position = convert::open_token("history", &filters, &r.page_token)?;
+        let page = self
+            .engine
+            .history_page_as(
+                &actor,
+                id,
+                convert::page_size(r.page_size)?,
+                position.as_deref(),
+            )
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::ListInstanceHistoryResponse {
+            entries: page.items.iter().map(convert::history_entry).collect(),
+            next_page_token: convert::seal_token("history", &filters, page.next_page_token),
+        }))
     }
 
     async fn cancel_instance(
         &self,
         request: Request<pb::CancelInstanceRequest>,
     ) -> Answer<pb::CancelInstanceResponse> {
-        let call = Call::begin("CancelInstance", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                let instance = convert::instance_id("instance_id", &r.instance_id)?;
-                let outcome = self
-                    .engine
-                    .cancel(
-                        CancelRequest::new(instance, actor, r.request_id)
-                            .reason(r.reason)
-                            .expected_version(r.expected_version),
-                    )
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::CancelInstanceResponse {
-                    result: Some(convert::result(&outcome)),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        let instance = convert::instance_id("instance_id", &r.instance_id)?;
+        let outcome = self
+            .engine
+            .cancel(
+                CancelRequest::new(instance, actor, r.request_id)
+                    .reason(r.reason)
+                    .expected_version(r.expected_version),
+            )
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::CancelInstanceResponse {
+            result: Some(convert::result(&outcome)),
+        }))
     }
 
     async fn resolve_timer_incident(
         &self,
         request: Request<pb::ResolveTimerIncidentRequest>,
     ) -> Answer<pb::ResolveTimerIncidentResponse> {
-        let call = Call::begin("ResolveTimerIncident", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                let instance = convert::instance_id("instance_id", &r.instance_id)?;
-                required("timer", &r.timer)?;
-                let action = match pb::IncidentAction::try_from(r.action) {
-                    Ok(pb::IncidentAction::Retry) => IncidentAction::Retry { retries: 1 },
-                    Ok(pb::IncidentAction::Cancel) => IncidentAction::Cancel,
-                    _ => {
-                        return Err(bad_request(
-                            "action",
-                            "is required: INCIDENT_ACTION_RETRY or INCIDENT_ACTION_CANCEL",
-                        ))
-                    }
-                };
-                let outcome = self
-                    .engine
-                    .resolve_timer_incident(instance, &r.timer, action, &actor)
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::ResolveTimerIncidentResponse {
-                    result: Some(convert::result(&outcome)),
-                }))
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let instance = convert::instance_id("instance_id", &r.instance_id)?;
+        required("timer", &r.timer)?;
+        let action = match pb::IncidentAction::try_from(r.action) {
+            Ok(pb::IncidentAction::Retry) => IncidentAction::Retry { retries: 1 },
+            Ok(pb::IncidentAction::Cancel) => IncidentAction::Cancel,
+            _ => {
+                return Err(bad_request(
+                    "action",
+                    "is required: INCIDENT_ACTION_RETRY or INCIDENT_ACTION_CANCEL",
+                ))
             }
-            .await,
-        )
+        };
+        let outcome = self
+            .engine
+            .resolve_timer_incident(instance, &r.timer, action, &actor)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::ResolveTimerIncidentResponse {
+            result: Some(convert::result(&outcome)),
+        }))
     }
 }
 
@@ -391,71 +295,59 @@ impl pb::definition_service_server::DefinitionService for Services {
         &self,
         request: Request<pb::ListDefinitionsRequest>,
     ) -> Answer<pb::ListDefinitionsResponse> {
-        let call = Call::begin("ListDefinitions", &request);
-        call.end(
-            async move {
-                actor_of(&request)?;
-                let r = request.into_inner();
-                let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
-                let (page, next) = convert::offset_page(
-                    "definitions",
-                    &all,
-                    self.page_size(r.page_size)?,
-                    &r.page_token,
-                )?;
-                Ok(Response::new(pb::ListDefinitionsResponse {
-                    definitions: page.iter().map(|d| convert::definition(d)).collect(),
-                    next_page_token: next,
-                }))
-            }
-            .await,
-        )
+        actor_of(&request)?;
+        let r = request.into_inner();
+        let all: Vec<_> = self.engine.definitions().iter().cloned().collect();
+        let (page, next) = convert::offset_page(
+            "definitions",
+            &all,
+            self.page_size(r.page_size)?,
+            &r.page_token,
+        )?;
+        Ok(Response::new(pb::ListDefinitionsResponse {
+            definitions: page.iter().map(|d| convert::definition(d)).collect(),
+            next_page_token: next,
+        }))
     }
 
     async fn get_definition(
         &self,
         request: Request<pb::GetDefinitionRequest>,
     ) -> Answer<pb::GetDefinitionResponse> {
-        let call = Call::begin("GetDefinition", &request);
-        call.end(
-            async move {
-                actor_of(&request)?;
-                let r = request.into_inner();
-                required("name", &r.name)?;
-                let definitions = self.engine.definitions();
-                let found = if r.version == 0 {
-                    definitions.latest(&r.name)
-                } else {
-                    definitions.get(&r.name, r.version)
-                };
-                let definition = match found {
-                    Some(d) => d,
-                    None if definitions.latest(&r.name).is_some() => {
-                        return Err(not_found(
-                            "UNKNOWN_DEFINITION_VERSION",
-                            format!("definition `{}` has no version {}", r.name, r.version),
-                            &[
-                                ("definition", r.name.clone()),
-                                ("version", r.version.to_string()),
-                            ],
-                        ))
-                    }
-                    None => {
-                        return Err(to_status(
-                            &CommandError::UnknownDefinition {
-                                name: r.name.clone(),
-                                loaded: definitions.names().join(", "),
-                            },
-                            Wire::NONE,
-                        ))
-                    }
-                };
-                Ok(Response::new(pb::GetDefinitionResponse {
-                    definition: Some(convert::definition(definition)),
-                }))
+        actor_of(&request)?;
+        let r = request.into_inner();
+        required("name", &r.name)?;
+        let definitions = self.engine.definitions();
+        let found = if r.version == 0 {
+            definitions.latest(&r.name)
+        } else {
+            definitions.get(&r.name, r.version)
+        };
+        let definition = match found {
+            Some(d) => d,
+            None if definitions.latest(&r.name).is_some() => {
+                return Err(not_found(
+                    "UNKNOWN_DEFINITION_VERSION",
+                    format!("definition `{}` has no version {}", r.name, r.version),
+                    &[
+                        ("definition", r.name.clone()),
+                        ("version", r.version.to_string()),
+                    ],
+                ))
             }
-            .await,
-        )
+            None => {
+                return Err(to_status(
+                    &CommandError::UnknownDefinition {
+                        name: r.name.clone(),
+                        loaded: definitions.names().join(", "),
+                    },
+                    Wire::NONE,
+                ))
+            }
+        };
+        Ok(Response::new(pb::GetDefinitionResponse {
+            definition: Some(convert::definition(definition)),
+        }))
     }
 }
 
@@ -530,174 +422,147 @@ impl pb::rule_set_service_server::RuleSetService for Services {
         &self,
         request: Request<pb::ValidateRuleSetRequest>,
     ) -> Answer<pb::ValidateRuleSetResponse> {
-        let call = Call::begin("ValidateRuleSet", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let (files, skipped_paths) = rule_files(request.into_inner().files)?;
-                match self.engine.validate_rule_files(files, &actor).await {
-                    Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
-                        valid: true,
-                        version,
-                        problems: Vec::new(),
-                        skipped_paths,
-                    })),
-                    Err(CommandError::RuleSetRefused { problems }) => {
-                        Ok(Response::new(pb::ValidateRuleSetResponse {
-                            valid: false,
-                            version: String::new(),
-                            problems: problems
-                                .iter()
-                                .map(|p| pb::RuleSetProblem {
-                                    file: p.file.clone(),
-                                    line: u32::try_from(p.line).unwrap_or(u32::MAX),
-                                    column: u32::try_from(p.column).unwrap_or(u32::MAX),
-                                    message: p.message.clone(),
-                                })
-                                .collect(),
-                            skipped_paths,
-                        }))
-                    }
-                    Err(e) => Err(to_status(&e, Wire::NONE)),
-                }
+        let actor = actor_of(&request)?;
+        let (files, skipped_paths) = rule_files(request.into_inner().files)?;
+        match self.engine.validate_rule_files(files, &actor).await {
+            Ok(version) => Ok(Response::new(pb::ValidateRuleSetResponse {
+                valid: true,
+                version,
+                problems: Vec::new(),
+                skipped_paths,
+            })),
+            Err(CommandError::RuleSetRefused { problems }) => {
+                Ok(Response::new(pb::ValidateRuleSetResponse {
+                    valid: false,
+                    version: String::new(),
+                    problems: problems
+                        .iter()
+                        .map(|p| pb::RuleSetProblem {
+                            file: p.file.clone(),
+                            line: u32::try_from(p.line).unwrap_or(u32::MAX),
+                            column: u32::try_from(p.column).unwrap_or(u32::MAX),
+                            message: p.message.clone(),
+                        })
+                        .collect(),
+                    skipped_paths,
+                }))
             }
-            .await,
-        )
+            Err(e) => Err(to_status(&e, Wire::NONE)),
+        }
     }
 
     async fn deploy_rule_set(
         &self,
         request: Request<pb::DeployRuleSetRequest>,
     ) -> Answer<pb::DeployRuleSetResponse> {
-        let call = Call::begin("DeployRuleSet", &request);
-        call.end(async move {
-            let actor = actor_of(&request)?;
-            let r = request.into_inner();
-            required("request_id", &r.request_id)?;
-            let (files, skipped_paths) = rule_files(r.files)?;
-            let info = self
-                .engine
-                .deploy_rule_files(files, &actor, &r.request_id)
-                .await
-                .map_err(engine_error(Wire::NONE))?;
-            tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
-            Ok(Response::new(pb::DeployRuleSetResponse {
-                rule_set: Some(convert::rule_set(&info)),
-                skipped_paths,
-            }))
-        }
-        .await)
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        let (files, skipped_paths) = rule_files(r.files)?;
+        let info = self
+            .engine
+            .deploy_rule_files(files, &actor, &r.request_id)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set deployed over gRPC");
+        Ok(Response::new(pb::DeployRuleSetResponse {
+            rule_set: Some(convert::rule_set(&info)),
+            skipped_paths,
+        }))
     }
 
     async fn list_rule_sets(
         &self,
         request: Request<pb::ListRuleSetsRequest>,
     ) -> Answer<pb::ListRuleSetsResponse> {
-        let call = Call::begin("ListRuleSets", &request);
-        call.end(
-            async move {
-                actor_of(&request)?;
-                let r = request.into_inner();
-                let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
-                let (page, next) = convert::offset_page(
-                    "rule_sets",
-                    &all,
-                    self.page_size(r.page_size)?,
-                    &r.page_token,
-                )?;
-                Ok(Response::new(pb::ListRuleSetsResponse {
-                    rule_sets: page.iter().map(convert::rule_set).collect(),
-                    next_page_token: next,
-                }))
-            }
-            .await,
-        )
+        actor_of(&request)?;
+        let r = request.into_inner();
+        let all = self.engine.rule_sets().map_err(engine_error(Wire::NONE))?;
+        let (page, next) = convert::offset_page(
+            "rule_sets",
+            &all,
+            self.page_size(r.page_size)?,
+            &r.page_token,
+        )?;
+        Ok(Response::new(pb::ListRuleSetsResponse {
+            rule_sets: page.iter().map(convert::rule_set).collect(),
+            next_page_token: next,
+        }))
     }
 
     async fn activate_rule_set(
         &self,
         request: Request<pb::ActivateRuleSetRequest>,
     ) -> Answer<pb::ActivateRuleSetResponse> {
-        let call = Call::begin("ActivateRuleSet", &request);
-        call.end(async move {
-            let actor = actor_of(&request)?;
-            let r = request.into_inner();
-            required("request_id", &r.request_id)?;
-            if r.number == 0 {
-                return Err(bad_request(
-                    "number",
-                    "is required: a deployed version (1, 2, …)",
-                ));
-            }
-            let info = self
-                .engine
-                .activate_rules_once(r.number, &actor, &r.request_id)
-                .await
-                .map_err(engine_error(Wire::NONE))?;
-            tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set activated over gRPC");
-            Ok(Response::new(pb::ActivateRuleSetResponse {
-                rule_set: Some(convert::rule_set(&info)),
-            }))
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        if r.number == 0 {
+            return Err(bad_request(
+                "number",
+                "is required: a deployed version (1, 2, …)",
+            ));
         }
-        .await)
+        let info = self
+            .engine
+            .activate_rules_once(r.number, &actor, &r.request_id)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        tracing::info!(number = info.number, actor = %actor.id, request_id = %r.request_id, "rule set activated over gRPC");
+        Ok(Response::new(pb::ActivateRuleSetResponse {
+            rule_set: Some(convert::rule_set(&info)),
+        }))
     }
 
     async fn evaluate_rule(
         &self,
         request: Request<pb::EvaluateRuleRequest>,
     ) -> Answer<pb::EvaluateRuleResponse> {
-        let call = Call::begin("EvaluateRule", &request);
-        call.end(
-            async move {
-                let actor = actor_of(&request)?;
-                let r = request.into_inner();
-                required("decider", &r.decider)?;
-                if !r.decider.contains("::") {
-                    return Err(bad_request(
-                        "decider",
-                        format!(
-                            "`{}` is not a script function; write script::function",
-                            r.decider
-                        ),
-                    ));
-                }
-                let input = if r.instance_id.is_empty() {
-                    DryRunInput::Sample(convert::json_object("instance_json", &r.instance_json)?)
-                } else {
-                    DryRunInput::Instance(convert::instance_id("instance_id", &r.instance_id)?)
-                };
-                let payload = convert::json_object("payload_json", &r.payload_json)?;
-                let now = match &r.now {
-                    Some(t) => Some(convert::from_timestamp("now", t)?),
-                    None => None,
-                };
-                let number = (r.rule_set != 0).then_some(r.rule_set);
-                let started = std::time::Instant::now();
-                let run = self
-                    .engine
-                    .dry_run(number, &r.decider, input, payload, &actor, now)
-                    .await
-                    .map_err(|e| match e {
-                        CommandError::UnknownRuleSet(n) => not_found(
-                            "UNKNOWN_RULE_SET",
-                            format!("there is no rule set #{n}"),
-                            &[("rule_set", n.to_string())],
-                        ),
-                        other => to_status(&other, Wire::COMMAND),
-                    })?;
-                let elapsed = started.elapsed();
-                Ok(Response::new(pb::EvaluateRuleResponse {
-                    next_state: run.decision.next_state,
-                    reason: run.decision.reason,
-                    changes_json: serde_json::to_string(&run.decision.changes)
-                        .expect("JSON serializes"),
-                    outputs_json: serde_json::to_string(&run.outputs).expect("JSON serializes"),
-                    rule_set: run.rule_set,
-                    elapsed_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-                }))
-            }
-            .await,
-        )
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        required("decider", &r.decider)?;
+        if !r.decider.contains("::") {
+            return Err(bad_request(
+                "decider",
+                format!(
+                    "`{}` is not a script function; write script::function",
+                    r.decider
+                ),
+            ));
+        }
+        let input = if r.instance_id.is_empty() {
+            DryRunInput::Sample(convert::json_object("instance_json", &r.instance_json)?)
+        } else {
+            DryRunInput::Instance(convert::instance_id("instance_id", &r.instance_id)?)
+        };
+        let payload = convert::json_object("payload_json", &r.payload_json)?;
+        let now = match &r.now {
+            Some(t) => Some(convert::from_timestamp("now", t)?),
+            None => None,
+        };
+        let number = (r.rule_set != 0).then_some(r.rule_set);
+        let started = std::time::Instant::now();
+        let run = self
+            .engine
+            .dry_run(number, &r.decider, input, payload, &actor, now)
+            .await
+            .map_err(|e| match e {
+                CommandError::UnknownRuleSet(n) => not_found(
+                    "UNKNOWN_RULE_SET",
+                    format!("there is no rule set #{n}"),
+                    &[("rule_set", n.to_string())],
+                ),
+                other => to_status(&other, Wire::COMMAND),
+            })?;
+        let elapsed = started.elapsed();
+        Ok(Response::new(pb::EvaluateRuleResponse {
+            next_state: run.decision.next_state,
+            reason: run.decision.reason,
+            changes_json: serde_json::to_string(&run.decision.changes).expect("JSON serializes"),
+            outputs_json: serde_json::to_string(&run.outputs).expect("JSON serializes"),
+            rule_set: run.rule_set,
+            elapsed_micros: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        }))
     }
 }
 
@@ -722,101 +587,77 @@ impl pb::access_service_server::AccessService for Services {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Answer<pb::CreateTokenResponse> {
-        let call = Call::begin("CreateToken", &request);
-        call.end(
-            async move {
-                let by = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                let expires_at = match &r.expires_at {
-                    Some(t) => Some(convert::from_timestamp("expires_at", t)?),
-                    None => None,
-                };
-                let made = self
-                    .engine
-                    .create_credential(&by, &r.request_id, &r.actor, &r.roles, expires_at)
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::CreateTokenResponse {
-                    token: made.token,
-                    credential: Some(credential(&made.credential)),
-                }))
-            }
-            .await,
-        )
+        let by = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        let expires_at = match &r.expires_at {
+            Some(t) => Some(convert::from_timestamp("expires_at", t)?),
+            None => None,
+        };
+        let made = self
+            .engine
+            .create_credential(&by, &r.request_id, &r.actor, &r.roles, expires_at)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: made.token,
+            credential: Some(credential(&made.credential)),
+        }))
     }
 
     async fn list_tokens(
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Answer<pb::ListTokensResponse> {
-        let call = Call::begin("ListTokens", &request);
-        call.end(
-            async move {
-                let by = actor_of(&request)?;
-                let r = request.into_inner();
-                let position = convert::open_token("tokens", &[], &r.page_token)?;
-                let page = self
-                    .engine
-                    .credentials_page(&by, convert::page_size(r.page_size)?, position.as_deref())
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::ListTokensResponse {
-                    credentials: page.items.iter().map(credential).collect(),
-                    next_page_token: convert::seal_token("tokens", &[], page.next_page_token),
-                }))
-            }
-            .await,
-        )
+        let by = actor_of(&request)?;
+        let r = request.into_inner();
+        let position = convert::open_token("tokens", &[], &r.page_token)?;
+        let page = self
+            .engine
+            .credentials_page(&by, convert::page_size(r.page_size)?, position.as_deref())
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::ListTokensResponse {
+            credentials: page.items.iter().map(credential).collect(),
+            next_page_token: convert::seal_token("tokens", &[], page.next_page_token),
+        }))
     }
 
     async fn rotate_token(
         &self,
         request: Request<pb::RotateTokenRequest>,
     ) -> Answer<pb::RotateTokenResponse> {
-        let call = Call::begin("RotateToken", &request);
-        call.end(
-            async move {
-                let by = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                required("id", &r.id)?;
-                let made = self
-                    .engine
-                    .rotate_credential(&by, &r.request_id, &r.id)
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::RotateTokenResponse {
-                    token: made.token,
-                    credential: Some(credential(&made.credential)),
-                }))
-            }
-            .await,
-        )
+        let by = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        required("id", &r.id)?;
+        let made = self
+            .engine
+            .rotate_credential(&by, &r.request_id, &r.id)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::RotateTokenResponse {
+            token: made.token,
+            credential: Some(credential(&made.credential)),
+        }))
     }
 
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Answer<pb::RevokeTokenResponse> {
-        let call = Call::begin("RevokeToken", &request);
-        call.end(
-            async move {
-                let by = actor_of(&request)?;
-                let r = request.into_inner();
-                required("request_id", &r.request_id)?;
-                required("id", &r.id)?;
-                let revoked = self
-                    .engine
-                    .revoke_credential(&by, &r.request_id, &r.id)
-                    .await
-                    .map_err(engine_error(Wire::NONE))?;
-                Ok(Response::new(pb::RevokeTokenResponse {
-                    credential: Some(credential(&revoked)),
-                }))
-            }
-            .await,
-        )
+        let by = actor_of(&request)?;
+        let r = request.into_inner();
+        required("request_id", &r.request_id)?;
+        required("id", &r.id)?;
+        let revoked = self
+            .engine
+            .revoke_credential(&by, &r.request_id, &r.id)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::RevokeTokenResponse {
+            credential: Some(credential(&revoked)),
+        }))
     }
 }
 

@@ -238,6 +238,20 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
     for secret in [TOKEN, unknown, "e30.e30.c2ln"] {
         assert!(!text.contains(secret), "`{secret}` appears in the log");
     }
+    // One layer logs every call: the RPC, who called, and the outcome with its reason.
+    let start = "rpc{path=/switchyard.v1.InstanceService/StartInstance";
+    assert!(
+        text.lines()
+            .any(|l| l.contains(start) && l.contains("actor=loader") && l.contains("answered")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.contains(start)
+            && l.contains("refused")
+            && l.contains("Unauthenticated")
+            && l.contains("reason=UNKNOWN_CREDENTIALS")),
+        "{text}"
+    );
     assert!(
         !text.contains('\u{1b}'),
         "no colour escape codes in a log file"
