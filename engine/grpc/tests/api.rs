@@ -1646,3 +1646,81 @@ fn jwt(claims: serde_json::Value) -> String {
     )
     .unwrap()
 }
+
+#[tokio::test]
+async fn a_bulk_start_answers_each_item_with_its_own_status_and_its_size_is_bounded() {
+    let server = TestServer::start().await;
+    let item = |n: usize, data_json: &str| pb::StartInstanceRequest {
+        request_id: format!("bulk-{n}"),
+        definition: "quote".into(),
+        business_key: format!("Q-{n}"),
+        data_json: data_json.into(),
+        ..Default::default()
+    };
+    let good = quote_data("FIXED-4999");
+    let results = server
+        .instances()
+        .bulk_start_instances(as_role(
+            "sales_rep",
+            pb::BulkStartInstancesRequest {
+                items: vec![item(1, &good), item(2, "{\"customer\": 7}"), item(3, &good)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = results
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, [0, Code::InvalidArgument as i32, 0]);
+    // The bad item's status carries the details a single call would: the field it names.
+    let bad = results[1].status.clone().unwrap();
+    let status = tonic::Status::with_details(
+        Code::InvalidArgument,
+        bad.message.clone(),
+        prost::Message::encode_to_vec(&bad).into(),
+    );
+    assert!(
+        bad_fields(&status)
+            .iter()
+            .any(|f| f.starts_with("data_json")),
+        "{status:?}"
+    );
+    assert!(results[0].result.is_some() && !results[0].replayed);
+    // Sent again: the good items are replays, nothing is written twice.
+    let again = server
+        .instances()
+        .bulk_start_instances(as_role(
+            "sales_rep",
+            pb::BulkStartInstancesRequest {
+                items: vec![item(1, &good)],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(again[0].replayed);
+    assert_eq!(again[0].result, results[0].result);
+    assert_eq!(instance_count(&server).await, 2);
+    // 0 or 501 items: the call itself is refused naming `items`.
+    for n in [0, 501] {
+        let status = expect_refusal(
+            server
+                .instances()
+                .bulk_start_instances(as_role(
+                    "sales_rep",
+                    pb::BulkStartInstancesRequest {
+                        items: (0..n).map(|i| item(1000 + i, &good)).collect(),
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+            "INVALID_INPUT",
+        );
+        assert_eq!(bad_fields(&status), ["items"]);
+    }
+    server.stop().await;
+}
