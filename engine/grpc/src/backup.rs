@@ -1,7 +1,8 @@
 //! `switchyard.v1.BackupService`: a backup of the running server's store, streamed. The export
 //! runs on a blocking thread and hands the file to tonic in pieces through a small bounded
 //! channel: a slow client slows only the export (the store's write tap spills to disk
-//! meanwhile, `docs/backup.md`), never a commit, and holds at most that channel in memory.
+//! meanwhile, `docs/backup.md`, up to its limit), never a commit, and holds at most that
+//! channel in memory; a client that reads nothing for a minute ends its export.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -20,6 +21,9 @@ use crate::status::{to_status, Wire};
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Pieces waiting for the client.
 const STREAM_BUFFER: usize = 8;
+/// How long the export waits for a client that reads nothing before it gives up, so a stalled
+/// client cannot hold the one export (and the store's write tap) open.
+const PIECE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The backup service.
 #[derive(Clone)]
@@ -34,6 +38,7 @@ type Answer = Result<pb::ExportStoreResponse, Status>;
 struct Pieces {
     tx: mpsc::Sender<Answer>,
     buffer: Vec<u8>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Pieces {
@@ -42,9 +47,19 @@ impl Pieces {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
-        self.tx
-            .blocking_send(Ok(pb::ExportStoreResponse { data }))
-            .map_err(|_| std::io::Error::other("the client went away"))
+        // Runs on a blocking thread (spawn_blocking), where waiting on the runtime is allowed.
+        let sent = self.runtime.block_on(tokio::time::timeout(
+            PIECE_WAIT,
+            self.tx.send(Ok(pb::ExportStoreResponse { data })),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+            Err(_) => Err(std::io::Error::other(format!(
+                "the client read nothing for {} s",
+                PIECE_WAIT.as_secs()
+            ))),
+        }
     }
 }
 
@@ -76,10 +91,12 @@ impl pb::backup_service_server::BackupService for BackupService {
         require_role(&actor, roles::ADMIN, "export the store")?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let engine = self.engine.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut pieces = Pieces {
                 tx: tx.clone(),
                 buffer: Vec::with_capacity(CHUNK_BYTES),
+                runtime,
             };
             match engine.export(&mut pieces) {
                 Ok(summary) => tracing::info!(
@@ -91,7 +108,9 @@ impl pb::backup_service_server::BackupService for BackupService {
                 Err(e) => {
                     tracing::warn!(actor = %actor.id, error = %e, "store export failed");
                     let status = to_status(&CommandError::Store(e), Wire::NONE);
-                    let _ = tx.blocking_send(Err(status));
+                    let _ = pieces
+                        .runtime
+                        .block_on(tokio::time::timeout(PIECE_WAIT, tx.send(Err(status))));
                 }
             }
         });

@@ -901,6 +901,15 @@ pub fn export(
         return Ok(1);
     }
     let summary = last_line(out)?;
+    if !summary.starts_with("{\"end\":") {
+        // A stream that ended without its end line is not a backup.
+        eprintln!(
+            "--out {}: the export ended before the backup's end line; nothing kept",
+            out.display()
+        );
+        let _ = std::fs::remove_file(out);
+        return Ok(1);
+    }
     println!("exported to {} ({summary})", out.display());
     Ok(0)
 }

@@ -306,17 +306,34 @@ fn write_entry(out: &mut dyn Write, key: &[u8], value: Option<&[u8]>) -> Result<
     out.write_all(b"\n").map_err(io)
 }
 
+/// Most bytes an export's spill file may hold: the writes made while one export runs. Past
+/// it the export fails (and the tap stops costing commits anything), so a store written
+/// faster than a slow reader takes the backup never fills the disk.
+const SPILL_BYTES_MAX: u64 = 1 << 30;
+
 /// Catches the primary-key writes of a store while an export runs (see the module docs).
-#[derive(Default)]
 pub(crate) struct WriteTap {
     active: AtomicBool,
     spill: Mutex<Option<Spill>>,
+    /// [`SPILL_BYTES_MAX`], lowered by tests.
+    limit: u64,
+}
+
+impl Default for WriteTap {
+    fn default() -> Self {
+        WriteTap {
+            active: AtomicBool::new(false),
+            spill: Mutex::new(None),
+            limit: SPILL_BYTES_MAX,
+        }
+    }
 }
 
 /// Writes caught so far: `[key length u32][key][1 + value length u32 | 0][value]`, in order.
 struct Spill {
     path: PathBuf,
     file: BufWriter<File>,
+    bytes: u64,
     failed: Option<String>,
 }
 
@@ -342,8 +359,18 @@ impl WriteTap {
                 }
                 None => entry.extend_from_slice(&0u32.to_be_bytes()),
             }
+            spill.bytes += entry.len() as u64;
+            if spill.bytes > self.limit {
+                spill.failed = Some(format!(
+                    "the store changed by more than {} MiB while the export ran; export again at a quieter time, or export the stopped store",
+                    self.limit >> 20
+                ));
+                self.active.store(false, Ordering::Release);
+                return;
+            }
             if let Err(e) = spill.file.write_all(&entry) {
                 spill.failed = Some(format!("cannot write {}: {e}", spill.path.display()));
+                self.active.store(false, Ordering::Release);
                 return;
             }
         }
@@ -373,6 +400,7 @@ impl WriteTap {
         *spill = Some(Spill {
             path,
             file: BufWriter::with_capacity(1 << 20, file),
+            bytes: 0,
             failed: None,
         });
         self.active.store(true, Ordering::Release);
@@ -802,6 +830,29 @@ mod tests {
         prefixes.sort_unstable();
         prefixes.dedup();
         assert_eq!(prefixes.len(), KINDS.len());
+    }
+
+    #[test]
+    fn a_spill_past_its_limit_fails_the_export_and_stops_catching_writes() {
+        let tap = WriteTap {
+            limit: 64,
+            ..WriteTap::default()
+        };
+        tap.start().unwrap();
+        let write = |n: u8| Writes::from([(keys::feed_key(u64::from(n)), Some(vec![n; 20]))]);
+        tap.record(&write(1));
+        assert!(tap.active.load(Ordering::Acquire));
+        tap.record(&write(2));
+        tap.record(&write(3));
+        assert!(
+            !tap.active.load(Ordering::Acquire),
+            "past 64 bytes the tap stops"
+        );
+        let e = tap.stop().unwrap_err().to_string();
+        assert!(e.contains("changed by more than 0 MiB"), "{e}");
+        // The next export starts afresh.
+        tap.start().unwrap();
+        assert!(tap.stop().unwrap().is_some());
     }
 
     #[test]
