@@ -3,9 +3,10 @@
 //!
 //! A [`Subscription`] replays from the store and then follows the feed live. It only ever
 //! delivers events whose commit has been flushed (the committer publishes the durable
-//! offset after each flush), and it reads from the store in bounded pages rather than from an
-//! in-memory queue, so a slow subscriber holds no buffer the committer would have to fill
-//! and cannot slow commits down. Delivery is at-least-once across reconnects: a subscriber
+//! offset after each flush), and it reads from the store in bounded pages (at most 512 events
+//! and about 1 MiB, whatever the events' size) rather than from an in-memory queue, so a slow
+//! subscriber holds no more than one page, no buffer the committer would have to fill, and
+//! cannot slow commits down. Delivery is at-least-once across reconnects: a subscriber
 //! resumes after the last offset it processed and drops repeats by event id.
 //!
 //! # Event types
@@ -258,6 +259,9 @@ pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instanc
 
 /// Most events read from the store per page.
 const PAGE: usize = 512;
+/// Most bytes (as stored) read per page, whatever the events' size: what a subscription holds
+/// for a consumer that reads slowly is at most this page.
+const PAGE_BYTES: usize = 1 << 20;
 
 /// A live subscription to the feed. See the module docs.
 pub struct Subscription {
@@ -315,9 +319,10 @@ impl Subscription {
                     .min(PAGE);
                 let store = self.store.clone();
                 let after = self.cursor;
-                let events = tokio::task::spawn_blocking(move || store.feed(after, want))
-                    .await
-                    .expect("feed read task panicked")?;
+                let events =
+                    tokio::task::spawn_blocking(move || store.feed(after, want, PAGE_BYTES))
+                        .await
+                        .expect("feed read task panicked")?;
                 match events.first() {
                     Some(first) if first.offset == self.cursor + 1 => {}
                     _ => {

@@ -105,7 +105,7 @@ async fn an_export_under_eight_writers_restores_the_store_at_one_offset() {
     assert_eq!(restored.feed_bounds().unwrap(), (1, summary.feed_head));
     // The copy is one moment: each order's version, its history and its feed events agree, and
     // the feed is whole up to the head.
-    let feed = restored.feed(0, 1_000_000).unwrap();
+    let feed = restored.feed(0, 1_000_000, usize::MAX).unwrap();
     assert_eq!(feed.len() as u64, summary.feed_head);
     assert!(feed
         .iter()

@@ -1523,7 +1523,7 @@ payload = { more = { type = "json" } }
     let expected = r#"{"extra":{"z":1.10,"a":12345678901234567890123,"k":[2.50,{"y":0.1,"b":"x"}]},"more":{"q":3.000,"c":1}}"#;
     let instance = engine.get(id).await.unwrap();
     assert_eq!(serde_json::to_string(&instance.data).unwrap(), expected);
-    let events = engine.store().feed(0, 10).unwrap();
+    let events = engine.store().feed(0, 10, usize::MAX).unwrap();
     assert_eq!(
         serde_json::to_string(&events[1].data()["data"]).unwrap(),
         expected

@@ -481,7 +481,7 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
         write(instance(InstanceId::new(), 1, "created", "E"), None),
     )
     .unwrap();
-    let events = store.feed(0, 100).unwrap();
+    let events = store.feed(0, 100, usize::MAX).unwrap();
     assert_eq!(
         events.iter().map(|e| e.offset).collect::<Vec<_>>(),
         vec![1, 2, 3, 4]
@@ -493,7 +493,18 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
         "the counter assignment reaches the event"
     );
     assert_eq!(events[2].data()["version"], 2);
-    assert_eq!(store.feed(2, 1).unwrap()[0].offset, 3);
+    assert_eq!(store.feed(2, 1, usize::MAX).unwrap()[0].offset, 3);
+    // A page stops at its byte bound, but holds at least one event.
+    let offsets = |after, bytes| -> Vec<u64> {
+        let page = store.feed(after, 100, bytes).unwrap();
+        page.iter().map(|e| e.offset).collect()
+    };
+    assert_eq!(offsets(0, 1), vec![1]);
+    assert_eq!(offsets(1, 1), vec![2]);
+    assert!(
+        offsets(0, 300).len() < 4,
+        "4 events are more than 300 bytes as stored"
+    );
     assert_eq!(store.feed_bounds().unwrap(), (1, 4));
 
     // Retention purges the oldest events and moves the horizon.
@@ -504,7 +515,7 @@ fn feed_offsets_are_gap_free_and_refusals_take_none(store: &dyn Store) {
     assert_eq!(store.feed_bounds().unwrap(), (5, 5));
     assert_eq!(
         store
-            .feed(0, 100)
+            .feed(0, 100, usize::MAX)
             .unwrap()
             .iter()
             .map(|e| e.offset)

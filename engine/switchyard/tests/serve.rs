@@ -12,6 +12,9 @@ use switchyard_grpc::auth::token_hash;
 use switchyard_grpc::pb;
 use switchyard_grpc::pb::instance_service_client::InstanceServiceClient;
 
+mod common;
+use common::{listening, spawn_serve, stop};
+
 const TOKEN: &str = "load-test-token";
 
 fn rules_dir() -> std::path::PathBuf {
@@ -258,38 +261,6 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
     );
 }
 
-/// Starts `switchyard serve` in `cwd` with `args`; returns the child.
-fn spawn_serve(cwd: &Path, args: &[&str], soft_files: Option<u64>) -> std::process::Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-    command
-        .current_dir(cwd)
-        .arg("serve")
-        .args(args)
-        .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
-        .env("SWITCHYARD_METRICS_ENABLED", "false")
-        .env("SWITCHYARD_STORE_DURABILITY", "flush")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(soft) = soft_files {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: only getrlimit/setrlimit run between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                let mut limit = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-                limit.rlim_cur = soft.min(limit.rlim_max);
-                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-                Ok(())
-            });
-        }
-    }
-    command.spawn().unwrap()
-}
-
 #[test]
 fn serve_raises_its_soft_open_file_limit() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,16 +329,7 @@ fn serve_for_clients(dir: &Path, roles: &[&str], extra: &[&str]) -> (std::proces
     ];
     args.extend_from_slice(extra);
     let mut child = spawn_serve(dir, &args, None);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("switchyard listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    // Keep draining stdout so the server never writes to a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let addr = listening(&mut child);
     (child, addr)
 }
 
@@ -384,14 +346,6 @@ fn client(addr: &str, role: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
-}
-
-fn stop(mut child: std::process::Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
 }
 
 #[test]

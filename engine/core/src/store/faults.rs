@@ -185,8 +185,13 @@ impl<S: Store> Store for FaultyStore<S> {
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError> {
         self.inner.due_timers(now, limit)
     }
-    fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
-        self.inner.feed(after, limit)
+    fn feed(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        self.inner.feed(after, limit, max_bytes)
     }
     fn feed_bounds(&self) -> Result<(u64, u64), StoreError> {
         self.inner.feed_bounds()

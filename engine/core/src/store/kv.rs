@@ -35,6 +35,17 @@ pub(crate) trait KvRead {
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.scan_bounded(prefix, after, limit, usize::MAX)
+    }
+    /// As [`KvRead::scan`], but it also stops once the values read add up to `max_bytes`
+    /// (the entry that reaches it is included, so a page always holds at least one).
+    fn scan_bounded(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError>;
     /// Up to `limit` entries whose key starts with `prefix`, in reverse key order (the
     /// greatest first).
@@ -308,8 +319,9 @@ macro_rules! kv_store_reads {
             &self,
             after: u64,
             limit: usize,
+            max_bytes: usize,
         ) -> Result<Vec<$crate::feed::FeedEvent>, $crate::store::StoreError> {
-            $crate::store::kv::feed(self, after, limit)
+            $crate::store::kv::feed(self, after, limit, max_bytes)
         }
 
         fn feed_bounds(&self) -> Result<(u64, u64), $crate::store::StoreError> {
@@ -819,9 +831,10 @@ pub(crate) fn feed(
     kv: &dyn KvRead,
     after: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<FeedEvent>, StoreError> {
     let start = keys::feed_key(after);
-    kv.scan(&[prefix::FEED], Some(&start), limit)?
+    kv.scan_bounded(&[prefix::FEED], Some(&start), limit, max_bytes)?
         .into_iter()
         .map(|(k, v)| decode(&k, &v))
         .collect()
@@ -843,7 +856,7 @@ pub(crate) fn purge_feed(
     let (tail, _) = feed_bounds(kv)?;
     let mut writes = Writes::new();
     let mut next_tail = tail;
-    for event in feed(kv, tail.saturating_sub(1), limit)? {
+    for event in feed(kv, tail.saturating_sub(1), limit, usize::MAX)? {
         if event.time >= before {
             break;
         }

@@ -44,23 +44,27 @@ impl KvRead for MemoryStore {
             .cloned())
     }
 
-    fn scan(
+    fn scan_bounded(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let map = self.map.read().expect("memory store lock poisoned");
         let lower = match after {
             Some(a) => Bound::Excluded(a.to_vec()),
             None => Bound::Included(prefix.to_vec()),
         };
-        Ok(map
-            .range::<Vec<u8>, _>((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for (k, v) in map.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
+            if !k.starts_with(prefix) || out.len() == limit || bytes >= max_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(v.len());
+            out.push((k.clone(), v.clone()));
+        }
+        Ok(out)
     }
 
     fn scan_back(&self, prefix: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {

@@ -460,8 +460,14 @@ pub trait Store: Send + Sync + 'static {
     fn put_rule_set_request(&self, record: &RuleSetRequestRecord) -> Result<(), StoreError>;
     /// Timers due at or before `now`, earliest first, at most `limit`.
     fn due_timers(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<DueTimer>, StoreError>;
-    /// Feed events with offset > `after`, in offset order, at most `limit`.
-    fn feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
+    /// Feed events with offset > `after`, in offset order: at most `limit`, and no more once
+    /// their stored size reaches `max_bytes` (at least one event when there is one).
+    fn feed(
+        &self,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FeedEvent>, StoreError>;
     /// `(earliest retained offset, last assigned offset)`; `(1, 0)` for an empty feed.
     fn feed_bounds(&self) -> Result<(u64, u64), StoreError>;
     /// Deletes up to `limit` of the oldest events committed before `before`; returns how many.

@@ -187,22 +187,24 @@ impl KvRead for SledStore {
         Ok(self.db.get(key).map_err(io)?.map(|v| v.to_vec()))
     }
 
-    fn scan(
+    fn scan_bounded(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         let lower = match after {
             Some(a) => Bound::Excluded(a.to_vec()),
             None => Bound::Included(prefix.to_vec()),
         };
-        let mut out = Vec::new();
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
         for row in self.db.range::<Vec<u8>, _>((lower, Bound::Unbounded)) {
             let (k, v) = row.map_err(io)?;
-            if !k.starts_with(prefix) || out.len() == limit {
+            if !k.starts_with(prefix) || out.len() == limit || bytes >= max_bytes {
                 break;
             }
+            bytes = bytes.saturating_add(v.len());
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
