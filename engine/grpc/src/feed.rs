@@ -1,8 +1,8 @@
 //! `switchyard.v1.FeedService`: the event feed as a server stream. One task per stream reads
 //! the engine's [`FeedReader`] (a page of events from the store at a time) and hands messages
 //! to tonic through a small bounded channel, so a slow consumer holds at most that page (about
-//! 1 MiB) and that channel in memory and never holds up a commit. Streams end when the server begins to
-//! shut down, with UNAVAILABLE: the consumer reconnects after its last position.
+//! 1 MiB) and that channel in memory and never holds up a commit. Streams end when the server
+//! begins to shut down, with UNAVAILABLE: the consumer reconnects after its last position.
 
 use std::pin::Pin;
 use std::sync::Arc;
