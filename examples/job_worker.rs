@@ -1,6 +1,7 @@
 //! A job worker in its own process: it long-polls a running server over gRPC for the shipped
-//! configuration's jobs (`reserve_stock`, `release_stock`, `book_carrier`, `check_credit`,
-//! `capture_payment`, `refund_payment`) and answers each with the reference adapters of
+//! configuration's jobs (`reserve_stock`, `release_stock`, `restock_returned`, `book_carrier`,
+//! `check_credit`, `capture_payment`, `refund_payment`) and answers each with the reference
+//! adapters of
 //! `plugins/` — in-memory stock, a carrier, a credit system and a payment provider — through
 //! the same `answer` functions the in-process handlers use. A failed answer fails the job
 //! (retried after its backoff, then an incident). Replace the adapters with your ERP's.

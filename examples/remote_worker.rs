@@ -13,9 +13,10 @@ use switchyard_shipping::MemoryCarrier;
 use tonic::transport::Channel;
 
 /// The job types of the shipped configuration.
-pub const JOB_TYPES: [&str; 6] = [
+pub const JOB_TYPES: [&str; 7] = [
     "reserve_stock",
     "release_stock",
+    "restock_returned",
     "book_carrier",
     "check_credit",
     "capture_payment",
@@ -36,7 +37,7 @@ impl Adapters {
             .map_err(|e| format!("payload_json is not JSON: {e}"))?;
         let key = &job.job_id;
         match job.job_type.as_str() {
-            "reserve_stock" | "release_stock" => {
+            "reserve_stock" | "release_stock" | "restock_returned" => {
                 switchyard_inventory::answer(&self.inventory, &job.job_type, key, &payload)
             }
             "book_carrier" => switchyard_shipping::answer(&self.carrier, key, &payload),

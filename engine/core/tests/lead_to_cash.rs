@@ -1648,3 +1648,266 @@ async fn a_bad_backup_line_is_refused_naming_its_line() {
     store.import(&mut empty.as_bytes()).unwrap();
     assert!(store.entries().is_empty());
 }
+
+impl World {
+    /// A BETA order of `quantity` SEAL-KITs, reserved, shipped, delivered on 2026-04-03,
+    /// invoiced, paid and closed.
+    async fn closed_order(&self, key: &str, quantity: u32) -> InstanceId {
+        let lines = json!([{ "sku": "SEAL-KIT", "quantity": quantity }]);
+        let order = self.submitted_order(key, "BETA", lines).await;
+        self.complete_only_job(
+            "reserve_stock",
+            json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": quantity }] }),
+        )
+        .await;
+        let shipment = self
+            .send(order, "wh:logistics", "ship", json!({}))
+            .await
+            .unwrap()
+            .started[0];
+        self.send(shipment, "wh:logistics", "book", json!({}))
+            .await
+            .unwrap();
+        self.complete_only_job(
+            "book_carrier",
+            json!({ "carrier": "dhl", "tracking": "JD0009" }),
+        )
+        .await;
+        let delivered = json!({ "delivered_on": "2026-04-03" });
+        self.send(shipment, "wh:logistics", "deliver", delivered)
+            .await
+            .unwrap();
+        self.send(order, "fin:finance", "invoice", json!({}))
+            .await
+            .unwrap();
+        let total = self.data(order).await["invoices"][0]["total"].clone();
+        let payment = json!({ "amount": total, "method": "bank_transfer", "reference": "BT-9" });
+        self.send(order, "fin:finance", "record_payment", payment)
+            .await
+            .unwrap();
+        let closed = self.send(order, "fin:finance", "close", json!({})).await;
+        assert_eq!(closed.unwrap().state, "closed");
+        order
+    }
+
+    async fn request_return(
+        &self,
+        order: InstanceId,
+        reason_code: &str,
+        quantity: u32,
+        on: &str,
+    ) -> Result<CommandOutcome, CommandError> {
+        let payload = json!({
+            "reason_code": reason_code,
+            "requested_on": on,
+            "lines": [{ "sku": "SEAL-KIT", "quantity": quantity }],
+        });
+        self.send(order, "eva:customer_service", "request_return", payload)
+            .await
+    }
+
+    /// The order's (returning, returned) quantity of its only line.
+    async fn returns_held(&self, order: InstanceId) -> (Value, Value) {
+        let line = self.data(order).await["lines"][0].clone();
+        (line["returning"].clone(), line["returned"].clone())
+    }
+}
+
+#[tokio::test]
+async fn a_partial_return_of_a_closed_order_is_inspected_restocked_refunded_and_credited() {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    let order = w.closed_order("O-R", 10).await;
+
+    let ret = w
+        .request_return(order, "not_wanted", 3, "2026-04-20")
+        .await
+        .unwrap()
+        .started[0];
+    assert_eq!(w.returns_held(order).await, (json!("3"), Value::Null));
+    let r = w.engine.get(ret).await.unwrap();
+    assert_eq!(
+        (r.business_key.as_str(), r.state.as_str()),
+        ("SO-2026-000001/R1", "requested")
+    );
+    check(
+        &w,
+        ret,
+        "eva:customer_service",
+        "review",
+        json!({}),
+        "approved",
+        "not wanted: requested 17 days after delivery, within the 30-day window → approved",
+    )
+    .await;
+    let pickup = json!({ "pickup_on": "2026-04-22" });
+    check(
+        &w,
+        ret,
+        "eva:customer_service",
+        "schedule_pickup",
+        pickup,
+        "pickup_scheduled",
+        "pick-up on 2026-04-22, scheduled by eva",
+    )
+    .await;
+    let received = json!({ "received_on": "2026-04-23" });
+    check(
+        &w,
+        ret,
+        "wh:logistics",
+        "receive",
+        received,
+        "received",
+        "received on 2026-04-23 by wh: 3 × SEAL-KIT",
+    )
+    .await;
+    let inspection = json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 2, "scrap": 1 }] });
+    // 3 × 18.99 (BETA's 10-piece price) = 56.97; 15% restocking fee 8.55; net 48.42; tax
+    // 4.70 × 48.42 / 56.97 = 3.99.
+    check(&w, ret, "wh:logistics", "inspect", inspection, "inspected", "SEAL-KIT: 2 restocked, 1 scrapped; refund 52.41 EUR (goods 56.97 − restocking fee 8.55 (15%) − return shipping 0.00 = net 48.42 + tax 3.99)").await;
+
+    // The inventory puts 2 back; the payments adapter refunds, keyed by the job id.
+    let restocked = w.complete_only_job("restock_returned", json!({})).await;
+    assert_eq!(restocked.state, "refund_pending");
+    let jobs = w.engine.jobs(ret).await.unwrap();
+    let refund = jobs
+        .iter()
+        .find(|j| j.job_type == "refund_payment")
+        .unwrap();
+    assert_eq!(refund.payload["amount"], "52.41");
+    let refunded = w
+        .complete_only_job("refund_payment", json!({ "reference": "re_1" }))
+        .await;
+    assert_eq!(
+        (refunded.state.as_str(), refunded.reason.as_str()),
+        ("refunded", "refunded 52.41 EUR (re_1)")
+    );
+    // The credit note is numbered on the return and, in the same commit, recorded on the
+    // order against the invoice.
+    let data = w.data(order).await;
+    assert_eq!(w.engine.get(order).await.unwrap().state, "closed");
+    assert_eq!(w.returns_held(order).await, (json!("0"), json!("3")));
+    let credit_note = w.data(ret).await["credit_note"].clone();
+    assert_eq!(
+        (
+            credit_note["number"].clone(),
+            credit_note["invoice"].clone(),
+            credit_note["total"].clone(),
+            credit_note["net"].clone()
+        ),
+        (
+            json!("CN-2026-000001"),
+            data["invoices"][0]["number"].clone(),
+            json!("52.41"),
+            json!("48.42")
+        )
+    );
+    let recorded = &data["credit_notes"][0];
+    assert_eq!(
+        (recorded["return"].clone(), recorded["total"].clone()),
+        (json!("SO-2026-000001/R1"), json!("52.41"))
+    );
+    assert_eq!(data["refunded"], "52.41");
+    check(
+        &w,
+        ret,
+        "eva:customer_service",
+        "close",
+        json!({}),
+        "closed",
+        "closed by eva",
+    )
+    .await;
+
+    // 7 may still come back, not 8; a declined or withdrawn return frees its quantity again.
+    let refused = w
+        .request_return(order, "defective", 8, "2026-04-20")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "DECISION_REFUSED", "{refused}");
+    assert!(
+        refused.to_string().contains("(RETURN_EXCEEDS_DELIVERED)"),
+        "{refused}"
+    );
+    assert!(
+        refused
+            .to_string()
+            .contains("(7 delivered and not returned or in a return)"),
+        "{refused}"
+    );
+    let second = w
+        .request_return(order, "defective", 7, "2026-04-20")
+        .await
+        .unwrap()
+        .started[0];
+    assert_eq!(w.returns_held(order).await, (json!("7"), json!("3")));
+    let note = json!({ "note": "the customer kept them" });
+    check(
+        &w,
+        second,
+        "eva:customer_service",
+        "withdraw",
+        note,
+        "cancelled",
+        "withdrawn, recorded by eva: the customer kept them",
+    )
+    .await;
+    assert_eq!(w.returns_held(order).await, (json!("0"), json!("3")));
+    // Past the warranty: declined, the customer told why, the quantity free again.
+    let late = w
+        .request_return(order, "defective", 1, "2027-04-04")
+        .await
+        .unwrap()
+        .started[0];
+    assert_eq!(w.returns_held(order).await, (json!("1"), json!("3")));
+    check(&w, late, "eva:customer_service", "review", json!({}), "declined", "defective: requested 366 days after delivery, past the 30-day window and the warranty (until 2027-04-03) → declined").await;
+    assert_eq!(w.returns_held(order).await, (json!("0"), json!("3")));
+    assert_eq!(
+        w.data(late).await["notify"][0]["to"],
+        "customer",
+        "the customer is told why"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_returns_never_take_back_more_than_was_delivered() {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    for round in 0..10 {
+        let order = w.closed_order(&format!("O-C{round}"), 7).await;
+        let ask = |rid: &str| {
+            let payload = json!({ "reason_code": "not_wanted", "lines": [{ "sku": "SEAL-KIT", "quantity": 4 }] });
+            let request =
+                CommandRequest::new(order, "request_return", who("eva:customer_service"), rid);
+            w.engine.send(request.payload(payload))
+        };
+        let (first, second) = (format!("{round}-first"), format!("{round}-second"));
+        let (a, b) = tokio::join!(ask(&first), ask(&second));
+        let refused: Vec<_> = [&a, &b]
+            .into_iter()
+            .filter_map(|r| r.as_ref().err())
+            .collect();
+        assert_eq!(refused.len(), 1, "round {round}: {a:?} {b:?}");
+        assert!(
+            refused[0]
+                .to_string()
+                .contains("(RETURN_EXCEEDS_DELIVERED)"),
+            "{}",
+            refused[0]
+        );
+        assert_eq!(w.returns_held(order).await, (json!("4"), Value::Null));
+        let returns = w
+            .engine
+            .list(ListRequest::new().definition("return").page_size(100))
+            .await
+            .unwrap();
+        assert_eq!(
+            returns.items.len(),
+            round + 1,
+            "one return started per round"
+        );
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! A sales order that passes its credit check creates a `reserve_stock` job
 //! (`{ order, customer, lines: [{ sku, quantity }] }`); a cancelled one a `release_stock` job
-//! (`{ order, lines: [{ sku, quantity }] }`). [`register`] answers both in-process for any
-//! [`Inventory`]: the reservation's answer (`{ lines: [{ sku, reserved }] }`, line by line)
+//! (`{ order, lines: [{ sku, quantity }] }`); an inspected return a `restock_returned` job
+//! (`{ return, lines: [{ sku, quantity }] }`: the units that go back on the shelf).
+//! [`register`] answers all three in-process for any [`Inventory`]: the reservation's answer (`{ lines: [{ sku, reserved }] }`, line by line)
 //! becomes the order's `stock_reserved` command in the same commit as the job's completion.
 //!
 //! The job id is the idempotency key: an [`Inventory`] must answer a reservation it has seen
@@ -23,6 +24,8 @@ use switchyard_core::{ActivatedJob, Engine};
 pub const RESERVE_STOCK: &str = "reserve_stock";
 /// See [`RESERVE_STOCK`].
 pub const RELEASE_STOCK: &str = "release_stock";
+/// The job type the shipped `return` definition creates for restocked units.
+pub const RESTOCK_RETURNED: &str = "restock_returned";
 
 /// One line of a reservation or a release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,13 +45,16 @@ pub trait Inventory: Send + Sync + 'static {
     fn reserve(&self, key: &str, lines: &[Line]) -> Result<Vec<Decimal>, String>;
     /// Gives reserved quantity back to stock. Called again with the same `key`, does nothing.
     fn release(&self, key: &str, lines: &[Line]) -> Result<(), String>;
+    /// Puts returned units back in stock (available). Called again with the same `key`, does
+    /// nothing.
+    fn put_back(&self, key: &str, lines: &[Line]) -> Result<(), String>;
 }
 
 /// Answers the shipped `reserve_stock` and `release_stock` jobs of `engine` with `inventory`,
 /// in-process (`Engine::register_job_handler`: bounded by the engine's job handler timeout;
 /// a failure is retried, then an incident).
 pub fn register(engine: &Engine, inventory: Arc<dyn Inventory>) {
-    for job_type in [RESERVE_STOCK, RELEASE_STOCK] {
+    for job_type in [RESERVE_STOCK, RELEASE_STOCK, RESTOCK_RETURNED] {
         let inventory = inventory.clone();
         engine.register_job_handler(job_type, move |job: ActivatedJob| {
             let inventory = inventory.clone();
@@ -64,7 +70,8 @@ pub fn register(engine: &Engine, inventory: Arc<dyn Inventory>) {
     }
 }
 
-/// The answer to one job of `job_type` (`reserve_stock` or `release_stock`) with id `key` and
+/// The answer to one job of `job_type` (`reserve_stock`, `release_stock` or
+/// `restock_returned`) with id `key` and
 /// `payload`: what `register` completes it with, and what a worker in another process sends
 /// back with `CompleteJob`. `Err` fails the job.
 pub fn answer(
@@ -93,6 +100,10 @@ pub fn answer(
         }
         RELEASE_STOCK => {
             inventory.release(key, &lines)?;
+            Ok(json!({}))
+        }
+        RESTOCK_RETURNED => {
+            inventory.put_back(key, &lines)?;
             Ok(json!({}))
         }
         other => Err(format!(
@@ -142,6 +153,7 @@ struct Ledger {
     stock: BTreeMap<String, Stock>,
     reservations: BTreeMap<String, Vec<Decimal>>,
     releases: Vec<String>,
+    put_back: std::collections::BTreeSet<String>,
     failures_left: u32,
     failure: String,
 }
@@ -233,6 +245,18 @@ impl Inventory for MemoryInventory {
         ledger.releases.push(key.to_string());
         Ok(())
     }
+
+    fn put_back(&self, key: &str, lines: &[Line]) -> Result<(), String> {
+        let mut ledger = self.lock();
+        ledger.failing()?;
+        if !ledger.put_back.insert(key.to_string()) {
+            return Ok(());
+        }
+        for line in lines {
+            ledger.stock.entry(line.sku.clone()).or_default().available += line.quantity;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +295,18 @@ mod tests {
             Decimal::from(60),
             "released once"
         );
+    }
+
+    #[test]
+    fn returned_units_go_back_on_the_shelf_once_per_key() {
+        let inventory = MemoryInventory::with_stock([("A", 1)]);
+        let payload = json!({ "return": "r-1", "lines": [{ "sku": "A", "quantity": "2" }] });
+        for _ in 0..2 {
+            answer(&inventory, RESTOCK_RETURNED, "job-1", &payload).unwrap();
+        }
+        assert_eq!(inventory.stock("A").available, Decimal::from(3));
+        answer(&inventory, RESTOCK_RETURNED, "job-2", &payload).unwrap();
+        assert_eq!(inventory.stock("A").available, Decimal::from(5));
     }
 
     #[test]

@@ -362,6 +362,23 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
                 Box::<EvalAltResult>::from(format!("add_hours(\"{time}\", {hours}): out of range"))
             })
     });
+    // add_months("2025-01-31", 1) = "2025-02-28": the month's last day when it is shorter.
+    engine.register_fn("add_months", |date: ImmutableString, months: INT| {
+        let d = date_of(&date)?;
+        let moved = u32::try_from(months.unsigned_abs())
+            .ok()
+            .map(chrono::Months::new)
+            .and_then(|m| {
+                if months < 0 {
+                    d.checked_sub_months(m)
+                } else {
+                    d.checked_add_months(m)
+                }
+            });
+        moved.map(|d| d.to_string()).ok_or_else(|| {
+            Box::<EvalAltResult>::from(format!("add_months(\"{date}\", {months}): out of range"))
+        })
+    });
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
     engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
         Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())
@@ -462,7 +479,7 @@ mod tests {
             let (a, b) = (quoted(&a), quoted(&b));
             let expr = match which {
                 0 => format!("add_days({a}, {n})"),
-                1 => format!("add_hours({a}, {n})"),
+                1 => format!("add_hours({a}, {n}) + add_months({a}, {n})"),
                 2 => format!("days_between({a}, {b})"),
                 3 => format!("decimal({a})"),
                 4 => format!("decimal({n})"),
@@ -493,6 +510,17 @@ mod tests {
         assert!(e.to_string().contains("out of range"), "{e}");
         let e = eval("add_hours(\"2026-03-01T00:00:00Z\", -9223372036854775807)").unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");
+        let e = eval("add_months(\"2026-03-01\", 9223372036854775807)").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = eval("add_months(\"2026-03-01\", -9223372036854775808)").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        for (expr, date) in [
+            ("add_months(\"2025-04-01\", 12)", "2026-04-01"),
+            ("add_months(\"2025-01-31\", 1)", "2025-02-28"),
+            ("add_months(\"2024-03-31\", -1)", "2024-02-29"),
+        ] {
+            assert_eq!(eval(expr).unwrap().into_string().unwrap(), date, "{expr}");
+        }
         assert_eq!(
             eval("add_days(\"2026-03-01\", 30)")
                 .unwrap()
