@@ -343,6 +343,9 @@ pub enum Effect {
         business_key: String,
         /// Its initial data, checked against that definition's start schema.
         data: Value,
+        /// The state it begins in: the definition's `initial` when `None`, else one of its
+        /// `[start] states`.
+        state: Option<String>,
     },
     /// Change a linked instance's data (the parent, or a child), version-checked: if it
     /// changed since the decider saw it, the command is re-evaluated.

@@ -332,3 +332,34 @@ fn jobs_must_be_declared_and_complete_through_a_system_command() {
         "test.toml:19:1: job `pick`: completion command `picked` is not declared"
     );
 }
+
+#[test]
+fn start_states_must_be_declared_and_not_terminal_and_count_as_reachable() {
+    let roles = "roles = [\"sales_rep\"]\n";
+    check(
+        roles,
+        "roles = [\"sales_rep\"]\nstates = [\"sent\"]\n",
+        "test.toml:7:10: [start] states: `sent` is not declared in [states]; declared: done, draft",
+    );
+    check(
+        roles,
+        "roles = [\"sales_rep\"]\nstates = [\"done\"]\n",
+        "test.toml:7:10: [start] states: `done` is terminal; an instance could never move",
+    );
+    // A state only a start begins in is reachable.
+    let text = VALID
+        .replacen(roles, "roles = [\"sales_rep\"]\nstates = [\"held\"]\n", 1)
+        .replacen(
+            "done = { terminal = true }",
+            "done = { terminal = true }\nheld = {}",
+            1,
+        )
+        .replacen("from = [\"draft\"]", "from = [\"draft\", \"held\"]", 1);
+    assert_eq!(errors(&text), "", "{text}");
+    let unreachable = text.replacen("states = [\"held\"]\n", "", 1);
+    assert!(
+        errors(&unreachable).contains("state `held` is unreachable"),
+        "{}",
+        errors(&unreachable)
+    );
+}

@@ -758,6 +758,7 @@ async fn invalid_decisions_are_refused_naming_the_decider() {
                 definition: "order".into(),
                 business_key: "k".into(),
                 data: json!({}),
+                state: None,
             }),
         )
     });

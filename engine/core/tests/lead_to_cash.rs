@@ -1911,3 +1911,244 @@ async fn two_concurrent_returns_never_take_back_more_than_was_delivered() {
         );
     }
 }
+
+impl World {
+    /// The provider reports a dispute on `order` (finance enters it here; a provider's
+    /// webhook sends the same command).
+    async fn open_dispute(
+        &self,
+        order: InstanceId,
+        kind: &str,
+        amount: &str,
+        due: &str,
+    ) -> InstanceId {
+        let payload = json!({
+            "provider": "stripe", "dispute_id": "dp_1", "kind": kind,
+            "reason_code": "product_not_received", "amount": amount, "evidence_due_by": due,
+        });
+        self.send(order, "fin:finance", "open_dispute", payload)
+            .await
+            .unwrap()
+            .started[0]
+    }
+}
+
+#[tokio::test]
+async fn scenario_10_a_dispute_on_a_refunded_order_is_flagged_never_refunded_again_and_lost_on_time_after_a_restart(
+) {
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut store = SledConfig::new(store_dir.path());
+    store.durability = Durability::Flush;
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap(),
+    ));
+    let w = world(&[], StoreConfig::Sled(store.clone()), clock.clone()).await;
+    // Given an order refunded for a return of 3 (52.41 EUR)
+    let order = w.closed_order("O-D", 10).await;
+    let ret = w
+        .request_return(order, "not_wanted", 3, "2026-04-20")
+        .await
+        .unwrap()
+        .started[0];
+    for (actor, command, payload) in [
+        ("eva:customer_service", "review", json!({})),
+        (
+            "wh:logistics",
+            "receive",
+            json!({ "received_on": "2026-04-21" }),
+        ),
+        (
+            "wh:logistics",
+            "inspect",
+            json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 0, "scrap": 3 }] }),
+        ),
+    ] {
+        w.send(ret, actor, command, payload).await.unwrap();
+    }
+    w.complete_only_job("refund_payment", json!({ "reference": "re_1" }))
+        .await;
+    // When the cardholder disputes the payment, evidence due in 7 days
+    let dispute = w
+        .open_dispute(order, "chargeback", "120.00", "2026-04-27T09:00:00Z")
+        .await;
+    // Then finance is alerted, the dispute is flagged with the refund, and nothing is refunded
+    let history = w.engine.history(order, 0, 100).await.unwrap();
+    assert_eq!(history.last().unwrap().reason, "chargeback SO-2026-000001/D1 (stripe dp_1, product_not_received): 120.00 EUR, evidence due by 2026-04-27T09:00:00Z; flagged: 52.41 EUR refunded already: 52.41 for return SO-2026-000001/R1 (re_1) — answer with the refund, never refund again; finance alerted (high)");
+    let data = w.data(order).await;
+    assert_eq!(
+        data["alerts"],
+        json!([{ "kind": "dispute", "severity": "high", "dispute": "SO-2026-000001/D1", "due": "2026-04-27T09:00:00Z" }])
+    );
+    assert_eq!(data["notify"][0]["to"], "finance");
+    let d = w.engine.get(dispute).await.unwrap();
+    assert_eq!(d.state, "needs_response");
+    assert_eq!(d.data["recommendation"], "respond");
+    assert_eq!(d.data["refunded"]["total"], "52.41");
+    assert_eq!(
+        d.data["movements"],
+        json!([{ "kind": "withdrawn", "amount": "120.00", "at": "2026-04-20T09:00:00Z" }])
+    );
+    let refund_jobs = w.engine.jobs(order).await.unwrap();
+    assert!(
+        refund_jobs.iter().all(|j| j.job_type != "refund_payment"),
+        "no second refund: {refund_jobs:?}"
+    );
+    // When 48 hours before the due date pass, then finance is alerted again
+    clock.set(Utc.with_ymd_and_hms(2026, 4, 25, 9, 0, 0).unwrap());
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    let d = w.engine.get(dispute).await.unwrap();
+    assert_eq!(
+        (d.state.as_str(), d.data["severity"].clone()),
+        ("needs_response", json!("critical"))
+    );
+    // and the engine restarts before the due date; no evidence comes
+    w.engine.shutdown().await;
+    drop(w);
+    clock.set(Utc.with_ymd_and_hms(2026, 4, 27, 9, 0, 0).unwrap());
+    let w = world(&[], StoreConfig::Sled(store), clock.clone()).await;
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 1);
+    let d = w.engine.get(dispute).await.unwrap();
+    assert_eq!(d.state, "lost");
+    assert_eq!(
+        w.engine
+            .history(dispute, 0, 10)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .reason,
+        "no evidence by 2026-04-27T09:00:00Z → lost"
+    );
+    assert_eq!(w.engine.fire_due_timers().await.unwrap(), 0, "fired once");
+    w.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn evidence_cites_the_refund_a_won_dispute_is_reinstated_and_a_second_chargeback_reopens_it()
+{
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    let order = w.closed_order("O-W", 10).await;
+    // An inquiry withdraws nothing; the provider turns it into a chargeback.
+    let dispute = w
+        .open_dispute(order, "inquiry", "189.90", "2026-05-10T00:00:00Z")
+        .await;
+    let d = w.engine.get(dispute).await.unwrap();
+    assert_eq!(
+        (d.state.as_str(), d.data["movements"].clone()),
+        ("inquiry", json!([]))
+    );
+    assert_eq!(d.data["severity"], "warning");
+    let filed = json!({ "evidence_due_by": "2026-05-12T00:00:00Z" });
+    check(&w, dispute, "fin:finance", "chargeback_filed", filed, "needs_response", "the inquiry became a chargeback: 189.90 EUR withdrawn, evidence due by 2026-05-12T00:00:00Z").await;
+    let evidence = json!({ "evidence": "Signed proof of delivery attached." });
+    check(
+        &w,
+        dispute,
+        "fin:finance",
+        "submit_evidence",
+        evidence,
+        "under_review",
+        "evidence submitted by fin",
+    )
+    .await;
+    check(
+        &w,
+        dispute,
+        "fin:finance",
+        "decided",
+        json!({ "outcome": "won" }),
+        "won",
+        "won: 189.90 EUR reinstated",
+    )
+    .await;
+    // Won is not final: a second chargeback withdraws the funds again and needs new evidence.
+    let again = json!({ "stage": "second_chargeback", "evidence_due_by": "2026-06-01T00:00:00Z" });
+    check(&w, dispute, "fin:finance", "reopen", again, "needs_response", "reopened by a second chargeback: 189.90 EUR withdrawn again, evidence due by 2026-06-01T00:00:00Z").await;
+    let d = w.engine.get(dispute).await.unwrap();
+    let kinds: Vec<&str> = d.data["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["withdrawn", "reinstated", "withdrawn"]);
+    assert_eq!(d.timers.len(), 2, "escalation and evidence timers again");
+
+    // A refund made meanwhile is cited in the evidence.
+    let ret = w
+        .request_return(order, "defective", 1, "2026-04-20")
+        .await
+        .unwrap()
+        .started[0];
+    for (actor, command, payload) in [
+        ("eva:customer_service", "review", json!({})),
+        (
+            "wh:logistics",
+            "receive",
+            json!({ "received_on": "2026-04-21" }),
+        ),
+        (
+            "wh:logistics",
+            "inspect",
+            json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 0, "scrap": 1 }] }),
+        ),
+    ] {
+        w.send(ret, actor, command, payload).await.unwrap();
+    }
+    w.complete_only_job("refund_payment", json!({ "reference": "re_9" }))
+        .await;
+    let evidence = json!({ "evidence": "The customer returned one unit and was refunded." });
+    let out = check(&w, dispute, "fin:finance", "submit_evidence", evidence, "under_review", "evidence submitted by fin; it cites the refund (20.56 EUR refunded already: 20.56 for return SO-2026-000001/R1 (re_9))").await;
+    assert_eq!(out.state, "under_review");
+    let text = w.data(dispute).await["evidence"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.ends_with("Refund on record: 20.56 EUR refunded already: 20.56 for return SO-2026-000001/R1 (re_9)."), "{text}");
+    check(
+        &w,
+        dispute,
+        "fin:finance",
+        "decided",
+        json!({ "outcome": "lost" }),
+        "lost",
+        "lost: 189.90 EUR stay withdrawn",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_linked_start_may_begin_only_in_a_declared_start_state() {
+    let w = memory_world(&[(
+        "scripts/sales_order.rhai",
+        r#"state: if payload.kind == "inquiry" { "inquiry" } else { "needs_response" },"#,
+        r#"state: "won","#,
+    )])
+    .await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    let order = w.closed_order("O-S", 1).await;
+    let before = w.engine.get(order).await.unwrap().version;
+    let payload = json!({
+        "provider": "stripe", "dispute_id": "dp_2", "kind": "chargeback",
+        "reason_code": "fraudulent", "amount": "10.00", "evidence_due_by": "2026-05-01T00:00:00Z",
+    });
+    let refused = w
+        .send(order, "fin:finance", "open_dispute", payload)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "DECISION_INVALID", "{refused}");
+    assert!(
+        refused.to_string().contains(
+            "a new `chargeback` cannot begin in `won`; it begins in: needs_response, inquiry"
+        ),
+        "{refused}"
+    );
+    assert_eq!(
+        w.engine.get(order).await.unwrap().version,
+        before,
+        "nothing written"
+    );
+}

@@ -128,6 +128,7 @@ fn deciders(decline: Plan, finish: Plan) -> DeciderRegistry {
                 definition: "deal".into(),
                 business_key: format!("deal-{open}"),
                 data: json!({}),
+                state: None,
             }))
     });
     r.register("account.deal_closed", |ctx: &DecisionContext<'_>| {
@@ -172,6 +173,7 @@ fn deciders(decline: Plan, finish: Plan) -> DeciderRegistry {
                 definition: "task".into(),
                 business_key: "t".into(),
                 data: json!({}),
+                state: None,
             })
             .with_effect(Effect::SendLinked {
                 to: LinkedTarget::Parent,

@@ -211,7 +211,14 @@ async fn definitions_list_and_get() {
     let names: Vec<&str> = listed.definitions.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["lead", "quote", "return", "sales_order", "shipment"]
+        vec![
+            "chargeback",
+            "lead",
+            "quote",
+            "return",
+            "sales_order",
+            "shipment"
+        ]
     );
     let paged = client
         .list_definitions(as_role(
@@ -294,7 +301,7 @@ async fn definitions_list_and_get() {
         ))
         .await;
     // Lowered to the maximum, not refused (AIP-158).
-    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 5);
+    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 6);
     server.stop().await;
 }
 
@@ -1372,7 +1379,7 @@ async fn tls_when_a_certificate_is_configured() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.definitions.len(), 5);
+    assert_eq!(listed.definitions.len(), 6);
     expect_refusal(
         client
             .list_definitions(tonic::Request::new(pb::ListDefinitionsRequest::default()))

@@ -118,6 +118,9 @@ pub struct StartDef {
     pub roles: Vec<String>,
     /// Schema of the initial data.
     pub payload: Schema,
+    /// States besides `initial` a linked start may begin in (`[start] states`), e.g. a
+    /// dispute opened as an inquiry or as a chargeback; declared and not terminal.
+    pub states: Vec<String>,
 }
 
 /// One command (a transition, possibly with several outcomes).
@@ -476,6 +479,8 @@ struct StartSpec {
     roles: Spanned<Vec<String>>,
     #[serde(default)]
     payload: BTreeMap<String, Spanned<FieldSpec>>,
+    #[serde(default)]
+    states: Option<Spanned<Vec<String>>>,
 }
 
 /// `[cancel]`, `[read]` and `[owner]`: who may.
@@ -672,6 +677,28 @@ fn check_file(
         Some(_) => {}
     }
 
+    let mut start_states = Vec::new();
+    if let Some(states) = &f.start.get_ref().states {
+        for name in states.get_ref() {
+            match f.states.get(name) {
+                None => problem(
+                    states.span(),
+                    format!(
+                        "[start] states: `{name}` is not declared in [states]; declared: {}",
+                        list(f.states.keys())
+                    ),
+                ),
+                Some(s) if s.get_ref().terminal => problem(
+                    states.span(),
+                    format!("[start] states: `{name}` is terminal; an instance could never move"),
+                ),
+                Some(_) if *name != initial && !start_states.contains(name) => {
+                    start_states.push(name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+    }
     let start_roles = check_roles("[start]", &f.start.get_ref().roles, problems);
     let mut schema_problems = Vec::new();
     let start_payload = compile_schema(&f.start.get_ref().payload, &mut schema_problems);
@@ -937,6 +964,7 @@ fn check_file(
     // Reachability from the initial state, and dead ends.
     let mut reached: BTreeSet<&str> = BTreeSet::new();
     let mut queue = VecDeque::from([initial.as_str()]);
+    queue.extend(start_states.iter().map(String::as_str));
     while let Some(s) = queue.pop_front() {
         if reached.insert(s) {
             queue.extend(edges.get(s).into_iter().flatten().copied());
@@ -989,6 +1017,7 @@ fn check_file(
         start: StartDef {
             roles: start_roles,
             payload: start_payload,
+            states: start_states,
         },
         read_roles,
         cancel_roles,

@@ -17,7 +17,7 @@ use super::requests::CommandRequest;
 use super::{timers, Active, Engine, Prepared};
 use crate::decider::{BalanceRead, CounterAssign, CounterRead, Decision, Effect, LinkedTarget};
 use crate::definition::{CommandDef, Definition};
-use crate::error::CommandError;
+use crate::error::{clip, CommandError};
 use crate::feed::{EventDraft, EventType};
 use crate::job::Job;
 use crate::model::{
@@ -121,7 +121,8 @@ impl<'a> CommitBuilder<'a> {
                 definition,
                 business_key,
                 data,
-            } => self.start_linked(&definition, &business_key, data),
+                state,
+            } => self.start_linked(&definition, &business_key, data, state),
             Effect::UpdateLinked {
                 instance,
                 expected_version,
@@ -158,6 +159,7 @@ impl<'a> CommitBuilder<'a> {
         child_name: &str,
         business_key: &str,
         data: Value,
+        state: Option<String>,
     ) -> Result<(), CommandError> {
         let cx = self.cx;
         if !cx.command.effects.start.iter().any(|s| s == child_name) {
@@ -181,7 +183,20 @@ impl<'a> CommitBuilder<'a> {
                     .join("; ")
             )));
         }
-        let timers = timers::timers_for(child_def, &child_def.initial, &data, cx.now)
+        let state = match state {
+            None => child_def.initial.clone(),
+            Some(s) if s == child_def.initial || child_def.start.states.contains(&s) => s,
+            Some(s) => {
+                let mut allowed = vec![child_def.initial.clone()];
+                allowed.extend(child_def.start.states.iter().cloned());
+                return Err(self.invalid(format!(
+                    "a new `{child_name}` cannot begin in `{}`; it begins in: {}",
+                    clip(&s, 64),
+                    display_list(&allowed)
+                )));
+            }
+        };
+        let timers = timers::timers_for(child_def, &state, &data, cx.now)
             .map_err(|e| self.invalid(format!("the new `{child_name}`: {e}")))?;
         let mut child = Instance::new_started(
             child_def,
@@ -191,6 +206,7 @@ impl<'a> CommitBuilder<'a> {
             cx.now,
         );
         child.parent = Some(cx.instance.id);
+        child.state = state;
         child.timers = timers;
         child.rule_set = cx.rules.rule_set.as_ref().map(|r| r.number);
         let reason = format!(

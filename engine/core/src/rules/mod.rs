@@ -793,6 +793,14 @@ fn effect_from(item: &Value) -> Result<Effect, String> {
                 .unwrap_or_default()
                 .to_string(),
             data: field(map, "data").cloned().unwrap_or_else(|| json!({})),
+            state: match field(map, "state") {
+                None => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .ok_or_else(|| format!("`state` must be a string, got {v}"))?
+                        .to_string(),
+                ),
+            },
         });
     }
     if field(map, "update").is_some() {

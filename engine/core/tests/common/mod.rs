@@ -116,6 +116,7 @@ pub fn deciders() -> DeciderRegistry {
                     definition: "shipment".into(),
                     business_key: ctx.instance.business_key.clone(),
                     data: json!({ "order_total": total.to_string() }),
+                    state: None,
                 }),
         )
     });
