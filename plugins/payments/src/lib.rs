@@ -6,12 +6,16 @@
 //! [`PaymentProvider`]: a capture's answer (`{ capture, outcome: "captured", reference }` or
 //! `{ capture, outcome: "declined", reason }`) becomes the order's `payment_captured` — a
 //! declined card is an answer, not a failure, so it is recorded at once and not retried — and
-//! a refund's (`{ reference }`) its `credit_refunded`.
+//! a refund's (`{ reference }`) its `credit_refunded` (or a return's `refund_completed`).
+//!
+//! [`webhooks`] checks the providers' webhook signatures (Stripe-style and Adyen-style).
 //!
 //! The job id is the idempotency key handed to the provider (as payment providers take one):
 //! a retried job must not charge or refund twice. [`MemoryPaymentProvider`] is the reference
 //! implementation (cards that decline, failures on demand); an ERP implements
 //! [`PaymentProvider`] over its payment service provider.
+
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
