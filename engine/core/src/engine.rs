@@ -86,6 +86,8 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Store calls running on blocking threads (see `Engine::store_call`).
     store_calls: Arc<AtomicUsize>,
+    /// Background work holding the engine (see `BackgroundHold`).
+    background: Arc<AtomicUsize>,
     store: Arc<dyn Store>,
     queue: RwLock<Option<mpsc::Sender<Work>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -183,6 +185,35 @@ impl Drop for StoreCall {
     fn drop(&mut self) {
         self.store = None;
         self.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a piece of background work — a periodic pass, a timer's command, an in-process job
+/// handler's round — while it holds the engine, so `shutdown` can wait for it to let go: an
+/// aborted task cannot be made to drop what it holds at once, and the engine (with a sled
+/// store's lock) is released only when its last holder drops. Declare it before the engine
+/// handle it guards, so the handle drops first.
+pub(crate) struct BackgroundHold(Arc<AtomicUsize>);
+
+impl BackgroundHold {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        BackgroundHold(count.clone())
+    }
+}
+
+impl Drop for BackgroundHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Aborts a task when dropped: a pass aborted with the task that awaits it.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

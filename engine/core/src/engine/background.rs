@@ -37,7 +37,14 @@ impl Engine {
                 // Each pass on its own task: a pass that panics is logged and the next one
                 // runs on schedule.
                 let work = work.clone();
-                let pass = tokio::spawn(async move { work(Engine { inner }).await });
+                let held = super::BackgroundHold::new(&inner.background);
+                let pass = tokio::spawn(async move {
+                    let _held = held;
+                    let engine = Engine { inner };
+                    work(engine).await
+                });
+                // Stopping the task stops its pass too.
+                let _abort = super::AbortOnDrop(pass.abort_handle());
                 if let Err(e) = pass.await {
                     if e.is_panic() {
                         tracing::error!("a periodic engine task panicked; it runs again next time");
@@ -102,11 +109,16 @@ impl Engine {
                 due.timer.due.timestamp_millis()
             ),
         );
+        let held = self.background_hold();
         let engine = self.clone();
         let timer = due.timer.clone();
-        let sent =
-            tokio::spawn(async move { engine.send_inner(request, Origin::Timer(&timer)).await })
-                .await;
+        let sent = tokio::spawn(async move {
+            let _held = held;
+            let engine = engine;
+            engine.send_inner(request, Origin::Timer(&timer)).await
+        });
+        let _abort = super::AbortOnDrop(sent.abort_handle());
+        let sent = sent.await;
         let failure = match sent {
             Ok(Ok(Applied::Now(_))) => return true,
             Ok(Ok(Applied::Replayed(_))) | Ok(Err(CommandError::TimerNotOpen { .. })) => {

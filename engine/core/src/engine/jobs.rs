@@ -547,6 +547,7 @@ impl Engine {
         tokio::spawn(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
+                let held = super::BackgroundHold::new(&inner.background);
                 let engine = Engine { inner };
                 let poll = engine.inner.config.job_poll_interval;
                 // Registered before looking, so a job created meanwhile still wakes us; the
@@ -562,8 +563,9 @@ impl Engine {
                 for job in jobs {
                     engine.run_handler(&job_type, handler.clone(), job).await;
                 }
+                drop(engine);
+                drop(held);
                 if idle {
-                    drop(engine);
                     tokio::select! {
                         _ = notified => {}
                         _ = tokio::time::sleep(poll) => {}

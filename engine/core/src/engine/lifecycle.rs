@@ -77,6 +77,7 @@ impl Engine {
                 rules_admin: tokio::sync::Mutex::new(()),
                 tasks: Mutex::new(Vec::new()),
                 store_calls: Arc::new(AtomicUsize::new(0)),
+                background: Arc::new(AtomicUsize::new(0)),
                 store,
                 queue: RwLock::new(Some(tx)),
                 committer: Mutex::new(Some(handle)),
@@ -246,8 +247,9 @@ impl Engine {
         self.stop_tasks().await;
     }
 
-    /// Stops the periodic tasks, then waits for any blocking store call they started to
-    /// return, so that a sled store can be reopened as soon as the engine is dropped.
+    /// Stops the periodic tasks, then waits (up to 5 s) for any blocking store call they
+    /// started to return and any background work to let go of the engine, so that a sled
+    /// store can be reopened as soon as the caller drops its engine.
     async fn stop_tasks(&self) {
         let tasks: Vec<_> = self
             .inner
@@ -261,11 +263,18 @@ impl Engine {
             let _ = task.await;
         }
         for _ in 0..500 {
-            if self.inner.store_calls.load(Ordering::Acquire) == 0 {
+            if self.inner.store_calls.load(Ordering::Acquire) == 0
+                && self.inner.background.load(Ordering::Acquire) == 0
+            {
                 break;
             }
             tokio::time::sleep(StdDuration::from_millis(10)).await;
         }
+    }
+
+    /// Counts background work holding the engine until it lets go (see `BackgroundHold`).
+    pub(crate) fn background_hold(&self) -> super::BackgroundHold {
+        super::BackgroundHold::new(&self.inner.background)
     }
 
     /// Counts a store call made on a blocking thread until it returns, so `shutdown` can wait
