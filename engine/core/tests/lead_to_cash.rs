@@ -1706,6 +1706,37 @@ impl World {
             .await
     }
 
+    /// A return of `quantity` SEAL-KITs for `reason_code`, approved, received, scrapped and
+    /// refunded by the payments adapter with `reference`.
+    async fn refunded_return(
+        &self,
+        order: InstanceId,
+        reason_code: &str,
+        quantity: u32,
+        reference: &str,
+    ) {
+        let ret = self
+            .request_return(order, reason_code, quantity, "2026-04-20")
+            .await
+            .unwrap()
+            .started[0];
+        let inspection =
+            json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 0, "scrap": quantity }] });
+        for (actor, command, payload) in [
+            ("eva:customer_service", "review", json!({})),
+            (
+                "wh:logistics",
+                "receive",
+                json!({ "received_on": "2026-04-21" }),
+            ),
+            ("wh:logistics", "inspect", inspection),
+        ] {
+            self.send(ret, actor, command, payload).await.unwrap();
+        }
+        self.complete_only_job("refund_payment", json!({ "reference": reference }))
+            .await;
+    }
+
     /// The order's (returning, returned) quantity of its only line.
     async fn returns_held(&self, order: InstanceId) -> (Value, Value) {
         let line = self.data(order).await["lines"][0].clone();
@@ -1945,28 +1976,7 @@ async fn scenario_10_a_dispute_on_a_refunded_order_is_flagged_never_refunded_aga
     let w = world(&[], StoreConfig::Sled(store.clone()), clock.clone()).await;
     // Given an order refunded for a return of 3 (52.41 EUR)
     let order = w.closed_order("O-D", 10).await;
-    let ret = w
-        .request_return(order, "not_wanted", 3, "2026-04-20")
-        .await
-        .unwrap()
-        .started[0];
-    for (actor, command, payload) in [
-        ("eva:customer_service", "review", json!({})),
-        (
-            "wh:logistics",
-            "receive",
-            json!({ "received_on": "2026-04-21" }),
-        ),
-        (
-            "wh:logistics",
-            "inspect",
-            json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 0, "scrap": 3 }] }),
-        ),
-    ] {
-        w.send(ret, actor, command, payload).await.unwrap();
-    }
-    w.complete_only_job("refund_payment", json!({ "reference": "re_1" }))
-        .await;
+    w.refunded_return(order, "not_wanted", 3, "re_1").await;
     // When the cardholder disputes the payment, evidence due in 7 days
     let dispute = w
         .open_dispute(order, "chargeback", "120.00", "2026-04-27T09:00:00Z")
@@ -2077,28 +2087,7 @@ async fn evidence_cites_the_refund_a_won_dispute_is_reinstated_and_a_second_char
     assert_eq!(d.timers.len(), 2, "escalation and evidence timers again");
 
     // A refund made meanwhile is cited in the evidence.
-    let ret = w
-        .request_return(order, "defective", 1, "2026-04-20")
-        .await
-        .unwrap()
-        .started[0];
-    for (actor, command, payload) in [
-        ("eva:customer_service", "review", json!({})),
-        (
-            "wh:logistics",
-            "receive",
-            json!({ "received_on": "2026-04-21" }),
-        ),
-        (
-            "wh:logistics",
-            "inspect",
-            json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 0, "scrap": 1 }] }),
-        ),
-    ] {
-        w.send(ret, actor, command, payload).await.unwrap();
-    }
-    w.complete_only_job("refund_payment", json!({ "reference": "re_9" }))
-        .await;
+    w.refunded_return(order, "defective", 1, "re_9").await;
     let evidence = json!({ "evidence": "The customer returned one unit and was refunded." });
     let out = check(&w, dispute, "fin:finance", "submit_evidence", evidence, "under_review", "evidence submitted by fin; it cites the refund (20.56 EUR refunded already: 20.56 for return SO-2026-000001/R1 (re_9))").await;
     assert_eq!(out.state, "under_review");
