@@ -335,33 +335,12 @@ async fn main() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_grpc::auth::token_hash;
-    use switchyard_grpc::config::{ServerConfig, TokenConfig};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_story_runs_from_a_lead_to_a_closed_order_over_grpc() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules"),
-            ..Default::default()
-        };
-        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.metrics.enabled = false;
-        config.store.durability = "flush".into();
-        config.auth.tokens = vec![TokenConfig {
-            sha256: token_hash("t-admin"),
-            actor: "root".into(),
-            roles: vec!["admin".into()],
-        }];
-        let running = switchyard_grpc::server::start(config, |_| None)
-            .await
-            .unwrap();
-        let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let tokens = [("t-admin", "root", "admin")];
+        let (running, channel) = remote_worker::test_server(dir.path(), &tokens).await;
         let history = story(channel.clone(), "t-admin").await.unwrap();
         let steps: Vec<(&str, &str, &str)> = history
             .iter()

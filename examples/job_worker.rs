@@ -54,36 +54,15 @@ mod tests {
     use super::*;
     use remote_worker::authed;
     use switchyard_client::pb;
-    use switchyard_grpc::auth::token_hash;
-    use switchyard_grpc::config::{ServerConfig, TokenConfig};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_worker_answers_an_orders_stock_job_over_grpc() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules"),
-            ..Default::default()
-        };
-        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.metrics.enabled = false;
-        config.store.durability = "flush".into();
-        config.auth.tokens = ["system", "sales_rep"]
-            .iter()
-            .map(|role| TokenConfig {
-                sha256: token_hash(&format!("t-{role}")),
-                actor: format!("u-{role}"),
-                roles: vec![role.to_string()],
-            })
-            .collect();
-        let running = switchyard_grpc::server::start(config, |_| None)
-            .await
-            .unwrap();
-        let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let tokens = [
+            ("t-system", "u-system", "system"),
+            ("t-sales_rep", "u-sales_rep", "sales_rep"),
+        ];
+        let (running, channel) = remote_worker::test_server(dir.path(), &tokens).await;
         let mut instances =
             pb::instance_service_client::InstanceServiceClient::new(channel.clone());
         let order = instances

@@ -163,3 +163,39 @@ pub fn adapters(stock: &[(String, u32)]) -> Adapters {
         payments: MemoryPaymentProvider::default(),
     }
 }
+
+/// For the examples' tests: a server on the shipped rules in `dir`, accepting each
+/// `(token, actor, role)`, and a channel connected to it.
+#[cfg(test)]
+pub async fn test_server(
+    dir: &std::path::Path,
+    tokens: &[(&str, &str, &str)],
+) -> (switchyard_grpc::server::Running, Channel) {
+    use switchyard_grpc::auth::token_hash;
+    use switchyard_grpc::config::{ServerConfig, TokenConfig};
+    let mut config = ServerConfig {
+        data_dir: dir.join("data"),
+        rules_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../rules"),
+        ..Default::default()
+    };
+    config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.enabled = false;
+    config.store.durability = "flush".into();
+    config.auth.tokens = tokens
+        .iter()
+        .map(|(token, actor, role)| TokenConfig {
+            sha256: token_hash(token),
+            actor: actor.to_string(),
+            roles: vec![role.to_string()],
+        })
+        .collect();
+    let running = switchyard_grpc::server::start(config, |_| None)
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (running, channel)
+}
