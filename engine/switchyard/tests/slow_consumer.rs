@@ -14,6 +14,15 @@ use common::{listening, spawn_serve, stop};
 
 const TOKEN: &str = "feed-test-token";
 
+/// `message` with the test's bearer token.
+fn authed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+}
+
 /// The server's resident memory, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -98,13 +107,6 @@ decider = "builtin.merge_payload"
             .await
             .unwrap()
     });
-    let authed = |message| {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-        request
-    };
     // `per_writer` starts by each of 64 writers; their rate, per second.
     let phase = |name: &str, per_writer: usize| -> f64 {
         let started = Instant::now();
@@ -116,16 +118,12 @@ decider = "builtin.merge_payload"
                     tokio::spawn(async move {
                         for n in 0..per_writer {
                             let data = serde_json::json!({ "text": "x".repeat(TEXT) });
-                            let mut request = tonic::Request::new(pb::StartInstanceRequest {
+                            let request = authed(pb::StartInstanceRequest {
                                 request_id: format!("{name}-{w}-{n}"),
                                 definition: "note".into(),
                                 data_json: data.to_string(),
                                 ..Default::default()
                             });
-                            request.metadata_mut().insert(
-                                "authorization",
-                                format!("Bearer {TOKEN}").parse().unwrap(),
-                            );
                             client.start_instance(request).await.unwrap();
                         }
                     })
