@@ -47,6 +47,7 @@ mod incidents;
 mod jobs;
 mod lifecycle;
 mod pool;
+mod provider_events;
 mod reads;
 pub(crate) mod requests;
 mod rulesets;
@@ -57,6 +58,7 @@ pub use config::{EngineConfig, StoreConfig};
 pub use credentials::NewToken;
 pub use feed_as::{FeedReader, FeedRequest, FEED_FILTER_ITEMS_MAX};
 pub use jobs::{ActivateJobs, FailJob};
+pub use provider_events::{IngestOutcome, ProviderEvent, PROVIDER_EVENT_DEFINITION};
 pub use requests::{CancelRequest, CommandRequest, ListRequest, StartRequest};
 pub use rulesets::{DryRun, DryRunInput, RuleSetInfo, RulesWatch, RulesWatchStatus};
 

@@ -2141,3 +2141,286 @@ async fn a_linked_start_may_begin_only_in_a_declared_start_state() {
         "nothing written"
     );
 }
+
+/// A Stripe `charge.dispute.*` event `id` reporting dispute `dp_7` (120.00 EUR, evidence due
+/// 2026-04-27 09:00 UTC) in `status`, naming the order by its business key.
+fn stripe_event(id: &str, event_type: &str, status: &str, order_key: &str) -> ProviderEvent {
+    ProviderEvent {
+        provider: "stripe".into(),
+        event_id: id.into(),
+        event_type: event_type.into(),
+        event: json!({
+            "id": id, "object": "event", "type": event_type,
+            "data": { "object": {
+                "id": "dp_7", "object": "dispute", "amount": 12000, "currency": "eur",
+                "reason": "fraudulent", "status": status,
+                "evidence_details": { "due_by": 1_777_280_400 },
+                "metadata": { "order_key": order_key },
+            } },
+        }),
+    }
+}
+
+/// An Adyen notification item `code` for payment `8815…` (order `order_key`, 19.99 EUR).
+fn adyen_event(psp: &str, code: &str, success: &str, order_key: &str) -> ProviderEvent {
+    ProviderEvent {
+        provider: "adyen".into(),
+        event_id: format!("{psp}:{code}"),
+        event_type: code.into(),
+        event: json!({
+            "eventCode": code, "success": success, "pspReference": psp,
+            "originalReference": "8815555555555555", "merchantReference": order_key,
+            "merchantAccountCode": "ShopEU", "amount": { "value": 1999, "currency": "EUR" },
+            "additionalData": { "chargebackReasonCode": "10.4", "defensePeriodEndsAt": "2026-05-10T00:00:00Z" },
+        }),
+    }
+}
+
+impl World {
+    async fn ingest(&self, event: ProviderEvent) -> IngestOutcome {
+        let webhook = Actor::new("webhook:test", &[roles::SYSTEM]);
+        self.engine
+            .ingest_provider_event(&webhook, event)
+            .await
+            .unwrap()
+    }
+
+    async fn by_key(&self, definition: &str, key: &str) -> Option<Instance> {
+        let list = ListRequest::new().definition(definition).business_key(key);
+        let page = self.engine.list(list).await.unwrap();
+        assert!(page.items.len() <= 1, "{key}: {:?}", page.items);
+        page.items.into_iter().next()
+    }
+}
+
+#[tokio::test]
+async fn stripe_events_apply_once_in_any_order_and_unknown_ones_are_recorded_and_acknowledged() {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    w.closed_order("O-S", 10).await;
+    // The outcome arrives first (the creation's delivery failed and is being retried):
+    // the dispute is opened and taken on to the reported state.
+    let closed = w
+        .ingest(stripe_event(
+            "evt_3",
+            "charge.dispute.closed",
+            "lost",
+            "O-S",
+        ))
+        .await;
+    assert_eq!(
+        (closed.state.as_str(), closed.duplicate),
+        ("applied", false),
+        "{closed:?}"
+    );
+    assert_eq!(
+        closed.reason,
+        "applied: open_dispute on O-S → closed; decided on stripe:dp_7 → lost"
+    );
+    let dispute = w.by_key("chargeback", "stripe:dp_7").await.unwrap();
+    assert_eq!(dispute.state, "lost");
+    assert_eq!(
+        dispute.data["movements"],
+        json!([{ "kind": "withdrawn", "amount": "120.00", "at": "2026-04-20T09:00:00Z" }])
+    );
+    assert_eq!(dispute.data["evidence_due_by"], "2026-04-27T09:00:00Z");
+    // The late creation is old news: recorded, acknowledged, nothing changes.
+    let created = w
+        .ingest(stripe_event(
+            "evt_1",
+            "charge.dispute.created",
+            "needs_response",
+            "O-S",
+        ))
+        .await;
+    assert_eq!(created.state, "ignored");
+    assert_eq!(
+        created.reason,
+        "dispute stripe:dp_7 is lost already; needs_response changes nothing"
+    );
+    // The same event delivered again: success, and nothing is written.
+    let (_, head) = w.engine.feed_bounds().unwrap();
+    let again = w
+        .ingest(stripe_event(
+            "evt_3",
+            "charge.dispute.closed",
+            "lost",
+            "O-S",
+        ))
+        .await;
+    assert_eq!((again.state.as_str(), again.duplicate), ("applied", true));
+    assert_eq!(again.instance, closed.instance);
+    assert_eq!(
+        w.engine.feed_bounds().unwrap().1,
+        head,
+        "a duplicate writes nothing"
+    );
+    let after = w.by_key("chargeback", "stripe:dp_7").await.unwrap();
+    assert_eq!(after.version, dispute.version);
+    // A type the mapping does not know: recorded and acknowledged, and in the feed.
+    let unknown = ProviderEvent {
+        provider: "stripe".into(),
+        event_id: "evt_9".into(),
+        event_type: "customer.created".into(),
+        event: json!({ "id": "evt_9", "type": "customer.created" }),
+    };
+    let out = w.ingest(unknown).await;
+    assert_eq!(out.state, "ignored");
+    let events = w.engine.store().feed(head, 100, usize::MAX).unwrap();
+    assert!(
+        events.iter().any(|e| e.subject == out.instance.to_string()),
+        "the ignored event is in the feed: {events:?}"
+    );
+    let record = w.engine.get(out.instance).await.unwrap();
+    assert_eq!(record.business_key, "stripe:evt_9");
+    assert_eq!(record.data["event"]["type"], "customer.created");
+}
+
+#[tokio::test]
+async fn adyen_events_file_win_and_reopen_a_chargeback() {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    w.closed_order("O-A", 10).await;
+    // success "false" is news of a failed operation: acknowledged, nothing opened.
+    let failed = w
+        .ingest(adyen_event("9901", "CHARGEBACK", "false", "O-A"))
+        .await;
+    assert_eq!(failed.state, "ignored");
+    assert!(w
+        .by_key("chargeback", "adyen:8815555555555555")
+        .await
+        .is_none());
+    for (psp, code, state) in [
+        ("9902", "NOTIFICATION_OF_CHARGEBACK", "needs_response"),
+        ("9903", "CHARGEBACK", "needs_response"),
+        ("9904", "CHARGEBACK_REVERSED", "won"),
+        ("9905", "SECOND_CHARGEBACK", "needs_response"),
+    ] {
+        w.ingest(adyen_event(psp, code, "true", "O-A")).await;
+        let d = w
+            .by_key("chargeback", "adyen:8815555555555555")
+            .await
+            .unwrap();
+        assert_eq!(d.state, state, "after {code}");
+    }
+    let d = w
+        .by_key("chargeback", "adyen:8815555555555555")
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = d.data["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["withdrawn", "reinstated", "withdrawn"]);
+    assert_eq!(d.data["amount"], "19.99");
+    assert_eq!(d.data["evidence_due_by"], "2026-05-10T00:00:00Z");
+}
+
+#[tokio::test]
+async fn a_refused_or_unmatched_event_is_recorded_and_acknowledged_and_bad_input_writes_nothing() {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    // An order not yet invoiced cannot take a dispute: the command is refused, recorded.
+    let lines = json!([{ "sku": "SEAL-KIT", "quantity": 1 }]);
+    w.submitted_order("O-R", "BETA", lines).await;
+    let out = w
+        .ingest(stripe_event(
+            "evt_r",
+            "charge.dispute.created",
+            "needs_response",
+            "O-R",
+        ))
+        .await;
+    assert_eq!(out.state, "refused", "{out:?}");
+    let record = w.engine.get(out.instance).await.unwrap();
+    assert_eq!(record.data["code"], "WRONG_STATE", "{:?}", record.data);
+    assert!(
+        out.reason
+            .starts_with("refused (WRONG_STATE): command `open_dispute` cannot be sent"),
+        "{}",
+        out.reason
+    );
+    // No such order: unmatched.
+    let out = w
+        .ingest(stripe_event(
+            "evt_u",
+            "charge.dispute.created",
+            "needs_response",
+            "O-NONE",
+        ))
+        .await;
+    assert_eq!(out.state, "unmatched");
+    // An event the mapping cannot read (no amount): refused with the script's error.
+    let mut broken = stripe_event("evt_b", "charge.dispute.created", "needs_response", "O-R");
+    broken.event["data"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("amount");
+    let out = w.ingest(broken).await;
+    assert_eq!(out.state, "refused");
+    // Bad input names the field and records nothing.
+    let (_, head) = w.engine.feed_bounds().unwrap();
+    let webhook = Actor::new("webhook:test", &[roles::SYSTEM]);
+    let mut bad = stripe_event("evt_x", "charge.dispute.created", "needs_response", "O-R");
+    bad.provider = "Stripe!".into();
+    let e = w
+        .engine
+        .ingest_provider_event(&webhook, bad)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CommandError::InvalidInput { field, .. } if field == "provider"),
+        "{e}"
+    );
+    // Only a system actor may ingest.
+    let e = w
+        .engine
+        .ingest_provider_event(
+            &who("fin:finance"),
+            stripe_event("evt_y", "charge.dispute.created", "needs_response", "O-R"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "ROLE_NOT_ALLOWED", "{e}");
+    assert_eq!(w.engine.feed_bounds().unwrap().1, head, "nothing written");
+}
+
+#[tokio::test]
+async fn an_ingest_interrupted_after_its_first_steps_finishes_on_redelivery_without_doing_a_step_twice(
+) {
+    let w = memory_world(&[]).await;
+    w.clock
+        .set(Utc.with_ymd_and_hms(2026, 4, 20, 9, 0, 0).unwrap());
+    let order = w.closed_order("O-I", 10).await;
+    // The process recorded and routed the event, then died (the provider got no answer).
+    let event = stripe_event("evt_i", "charge.dispute.created", "needs_response", "O-I");
+    let id = Engine::provider_event_id("stripe", "evt_i");
+    let webhook = Actor::new("webhook:test", &[roles::SYSTEM]);
+    let mut start = StartRequest::new(
+        PROVIDER_EVENT_DEFINITION,
+        webhook.clone(),
+        "provider-event:stripe:evt_i",
+    );
+    start.business_key = "stripe:evt_i".into();
+    start.instance_id = Some(id);
+    start.data = json!({ "provider": "stripe", "event_id": "evt_i", "event_type": event.event_type, "event": event.event });
+    w.engine.start(start).await.unwrap();
+    let route = CommandRequest::new(id, "route", webhook, "provider-event:stripe:evt_i:route");
+    assert_eq!(w.engine.send(route).await.unwrap().state, "routed");
+    // The provider delivers it again: the rest is done, the dispute opened once.
+    let out = w.ingest(event.clone()).await;
+    assert_eq!((out.state.as_str(), out.duplicate), ("applied", false));
+    let out = w.ingest(event).await;
+    assert_eq!((out.state.as_str(), out.duplicate), ("applied", true));
+    let data = w.data(order).await;
+    assert_eq!(data["disputes"], 1);
+    assert_eq!(data["dispute_refs"], json!(["stripe:dp_7"]));
+    let history = w.engine.history(id, 0, 100).await.unwrap();
+    let states: Vec<&str> = history.iter().map(|h| h.to_state.as_str()).collect();
+    assert_eq!(states, ["received", "routed", "dispatching", "applied"]);
+}

@@ -379,6 +379,26 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
             Box::<EvalAltResult>::from(format!("add_months(\"{date}\", {months}): out of range"))
         })
     });
+    // from_unix_seconds(1745744400) = "2025-04-27T09:00:00Z": a provider's Unix time (Stripe's
+    // `evidence_details.due_by`) as the RFC 3339 text every other time helper takes.
+    engine.register_fn("from_unix_seconds", |seconds: INT| {
+        DateTime::from_timestamp(seconds, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .ok_or_else(|| {
+                Box::<EvalAltResult>::from(format!("from_unix_seconds({seconds}): out of range"))
+            })
+    });
+    // from_minor_units(12000, "EUR") = 120.00: an amount in the currency's minor units (as
+    // Stripe and Adyen send them) as an exact decimal, never through a float.
+    engine.register_fn("from_minor_units", |value: INT, code: ImmutableString| {
+        currency_precision(&code)
+            .map(|places| Decimal::new(value, places))
+            .ok_or_else(|| {
+                Box::<EvalAltResult>::from(format!(
+                    "from_minor_units({value}, \"{code}\"): not an ISO 4217 currency code"
+                ))
+            })
+    });
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
     engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
         Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())
@@ -474,7 +494,7 @@ mod tests {
             b in text(),
             d in decimal(),
             e in decimal(),
-            which in 0usize..20,
+            which in 0usize..21,
         ) {
             let (a, b) = (quoted(&a), quoted(&b));
             let expr = match which {
@@ -497,6 +517,7 @@ mod tests {
                 16 => format!("{d} % {e}"),
                 17 => format!("{d} - {e}"),
                 18 => format!("{n} * {n}"),
+                19 => format!("from_unix_seconds({n}) + from_minor_units({n}, {a})"),
                 _ => format!("{n} / ({n} - {n})"),
             };
             // Ok or a script error; a panic fails the test.
@@ -528,5 +549,27 @@ mod tests {
                 .unwrap(),
             "2026-03-31"
         );
+    }
+
+    #[test]
+    fn provider_units_convert_exactly() {
+        let t = eval("from_unix_seconds(1745744400)").unwrap();
+        assert_eq!(t.into_string().unwrap(), "2025-04-27T09:00:00Z");
+        let e = eval("from_unix_seconds(9223372036854775807)").unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        for (expr, amount) in [
+            ("from_minor_units(12000, \"EUR\")", "120.00"),
+            ("from_minor_units(12000, \"JPY\")", "12000"),
+            ("from_minor_units(-5, \"KWD\")", "-0.005"),
+            (
+                "from_minor_units(9223372036854775807, \"EUR\")",
+                "92233720368547758.07",
+            ),
+        ] {
+            let d = eval(expr).unwrap().cast::<Decimal>();
+            assert_eq!(d.to_string(), amount, "{expr}");
+        }
+        let e = eval("from_minor_units(1, \"eur\")").unwrap_err();
+        assert!(e.to_string().contains("ISO 4217"), "{e}");
     }
 }
