@@ -145,12 +145,17 @@ impl Job {
         self.updated_at = now;
     }
 
+    /// Whether the job may be leased at `now`: waiting, or leased with a lease that expired.
+    pub(crate) fn can_lease(&self, now: DateTime<Utc>) -> bool {
+        self.status == JobStatus::Activatable
+            || (self.status == JobStatus::Leased && self.available_at <= now)
+    }
+
     /// Leases the job to `worker` until `expires_at`. Legal for a job that is waiting, or
     /// leased with a lease that expired.
     pub(crate) fn lease_to(&mut self, worker: &str, expires_at: DateTime<Utc>, now: DateTime<Utc>) {
         assert!(
-            self.status == JobStatus::Activatable
-                || (self.status == JobStatus::Leased && self.available_at <= now),
+            self.can_lease(now),
             "job {} cannot be leased while {:?}",
             self.id,
             self.status

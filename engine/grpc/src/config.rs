@@ -35,6 +35,78 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Payment-provider webhooks over HTTP; off unless `webhooks.listen` is set.
+    pub webhooks: WebhooksConfig,
+}
+
+/// The payment-provider webhook listener (`crate::webhooks`): off unless `listen` is set, and
+/// then at least one provider must be configured with a secret.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Address of the HTTP listener, e.g. `127.0.0.1:8088` (default: none, off). Providers
+    /// reach it through the host's TLS-terminating proxy.
+    pub listen: Option<SocketAddr>,
+    /// Largest request body accepted (default 256 KiB); larger ones get 413.
+    pub body_bytes_max: usize,
+    /// A Stripe-style endpoint.
+    pub stripe: Option<StripeWebhookConfig>,
+    /// An Adyen-style endpoint.
+    pub adyen: Option<AdyenWebhookConfig>,
+}
+
+/// A Stripe-style endpoint: `Stripe-Signature` over the raw body.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeWebhookConfig {
+    /// Path (default `/webhooks/stripe`).
+    #[serde(default = "default_stripe_path")]
+    pub path: String,
+    /// Endpoint signing secrets (`whsec_…`); several while one is rolled. Prefer `secrets_env`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// An environment variable holding the secrets, comma-separated.
+    #[serde(default)]
+    pub secrets_env: Option<String>,
+    /// Largest distance between the signed timestamp and now, seconds (default 300).
+    #[serde(default = "default_tolerance")]
+    pub tolerance_seconds: i64,
+}
+
+/// An Adyen-style endpoint: a batch of notification items, each HMAC-signed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdyenWebhookConfig {
+    /// Path (default `/webhooks/adyen`).
+    #[serde(default = "default_adyen_path")]
+    pub path: String,
+    /// HMAC keys, hex; several while one is rolled. Prefer `hmac_keys_env`.
+    #[serde(default)]
+    pub hmac_keys: Vec<String>,
+    /// An environment variable holding the keys, comma-separated.
+    #[serde(default)]
+    pub hmac_keys_env: Option<String>,
+}
+
+fn default_stripe_path() -> String {
+    "/webhooks/stripe".into()
+}
+fn default_adyen_path() -> String {
+    "/webhooks/adyen".into()
+}
+fn default_tolerance() -> i64 {
+    300
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            listen: None,
+            body_bytes_max: 256 * 1024,
+            stripe: None,
+            adyen: None,
+        }
+    }
 }
 
 /// gRPC listener settings.
@@ -211,6 +283,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             shutdown: ShutdownConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -283,10 +356,13 @@ enum Kind {
     Text,
     Integer,
     Bool,
+    /// Comma-separated texts.
+    List,
 }
 
 /// Every environment override: variable, key (dotted path), kind. Token lists cannot be set
-/// from the environment; the JWT secret can, through `auth.jwt.secret_env`.
+/// from the environment; the JWT secret can, through `auth.jwt.secret_env`. Setting a
+/// webhook provider's secrets turns its endpoint on with its default path.
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_DATA_DIR", "data_dir"),
     ("SWITCHYARD_RULES_DIR", "rules_dir"),
@@ -337,6 +413,15 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ),
     ("SWITCHYARD_ENGINE_CLOCK", "engine.clock"),
     ("SWITCHYARD_ENGINE_CLOCK_START", "engine.clock_start"),
+    ("SWITCHYARD_WEBHOOKS_LISTEN", "webhooks.listen"),
+    (
+        "SWITCHYARD_WEBHOOKS_STRIPE_SECRETS",
+        "webhooks.stripe.secrets",
+    ),
+    (
+        "SWITCHYARD_WEBHOOKS_ADYEN_HMAC_KEYS",
+        "webhooks.adyen.hmac_keys",
+    ),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -360,6 +445,7 @@ fn kind_of(key: &str) -> Kind {
         | "engine.rule_threads"
         | "engine.rule_queue_max" => Kind::Integer,
         "metrics.enabled" => Kind::Bool,
+        "webhooks.stripe.secrets" | "webhooks.adyen.hmac_keys" => Kind::List,
         _ => Kind::Text,
     }
 }
@@ -394,6 +480,14 @@ impl ServerConfig {
                 Kind::Bool => toml::Value::Boolean(value.trim().parse().map_err(|_| {
                     ConfigError(format!("{var}: `{value}` is not true or false ({key})"))
                 })?),
+                Kind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                ),
             };
             set_path(&mut table, key, parsed);
         }
@@ -405,6 +499,42 @@ impl ServerConfig {
                 })?;
         config.check()?;
         Ok(config)
+    }
+
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| Err(ConfigError(format!("`{key}`: {message}")));
+        let w = &self.webhooks;
+        if w.listen.is_some() && w.stripe.is_none() && w.adyen.is_none() {
+            return bad(
+                "webhooks",
+                "a listener without a provider: add [webhooks.stripe] or [webhooks.adyen]",
+            );
+        }
+        if w.body_bytes_max < 1024 || w.body_bytes_max > 16 * 1024 * 1024 {
+            return bad("webhooks.body_bytes_max", "must be 1 KiB to 16 MiB");
+        }
+        let paths = [
+            ("webhooks.stripe.path", w.stripe.as_ref().map(|s| &s.path)),
+            ("webhooks.adyen.path", w.adyen.as_ref().map(|a| &a.path)),
+        ];
+        for (key, path) in paths {
+            if let Some(path) = path {
+                if !path.starts_with('/') || path.len() > 200 || path.contains(['?', '#', ' ']) {
+                    return bad(key, "must be a path such as `/webhooks/stripe`");
+                }
+            }
+        }
+        if let (Some(s), Some(a)) = (&w.stripe, &w.adyen) {
+            if s.path == a.path {
+                return bad("webhooks.adyen.path", "is the Stripe endpoint's path too");
+            }
+        }
+        if let Some(s) = &w.stripe {
+            if !(1..=86_400).contains(&s.tolerance_seconds) {
+                return bad("webhooks.stripe.tolerance_seconds", "must be 1 to 86400");
+            }
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -466,6 +596,7 @@ impl ServerConfig {
         if self.grpc.message_bytes_max < 1024 {
             return bad("grpc.message_bytes_max", "must be at least 1024");
         }
+        self.check_webhooks()?;
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "set both `cert_file` and `key_file`, or neither");
         }
@@ -576,6 +707,46 @@ mod tests {
             .collect();
         let parsed: Result<ServerConfig, _> = toml::from_str(&uncommented);
         assert!(parsed.is_ok(), "{parsed:?}\n{uncommented}");
+    }
+
+    #[test]
+    fn webhook_secrets_come_from_the_environment_and_a_listener_needs_a_provider() {
+        let env = |k: &str| match k {
+            "SWITCHYARD_WEBHOOKS_LISTEN" => Some("127.0.0.1:8088".to_string()),
+            "SWITCHYARD_WEBHOOKS_STRIPE_SECRETS" => Some("whsec_a, whsec_b".to_string()),
+            _ => None,
+        };
+        let c = ServerConfig::load(None, env).unwrap();
+        let stripe = c.webhooks.stripe.unwrap();
+        assert_eq!(stripe.secrets, ["whsec_a", "whsec_b"]);
+        assert_eq!(
+            (stripe.path.as_str(), stripe.tolerance_seconds),
+            ("/webhooks/stripe", 300)
+        );
+        assert!(c.webhooks.adyen.is_none());
+        let e = ServerConfig::load(None, |k| {
+            (k == "SWITCHYARD_WEBHOOKS_LISTEN").then(|| "127.0.0.1:8088".to_string())
+        })
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("`webhooks`: a listener without a provider"),
+            "{e}"
+        );
+        // A configured endpoint whose secret variable is unset is refused at start.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[webhooks.adyen]\nhmac_keys_env = \"ADYEN_KEYS\"\n").unwrap();
+        let c = ServerConfig::load(Some(&file), no_env).unwrap();
+        let e = crate::webhooks::Endpoints::new(&c.webhooks, &no_env)
+            .err()
+            .unwrap();
+        assert!(e.contains("ADYEN_KEYS is not set"), "{e}");
+        let keys = |k: &str| (k == "ADYEN_KEYS").then(|| "not-hex".to_string());
+        let e = crate::webhooks::Endpoints::new(&c.webhooks, &keys)
+            .err()
+            .unwrap();
+        assert!(e.contains("key 1 is not hex"), "{e}");
     }
 
     #[test]

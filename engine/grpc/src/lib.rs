@@ -30,6 +30,7 @@ pub mod metrics_http;
 pub mod server;
 mod services;
 mod status;
+pub mod webhooks;
 
 pub use status::ERROR_DOMAIN;
 

@@ -68,6 +68,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Where `/metrics` is served, if enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where payment-provider webhooks are received, if enabled, and the endpoints there.
+    pub webhooks_addr: Option<(SocketAddr, String)>,
     /// Whether the gRPC listener speaks TLS.
     pub tls: bool,
     /// The engine, for in-process inspection (tests, embedding).
@@ -200,6 +202,17 @@ pub async fn start(
         None
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let webhooks = match config.webhooks.listen {
+        Some(addr) => {
+            let endpoints = crate::webhooks::Endpoints::new(&config.webhooks, &env)
+                .map_err(ServeError::Config)?;
+            Some((bind(addr).await?, endpoints))
+        }
+        None => None,
+    };
+    let webhooks_addr = webhooks
+        .as_ref()
+        .and_then(|(l, e)| Some((l.local_addr().ok()?, e.describe())));
     // A new store starts on the rules directory: a directory that does not load must not
     // leave an empty store behind.
     if !config.data_dir.join("db").exists() {
@@ -264,6 +277,16 @@ pub async fn start(
             crate::http::HttpLimits::default(),
             connections_refused.clone(),
             "metrics",
+        ))
+    });
+
+    let webhooks_task = webhooks.map(|(listener, endpoints)| {
+        tokio::spawn(crate::http::serve(
+            listener,
+            crate::webhooks::router(engine.clone(), endpoints),
+            crate::http::HttpLimits::default(),
+            connections_refused.clone(),
+            "webhooks",
         ))
     });
 
@@ -405,7 +428,7 @@ pub async fn start(
                 Ok(())
             }
         };
-        if let Some(t) = metrics_task {
+        for t in [metrics_task, webhooks_task].into_iter().flatten() {
             t.abort();
         }
         health_task.abort();
@@ -418,6 +441,7 @@ pub async fn start(
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        webhooks_addr,
         tls: tls.is_some(),
         engine,
         stop,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use switchyard_core::{
     CancelRequest, CommandError, CommandRequest, DryRunInput, Engine, IncidentAction, ListRequest,
-    StartRequest,
+    ProviderEvent, StartRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -163,6 +163,31 @@ impl pb::instance_service_server::InstanceService for Services {
             .map_err(engine_error(Wire::COMMAND))?;
         Ok(Response::new(pb::SendCommandResponse {
             result: Some(convert::result(&outcome)),
+        }))
+    }
+
+    async fn ingest_provider_event(
+        &self,
+        request: Request<pb::IngestProviderEventRequest>,
+    ) -> Answer<pb::IngestProviderEventResponse> {
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let event = ProviderEvent {
+            provider: r.provider,
+            event_id: r.event_id,
+            event_type: r.event_type,
+            event: convert::json_object("event_json", &r.event_json)?,
+        };
+        let outcome = self
+            .engine
+            .ingest_provider_event(&actor, event)
+            .await
+            .map_err(engine_error(Wire::NONE))?;
+        Ok(Response::new(pb::IngestProviderEventResponse {
+            instance_id: outcome.instance.to_string(),
+            duplicate: outcome.duplicate,
+            state: outcome.state,
+            reason: outcome.reason,
         }))
     }
 

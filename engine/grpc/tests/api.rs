@@ -214,6 +214,7 @@ async fn definitions_list_and_get() {
         vec![
             "chargeback",
             "lead",
+            "provider_event",
             "quote",
             "return",
             "sales_order",
@@ -301,7 +302,7 @@ async fn definitions_list_and_get() {
         ))
         .await;
     // Lowered to the maximum, not refused (AIP-158).
-    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 6);
+    assert_eq!(too_big.unwrap().into_inner().definitions.len(), 7);
     server.stop().await;
 }
 
@@ -1379,7 +1380,7 @@ async fn tls_when_a_certificate_is_configured() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.definitions.len(), 6);
+    assert_eq!(listed.definitions.len(), 7);
     expect_refusal(
         client
             .list_definitions(tonic::Request::new(pb::ListDefinitionsRequest::default()))

@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// The metrics address (default 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Receive payment-provider webhooks on this address (off by default; the endpoints and
+    /// their secrets are the configuration's [webhooks.stripe] and [webhooks.adyen]).
+    #[arg(long)]
+    webhooks_listen: Option<std::net::SocketAddr>,
     /// `manual` runs a test server whose clock moves only when an admin advances it
     /// (`switchyard clock advance`); never the default.
     #[arg(long, value_parser = ["system", "manual"])]
@@ -95,6 +99,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if let Some(listen) = args.metrics_listen {
         config.metrics.listen = listen;
     }
+    if let Some(listen) = args.webhooks_listen {
+        config.webhooks.listen = Some(listen);
+    }
     if let Some(clock) = args.clock {
         config.engine.clock = clock;
     }
@@ -127,6 +134,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         );
         if let Some(addr) = running.metrics_addr {
             println!("metrics on http://{addr}/metrics");
+        }
+        if let Some((addr, endpoints)) = &running.webhooks_addr {
+            println!("webhooks on http://{addr} ({endpoints})");
         }
         if let Some(r) = running.engine.active_rule_set() {
             println!("rule set #{} active ({})", r.number, r.version);

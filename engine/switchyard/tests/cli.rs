@@ -44,7 +44,7 @@ fn check_accepts_the_shipped_rules_and_reports_every_problem_with_its_position()
     let rules = shipped_rules();
     let (code, out, err) = switchyard(&["rules", "check", rules.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("is valid: 6 definition(s)"), "{out}");
+    assert!(out.contains("is valid: 7 definition(s)"), "{out}");
 
     let broken = copy_rules();
     let quote = broken.path().join("scripts/quote.rhai");

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{CommandRequest, Engine, StartRequest};
 use crate::error::{clip, CommandError};
-use crate::model::{Actor, Instance, InstanceId, InstanceStatus};
+use crate::model::{roles, Actor, Instance, InstanceId, InstanceStatus};
 use crate::store::ListQuery;
 
 /// The definition a provider event is recorded as (`rules/definitions/provider_event.toml`).
@@ -71,6 +71,9 @@ impl Engine {
         actor: &Actor,
         event: ProviderEvent,
     ) -> Result<IngestOutcome, CommandError> {
+        super::require_role(actor, &[roles::SYSTEM.to_string()], || {
+            "ingest a provider event".into()
+        })?;
         check_event(&event)?;
         let key = format!("{}:{}", event.provider, event.event_id);
         let id = Self::provider_event_id(&event.provider, &event.event_id);

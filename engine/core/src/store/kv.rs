@@ -1009,7 +1009,10 @@ pub(crate) fn activatable_jobs(
         }
         let id = JobId(keys::id_suffix(&k)?.0);
         match job(kv, id)? {
-            Some(j) => out.push(j),
+            Some(j) if j.can_lease(now) => out.push(j),
+            // Leased or finished by a commit between the index scan and this read: the
+            // index entry was already stale; not a candidate.
+            Some(_) => {}
             None => {
                 return Err(StoreError::Corrupt {
                     key: keys::printable(&k),
