@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
 use rhai::packages::{
     BasicArrayPackage, BasicMapPackage, BasicMathPackage, CorePackage, LogicPackage,
     MoreStringPackage, Package,
@@ -159,6 +159,73 @@ fn date_of(text: &str) -> Result<NaiveDate, Box<EvalAltResult>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc).date_naive())
         .map_err(|_| format!("\"{text}\" is not a date (2026-04-01) or an RFC 3339 time").into())
+}
+
+fn zone_of(zone: &str, helper: &str) -> Result<chrono_tz::Tz, Box<EvalAltResult>> {
+    zone.parse::<chrono_tz::Tz>().map_err(|_| {
+        format!(
+            "{helper}(…, \"{}\"): not an IANA time zone such as \"Europe/Berlin\"",
+            crate::error::clip(zone, 64)
+        )
+        .into()
+    })
+}
+
+/// `time` (RFC 3339) as a wall-clock time in `zone`.
+fn local(
+    time: &str,
+    zone: &str,
+    helper: &str,
+) -> Result<DateTime<chrono_tz::Tz>, Box<EvalAltResult>> {
+    let tz = zone_of(zone, helper)?;
+    let t = DateTime::parse_from_rfc3339(time).map_err(|_| {
+        format!(
+            "{helper}(\"{}\", …): not an RFC 3339 time",
+            crate::error::clip(time, 64)
+        )
+    })?;
+    Ok(t.with_timezone(&tz))
+}
+
+fn weekday_name(day: chrono::Weekday) -> &'static str {
+    match day {
+        chrono::Weekday::Mon => "mon",
+        chrono::Weekday::Tue => "tue",
+        chrono::Weekday::Wed => "wed",
+        chrono::Weekday::Thu => "thu",
+        chrono::Weekday::Fri => "fri",
+        chrono::Weekday::Sat => "sat",
+        chrono::Weekday::Sun => "sun",
+    }
+}
+
+/// The UTC instant (RFC 3339) at which `zone`'s clocks show `clock` ("HH:MM") on `date`.
+fn from_local(date: &str, clock: &str, zone: &str) -> Result<String, Box<EvalAltResult>> {
+    use chrono::{LocalResult, TimeZone as _};
+    let tz = zone_of(zone, "from_local")?;
+    let day = date_of(date)?;
+    let time = chrono::NaiveTime::parse_from_str(clock, "%H:%M").map_err(|_| {
+        format!(
+            "from_local(…, \"{}\", …): not a time of day such as \"09:00\"",
+            crate::error::clip(clock, 64)
+        )
+    })?;
+    let wall = day.and_time(time);
+    let at = match tz.from_local_datetime(&wall) {
+        LocalResult::Single(t) => Some(t),
+        LocalResult::Ambiguous(earlier, _) => Some(earlier),
+        // A gap (clocks jump forward): the first minute after it that exists. Gaps are at
+        // most a day long anywhere.
+        LocalResult::None => (1..=24 * 60).find_map(|m| {
+            let later = wall.checked_add_signed(chrono::Duration::minutes(m))?;
+            tz.from_local_datetime(&later).earliest()
+        }),
+    };
+    at.map(|t| {
+        t.with_timezone(&Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+    .ok_or_else(|| format!("from_local(\"{date}\", \"{clock}\", …): out of range").into())
 }
 
 fn decimal_from_str(text: &str) -> Result<Decimal, Box<EvalAltResult>> {
@@ -399,6 +466,32 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
                 ))
             })
     });
+    // Calendar helpers in a named IANA time zone ("Europe/Berlin"), daylight-saving changes
+    // included: the local date ("2026-03-29"), the local time ("09:05"), the weekday
+    // ("mon" … "sun") of an RFC 3339 time; and from_local(date, "HH:MM", zone), the instant a
+    // local wall-clock time happens — in a spring-forward gap the first instant after it, in a
+    // fall-back overlap the earlier one.
+    engine.register_fn(
+        "local_date",
+        |time: ImmutableString, zone: ImmutableString| {
+            local(&time, &zone, "local_date").map(|t| t.date_naive().to_string())
+        },
+    );
+    engine.register_fn(
+        "local_time",
+        |time: ImmutableString, zone: ImmutableString| {
+            local(&time, &zone, "local_time").map(|t| t.format("%H:%M").to_string())
+        },
+    );
+    engine.register_fn("weekday", |time: ImmutableString, zone: ImmutableString| {
+        local(&time, &zone, "weekday").map(|t| weekday_name(t.weekday()).to_string())
+    });
+    engine.register_fn(
+        "from_local",
+        |date: ImmutableString, clock: ImmutableString, zone: ImmutableString| {
+            from_local(&date, &clock, &zone)
+        },
+    );
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
     engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
         Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())
@@ -464,6 +557,9 @@ mod tests {
             Just("EUR".to_string()),
             Just("XXXX".to_string()),
             Just("half_up".to_string()),
+            Just("Europe/Berlin".to_string()),
+            Just("America/New_York".to_string()),
+            Just("23:59".to_string()),
             Just("79228162514264337593543950335".to_string()),
             Just("-0.0000000000000000000000000001".to_string()),
             "[ -~]{0,40}",
@@ -494,7 +590,7 @@ mod tests {
             b in text(),
             d in decimal(),
             e in decimal(),
-            which in 0usize..21,
+            which in 0usize..23,
         ) {
             let (a, b) = (quoted(&a), quoted(&b));
             let expr = match which {
@@ -518,6 +614,8 @@ mod tests {
                 17 => format!("{d} - {e}"),
                 18 => format!("{n} * {n}"),
                 19 => format!("from_unix_seconds({n}) + from_minor_units({n}, {a})"),
+                20 => format!("local_date({a}, {b}) + local_time({a}, {b}) + weekday({a}, {b})"),
+                21 => format!("from_local({a}, {b}, {a}) + from_local({a}, \"02:30\", \"Europe/Berlin\")"),
                 _ => format!("{n} / ({n} - {n})"),
             };
             // Ok or a script error; a panic fails the test.
@@ -549,6 +647,70 @@ mod tests {
                 .unwrap(),
             "2026-03-31"
         );
+    }
+
+    #[test]
+    fn calendar_helpers_follow_the_zone_through_daylight_saving_changes() {
+        let text = |expr: &str| eval(expr).unwrap().into_string().unwrap();
+        // Berlin springs forward on 2026-03-29 at 02:00 (to 03:00) and falls back on
+        // 2026-10-25 at 03:00 (to 02:00).
+        for (expr, want) in [
+            (
+                "local_time(\"2026-03-29T00:59:00Z\", \"Europe/Berlin\")",
+                "01:59",
+            ),
+            (
+                "local_time(\"2026-03-29T01:00:00Z\", \"Europe/Berlin\")",
+                "03:00",
+            ),
+            (
+                "local_date(\"2026-03-28T23:30:00Z\", \"Europe/Berlin\")",
+                "2026-03-29",
+            ),
+            (
+                "local_date(\"2026-03-29T03:30:00Z\", \"America/New_York\")",
+                "2026-03-28",
+            ),
+            (
+                "weekday(\"2026-03-29T12:00:00Z\", \"Europe/Berlin\")",
+                "sun",
+            ),
+            (
+                "weekday(\"2026-03-30T03:00:00Z\", \"America/Los_Angeles\")",
+                "sun",
+            ),
+            (
+                "from_local(\"2026-03-30\", \"09:00\", \"Europe/Berlin\")",
+                "2026-03-30T07:00:00Z",
+            ),
+            (
+                "from_local(\"2026-03-27\", \"09:00\", \"Europe/Berlin\")",
+                "2026-03-27T08:00:00Z",
+            ),
+            // 02:30 does not exist that night: the first minute after the gap.
+            (
+                "from_local(\"2026-03-29\", \"02:30\", \"Europe/Berlin\")",
+                "2026-03-29T01:00:00Z",
+            ),
+            // 02:30 happens twice: the earlier.
+            (
+                "from_local(\"2026-10-25\", \"02:30\", \"Europe/Berlin\")",
+                "2026-10-25T00:30:00Z",
+            ),
+        ] {
+            assert_eq!(text(expr), want, "{expr}");
+        }
+        let e = eval("local_time(\"2026-03-29T01:00:00Z\", \"Mars/Olympus\")").unwrap_err();
+        assert!(e.to_string().contains("not an IANA time zone"), "{e}");
+        // The ends of the calendar: an answer or a script error, never a panic.
+        for date in ["+262142-12-31", "-262143-01-01", "9999-12-31"] {
+            for zone in ["Europe/Berlin", "Pacific/Kiritimati", "America/St_Johns"] {
+                let _ = eval(&format!("from_local(\"{date}\", \"23:59\", \"{zone}\")"));
+                let _ = eval(&format!("from_local(\"{date}\", \"00:00\", \"{zone}\")"));
+            }
+        }
+        let e = eval("from_local(\"2026-03-29\", \"25:00\", \"UTC\")").unwrap_err();
+        assert!(e.to_string().contains("not a time of day"), "{e}");
     }
 
     #[test]
