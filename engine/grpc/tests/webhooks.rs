@@ -145,6 +145,18 @@ async fn server() -> (TestServer, SocketAddr) {
     (server, addr)
 }
 
+/// POSTs `body` to the Stripe endpoint, signed now with the current secret.
+async fn post_stripe(addr: SocketAddr, body: &str) -> (u16, String) {
+    let signature = stripe_signature(STRIPE_NEW, now(), body);
+    post(
+        addr,
+        "/webhooks/stripe",
+        &[("Stripe-Signature", signature)],
+        body,
+    )
+    .await
+}
+
 fn feed_head(server: &TestServer) -> u64 {
     server.running().engine.feed_bounds().unwrap().1
 }
@@ -204,13 +216,7 @@ async fn stripe_webhooks_are_verified_before_anything_is_written_and_applied_onc
     }
     // A signed body that is not an event, and one over the size limit.
     let junk = "[1, 2]";
-    let (status, answer) = post(
-        addr,
-        "/webhooks/stripe",
-        &sign(STRIPE_NEW, now(), junk),
-        junk,
-    )
-    .await;
+    let (status, answer) = post_stripe(addr, junk).await;
     assert_eq!(
         (status, answer.contains("not a JSON object")),
         (400, true),
@@ -220,13 +226,7 @@ async fn stripe_webhooks_are_verified_before_anything_is_written_and_applied_onc
         "{{\"id\":\"evt_big\",\"type\":\"x\",\"pad\":\"{}\"}}",
         "x".repeat(9000)
     );
-    let (status, _) = post(
-        addr,
-        "/webhooks/stripe",
-        &sign(STRIPE_NEW, now(), &big),
-        &big,
-    )
-    .await;
+    let (status, _) = post_stripe(addr, &big).await;
     assert_eq!(status, 413);
     assert_eq!(
         feed_head(&server),
@@ -269,13 +269,7 @@ async fn stripe_webhooks_are_verified_before_anything_is_written_and_applied_onc
 
     // Delivered again: success, and nothing changes.
     let head = feed_head(&server);
-    let (status, answer) = post(
-        addr,
-        "/webhooks/stripe",
-        &sign(STRIPE_NEW, now(), &body),
-        &body,
-    )
-    .await;
+    let (status, answer) = post_stripe(addr, &body).await;
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<Value>(&answer).unwrap()["duplicate"],
@@ -289,13 +283,7 @@ async fn stripe_webhooks_are_verified_before_anything_is_written_and_applied_onc
         "status": "needs_response", "evidence_details": { "due_by": now() + 7 * 86_400 },
         "metadata": { "order_key": "NO-SUCH-ORDER" } } } })
     .to_string();
-    let (status, answer) = post(
-        addr,
-        "/webhooks/stripe",
-        &sign(STRIPE_NEW, now(), &dispute),
-        &dispute,
-    )
-    .await;
+    let (status, answer) = post_stripe(addr, &dispute).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         serde_json::from_str::<Value>(&answer).unwrap()["state"],

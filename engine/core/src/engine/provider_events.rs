@@ -156,10 +156,10 @@ impl Engine {
     async fn next_step(&self, run: &Run<'_>, instance: Instance) -> Result<Instance, CommandError> {
         let id = instance.id;
         let state = instance.state.clone();
-        let (command, payload, results) = match state.as_str() {
-            "received" => ("route", json!({}), Vec::new()),
+        let (command, payload) = match state.as_str() {
+            "received" => ("route", json!({})),
             "routed" => match self.look_up(&instance) {
-                Ok(found) => ("map", json!({ "found": found }), Vec::new()),
+                Ok(found) => ("map", json!({ "found": found })),
                 Err(e) => return self.reject_or_fail(run, id, &state, e, Vec::new()).await,
             },
             "dispatching" => {
@@ -169,7 +169,7 @@ impl Engine {
                         return self.reject_or_fail(run, id, &state, e, results).await
                     }
                 };
-                ("applied", json!({ "results": results }), Vec::new())
+                ("applied", json!({ "results": results }))
             }
             other => {
                 return Err(CommandError::InvalidInput {
@@ -190,7 +190,7 @@ impl Engine {
         .payload(payload);
         match self.send(request).await {
             Ok(_) => self.get(id).await,
-            Err(e) => self.reject_or_fail(run, id, &state, e, results).await,
+            Err(e) => self.reject_or_fail(run, id, &state, e, Vec::new()).await,
         }
     }
 
