@@ -46,6 +46,7 @@ mod feed_as;
 mod incidents;
 mod jobs;
 mod lifecycle;
+mod notifications;
 mod pool;
 mod provider_events;
 mod reads;

@@ -27,6 +27,12 @@
 //! | `switchyard.job.cancelled` | instance id | the job's instance was cancelled | job fields |
 //! | `switchyard.incident.raised` | instance id | a job's retries ran out, or a timer's command failed | a job: job fields + `error`; a timer: instance fields with `incident` = `kind` (`timer`), `timer`, `command`, `due`, `error` |
 //! | `switchyard.incident.resolved` | instance id | an operator retried or cancelled it | a job: job fields + `action`, `actor`; a timer: instance fields with `incident` = `kind`, `timer`, `action` |
+//! | `switchyard.notification.queued` | instance id | a change routed a message (`crate::notification`); committed with the change | job fields (the payload is the message) + `available_at` |
+//! | `switchyard.notification.sent` | instance id | a channel delivered it | job fields |
+//! | `switchyard.notification.failed` | instance id | an attempt failed | job fields + `error`, `will_retry`, `next_attempt_at` |
+//! | `switchyard.notification.undelivered` | instance id | the last attempt failed; `incident.raised` follows | job fields + `error` |
+//! | `switchyard.notification.suppressed` | instance id | its de-duplication key was used within its window | `instance`, `channel`, `to`, `category`, `dedup_key`, `minutes`, `source` |
+//! | `switchyard.notification.routing_failed` | instance id | the `notify` script failed for a change, which committed without messages | `instance`, `source`, `error` |
 //!
 //! Job fields: `job` (id), `job_type`, `instance`, `status`, `failures`, `retries`, `payload`.
 //!
@@ -86,6 +92,26 @@ pub enum EventType {
     /// `switchyard.incident.resolved`: an operator retried or cancelled an incident.
     #[serde(rename = "switchyard.incident.resolved")]
     IncidentResolved,
+    /// `switchyard.notification.queued`: a change routed a message into the outbox.
+    #[serde(rename = "switchyard.notification.queued")]
+    NotificationQueued,
+    /// `switchyard.notification.sent`: a channel delivered a message.
+    #[serde(rename = "switchyard.notification.sent")]
+    NotificationSent,
+    /// `switchyard.notification.failed`: a delivery attempt failed.
+    #[serde(rename = "switchyard.notification.failed")]
+    NotificationFailed,
+    /// `switchyard.notification.undelivered`: every attempt failed; an incident follows.
+    #[serde(rename = "switchyard.notification.undelivered")]
+    NotificationUndelivered,
+    /// `switchyard.notification.suppressed`: a message's de-duplication key was used within
+    /// its window.
+    #[serde(rename = "switchyard.notification.suppressed")]
+    NotificationSuppressed,
+    /// `switchyard.notification.routing_failed`: the `notify` script failed for a change,
+    /// which committed without its messages.
+    #[serde(rename = "switchyard.notification.routing_failed")]
+    NotificationRoutingFailed,
 }
 
 impl EventType {
@@ -102,6 +128,12 @@ impl EventType {
         EventType::JobCancelled,
         EventType::IncidentRaised,
         EventType::IncidentResolved,
+        EventType::NotificationQueued,
+        EventType::NotificationSent,
+        EventType::NotificationFailed,
+        EventType::NotificationUndelivered,
+        EventType::NotificationSuppressed,
+        EventType::NotificationRoutingFailed,
     ];
 
     /// The dotted name, as on the wire.
@@ -118,6 +150,12 @@ impl EventType {
             EventType::JobCancelled => "switchyard.job.cancelled",
             EventType::IncidentRaised => "switchyard.incident.raised",
             EventType::IncidentResolved => "switchyard.incident.resolved",
+            EventType::NotificationQueued => "switchyard.notification.queued",
+            EventType::NotificationSent => "switchyard.notification.sent",
+            EventType::NotificationFailed => "switchyard.notification.failed",
+            EventType::NotificationUndelivered => "switchyard.notification.undelivered",
+            EventType::NotificationSuppressed => "switchyard.notification.suppressed",
+            EventType::NotificationRoutingFailed => "switchyard.notification.routing_failed",
         }
     }
 

@@ -130,6 +130,36 @@ impl Job {
         }
     }
 
+    /// A notification's job: `message` for channel `job_type` (`notify.<channel>`), available
+    /// from `available_at`, with no completion command.
+    pub(crate) fn notification(
+        job_type: String,
+        instance: InstanceId,
+        message: Value,
+        (retries, backoff): (u32, std::time::Duration),
+        available_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Job {
+        Job {
+            id: JobId(Uuid::now_v7()),
+            job_type,
+            instance,
+            payload: message,
+            status: JobStatus::Activatable,
+            failures: 0,
+            retries,
+            backoff_ms: backoff.as_millis().min(u64::MAX as u128) as u64,
+            available_at: available_at.max(now),
+            lease: None,
+            last_error: None,
+            failed_lease: None,
+            complete_command: String::new(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// Whether the job still waits for a worker, is leased, or is an incident: what
     /// cancelling its instance cancels.
     pub fn is_open(&self) -> bool {
@@ -204,6 +234,16 @@ impl Job {
         self.changed(now);
         if self.failures <= self.retries {
             let delay = retry_in.unwrap_or_else(|| self.backoff());
+            // Notifications retry with ±20% jitter, so a receiver that came back is not hit by
+            // every waiting message at once.
+            let delay = if crate::notification::is_notification(&self.job_type) {
+                let spread = (uuid::Uuid::new_v4().as_u128() % 401) as i128 - 200; // ‰
+                let ms = delay.num_milliseconds() as i128;
+                let jittered = (ms + ms * spread / 1000).clamp(0, i64::MAX as i128);
+                chrono::Duration::milliseconds(jittered as i64)
+            } else {
+                delay
+            };
             self.status = JobStatus::Activatable;
             self.available_at = now.checked_add_signed(delay).unwrap_or(now);
             false

@@ -16,6 +16,18 @@ const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 /// Most nested arrays and objects accepted (`serde_json` stops at 128 too).
 const DEPTH_MAX: usize = 128;
 
+/// What kind of JSON value `v` is, for messages ("a string", "a list", …).
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a JSON number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Parses `text` as one JSON value, refusing duplicate object keys. The error names the line
 /// and column (`serde_json::Error::line`, `column`).
 pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {

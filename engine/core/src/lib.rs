@@ -65,6 +65,7 @@ pub mod job;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod notification;
 pub mod patch;
 pub mod rules;
 #[cfg(feature = "testing")]

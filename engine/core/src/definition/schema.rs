@@ -370,7 +370,7 @@ impl Schema {
             Value::Object(_) => self.validate_object("", payload, &mut out),
             other => out.push(FieldViolation {
                 field: "payload".into(),
-                message: format!("must be a JSON object, got {}", json_kind(other)),
+                message: format!("must be a JSON object, got {}", crate::json::kind(other)),
             }),
         }
         out
@@ -413,17 +413,6 @@ fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a JSON number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 impl Field {
     fn validate(&self, path: &str, v: &Value, out: &mut Vec<FieldViolation>) {
         let mut bad = |message: String| {
@@ -445,7 +434,7 @@ impl Field {
                         ));
                     }
                 }
-                other => bad(format!("must be a string, got {}", json_kind(other))),
+                other => bad(format!("must be a string, got {}", crate::json::kind(other))),
             },
             FieldType::Integer => match v.as_i64() {
                 Some(i) => self.check_bounds(Decimal::from(i), &mut bad),
@@ -462,7 +451,7 @@ impl Field {
                             crate::error::clip(s, ECHO_BYTES_MAX)
                         )
                     }),
-                    other => Err(format!("must be a quantity, got {}", json_kind(other))),
+                    other => Err(format!("must be a quantity, got {}", crate::json::kind(other))),
                 };
                 match parsed {
                     Ok(q) if q < Decimal::ZERO => bad(format!("must not be negative, got {q}")),
@@ -490,12 +479,12 @@ impl Field {
                 )),
                 other => bad(format!(
                     "must be a decimal string such as \"12.50\", got {}",
-                    json_kind(other)
+                    crate::json::kind(other)
                 )),
             },
             FieldType::Boolean => {
                 if !v.is_boolean() {
-                    bad(format!("must be true or false, got {}", json_kind(v)))
+                    bad(format!("must be true or false, got {}", crate::json::kind(v)))
                 }
             }
             FieldType::Date => match v.as_str() {
@@ -511,7 +500,7 @@ impl Field {
             },
             FieldType::Object => match v {
                 Value::Object(_) => self.fields.validate_object(path, v, out),
-                other => bad(format!("must be an object, got {}", json_kind(other))),
+                other => bad(format!("must be an object, got {}", crate::json::kind(other))),
             },
             FieldType::List => match v {
                 Value::Array(items) => {
@@ -544,7 +533,7 @@ impl Field {
                         }
                     }
                 }
-                other => bad(format!("must be a list, got {}", json_kind(other))),
+                other => bad(format!("must be a list, got {}", crate::json::kind(other))),
             },
             FieldType::Json => {}
         }
@@ -576,7 +565,7 @@ fn describe(v: &Value) -> String {
     match v {
         Value::String(s) => format!("\"{}\"", crate::error::clip(s, ECHO_BYTES_MAX)),
         Value::Number(n) => n.to_string(),
-        other => json_kind(other).to_string(),
+        other => crate::json::kind(other).to_string(),
     }
 }
 

@@ -368,7 +368,12 @@ impl Engine {
             let page = self.inner.store.jobs_of(instance, after, PAGE)?;
             after = page.last().map(|j| j.id);
             let done = page.len() < PAGE;
-            open.extend(page.into_iter().filter(crate::job::Job::is_open));
+            // A notification tells of something that happened; it is delivered even after
+            // its instance is cancelled.
+            open.extend(
+                page.into_iter()
+                    .filter(|j| j.is_open() && !crate::notification::is_notification(&j.job_type)),
+            );
             if done {
                 return Ok(open);
             }
@@ -475,7 +480,6 @@ impl Engine {
         &self,
         mut prepared: Prepared,
     ) -> Result<Result<CommandOutcome, CommitRefusal>, CommandError> {
-        let makes_jobs_available = prepared.makes_jobs_available();
         let source = &self.inner.config.feed_source;
         let commit = &mut prepared.commit;
         let instance_events: Vec<_> = commit
@@ -485,6 +489,8 @@ impl Engine {
             .map(|(w, h)| feed::instance_event(source, h, &w.instance))
             .collect();
         commit.events.splice(0..0, instance_events);
+        self.route_notifications(commit).await?;
+        let makes_jobs_available = prepared.makes_jobs_available();
         Ok(match self.submit(prepared.commit).await? {
             Ok(applied) => {
                 let mut outcome = prepared.outcome;

@@ -50,6 +50,12 @@ pub struct EngineConfig {
     pub job_handler_timeout: StdDuration,
     /// How often due timers are looked for (default 1 s).
     pub timer_poll_interval: StdDuration,
+    /// Failed attempts a notification may have before it is undelivered, an incident
+    /// (default 10).
+    pub notification_retries: u32,
+    /// The delay before a notification's first retry; it doubles with each failure, with
+    /// ±20% jitter (default 10 s: ten retries span about 3 hours).
+    pub notification_backoff: StdDuration,
     /// The `source` of feed events (default `switchyard`).
     pub feed_source: String,
     /// How long feed events are kept (default 30 days).
@@ -93,6 +99,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("job_poll_interval", &self.job_poll_interval)
             .field("job_handler_lease", &self.job_handler_lease)
             .field("job_handler_timeout", &self.job_handler_timeout)
+            .field("notification_retries", &self.notification_retries)
+            .field("notification_backoff", &self.notification_backoff)
             .field("feed_source", &self.feed_source)
             .field("feed_retention", &self.feed_retention)
             .field("rule_set_cache", &self.rule_set_cache)
@@ -121,6 +129,8 @@ impl EngineConfig {
             job_poll_interval: StdDuration::from_millis(500),
             job_handler_lease: StdDuration::from_secs(60),
             job_handler_timeout: StdDuration::from_secs(30),
+            notification_retries: 10,
+            notification_backoff: StdDuration::from_secs(10),
             feed_source: "switchyard".into(),
             feed_retention: Duration::days(30),
             rule_set_cache: 8,

@@ -621,6 +621,11 @@ impl<'a> CommitBuilder<'a> {
                 }
             )));
         }
+        if balance == crate::notification::DEDUP_BALANCE {
+            return Err(self.invalid(format!(
+                "balance `{balance}` is the engine's own (notification de-duplication)"
+            )));
+        }
         if key.is_empty() || key.len() > 128 {
             return Err(self.invalid(format!("balance `{balance}` needs a key of 1 to 128 bytes")));
         }

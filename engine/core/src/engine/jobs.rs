@@ -92,7 +92,16 @@ const LEASE_MAX: StdDuration = StdDuration::from_secs(24 * 3600);
 const ERROR_CHARS_MAX: usize = 4096;
 
 impl Engine {
+    /// A job's event; a notification's job has the notification types instead of `created`,
+    /// `completed` and `failed` (`queued`, `sent`, `failed`).
     pub(super) fn job_event(&self, kind: EventType, job: &Job, extra: Value) -> EventDraft {
+        let kind = match kind {
+            _ if !crate::notification::is_notification(&job.job_type) => kind,
+            EventType::JobCreated => EventType::NotificationQueued,
+            EventType::JobCompleted => EventType::NotificationSent,
+            EventType::JobFailed => EventType::NotificationFailed,
+            other => other,
+        };
         let mut data = json!({
             "job": job.id,
             "job_type": job.job_type,
@@ -374,7 +383,9 @@ impl Engine {
 
     /// Completes a leased job: its type's completion command is sent to the instance with
     /// `result` as payload, and the job is marked completed in the same commit. Retrying with
-    /// the same lease and result returns the same outcome; a stale lease is refused.
+    /// the same lease and result returns the same outcome; a stale lease is refused. A
+    /// notification's job has no completion command: it is marked sent, and the outcome is
+    /// its instance as it is.
     pub async fn complete_job(
         &self,
         id: JobId,
@@ -382,6 +393,15 @@ impl Engine {
         result: Value,
     ) -> Result<CommandOutcome, CommandError> {
         let job = self.job(id).await?;
+        if crate::notification::is_notification(&job.job_type) {
+            let sent = self.complete_notification(job, lease).await?;
+            let instance = self
+                .inner
+                .store
+                .instance(sent.instance)?
+                .ok_or(CommandError::UnknownInstance(sent.instance))?;
+            return Ok(CommandOutcome::of(&instance, "notification sent".into()));
+        }
         let worker = job
             .lease
             .as_ref()
@@ -429,6 +449,13 @@ impl Engine {
                     &failed,
                     json!({ "error": request.error, "will_retry": false }),
                 ));
+                if crate::notification::is_notification(&failed.job_type) {
+                    events.push(engine.job_event(
+                        EventType::NotificationUndelivered,
+                        &failed,
+                        json!({ "error": request.error }),
+                    ));
+                }
                 events.push(engine.job_event(
                     EventType::IncidentRaised,
                     &failed,
@@ -477,7 +504,7 @@ impl Engine {
     }
 
     /// Commits a change to one job, re-reading it if a concurrent change won.
-    async fn change_job(
+    pub(super) async fn change_job(
         &self,
         id: JobId,
         change: impl Fn(

@@ -66,6 +66,11 @@ const RULE_FILES: [(&str, &str); 5] = [
     ("tests", "toml"),
 ];
 
+/// The script that routes notifications, and its function (`fn route(event)`).
+pub const NOTIFY_SCRIPT: &str = "notify";
+/// See [`NOTIFY_SCRIPT`].
+pub const NOTIFY_FUNCTION: &str = "route";
+
 /// Most example tests a rule set may hold.
 pub const TESTS_MAX: usize = 1000;
 
@@ -267,6 +272,18 @@ impl RuleSet {
                     );
                 }
             }
+            if name == NOTIFY_SCRIPT
+                && !ast
+                    .iter_functions()
+                    .any(|f| f.name == NOTIFY_FUNCTION && f.params.len() == 1)
+            {
+                problems.push(problem(
+                    &path,
+                    1,
+                    1,
+                    format!("the notification router needs `fn {NOTIFY_FUNCTION}(event)`"),
+                ));
+            }
             let own = ast.iter_functions().map(|f| f.name.to_string()).collect();
             scripts.insert(
                 name,
@@ -356,8 +373,11 @@ impl RuleSet {
                 ));
             }
         }
+        let routes = compiled.scripts.contains_key(NOTIFY_SCRIPT);
         for test in &tests {
-            if !deciders.contains(&test.function) {
+            let known =
+                deciders.contains(&test.function) || (routes && testing::is_router(&test.function));
+            if !known {
                 problems.push(problem(
                     Path::new(&test.file),
                     test.line,
@@ -418,6 +438,37 @@ impl RuleSet {
             // Not a decider: the same error a live evaluation gives.
             _ => self.evaluate(name, input),
         }
+    }
+
+    /// Whether the rule set routes notifications (`scripts/notify.rhai` defines `route`).
+    pub fn routes_notifications(&self) -> bool {
+        self.compiled.scripts.contains_key(NOTIFY_SCRIPT)
+    }
+
+    /// Runs the notification router, `notify::route(event)`, on one change; its result as
+    /// JSON (a list of messages; see [`crate::notification`]). `None` when the rule set has no
+    /// `scripts/notify.rhai`. `deadline_min` raises the wall-clock deadline (rule tests).
+    pub fn route_notifications(
+        &self,
+        event: &Value,
+        now: DateTime<Utc>,
+        deadline_min: std::time::Duration,
+    ) -> Option<Result<Value, DecideError>> {
+        let script = self.compiled.scripts.get(NOTIFY_SCRIPT)?;
+        let nothing = Some(Vec::new());
+        let counters = Counters::live(Arc::new(|_: &str, _: &str| Ok(0)), nothing.clone());
+        let balances = Balances::live(
+            Arc::new(|_: &str, _: &str| Ok(rust_decimal::Decimal::ZERO)),
+            nothing,
+        );
+        let deadline = self.compiled.limits.deadline.max(deadline_min);
+        Some(self.compiled.run(
+            script,
+            NOTIFY_FUNCTION,
+            &|| vec![to_dynamic(event)],
+            (now, deadline),
+            (&counters, &balances),
+        ))
     }
 
     /// The scripts' limits.
@@ -507,28 +558,58 @@ impl Compiled {
             .scripts
             .get(script)
             .ok_or_else(|| DecideError::new(format!("no script `{script}` in this rule set")))?;
-        let run = |engine: &rhai::Engine| {
-            let mut scope = Scope::new();
-            let args = (
+        let args = || {
+            vec![
                 to_dynamic(&input.instance),
                 to_dynamic(&input.payload),
                 to_dynamic(&input.actor),
-            );
-            sandbox::with_evaluation(
-                input.now,
-                deadline,
-                &self.data,
-                (&input.counters, &input.balances),
-                || {
-                    engine.call_fn_with_options::<Dynamic>(
-                        CallFnOptions::new().eval_ast(false).rewind_scope(true),
-                        &mut scope,
-                        &script_def.ast,
-                        function,
-                        args,
-                    )
-                },
-            )
+            ]
+        };
+        let outputs = self.run(
+            script_def,
+            function,
+            &args,
+            (input.now, deadline),
+            (&input.counters, &input.balances),
+        )?;
+        if let Some(refusal) = refusal_from(&outputs) {
+            return Err(refusal.unwrap_or_else(|m| {
+                DecideError::new(format!(
+                    "{}: function `{function}` returned an invalid refusal: {m}",
+                    script_def.file
+                ))
+            }));
+        }
+        let decision = decision_from(&outputs).map_err(|m| {
+            DecideError::new(format!(
+                "{}: function `{function}` returned an invalid decision: {m}",
+                script_def.file
+            ))
+        })?;
+        Ok((decision, outputs))
+    }
+
+    /// Calls `function` of `script_def` with `args` under the sandbox's limits, and returns
+    /// its result as JSON; a script error is located at its `file:line:col`.
+    fn run(
+        &self,
+        script_def: &Script,
+        function: &str,
+        args: &dyn Fn() -> Vec<Dynamic>,
+        (now, deadline): (DateTime<Utc>, std::time::Duration),
+        ledgers: (&Counters, &Balances),
+    ) -> Result<Value, DecideError> {
+        let run = |engine: &rhai::Engine| {
+            let mut scope = Scope::new();
+            sandbox::with_evaluation(now, deadline, &self.data, ledgers, || {
+                engine.call_fn_with_options::<Dynamic>(
+                    CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                    &mut scope,
+                    &script_def.ast,
+                    function,
+                    args(),
+                )
+            })
         };
         // Every helper is total, so nothing here should panic; if something still does, the
         // evaluation fails like a script error (with the last position the locator stepped on)
@@ -572,27 +653,12 @@ impl Compiled {
                 });
             }
         };
-        let outputs = to_json(&result, "result").map_err(|m| {
+        to_json(&result, "result").map_err(|m| {
             DecideError::new(format!(
-                "{}: function `{function}` returned an invalid decision: {m}",
+                "{}: function `{function}` returned an invalid result: {m}",
                 script_def.file
             ))
-        })?;
-        if let Some(refusal) = refusal_from(&outputs) {
-            return Err(refusal.unwrap_or_else(|m| {
-                DecideError::new(format!(
-                    "{}: function `{function}` returned an invalid refusal: {m}",
-                    script_def.file
-                ))
-            }));
-        }
-        let decision = decision_from(&outputs).map_err(|m| {
-            DecideError::new(format!(
-                "{}: function `{function}` returned an invalid decision: {m}",
-                script_def.file
-            ))
-        })?;
-        Ok((decision, outputs))
+        })
     }
 
     /// `file:line:col: function `f`: what went wrong (and which limit)`, with the place as a

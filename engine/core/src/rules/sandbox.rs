@@ -199,6 +199,132 @@ fn weekday_name(day: chrono::Weekday) -> &'static str {
     }
 }
 
+/// The first instant at or after `time` within opening `hours` in `zone`: a map from weekday
+/// (`mon` … `sun`) to `"HH:MM-HH:MM"`; a day that is missing, `()` or `"closed"` is closed.
+/// `time` itself when open then; on a day whose clocks change, the local times are read as
+/// `from_local` reads them. An error names a malformed day, or hours closed all week.
+fn next_open(time: &str, zone: &str, hours: &rhai::Map) -> Result<String, Box<EvalAltResult>> {
+    let start = local(time, zone, "next_open")?;
+    let t = start.with_timezone(&Utc);
+    let mut spans = Vec::new();
+    for (day, value) in hours {
+        if !["mon", "tue", "wed", "thu", "fri", "sat", "sun"].contains(&day.as_str()) {
+            return Err(format!(
+                "next_open: hours has `{}`, not a weekday (mon … sun)",
+                crate::error::clip(day, 32)
+            )
+            .into());
+        }
+        if value.is_unit() {
+            continue;
+        }
+        let text = value.clone().into_immutable_string().map_err(|kind| {
+            format!("next_open: hours.{day} is {kind}, not \"HH:MM-HH:MM\" or \"closed\"")
+        })?;
+        if text == "closed" {
+            continue;
+        }
+        let (open, close) = text
+            .split_once('-')
+            .filter(|(o, c)| {
+                [o, c].iter().all(|x| chrono::NaiveTime::parse_from_str(x, "%H:%M").is_ok())
+                    && o < c
+            })
+            .ok_or_else(|| {
+                format!(
+                    "next_open: hours.{day} is \"{}\", not \"HH:MM-HH:MM\" (opening before closing) or \"closed\"",
+                    crate::error::clip(&text, 32)
+                )
+            })?;
+        spans.push((day.to_string(), open.to_string(), close.to_string()));
+    }
+    let today = start.date_naive();
+    for offset in 0..=7 {
+        let Some(date) = today.checked_add_signed(chrono::Duration::days(offset)) else {
+            break;
+        };
+        let name = weekday_name(date.weekday());
+        for (_, open, close) in spans.iter().filter(|(d, _, _)| d == name) {
+            let day = date.to_string();
+            let opens = from_local(&day, open, zone)?;
+            let closes = from_local(&day, close, zone)?;
+            let (opens_at, closes_at) = (
+                DateTime::parse_from_rfc3339(&opens).map_err(|e| e.to_string())?,
+                DateTime::parse_from_rfc3339(&closes).map_err(|e| e.to_string())?,
+            );
+            if t < closes_at {
+                return Ok(if t >= opens_at {
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                } else {
+                    opens
+                });
+            }
+        }
+    }
+    Err("next_open: the hours are closed on every day".into())
+}
+
+/// Most characters a rendered template may have.
+const RENDERED_CHARS_MAX: usize = 64 * 1024;
+
+/// `template` with every `{{name}}` replaced by `vars[name]` (text as is, other values as
+/// Rhai prints them; with `html`, escaped for HTML). A name `vars` lacks is an error naming
+/// it, as is an unclosed `{{`.
+fn render(template: &str, vars: &rhai::Map, html: bool) -> Result<String, Box<EvalAltResult>> {
+    let helper = if html { "render_html" } else { "render" };
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| {
+            format!(
+                "{helper}: `{{{{` without `}}}}` at \"{}\"",
+                crate::error::clip(&rest[start..], 32)
+            )
+        })?;
+        let name = after[..end].trim();
+        let value = vars.get(name).ok_or_else(|| {
+            format!(
+                "{helper}: the template uses `{}`, which the values do not have",
+                crate::error::clip(name, 64)
+            )
+        })?;
+        let text = if value.is_string() {
+            value.clone().into_string().unwrap_or_default()
+        } else if value.is_unit() {
+            String::new()
+        } else {
+            value.to_string()
+        };
+        if html {
+            for c in text.chars() {
+                match c {
+                    '&' => out.push_str("&amp;"),
+                    '<' => out.push_str("&lt;"),
+                    '>' => out.push_str("&gt;"),
+                    '"' => out.push_str("&quot;"),
+                    '\'' => out.push_str("&#39;"),
+                    c => out.push(c),
+                }
+            }
+        } else {
+            out.push_str(&text);
+        }
+        if out.len() > RENDERED_CHARS_MAX * 4 {
+            break;
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    if out.chars().count() > RENDERED_CHARS_MAX {
+        return Err(
+            format!("{helper}: the result is longer than {RENDERED_CHARS_MAX} characters").into(),
+        );
+    }
+    Ok(out)
+}
+
 /// The UTC instant (RFC 3339) at which `zone`'s clocks show `clock` ("HH:MM") on `date`.
 fn from_local(date: &str, clock: &str, zone: &str) -> Result<String, Box<EvalAltResult>> {
     use chrono::{LocalResult, TimeZone as _};
@@ -492,6 +618,27 @@ pub(crate) fn build_engine(limits: &RuleLimits) -> Engine {
             from_local(&date, &clock, &zone)
         },
     );
+    engine.register_fn(
+        "next_open",
+        |time: ImmutableString, zone: ImmutableString, hours: rhai::Map| {
+            next_open(&time, &zone, &hours)
+        },
+    );
+    engine.register_fn(
+        "is_open",
+        |time: ImmutableString, zone: ImmutableString, hours: rhai::Map| {
+            let next = next_open(&time, &zone, &hours)?;
+            let at = |s: &str| DateTime::parse_from_rfc3339(s).map_err(|e| e.to_string());
+            Ok::<_, Box<EvalAltResult>>(at(&next)? == at(&time)?)
+        },
+    );
+    engine.register_fn("render", |template: ImmutableString, vars: rhai::Map| {
+        render(&template, &vars, false)
+    });
+    engine.register_fn(
+        "render_html",
+        |template: ImmutableString, vars: rhai::Map| render(&template, &vars, true),
+    );
     engine.register_fn("today", || now().map(|t| t.date_naive().to_string()));
     engine.register_fn("days_between", |a: ImmutableString, b: ImmutableString| {
         Ok::<_, Box<EvalAltResult>>((date_of(&b)? - date_of(&a)?).num_days())
@@ -590,7 +737,7 @@ mod tests {
             b in text(),
             d in decimal(),
             e in decimal(),
-            which in 0usize..23,
+            which in 0usize..25,
         ) {
             let (a, b) = (quoted(&a), quoted(&b));
             let expr = match which {
@@ -616,6 +763,8 @@ mod tests {
                 19 => format!("from_unix_seconds({n}) + from_minor_units({n}, {a})"),
                 20 => format!("local_date({a}, {b}) + local_time({a}, {b}) + weekday({a}, {b})"),
                 21 => format!("from_local({a}, {b}, {a}) + from_local({a}, \"02:30\", \"Europe/Berlin\")"),
+                23 => format!("render({a}, #{{ x: {b} }}) + render_html({b}, #{{ y: {n} }})"),
+                22 => format!("next_open({a}, {b}, #{{ mon: {a}, sun: {b} }}) + is_open({a}, \"UTC\", #{{ tue: \"08:00-{b}\" }})"),
                 _ => format!("{n} / ({n} - {n})"),
             };
             // Ok or a script error; a panic fails the test.
@@ -711,6 +860,79 @@ mod tests {
         }
         let e = eval("from_local(\"2026-03-29\", \"25:00\", \"UTC\")").unwrap_err();
         assert!(e.to_string().contains("not a time of day"), "{e}");
+    }
+
+    #[test]
+    fn opening_hours_in_a_time_zone_through_clock_changes() {
+        let text = |expr: &str| eval(expr).unwrap().into_string().unwrap();
+        let week = "#{ mon: \"08:00-18:00\", tue: \"08:00-18:00\", wed: \"08:00-18:00\", thu: \"08:00-18:00\", fri: \"08:00-17:00\", sat: \"closed\" }";
+        for (time, zone, want) in [
+            // Friday 10:00 in Berlin (09:00Z): open, so the time itself.
+            (
+                "2026-03-27T09:00:00Z",
+                "Europe/Berlin",
+                "2026-03-27T09:00:00Z",
+            ),
+            // Friday 18:30 in Berlin: closed until Monday 08:00 — after the clocks went
+            // forward on Sunday, so 06:00Z, not 07:00Z.
+            (
+                "2026-03-27T17:30:00Z",
+                "Europe/Berlin",
+                "2026-03-30T06:00:00Z",
+            ),
+            // 03:00 on Monday in Berlin (01:00Z): opens at 08:00 local the same day.
+            (
+                "2026-03-30T01:00:00Z",
+                "Europe/Berlin",
+                "2026-03-30T06:00:00Z",
+            ),
+            // The same instant is Sunday evening in New York: Monday 08:00 EDT.
+            (
+                "2026-03-30T01:00:00Z",
+                "America/New_York",
+                "2026-03-30T12:00:00Z",
+            ),
+        ] {
+            let expr = format!("next_open(\"{time}\", \"{zone}\", {week})");
+            assert_eq!(text(&expr), want, "{expr}");
+        }
+        let open = |time: &str| {
+            eval(&format!("is_open(\"{time}\", \"Europe/Berlin\", {week})"))
+                .unwrap()
+                .as_bool()
+                .unwrap()
+        };
+        assert!(open("2026-03-27T09:00:00Z"));
+        assert!(!open("2026-03-28T09:00:00Z"), "Saturday is closed");
+        for (hours, message) in [
+            ("#{ mon: \"18:00-08:00\" }", "hours.mon is \"18:00-08:00\""),
+            ("#{ funday: \"08:00-09:00\" }", "`funday`, not a weekday"),
+            ("#{ mon: 9 }", "hours.mon is"),
+            ("#{ sat: \"closed\" }", "closed on every day"),
+        ] {
+            let e = eval(&format!(
+                "next_open(\"2026-03-27T09:00:00Z\", \"UTC\", {hours})"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains(message), "{hours}: {e}");
+        }
+    }
+
+    #[test]
+    fn templates_render_values_and_escape_html() {
+        let text = |expr: &str| eval(expr).unwrap().into_string().unwrap();
+        assert_eq!(
+            text("render(\"Quote {{ key }} waits: {{reason}} ({{n}})\", #{ key: \"Q-1\", reason: \"net > 5000\", n: 3 })"),
+            "Quote Q-1 waits: net > 5000 (3)"
+        );
+        assert_eq!(
+            text("render_html(\"<b>{{who}}</b>\", #{ who: \"<script>&'\\\"\" })"),
+            "<b>&lt;script&gt;&amp;&#39;&quot;</b>"
+        );
+        let e = eval("render(\"{{missing}}\", #{})").unwrap_err();
+        assert!(e.to_string().contains("uses `missing`"), "{e}");
+        let e = eval("render(\"a {{open\", #{})").unwrap_err();
+        assert!(e.to_string().contains("without"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,15 @@
 //! # only the keys given are compared (maps recursively, lists whole), and "(removed)" stands
 //! # for a key the change removes (TOML has no null). Or, instead of expect:
 //! # expect_error = "a substring of the error"
+//!
+//! [[test]]
+//! name = "a quote waiting for approval tells the sales managers, in their hours"
+//! function = "notify::route"                  # the notification router
+//! now = "2026-03-27T17:30:00Z"
+//! event = { type = "switchyard.instance.transitioned", definition = { name = "quote" }, to_state = "pending_approval", data = {} }
+//! expect = { notifications = [{ channel = "email", to = "mia@example.com", not_before = "2026-03-30T05:00:00Z" }] }
+//! # each message is matched as a subset (only the keys given), and the list must have as
+//! # many messages as given; the messages are also checked as the engine checks them.
 //! ```
 
 use std::collections::BTreeMap;
@@ -86,6 +95,8 @@ struct TestSpec {
     actor: Option<toml::Value>,
     payload: Option<toml::Value>,
     instance: Option<toml::Value>,
+    /// For the notification router: the change (a feed event's data plus `type`, `owner`).
+    event: Option<toml::Value>,
     /// Counter values `counter_value` reads: `{ coupon_uses = { VIP20 = 2 } }`.
     #[serde(default)]
     counters: BTreeMap<String, BTreeMap<String, u64>>,
@@ -172,7 +183,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
                     Value::Object(m) => m,
                     _ => unreachable!("a table is an object"),
                 };
-                if let Some(k) = map
+                if is_router(&spec.function) {
+                    if let Some(k) = map.keys().find(|k| k.as_str() != "notifications") {
+                        problems.push(at(
+                            offset,
+                            format!(
+                                "test `{}`: `expect.{k}`: a routing test expects `notifications`",
+                                spec.name
+                            ),
+                        ));
+                        continue;
+                    }
+                } else if let Some(k) = map
                     .keys()
                     .find(|k| !matches!(k.as_str(), "state" | "reason" | "changes" | "effects"))
                 {
@@ -193,6 +215,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
                 continue;
             }
         };
+        if is_router(&spec.function) != spec.event.is_some() {
+            problems.push(at(
+                offset,
+                format!(
+                    "test `{}`: `event` goes with function = \"{}\", and only with it",
+                    spec.name,
+                    router_name()
+                ),
+            ));
+            continue;
+        }
         let mut instance = json!({
             "id": "00000000-0000-0000-0000-000000000000",
             "definition": spec.function.split("::").next().unwrap_or_default(),
@@ -217,7 +250,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<RuleTest>, Vec<DefinitionErr
                 counters: Counters::given(spec.counters),
                 balances: Balances::given(balances),
                 instance,
-                payload: spec.payload.map(json_of).unwrap_or_else(|| json!({})),
+                payload: spec
+                    .event
+                    .or(spec.payload)
+                    .map(json_of)
+                    .unwrap_or_else(|| json!({})),
                 actor: spec
                     .actor
                     .map(json_of)
@@ -274,11 +311,82 @@ fn error_text(error: &crate::decider::DecideError) -> String {
     }
 }
 
+/// Whether `function` is the notification router, `notify::route`.
+pub(crate) fn is_router(function: &str) -> bool {
+    function == router_name()
+}
+
+fn router_name() -> String {
+    format!("{}::{}", super::NOTIFY_SCRIPT, super::NOTIFY_FUNCTION)
+}
+
+/// A routing test: the router's messages, checked as the engine checks them, matched
+/// message by message (each a subset).
+fn run_routing(rules: &RuleSet, test: &RuleTest) -> String {
+    let event = &test.input.payload;
+    let result = rules
+        .route_notifications(event, test.input.now, super::TEST_DEADLINE_MIN)
+        .unwrap_or_else(|| {
+            Err(crate::decider::DecideError::new(
+                "this rule set has no scripts/notify.rhai",
+            ))
+        })
+        .and_then(|out| {
+            crate::notification::parse_routed(&out, &json!({}))
+                .map(|_| out)
+                .map_err(crate::decider::DecideError::new)
+        });
+    match (&test.expect, result) {
+        (Expect::Error(want), Err(e)) if error_text(&e).contains(want.as_str()) => String::new(),
+        (Expect::Error(want), Err(e)) => format!(
+            "  error: expected one containing {want:?}\n         got {:?}\n",
+            error_text(&e)
+        ),
+        (Expect::Error(want), Ok(out)) => format!(
+            "  expected an error containing {want:?}, got messages:\n{}\n",
+            indent(&out)
+        ),
+        (Expect::Decision(_), Err(e)) => {
+            format!("  expected messages, got an error:\n    {}\n", e.message())
+        }
+        (Expect::Decision(want), Ok(out)) => {
+            let expected = want.get("notifications").cloned().unwrap_or(json!([]));
+            let (Value::Array(e), Value::Array(a)) = (&expected, &out) else {
+                return format!("  notifications:\n{}", diff(&expected, &out));
+            };
+            let matches = e.len() == a.len() && e.iter().zip(a).all(|(e, a)| subset(e, a));
+            if matches {
+                String::new()
+            } else {
+                let shown: Vec<Value> = a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| e.get(i).map_or_else(|| m.clone(), |e| restrict(m, e)))
+                    .collect();
+                format!(
+                    "  notifications:\n{}",
+                    diff(&removed_as_null(&expected), &Value::Array(shown))
+                )
+            }
+        }
+    }
+}
+
 fn run_one(rules: &RuleSet, test: &RuleTest) -> TestOutcome {
     let title = format!(
         "{}:{} {} ({})",
         test.file, test.line, test.name, test.function
     );
+    if is_router(&test.function) {
+        let report = run_routing(rules, test);
+        return TestOutcome {
+            title,
+            file: test.file.clone(),
+            line: test.line,
+            passed: report.is_empty(),
+            report,
+        };
+    }
     let result = rules.evaluate_test(&test.function, &test.input);
     let mut report = String::new();
     match (&test.expect, result) {

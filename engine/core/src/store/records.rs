@@ -917,8 +917,15 @@ impl Record for Job {
         })
     }
     fn check(&self) -> Result<(), String> {
-        if self.version == 0 || self.job_type.is_empty() || self.complete_command.is_empty() {
-            return Err("job with version 0, no type or no completion command".into());
+        // A notification's job has no completion command; every other job has one.
+        let notification = crate::notification::is_notification(&self.job_type);
+        if self.version == 0
+            || self.job_type.is_empty()
+            || self.complete_command.is_empty() != notification
+        {
+            return Err(
+                "job with version 0, no type, or a completion command that does not fit its type (only notifications have none)".into(),
+            );
         }
         if (self.status == JobStatus::Leased) != self.lease.is_some() {
             return Err("job lease does not match its status".into());
