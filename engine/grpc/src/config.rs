@@ -37,6 +37,77 @@ pub struct ServerConfig {
     pub shutdown: ShutdownConfig,
     /// Payment-provider webhooks over HTTP; off unless `webhooks.listen` is set.
     pub webhooks: WebhooksConfig,
+    /// Notification delivery: which channel delivers the messages the rules route.
+    pub notifications: NotificationsConfig,
+}
+
+/// Notification delivery (`switchyard_notify`). Each entry of `channels` delivers the messages
+/// the rules route to that channel name (`email`, `sms`, `webhook`, …); messages of a name with
+/// no entry stay queued (visible as such) until one is configured. Secrets come only from
+/// environment variables, named here.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationsConfig {
+    /// Failed attempts a message may have before it is undelivered, an incident (default 10).
+    pub retries: u32,
+    /// The delay before the first retry, doubling after each (default `10s`).
+    pub backoff: String,
+    /// Channel name → how its messages are delivered.
+    pub channels: std::collections::BTreeMap<String, ChannelConfig>,
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            retries: 10,
+            backoff: "10s".into(),
+            channels: Default::default(),
+        }
+    }
+}
+
+/// How one channel's messages are delivered (`kind`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// Logged at info (development, demos): counted as sent.
+    Log,
+    /// Appended as JSON lines to `path`, synced.
+    File {
+        /// The file (created when missing).
+        path: PathBuf,
+    },
+    /// POSTed to an HTTP SMS gateway.
+    SmsGateway {
+        /// The gateway's URL.
+        url: String,
+        /// An environment variable holding its bearer token, if it needs one.
+        #[serde(default)]
+        token_env: Option<String>,
+        /// The sender shown (default `Switchyard`).
+        #[serde(default = "default_sms_from")]
+        from: String,
+    },
+    /// Standard Webhooks to named endpoints (the message's address names the endpoint).
+    Webhook {
+        /// Endpoint name → its URL and secrets.
+        endpoints: std::collections::BTreeMap<String, WebhookEndpointConfig>,
+    },
+}
+
+/// One outbound webhook endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpointConfig {
+    /// Its http:// or https:// URL.
+    pub url: String,
+    /// An environment variable holding its `whsec_…` secrets, comma-separated (the first signs;
+    /// all sign while one rotates).
+    pub secrets_env: String,
+}
+
+fn default_sms_from() -> String {
+    "Switchyard".into()
 }
 
 /// The payment-provider webhook listener (`crate::webhooks`): off unless `listen` is set, and
@@ -284,6 +355,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             shutdown: ShutdownConfig::default(),
             webhooks: WebhooksConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -564,6 +636,7 @@ impl ServerConfig {
                 &self.engine.rule_tests_deadline,
             ),
             ("shutdown.drain_timeout", &self.shutdown.drain_timeout),
+            ("notifications.backoff", &self.notifications.backoff),
         ] {
             if switchyard_core::definition::parse_duration(value).is_none() {
                 return bad(
@@ -597,6 +670,19 @@ impl ServerConfig {
             return bad("grpc.message_bytes_max", "must be at least 1024");
         }
         self.check_webhooks()?;
+        for name in self.notifications.channels.keys() {
+            if name.is_empty()
+                || !name.starts_with(|c: char| c.is_ascii_lowercase())
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return bad(
+                    &format!("notifications.channels.{name}"),
+                    "a channel name is lower-case letters, digits and `_`, starting with a letter",
+                );
+            }
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return bad("tls", "set both `cert_file` and `key_file`, or neither");
         }
@@ -675,6 +761,34 @@ mod tests {
         let c = ServerConfig::load(Some(&file), env).unwrap();
         assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:7001");
         assert_eq!(c.engine.page_size_max, 50);
+    }
+
+    #[test]
+    fn a_notification_channel_of_an_unknown_kind_or_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, wanted) in [
+            (
+                "[notifications.channels.email]\nkind = \"pigeon\"\n",
+                "unknown variant `pigeon`",
+            ),
+            (
+                "[notifications.channels.email]\nkind = \"file\"\npath = \"x\"\ncolour = 1\n",
+                "unknown field `colour`",
+            ),
+            (
+                "[notifications.channels.E-mail]\nkind = \"log\"\n",
+                "`notifications.channels.E-mail`",
+            ),
+            (
+                "[notifications]\nbackoff = \"soon\"\n",
+                "`notifications.backoff`",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = ServerConfig::load(Some(&file), no_env).unwrap_err().0;
+            assert!(e.contains(wanted), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -89,8 +89,60 @@ fn job(j: &Job) -> pb::Job {
     }
 }
 
+/// A notification on the wire.
+fn notification(d: &switchyard_core::notification::Delivery) -> pb::Notification {
+    use switchyard_core::notification::DeliveryStatus as S;
+    let m = &d.message;
+    pb::Notification {
+        message_id: d.id.to_string(),
+        instance_id: d.instance.to_string(),
+        channel: m.channel.clone(),
+        to: m.to.clone(),
+        recipient: m.recipient.clone(),
+        category: m.category.clone(),
+        severity: serde_json::to_value(m.severity)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        subject: m.subject.clone(),
+        text: m.text.clone(),
+        html: m.html.clone().unwrap_or_default(),
+        status: (match d.status {
+            S::Queued => pb::NotificationStatus::Queued,
+            S::Sending => pb::NotificationStatus::Sending,
+            S::Retrying => pb::NotificationStatus::Retrying,
+            S::Sent => pb::NotificationStatus::Sent,
+            S::Undelivered => pb::NotificationStatus::Undelivered,
+            S::Cancelled => pb::NotificationStatus::Cancelled,
+        }) as i32,
+        failures: d.failures,
+        retries: d.retries,
+        last_error: d.last_error.clone().unwrap_or_default(),
+        next_attempt_at: d.next_attempt_at.and_then(timestamp),
+        source_json: m.source.to_string(),
+        created_at: timestamp(d.created_at),
+        updated_at: timestamp(d.updated_at),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobService {
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Answer<pb::ListNotificationsResponse> {
+        let actor = actor_of(&request)?;
+        let id = convert::instance_id("instance_id", &request.get_ref().instance_id)?;
+        let deliveries = self
+            .engine
+            .notifications_as(&actor, id)
+            .await
+            .map_err(|e| to_status(&e, Wire::NONE))?;
+        Ok(Response::new(pb::ListNotificationsResponse {
+            notifications: deliveries.iter().map(notification).collect(),
+        }))
+    }
+
     async fn activate_jobs(
         &self,
         request: Request<pb::ActivateJobsRequest>,

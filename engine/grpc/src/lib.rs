@@ -27,6 +27,7 @@ pub mod health;
 pub mod http;
 mod jobs;
 pub mod metrics_http;
+pub mod notify;
 pub mod server;
 mod services;
 mod status;

@@ -110,6 +110,10 @@ pub fn engine_config(config: &ServerConfig) -> EngineConfig {
         engine.rule_threads = config.engine.rule_threads;
     }
     engine.rule_queue_max = config.engine.rule_queue_max;
+    engine.notification_retries = config.notifications.retries;
+    engine.notification_backoff = ServerConfig::duration(&config.notifications.backoff)
+        .to_std()
+        .unwrap_or(Duration::from_secs(10));
     engine.rule_tests_deadline = ServerConfig::duration(&config.engine.rule_tests_deadline)
         .to_std()
         .unwrap_or(Duration::from_secs(10));
@@ -210,6 +214,8 @@ pub async fn start(
         }
         None => None,
     };
+    let channels =
+        crate::notify::channels(&config.notifications, &env).map_err(ServeError::Config)?;
     let webhooks_addr = webhooks
         .as_ref()
         .and_then(|(l, e)| Some((l.local_addr().ok()?, e.describe())));
@@ -259,6 +265,7 @@ pub async fn start(
         RuleLimits::default(),
     )
     .await?;
+    crate::notify::register(&engine, channels);
     match engine.active_rule_set() {
         Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
         None => tracing::warn!("no rule set is active"),

@@ -220,6 +220,16 @@ impl Engine {
             .collect())
     }
 
+    /// [`Engine::notifications`], for `actor`, who must be allowed to read the instance.
+    pub async fn notifications_as(
+        &self,
+        actor: &crate::model::Actor,
+        instance: InstanceId,
+    ) -> Result<Vec<Delivery>, CommandError> {
+        self.get_as(actor, instance).await?;
+        self.notifications(instance).await
+    }
+
     /// Marks a leased notification sent. A message already sent stays sent: completing it
     /// again (a worker retrying after a lost reply, or one whose lease had lapsed while another
     /// sent it too) is answered with the job as it is.
