@@ -7,6 +7,10 @@
 //! backorder, one invoice, a partial and a full payment, and `closed`. Then the order's history
 //! and the event feed. No Rust decides anything here: every decision is a Rhai rule.
 //!
+//! Every notification the rule set's `notify` script routes (the approvers, the finance team,
+//! the ERP webhook…) is printed as it is delivered, by a console channel standing in for
+//! e-mail, SMS and webhooks — in colour on a terminal (unless `NO_COLOR` is set).
+//!
 //! Run: `cargo run -p switchyard-examples --example order_walkthrough [-- DATA_DIR]`
 //! (without DATA_DIR a temporary directory is used and removed afterwards).
 
@@ -50,6 +54,37 @@ async fn job(
     Ok(out)
 }
 
+/// Prints each message as it is delivered: the console stands in for e-mail, SMS and webhooks.
+struct Console {
+    colour: bool,
+}
+
+impl notification::Channel for Console {
+    fn send<'a>(&'a self, n: &'a notification::Notification) -> notification::SendFuture<'a> {
+        Box::pin(async move {
+            let m = &n.message;
+            let (on, off) = match (self.colour, m.severity) {
+                (false, _) => ("", ""),
+                (true, notification::Severity::Critical) => ("\x1b[1;31m", "\x1b[0m"),
+                (true, notification::Severity::High) => ("\x1b[33m", "\x1b[0m"),
+                (true, notification::Severity::Routine) => ("\x1b[36m", "\x1b[0m"),
+            };
+            println!(
+                "  {on}✉ {:<7} to {:<24} {:<8} {}{off}",
+                m.channel,
+                m.to,
+                format!("{:?}", m.severity).to_lowercase(),
+                if m.subject.is_empty() {
+                    &m.text
+                } else {
+                    &m.subject
+                }
+            );
+            Ok(())
+        })
+    }
+}
+
 /// ACME's exposure in EUR as the engine keeps it (the credit rule reads these balances).
 async fn exposure(engine: &Engine) -> Result<()> {
     println!(
@@ -76,12 +111,25 @@ async fn main() -> Result<()> {
     let mut config = EngineConfig::new(StoreConfig::Sled(SledConfig::new(&data_dir)));
     config.clock = clock.clone();
     config.background_tasks = false; // timers are fired by hand below, after moving the clock
-    let engine = Engine::open(config, rules.definitions, rules.deciders)
-        .await
-        .context("opening the engine")?;
+    let version = rules.version.clone();
+    drop(rules);
+    let engine = Engine::open_with_rules(
+        config,
+        &rules_dir,
+        DeciderRegistry::new(),
+        RuleLimits::default(),
+    )
+    .await
+    .context("opening the engine")?;
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
+    let console = Arc::new(Console { colour });
+    for channel in ["email", "sms", "webhook"] {
+        engine.register_channel(channel, console.clone());
+    }
     println!(
         "Rule set {} from {}; store in {}",
-        rules.version,
+        version,
         rules_dir.display(),
         data_dir.display()
     );

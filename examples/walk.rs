@@ -42,6 +42,8 @@ impl Walk {
             "  {who:<22} {command:<15} → {:<15} {}",
             out.state, out.reason
         );
+        // Give the channels a moment, so a delivered message prints after the step causing it.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         Ok(out)
     }
 }
