@@ -77,6 +77,25 @@ pub enum ChannelConfig {
         /// The file (created when missing).
         path: PathBuf,
     },
+    /// E-mailed over SMTP (text, and HTML as the alternative).
+    Smtp {
+        /// The SMTP server's host.
+        host: String,
+        /// Its port (default 587).
+        #[serde(default = "default_smtp_port")]
+        port: u16,
+        /// `starttls` (default), `tls` (implicit, port 465) or `none` (a local relay only).
+        #[serde(default = "default_smtp_tls")]
+        tls: String,
+        /// A user name, when the server wants one.
+        #[serde(default)]
+        username: Option<String>,
+        /// An environment variable holding the password.
+        #[serde(default)]
+        password_env: Option<String>,
+        /// The sender, e.g. `Switchyard <noreply@example.com>`.
+        from: String,
+    },
     /// POSTed to an HTTP SMS gateway.
     SmsGateway {
         /// The gateway's URL.
@@ -106,6 +125,12 @@ pub struct WebhookEndpointConfig {
     pub secrets_env: String,
 }
 
+fn default_smtp_port() -> u16 {
+    587
+}
+fn default_smtp_tls() -> String {
+    "starttls".into()
+}
 fn default_sms_from() -> String {
     "Switchyard".into()
 }

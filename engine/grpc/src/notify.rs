@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use switchyard_core::notification::Channel;
 use switchyard_core::Engine;
-use switchyard_notify::{FileChannel, LogChannel, SmsGateway, WebhookChannel, WebhookEndpoint};
+use switchyard_notify::{
+    FileChannel, LogChannel, SmsGateway, SmtpChannel, SmtpSettings, SmtpTls, WebhookChannel,
+    WebhookEndpoint,
+};
 
 use crate::config::{ChannelConfig, NotificationsConfig};
 
@@ -22,6 +25,51 @@ pub fn channels(
         let made: Arc<dyn Channel> = match channel {
             ChannelConfig::Log => Arc::new(LogChannel),
             ChannelConfig::File { path } => Arc::new(FileChannel::new(path)),
+            ChannelConfig::Smtp {
+                host,
+                port,
+                tls,
+                username,
+                password_env,
+                from,
+            } => {
+                let tls = match tls.as_str() {
+                    "starttls" => SmtpTls::StartTls,
+                    "tls" => SmtpTls::Implicit,
+                    "none" => SmtpTls::None,
+                    other => {
+                        return Err(format!(
+                            "`{key}.tls`: `{other}` is not `starttls`, `tls` or `none`"
+                        ))
+                    }
+                };
+                let credentials = match (username, password_env) {
+                    (Some(user), Some(var)) => Some((
+                        user.clone(),
+                        env(var).ok_or_else(|| {
+                            format!(
+                                "`{key}.password_env`: the environment variable {var} is not set"
+                            )
+                        })?,
+                    )),
+                    (None, None) => None,
+                    _ => {
+                        return Err(format!(
+                            "`{key}`: give both `username` and `password_env`, or neither"
+                        ))
+                    }
+                };
+                Arc::new(
+                    SmtpChannel::new(SmtpSettings {
+                        host: host.clone(),
+                        port: *port,
+                        tls,
+                        credentials,
+                        from: from.clone(),
+                    })
+                    .map_err(|e| format!("`{key}`: {e}"))?,
+                )
+            }
             ChannelConfig::SmsGateway {
                 url,
                 token_env,

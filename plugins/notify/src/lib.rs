@@ -3,6 +3,7 @@
 //!
 //! | channel | what it does with a message |
 //! |---|---|
+//! | [`SmtpChannel`] | e-mails it (text, and HTML as the alternative) over SMTP with STARTTLS, implicit TLS or none, authenticated when configured; `Message-ID` from the message id |
 //! | [`WebhookChannel`] | POSTs it to a named endpoint, signed as the Standard Webhooks specification says (`webhook-id` = the message id, the same on every retry) |
 //! | [`SmsGateway`] | POSTs `{ to, from, text, message_id }` to an HTTP SMS gateway, with an `Idempotency-Key` |
 //! | [`FileChannel`] | appends it as one JSON line to a file, synced before it counts as sent |
@@ -15,8 +16,10 @@
 mod file;
 mod http;
 mod sms;
+mod smtp;
 mod webhook;
 
 pub use file::{FileChannel, LogChannel};
 pub use sms::SmsGateway;
+pub use smtp::{SmtpChannel, SmtpSettings, SmtpTls};
 pub use webhook::{sign, WebhookChannel, WebhookEndpoint, WEBHOOK_TYPE};

@@ -280,3 +280,121 @@ async fn the_file_channel_appends_one_synced_json_line_per_message() {
     assert!(err.contains("missing/dir/x.jsonl"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A minimal SMTP server (RFC 5321: greeting, EHLO, MAIL, RCPT, DATA, QUIT) that records the
+/// envelope and the message; answers `451` to the first `fail_first` DATA commands.
+async fn smtp_server(fail_first: usize) -> (u16, Arc<Mutex<Vec<(Vec<String>, String)>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mail = Arc::new(Mutex::new(Vec::new()));
+    let recorded = mail.clone();
+    let failures = Arc::new(Mutex::new(fail_first));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mail, failures) = (recorded.clone(), failures.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+                let mut envelope = Vec::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250-test\r\n250 8BITMIME\r\n",
+                        "MAIL" | "RCPT" => {
+                            envelope.push(line.clone());
+                            b"250 ok\r\n"
+                        }
+                        "DATA" => {
+                            write.write_all(b"354 go on\r\n").await.unwrap();
+                            let mut data = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                data.push_str(&l);
+                                data.push('\n');
+                            }
+                            let fail = {
+                                let mut f = failures.lock().unwrap();
+                                let fail = *f > 0;
+                                *f = f.saturating_sub(1);
+                                fail
+                            };
+                            if fail {
+                                b"451 try again later\r\n"
+                            } else {
+                                mail.lock()
+                                    .unwrap()
+                                    .push((std::mem::take(&mut envelope), data));
+                                b"250 queued\r\n"
+                            }
+                        }
+                        "RSET" | "NOOP" => b"250 ok\r\n",
+                        "QUIT" => {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"502 not implemented\r\n",
+                    };
+                    write.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, mail)
+}
+
+#[tokio::test]
+async fn an_email_goes_over_smtp_with_text_and_html_and_the_message_id() {
+    use switchyard_notify::{SmtpChannel, SmtpSettings, SmtpTls};
+    let (port, mail) = smtp_server(1).await;
+    let channel = SmtpChannel::new(SmtpSettings {
+        host: "127.0.0.1".into(),
+        port,
+        tls: SmtpTls::None,
+        credentials: None,
+        from: "Switchyard <noreply@example.com>".into(),
+    })
+    .unwrap();
+    let mut n = notification("email", "mia@example.com");
+    n.message.subject = "Quote Q-1 waits for your approval".into();
+    n.message.html = Some("<p>Quote <b>Q-1</b> waits.</p>".into());
+    let err = channel.send(&n).await.unwrap_err();
+    assert!(err.contains("451"), "{err}");
+    channel.send(&n).await.unwrap();
+    let mail = mail.lock().unwrap().clone();
+    assert_eq!(mail.len(), 1);
+    let (envelope, data) = &mail[0];
+    assert!(
+        envelope[0].contains("<noreply@example.com>"),
+        "{envelope:?}"
+    );
+    assert!(envelope[1].contains("<mia@example.com>"), "{envelope:?}");
+    let headers = data.split("\n\n").next().unwrap();
+    assert!(
+        headers.contains("Subject: Quote Q-1 waits for your approval"),
+        "{headers}"
+    );
+    assert!(headers.contains("To: mia@example.com"), "{headers}");
+    assert!(
+        headers.contains(&format!("Message-ID: <{}@switchyard>", n.id)),
+        "{headers}"
+    );
+    assert!(headers.contains("multipart/alternative"), "{headers}");
+    assert!(data.contains("Content-Type: text/plain"), "{data}");
+    assert!(data.contains("Content-Type: text/html"), "{data}");
+    assert!(data.contains("Order SO-1 for BETA is confirmed."), "{data}");
+    assert!(data.contains("<p>Quote <b>Q-1</b> waits.</p>"), "{data}");
+
+    let err = channel
+        .send(&notification("email", "not an address"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("`not an address` is not an e-mail address"),
+        "{err}"
+    );
+}
