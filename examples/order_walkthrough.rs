@@ -4,8 +4,9 @@
 //! credit controller releases it; the inventory adapter (a job worker here) reserves 60 of 100
 //! and 40 go on backorder with an alert (scenario 4); confirmation draws `SO-2026-000001` and
 //! wins the lead in the same commit; a shipment's carrier booking is a job; delivery, the
-//! backorder, one invoice, a partial and a full payment, and `closed`. Then the order's history
-//! and the event feed. No Rust decides anything here: every decision is a Rhai rule.
+//! backorder, one invoice, a partial and a full payment, and `closed`; a return refunded less
+//! its restocking fee, and a chargeback due within a day. Then the order's history and the
+//! event feed. No Rust decides anything here: every decision is a Rhai rule.
 //!
 //! Every notification the rule set's `notify` script routes (the approvers, the finance team,
 //! the ERP webhook…) is printed as it is delivered, by a console channel standing in for
@@ -305,7 +306,53 @@ async fn main() -> Result<()> {
     walk.send(order, "fin:finance", "close", json!({})).await?;
     exposure(&engine).await?;
 
-    println!("\n7. The order's history: every change with its actor, command and reason");
+    println!("\n7. A return of 3 seal kits (not wanted): approved within the window, received, 2 restocked and 1 scrapped, refunded");
+    clock.set(chrono::DateTime::parse_from_rfc3339("2026-04-20T09:00:00Z")?.to_utc());
+    let ret = walk
+        .send(
+            order,
+            "eva:customer_service",
+            "request_return",
+            json!({ "reason_code": "not_wanted", "requested_on": "2026-04-20", "lines": [{ "sku": "SEAL-KIT", "quantity": 3 }] }),
+        )
+        .await?
+        .started[0];
+    walk.send(ret, "eva:customer_service", "review", json!({}))
+        .await?;
+    walk.send(
+        ret,
+        "wh:logistics",
+        "receive",
+        json!({ "received_on": "2026-04-21" }),
+    )
+    .await?;
+    walk.send(
+        ret,
+        "wh:logistics",
+        "inspect",
+        json!({ "lines": [{ "sku": "SEAL-KIT", "restock": 2, "scrap": 1 }] }),
+    )
+    .await?;
+    job(&engine, "restock_returned", "inventory", json!({})).await?;
+    job(
+        &engine,
+        "refund_payment",
+        "payments",
+        json!({ "reference": "re_1" }),
+    )
+    .await?;
+
+    println!("\n8. The cardholder disputes the payment, evidence due within a day: finance hears at once, by e-mail and SMS");
+    walk.send(
+        order,
+        "fin:finance",
+        "open_dispute",
+        json!({ "provider": "stripe", "dispute_id": "dp_1", "kind": "chargeback", "reason_code": "product_not_received",
+                "amount": "120.00", "evidence_due_by": "2026-04-21T05:00:00Z" }),
+    )
+    .await?;
+
+    println!("\n9. The order's history: every change with its actor, command and reason");
     for h in engine.history(order, 0, 0).await? {
         println!(
             "  v{:<2} {:<19} {:<15} → {:<15} {}",
@@ -328,7 +375,7 @@ async fn main() -> Result<()> {
     );
 
     println!(
-        "\n8. The event feed, replayed from offset 0 (only flushed commits are ever delivered)"
+        "\n10. The event feed, replayed from offset 0 (only flushed commits are ever delivered)"
     );
     let mut feed = engine.subscribe(0)?;
     let (_, head) = engine.feed_bounds()?;
