@@ -448,6 +448,7 @@ async fn an_in_process_handler_that_panics_or_hangs_fails_its_attempt_and_the_ot
         match job.payload["order"].as_str() {
             Some("O-PANIC") => panic!("the warehouse client panicked"),
             Some("O-HANG") => std::future::pending().await,
+            Some("O-LONG") => Err("x".repeat(10_000)),
             _ => Ok(json!({ "warehouse": "W-1" })),
         }
     });
@@ -455,9 +456,10 @@ async fn an_in_process_handler_that_panics_or_hangs_fails_its_attempt_and_the_ot
     let panics = submitted(&engine, "O-PANIC").await;
     let hangs = submitted(&engine, "O-HANG").await;
     let fine = submitted(&engine, "O-FINE").await;
+    let long = submitted(&engine, "O-LONG").await;
     let mut failures = std::collections::BTreeMap::new();
     let mut completed = 0;
-    while failures.len() < 2 || completed < 1 {
+    while failures.len() < 3 || completed < 1 {
         let event = tokio::time::timeout(StdDuration::from_secs(10), sub.next())
             .await
             .expect("every job was answered")
@@ -477,6 +479,9 @@ async fn an_in_process_handler_that_panics_or_hangs_fails_its_attempt_and_the_ot
         failures["O-HANG"],
         "the in-process handler did not answer within 300 ms"
     );
+    // A message longer than a failure report may hold is cut, not lost with the report.
+    assert!(failures["O-LONG"].starts_with("xxx") && failures["O-LONG"].chars().count() <= 4096);
+    assert!(engine.jobs(long).await.unwrap()[0].last_error.is_some());
     assert_eq!(engine.get(fine).await.unwrap().state, "reserved");
     for id in [panics, hangs] {
         let job = engine.jobs(id).await.unwrap().remove(0);

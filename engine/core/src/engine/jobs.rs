@@ -649,8 +649,14 @@ impl Engine {
         };
         let outcome = match result {
             Ok(result) => self.complete_job(id, lease, result).await.map(|_| ()),
+            // A handler's message is kept whatever its length (a failure report refuses one
+            // over ERROR_CHARS_MAX, which would leave the job to its lease and no incident).
             Err(error) => self
-                .fail_job(FailJob::new(id, lease, error))
+                .fail_job(FailJob::new(
+                    id,
+                    lease,
+                    crate::error::clip(&error, ERROR_CHARS_MAX),
+                ))
                 .await
                 .map(|_| ()),
         };
