@@ -1,4 +1,5 @@
-//! Compiles `proto/switchyard/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no
+//! Compiles `proto/switchyard/v1/*.proto` (and the unstable
+//! `proto/switchyard/analytics/v1alpha1/`) with protox (a pure-Rust protobuf compiler, so no
 //! system `protoc` is needed) and generates the tonic client and server code. The encoded
 //! descriptor set is kept for the reflection service.
 
@@ -44,6 +45,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::StrictCodec")
         // Per-item errors of the bulk RPC are google.rpc.Status, as tonic-types defines it.
         .extern_path(".google.rpc", "::tonic_types::pb")
+        .compile_fds(descriptors)?;
+    // The unstable analytics contract: its own descriptor set and module, so `switchyard.v1`
+    // stays as it is. `google.type.Date` is written by hand in src/lib.rs (`google_type`).
+    let analytics = [root.join("switchyard/analytics/v1alpha1/analytics.proto")];
+    for file in analytics
+        .iter()
+        .chain([&root.join("google/type/date.proto")])
+    {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let descriptors = protox::compile(&analytics, [&root])?;
+    std::fs::write(
+        out.join("switchyard_analytics_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::StrictCodec")
+        .extern_path(".google.type", "crate::google_type")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -42,6 +42,39 @@ pub mod pb {
     tonic::include_proto!("switchyard.v1");
 }
 
+/// The generated `switchyard.analytics.v1alpha1` types, client and server: sales-operations
+/// figures. Unstable: it may change until the figures settle.
+#[allow(missing_docs, clippy::all)]
+pub mod analytics {
+    tonic::include_proto!("switchyard.analytics.v1alpha1");
+}
+
+/// `google.type` messages the contract uses, as googleapis defines them
+/// (`proto/google/type/date.proto`).
+pub mod google_type {
+    /// A calendar date: `year` 1–9999, `month` 1–12, `day` 1–31 (googleapis also allows zeros
+    /// for partial dates; Switchyard refuses them).
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+    pub struct Date {
+        /// The year.
+        #[prost(int32, tag = "1")]
+        pub year: i32,
+        /// The month of the year.
+        #[prost(int32, tag = "2")]
+        pub month: i32,
+        /// The day of the month.
+        #[prost(int32, tag = "3")]
+        pub day: i32,
+    }
+}
+
+/// The encoded descriptor set of `switchyard.analytics.v1alpha1` (and its imports), for
+/// reflection.
+pub const ANALYTICS_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/switchyard_analytics_descriptor.bin"
+));
+
 /// The encoded descriptor set of `switchyard.v1` (and its imports), for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_v1_descriptor.bin"));

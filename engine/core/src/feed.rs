@@ -36,7 +36,8 @@
 //!
 //! Job fields: `job` (id), `job_type`, `instance`, `status`, `failures`, `retries`, `payload`.
 //!
-//! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `version`,
+//! Instance fields: `instance`, `definition` (`name`, `version`), `business_key`, `owner` (the
+//! user it belongs to, or null), `parent` (the instance that started it, or null), `version`,
 //! `from_state` (null for a start), `to_state`, `status`, `command` (null for a start, cancel
 //! or linked update), `actor` (`id`, `roles`), `request_id`, `reason`, `changes` (the merge
 //! patch applied), `data` (the instance data after the change) and `incident` (null but for
@@ -274,6 +275,8 @@ pub(crate) fn instance_event(source: &str, entry: &HistoryEntry, after: &Instanc
             "instance": after.id,
             "definition": after.definition,
             "business_key": after.business_key,
+            "owner": after.owner,
+            "parent": after.parent,
             "version": after.version,
             "from_state": entry.from_state,
             "to_state": entry.to_state,

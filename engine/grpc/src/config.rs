@@ -39,6 +39,45 @@ pub struct ServerConfig {
     pub webhooks: WebhooksConfig,
     /// Notification delivery: which channel delivers the messages the rules route.
     pub notifications: NotificationsConfig,
+    /// Sales-operations analytics computed from the feed.
+    pub analytics: AnalyticsSettings,
+}
+
+/// Sales-operations analytics (`switchyard_analytics`): the server follows its own feed into
+/// a projection in a directory of its own, served by `switchyard.analytics.v1alpha1`. The
+/// projection can always be rebuilt from the feed (delete its directory), as long as
+/// `engine.feed_retention` kept every event.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsSettings {
+    /// Follow the feed and serve the figures (default true).
+    pub enabled: bool,
+    /// The IANA time zone days and ISO weeks are cut in (default `UTC`); changing it rebuilds
+    /// the projection.
+    pub time_zone: String,
+    /// The projection's sled directory (default: `data_dir` with `-analytics` appended).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        AnalyticsSettings {
+            enabled: true,
+            time_zone: "UTC".into(),
+            data_dir: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The analytics projection's directory.
+    pub fn analytics_dir(&self) -> PathBuf {
+        self.analytics.data_dir.clone().unwrap_or_else(|| {
+            let mut name = self.data_dir.clone().into_os_string();
+            name.push("-analytics");
+            PathBuf::from(name)
+        })
+    }
 }
 
 /// Notification delivery (`switchyard_notify`). Each entry of `channels` delivers the messages
@@ -381,6 +420,7 @@ impl Default for ServerConfig {
             shutdown: ShutdownConfig::default(),
             webhooks: WebhooksConfig::default(),
             notifications: NotificationsConfig::default(),
+            analytics: AnalyticsSettings::default(),
         }
     }
 }
@@ -519,6 +559,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "SWITCHYARD_WEBHOOKS_ADYEN_HMAC_KEYS",
         "webhooks.adyen.hmac_keys",
     ),
+    ("SWITCHYARD_ANALYTICS_ENABLED", "analytics.enabled"),
+    ("SWITCHYARD_ANALYTICS_TIME_ZONE", "analytics.time_zone"),
+    ("SWITCHYARD_ANALYTICS_DATA_DIR", "analytics.data_dir"),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -541,7 +584,7 @@ fn kind_of(key: &str) -> Kind {
         | "engine.queue_max"
         | "engine.rule_threads"
         | "engine.rule_queue_max" => Kind::Integer,
-        "metrics.enabled" => Kind::Bool,
+        "metrics.enabled" | "analytics.enabled" => Kind::Bool,
         "webhooks.stripe.secrets" | "webhooks.adyen.hmac_keys" => Kind::List,
         _ => Kind::Text,
     }
@@ -695,6 +738,12 @@ impl ServerConfig {
             return bad("grpc.message_bytes_max", "must be at least 1024");
         }
         self.check_webhooks()?;
+        if self.analytics.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return bad(
+                "analytics.time_zone",
+                "must be an IANA time zone such as `UTC` or `Europe/Berlin`",
+            );
+        }
         for name in self.notifications.channels.keys() {
             if name.is_empty()
                 || !name.starts_with(|c: char| c.is_ascii_lowercase())

@@ -310,7 +310,21 @@ pub(crate) fn offset_page<T: Clone>(
     size: usize,
     token: &str,
 ) -> Result<(Vec<T>, String), Status> {
-    let start = match open_token(list, &[], token)? {
+    let (page, _, next) = offset_page_filtered(list, &[], items, size, token)?;
+    Ok((page, next))
+}
+
+/// [`offset_page`] for a list asked with `filters` (the token is bound to them), also
+/// returning the index of the page's first item.
+#[allow(clippy::result_large_err)]
+pub(crate) fn offset_page_filtered<T: Clone>(
+    list: &str,
+    filters: &[&str],
+    items: &[T],
+    size: usize,
+    token: &str,
+) -> Result<(Vec<T>, usize, String), Status> {
+    let start = match open_token(list, filters, token)? {
         None => 0,
         Some(position) => position
             .parse::<usize>()
@@ -318,9 +332,9 @@ pub(crate) fn offset_page<T: Clone>(
             .filter(|s| *s <= items.len())
             .ok_or_else(|| bad_request("page_token", "is not a token this list returned"))?,
     };
-    let end = (start + size).min(items.len());
-    let next = seal_token(list, &[], (end < items.len()).then(|| end.to_string()));
-    Ok((items[start..end].to_vec(), next))
+    let end = start.saturating_add(size).min(items.len());
+    let next = seal_token(list, filters, (end < items.len()).then(|| end.to_string()));
+    Ok((items[start..end].to_vec(), start, next))
 }
 
 #[cfg(test)]

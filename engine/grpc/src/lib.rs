@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod analytics;
 pub mod auth;
 mod backup;
 mod call_log;
@@ -37,4 +38,6 @@ pub use status::ERROR_DOMAIN;
 
 /// The generated `switchyard.v1` types, clients and servers, and the contract's descriptor
 /// sets: from `switchyard-client`, which a Rust client depends on without this server.
-pub use switchyard_client::{codec, pb, FILE_DESCRIPTOR_SET, GOOGLE_RPC_DESCRIPTOR_SET};
+pub use switchyard_client::{
+    codec, pb, ANALYTICS_DESCRIPTOR_SET, FILE_DESCRIPTOR_SET, GOOGLE_RPC_DESCRIPTOR_SET,
+};

@@ -51,7 +51,7 @@ pub enum ServeError {
 }
 
 /// The names health reports on (besides the whole server, "").
-pub const SERVICE_NAMES: [&str; 8] = [
+pub const SERVICE_NAMES: [&str; 9] = [
     "switchyard.v1.InstanceService",
     "switchyard.v1.DefinitionService",
     "switchyard.v1.RuleSetService",
@@ -60,6 +60,7 @@ pub const SERVICE_NAMES: [&str; 8] = [
     "switchyard.v1.JobService",
     "switchyard.v1.ClockService",
     "switchyard.v1.BackupService",
+    "switchyard.analytics.v1alpha1.AnalyticsService",
 ];
 
 /// A running server.
@@ -153,6 +154,7 @@ pub async fn start(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(crate::GOOGLE_RPC_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::ANALYTICS_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection()
@@ -266,6 +268,7 @@ pub async fn start(
     )
     .await?;
     crate::notify::register(&engine, channels);
+    let (analytics, following) = crate::analytics::open(&config, &engine)?;
     match engine.active_rule_set() {
         Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
         None => tracing::warn!("no rule set is active"),
@@ -358,11 +361,27 @@ pub async fn start(
         .max_encoding_message_size(size),
         auth.clone(),
     );
+    // Feed and summary streams share one bound.
+    let streams = Arc::new(tokio::sync::Semaphore::new(config.grpc.feed_streams_max));
+    let analytics = InterceptedService::new(
+        switchyard_client::analytics::analytics_service_server::AnalyticsServiceServer::new(
+            crate::analytics::AnalyticsService {
+                analytics,
+                engine: engine.clone(),
+                stopping: stopping.clone(),
+                streams: streams.clone(),
+                streams_max: config.grpc.feed_streams_max,
+            },
+        )
+        .max_decoding_message_size(size)
+        .max_encoding_message_size(size),
+        auth.clone(),
+    );
     let feed = InterceptedService::new(
         pb::feed_service_server::FeedServiceServer::new(crate::feed::FeedService {
             engine: engine.clone(),
             stopping,
-            streams: Arc::new(tokio::sync::Semaphore::new(config.grpc.feed_streams_max)),
+            streams,
             streams_max: config.grpc.feed_streams_max,
         })
         .max_decoding_message_size(size)
@@ -406,7 +425,8 @@ pub async fn start(
         .add_service(feed)
         .add_service(jobs)
         .add_service(clock)
-        .add_service(backup);
+        .add_service(backup)
+        .add_service(analytics);
 
     let (stop, stopped) = oneshot::channel::<()>();
     let (draining_tx, draining_rx) = oneshot::channel::<()>();
@@ -442,6 +462,16 @@ pub async fn start(
         // Every call has answered (or was cut off unanswered): now drain the engine's commit
         // queue and flush, so nothing acknowledged or queued is lost.
         serve_engine.shutdown().await;
+        // The analytics follower ends with the engine; it holds the store until it has.
+        if let Some(mut following) = following {
+            if tokio::time::timeout(Duration::from_secs(5), &mut following)
+                .await
+                .is_err()
+            {
+                following.abort();
+                let _ = following.await;
+            }
+        }
         tracing::info!("stopped; the store is flushed and closed");
         served
     });

@@ -252,8 +252,8 @@ impl Engine {
     }
 }
 
-/// Each instance change of `commit` as the router sees it (its feed event's data plus `type`,
-/// `owner`, `parent`), with the `source` its messages record and its instance.
+/// Each instance change of `commit` as the router sees it (its feed event's data plus `type`),
+/// with the `source` its messages record and its instance.
 fn routed_changes(commit: &Commit) -> Vec<(Value, Value, InstanceId)> {
     commit
         .writes
@@ -264,8 +264,6 @@ fn routed_changes(commit: &Commit) -> Vec<(Value, Value, InstanceId)> {
             let mut routed = event.data.clone();
             if let Some(map) = routed.as_object_mut() {
                 map.insert("type".into(), json!(event.kind.as_str()));
-                map.insert("owner".into(), json!(instance.owner));
-                map.insert("parent".into(), json!(instance.parent));
             }
             let source = json!({
                 "definition": instance.definition.name,
