@@ -10,7 +10,7 @@
 //!
 //! Every notification the rule set's `notify` script routes (the approvers, the finance team,
 //! the ERP webhook…) is printed as it is delivered, by a console channel standing in for
-//! e-mail, SMS and webhooks — in colour on a terminal (unless `NO_COLOR` is set).
+//! e-mail, SMS, webhooks and the dashboard — in colour on a terminal (unless `NO_COLOR` is set).
 //!
 //! Run: `cargo run -p switchyard-examples --example order_walkthrough [-- DATA_DIR]`
 //! (without DATA_DIR a temporary directory is used and removed afterwards).
@@ -125,7 +125,7 @@ async fn main() -> Result<()> {
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
     let console = Arc::new(Console { colour });
-    for channel in ["email", "sms", "webhook"] {
+    for channel in ["email", "sms", "webhook", "dashboard"] {
         engine.register_channel(channel, console.clone());
     }
     println!(

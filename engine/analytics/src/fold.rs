@@ -14,7 +14,7 @@ use switchyard_core::{EventType, FeedEvent};
 
 use crate::figures::{DayFigures, Performance};
 use crate::tx::Tx;
-use crate::{Alert, AlertKind, AnalyticsError};
+use crate::{Alert, AlertKind, AlertSeverity, AnalyticsError};
 
 /// The workflow definitions the projection reads, as the shipped rule set names them.
 pub const LEAD: &str = "lead";
@@ -76,6 +76,7 @@ pub(crate) fn apply(tx: &mut Tx, event: &FeedEvent, tz: Tz) -> Result<(), Analyt
         EventType::IncidentRaised => incident_raised(tx, &at, &data),
         EventType::IncidentResolved => incident_resolved(tx, &data),
         EventType::NotificationUndelivered => undelivered(tx, &at, &data),
+        EventType::NotificationSent => notice(tx, &at, &data),
         _ => Ok(()),
     }
 }
@@ -117,6 +118,12 @@ fn instance_change(
             }
         })?;
         track.status = status.to_string();
+        if status != "active" {
+            // An ended instance's notices are over.
+            for key in tx.alert_keys(&format!("a/{id}/{}/", AlertKind::Notice.as_str()))? {
+                tx.set_alert(&key, None)?;
+            }
+        }
     }
     match definition {
         SALES_ORDER => order(tx, at, event, id, &mut track)?,
@@ -459,6 +466,7 @@ fn keep_alert(
                 definition: track.definition.clone(),
                 business_key: track.business_key.clone(),
                 rep: track.rep.clone(),
+                severity: None,
                 since,
                 due,
                 detail: clip(&detail),
@@ -536,11 +544,52 @@ fn raise(
         definition: track.definition,
         business_key: track.business_key,
         rep: track.rep,
+        severity: None,
         since: at.time,
         due: None,
         detail: clip(detail),
     };
     tx.set_alert(&alert_key(instance, kind, Some(what)), Some(alert))
+}
+
+/// A message delivered to the dashboard: a notice for the person it names, at its severity.
+fn notice(tx: &mut Tx, at: &At, event: &Value) -> Result<(), AnalyticsError> {
+    let dashboard = format!(
+        "{}dashboard",
+        switchyard_core::notification::JOB_TYPE_PREFIX
+    );
+    let (instance, job) = (text(&event["instance"]), text(&event["job"]));
+    if text(&event["job_type"]) != dashboard || instance.is_empty() || job.is_empty() {
+        return Ok(());
+    }
+    let message = &event["payload"];
+    let severity = match text(&message["severity"]) {
+        "critical" => AlertSeverity::Critical,
+        "high" => AlertSeverity::High,
+        _ => AlertSeverity::Routine,
+    };
+    let track = tx.track(instance)?.unwrap_or_default();
+    if !track.status.is_empty() && track.status != "active" {
+        return Ok(());
+    }
+    let subject = Some(text(&message["subject"]))
+        .filter(|s| !s.is_empty())
+        .unwrap_or(text(&message["text"]));
+    let alert = Alert {
+        kind: AlertKind::Notice,
+        instance: instance.to_string(),
+        definition: track.definition,
+        business_key: track.business_key,
+        rep: text(&message["recipient"]).to_string(),
+        severity: Some(severity),
+        since: at.time,
+        due: None,
+        detail: clip(subject),
+    };
+    tx.set_alert(
+        &alert_key(instance, AlertKind::Notice, Some(job)),
+        Some(alert),
+    )
 }
 
 fn incident_resolved(tx: &mut Tx, event: &Value) -> Result<(), AnalyticsError> {

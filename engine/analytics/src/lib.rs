@@ -37,8 +37,9 @@
 //! netted yet. Net revenue is paid less refunded less chargebacks lost.
 //!
 //! Open alerts: orders with backordered quantity, disputes awaiting evidence (with their due
-//! time), refunds owed on returns, quotes whose approval is past its escalation time, and
-//! undelivered notifications and job or timer incidents until an operator resolves them.
+//! time), refunds owed on returns, quotes whose approval is past its escalation time,
+//! undelivered notifications and job or timer incidents until an operator resolves them, and
+//! the messages the rules route to the `dashboard` channel ([`DashboardChannel`]).
 
 mod figures;
 mod fold;
@@ -62,6 +63,26 @@ pub use query::{
     CycleTimes, DemandForecast, Dimension, Funnel, Performer, Period, Scope, SeriesPoint, Summary,
     WeekDemand, DAYS_MAX,
 };
+
+/// How long a dashboard notice stays listed, in days.
+pub const NOTICE_DAYS: i64 = 7;
+
+/// The `dashboard` notification channel: a message routed to it is delivered by being shown —
+/// its `switchyard.notification.sent` event becomes a [`AlertKind::Notice`] in the alerts of
+/// every [`Analytics`] following the feed, for the person it names (`recipient`). Register it
+/// under the channel name the rules use: `engine.register_channel("dashboard", …)`; the server
+/// does when analytics is on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DashboardChannel;
+
+impl switchyard_core::notification::Channel for DashboardChannel {
+    fn send<'a>(
+        &'a self,
+        _notification: &'a switchyard_core::notification::Notification,
+    ) -> switchyard_core::notification::SendFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// The version of the projection's rules. Raised whenever what is counted, or how, changes:
 /// stored figures of another version are rebuilt from the feed.
@@ -137,6 +158,9 @@ pub enum AlertKind {
     RefundDue,
     /// An order has backordered quantity.
     Backorder,
+    /// A message the rules routed to the `dashboard` channel ([`DashboardChannel`]), listed
+    /// for [`NOTICE_DAYS`] days or until its instance ends, at the message's severity.
+    Notice,
 }
 
 impl AlertKind {
@@ -149,6 +173,7 @@ impl AlertKind {
             AlertKind::ApprovalOverdue => "approval_overdue",
             AlertKind::RefundDue => "refund_due",
             AlertKind::Backorder => "backorder",
+            AlertKind::Notice => "notice",
         }
     }
 }
@@ -184,6 +209,9 @@ pub struct Alert {
     pub due: Option<DateTime<Utc>>,
     /// What is wrong (at most 200 characters).
     pub detail: String,
+    /// The severity it was raised with, for those that carry their own (notices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<AlertSeverity>,
 }
 
 /// An alert with its severity at the time asked.

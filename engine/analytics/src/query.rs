@@ -477,7 +477,8 @@ impl Analytics {
 
     /// Open alerts as of `now`, most urgent first (then by due time, then oldest), at most
     /// `limit`, with how many there are in all. An approval shows only once past its
-    /// escalation time; a dispute is critical within 24 hours of its evidence deadline.
+    /// escalation time; a dispute is critical within 24 hours of its evidence deadline; a
+    /// notice has its message's severity and shows for [`crate::NOTICE_DAYS`] days.
     pub fn alerts(
         &self,
         scope: &Scope,
@@ -556,6 +557,12 @@ fn severity(alert: &Alert, now: DateTime<Utc>) -> Option<AlertSeverity> {
         },
         AlertKind::Incident | AlertKind::NotificationUndelivered => AlertSeverity::High,
         AlertKind::RefundDue | AlertKind::Backorder => AlertSeverity::Routine,
+        AlertKind::Notice => {
+            if now - alert.since > chrono::Duration::days(crate::NOTICE_DAYS) {
+                return None;
+            }
+            alert.severity.unwrap_or(AlertSeverity::High)
+        }
     })
 }
 

@@ -128,6 +128,26 @@ impl<'a> Tx<'a> {
         Ok(stored)
     }
 
+    /// The keys of the alerts under `prefix`, as this batch leaves them.
+    pub(crate) fn alert_keys(&mut self, prefix: &str) -> Result<Vec<String>, AnalyticsError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for item in self.tree.scan_prefix(prefix.as_bytes()) {
+            let (key, _) = item?;
+            keys.insert(String::from_utf8_lossy(&key).into_owned());
+        }
+        for (key, alert) in self.alerts.range(prefix.to_string()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if alert.is_some() {
+                keys.insert(key.clone());
+            } else {
+                keys.remove(key);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
     /// Stores (or, with `None`, removes) an alert, writing only a change.
     pub(crate) fn set_alert(
         &mut self,

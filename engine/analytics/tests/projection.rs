@@ -37,6 +37,7 @@ async fn open(dir: &Path, clock: Arc<ManualClock>) -> Engine {
     let mut config = EngineConfig::new(StoreConfig::Sled(SledConfig::new(dir)));
     config.clock = clock;
     config.background_tasks = false;
+    config.job_poll_interval = Duration::from_millis(10);
     Engine::open_with_rules(
         config,
         &rules_dir(),
@@ -270,8 +271,54 @@ fn config(zone: &str) -> AnalyticsConfig {
     }
 }
 
+/// raj's second lead: a quote for BETA in USD (one seal kit at the USD list price, under the
+/// auto-approval limit), accepted; the order confirmed with all of it reserved.
+async fn usd_order(s: &mut Story) -> InstanceId {
+    let lead = s.lead("L-3", "raj").await;
+    let quote = s
+        .send(
+            lead,
+            "raj:sales_rep",
+            "create_quote",
+            json!({ "customer": "BETA", "currency": "USD", "valid_until": "2026-05-15",
+            "lines": [{ "sku": "SEAL-KIT", "quantity": 1 }] }),
+        )
+        .await
+        .started[0];
+    s.send(quote, "raj:sales_rep", "submit", json!({})).await;
+    s.send(quote, "raj:sales_rep", "send", json!({})).await;
+    let order = s
+        .send(quote, "raj:sales_rep", "accept", json!({}))
+        .await
+        .started[0];
+    s.send(order, "raj:sales_rep", "submit", json!({})).await;
+    s.job(
+        "reserve_stock",
+        json!({ "lines": [{ "sku": "SEAL-KIT", "reserved": 1 }] }),
+    )
+    .await;
+    order
+}
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+/// Every figure of the story, against numbers worked out by hand from the shipped price list
+/// (rules/data/prices.json, pricing.json, returns.json):
+///
+/// - EUR order for ACME: 100 SEAL-KIT at 19.99 less the 8% tier (≥ 50) = 18.3908 → net
+///   1839.08, tax 8.25% 151.72 (half up of 151.7241), line 1990.80; 10 PUMP-200 at ACME's
+///   1190.00 less the 5% tier (≥ 10) = 1130.50 → net 11305.00, tax 932.66 (932.6625), line
+///   12237.66. Total 14228.46, invoiced once when all was delivered, paid 5000.00 + 9228.46.
+/// - USD order for BETA: 1 SEAL-KIT at 21.99, tax 1.81 (1.814175): 23.80.
+/// - Return of 3 seal kits, not wanted: goods net 55.17 (55.1724), tax 4.55 (4.551525), less
+///   the 15% restocking fee 8.28 (8.2755) = 46.89 net, tax 4.55 × 46.89 / 55.17 = 3.87
+///   (3.8671…): refund 50.76, on 20 April (ISO week 17; the order was in week 14).
+/// - Chargeback of 120.00 withdrawn on 20 April, then lost: 120.00 stays withdrawn.
+/// - Net EUR: 14228.46 − 50.76 − 120.00 = 14057.70.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_figures_reconcile_with_what_the_engine_stored() {
+async fn every_figure_of_a_scripted_story_matches_hand_computed_numbers_and_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(at("2026-04-01T09:00:00Z")));
     let engine = open(&dir.path().join("store"), clock.clone()).await;
@@ -281,46 +328,105 @@ async fn the_figures_reconcile_with_what_the_engine_stored() {
         tokio::spawn(async move { a.follow(&e).await })
     };
     let (mut s, _lead, _quote, order) = story(engine.clone(), clock.clone()).await;
+    let usd = usd_order(&mut s).await;
     caught_up(&engine, &analytics).await;
+    let all = Scope::All;
+    let (first, april_end) = (date("2026-04-01"), date("2026-04-30"));
 
-    // 1 April, after the reservation: one order confirmed with a backorder.
-    let day = analytics
-        .summary(&Scope::All, date("2026-04-01"), date("2026-04-01"))
-        .unwrap();
-    let stored = engine.get(order).await.unwrap().data;
+    // 1 April: three leads, two quotes, two orders in two currencies, never added up.
+    let day = analytics.summary(&all, first, first).unwrap();
     assert_eq!(
         (day.counts.leads, day.counts.quotes, day.counts.orders),
-        (2, 1, 1)
+        (3, 2, 2)
     );
-    assert_eq!(day.revenue["EUR"].ordered, dec(&stored["pricing"]["total"]));
-    assert_eq!(day.funnel.lead_to_quote_pct, Some(Decimal::new(5000, 2)));
-    assert_eq!(day.funnel.quote_to_order_pct, Some(Decimal::new(10000, 2)));
-    assert_eq!(day.approvals["finance"].decisions, 1);
+    assert_eq!(day.revenue.len(), 2);
+    assert_eq!(day.revenue["EUR"].ordered, d("14228.46"));
+    assert_eq!(day.revenue["USD"].ordered, d("23.80"));
+    // ... which is what the engine stored.
     assert_eq!(
-        day.approvals["finance"].median,
-        Duration::from_secs(3 * 3600)
+        dec(&engine.get(order).await.unwrap().data["pricing"]["total"]),
+        d("14228.46")
     );
-    assert_eq!(analytics.backorders_open(&Scope::All).unwrap(), 1);
-    let (alerts, total) = analytics.alerts(&Scope::All, clock.now(), 10).unwrap();
+    assert_eq!(
+        dec(&engine.get(usd).await.unwrap().data["pricing"]["total"]),
+        d("23.80")
+    );
+    let f = &day.funnel;
+    assert_eq!(
+        (
+            f.leads,
+            f.leads_quoted,
+            f.leads_ordered,
+            f.quotes,
+            f.quotes_ordered
+        ),
+        (3, 2, 2, 2, 2)
+    );
+    assert_eq!(f.lead_to_quote_pct, Some(d("66.67")));
+    assert_eq!(f.lead_to_order_pct, Some(d("66.67")));
+    assert_eq!(f.quote_to_order_pct, Some(d("100.00")));
+    // Finance decided the EUR quote three hours after it was submitted; the USD one needed no one.
+    assert_eq!(day.approvals.len(), 1);
+    let finance = &day.approvals["finance"];
+    assert_eq!(
+        (finance.decisions, finance.median, finance.p90),
+        (1, Duration::from_secs(10_800), Duration::from_secs(10_800))
+    );
+    assert_eq!(analytics.backorders_open(&all).unwrap(), 1);
+    let (alerts, total) = analytics.alerts(&all, clock.now(), 10).unwrap();
     assert_eq!(total, 1);
     assert_eq!(alerts[0].alert.kind, AlertKind::Backorder);
     assert_eq!(alerts[0].alert.instance, order.to_string());
-    assert!(
-        alerts[0].alert.detail.contains("SEAL-KIT"),
-        "{}",
-        alerts[0].alert.detail
+    assert_eq!(alerts[0].alert.detail, "backordered: SEAL-KIT");
+    // A rep sees their own figures: ana's EUR order, raj's two leads and USD order.
+    let (ana, raj) = (Scope::Rep("ana".into()), Scope::Rep("raj".into()));
+    let mine = analytics.summary(&ana, first, first).unwrap();
+    assert_eq!(
+        (mine.counts.leads, mine.counts.quotes, mine.counts.orders),
+        (1, 1, 1)
     );
+    assert_eq!(mine.revenue.keys().collect::<Vec<_>>(), ["EUR"]);
+    let theirs = analytics.summary(&raj, first, first).unwrap();
+    assert_eq!(
+        (
+            theirs.counts.leads,
+            theirs.counts.quotes,
+            theirs.counts.orders
+        ),
+        (2, 1, 1)
+    );
+    assert_eq!(theirs.revenue["USD"].ordered, d("23.80"));
+    assert_eq!(theirs.funnel.lead_to_quote_pct, Some(d("50.00")));
+    assert_eq!(analytics.backorders_open(&ana).unwrap(), 1);
+    assert_eq!(analytics.alerts(&raj, clock.now(), 10).unwrap().1, 0);
 
     let (ret, dispute) = finish(&mut s, order).await;
     caught_up(&engine, &analytics).await;
     assert_eq!(
-        analytics.backorders_open(&Scope::All).unwrap(),
+        analytics.backorders_open(&all).unwrap(),
         0,
         "the backorder arrived"
     );
-    let april = analytics
-        .summary(&Scope::All, date("2026-04-01"), date("2026-04-30"))
-        .unwrap();
+    let april = analytics.summary(&all, first, april_end).unwrap();
+    let eur = &april.revenue["EUR"];
+    assert_eq!(
+        (eur.invoiced, eur.paid, eur.refunded),
+        (d("14228.46"), d("14228.46"), d("50.76"))
+    );
+    assert_eq!(
+        (eur.withdrawn, eur.reinstated, eur.chargebacks_lost),
+        (d("120.00"), d("0"), d("0"))
+    );
+    assert_eq!(april.revenue["USD"].paid, d("0"));
+    assert_eq!(
+        (
+            april.counts.returns,
+            april.counts.refunds,
+            april.counts.chargebacks
+        ),
+        (1, 1, 1)
+    );
+    // ... as the engine stored them.
     let stored = engine.get(order).await.unwrap().data;
     let invoiced: Decimal = stored["invoices"]
         .as_array()
@@ -334,25 +440,24 @@ async fn the_figures_reconcile_with_what_the_engine_stored() {
         .iter()
         .map(|p| dec(&p["amount"]))
         .sum();
-    let refund = dec(&engine.get(ret).await.unwrap().data["refund"]["total"]);
-    let eur = &april.revenue["EUR"];
-    assert_eq!(eur.invoiced, invoiced);
-    assert_eq!(eur.paid, paid);
-    assert_eq!(eur.refunded, refund);
-    assert_eq!(eur.withdrawn, Decimal::new(12000, 2));
+    assert_eq!((invoiced, paid), (eur.invoiced, eur.paid));
     assert_eq!(
-        (
-            april.counts.returns,
-            april.counts.refunds,
-            april.counts.chargebacks
-        ),
-        (1, 1, 1)
+        dec(&engine.get(ret).await.unwrap().data["refund"]["total"]),
+        eur.refunded
     );
-    // Evidence due within a day: the dispute is the most urgent alert.
-    let (alerts, _) = analytics.alerts(&Scope::All, clock.now(), 10).unwrap();
-    assert_eq!(alerts[0].alert.kind, AlertKind::DisputeDue);
-    assert_eq!(alerts[0].severity, AlertSeverity::Critical);
+    // Evidence due within a day: the dispute is the most urgent alert; the refund is paid.
+    let (alerts, total) = analytics.alerts(&all, clock.now(), 10).unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(
+        (alerts[0].alert.kind, alerts[0].severity),
+        (AlertKind::DisputeDue, AlertSeverity::Critical)
+    );
     assert_eq!(alerts[0].alert.instance, dispute.to_string());
+    assert_eq!(alerts[0].alert.due, Some(at("2026-04-21T05:00:00Z")));
+    assert_eq!(
+        alerts[0].alert.rep, "ana",
+        "a dispute counts for its order's rep"
+    );
 
     s.send(
         dispute,
@@ -362,87 +467,163 @@ async fn the_figures_reconcile_with_what_the_engine_stored() {
     )
     .await;
     caught_up(&engine, &analytics).await;
-    let april = analytics
-        .summary(&Scope::All, date("2026-04-01"), date("2026-04-30"))
-        .unwrap();
+    let april = analytics.summary(&all, first, april_end).unwrap();
     let eur = &april.revenue["EUR"];
-    assert_eq!(eur.chargebacks_lost, Decimal::new(12000, 2));
-    assert_eq!(eur.net(), paid - refund - Decimal::new(12000, 2));
-    assert!(
-        analytics.alerts(&Scope::All, clock.now(), 10).unwrap().1 == 0,
+    assert_eq!(eur.chargebacks_lost, d("120.00"));
+    assert_eq!(eur.net(), d("14057.70"));
+    assert_eq!(
+        analytics.alerts(&all, clock.now(), 10).unwrap().1,
+        0,
         "nothing open"
     );
 
-    // Daily and weekly series add up to the range; the top performers.
+    // Weeks: the order in week 14, its refund and chargeback in week 17.
+    let weeks = analytics
+        .series(&all, first, april_end, Period::Week)
+        .unwrap();
+    let labels: Vec<&str> = weeks.iter().map(|w| w.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["2026-W14", "2026-W15", "2026-W16", "2026-W17", "2026-W18"]
+    );
+    assert_eq!((weeks[0].from, weeks[0].to), (first, date("2026-04-05")));
+    assert_eq!(
+        (weeks[4].from, weeks[4].to),
+        (date("2026-04-27"), april_end)
+    );
+    assert_eq!(weeks[0].revenue["EUR"].ordered, d("14228.46"));
+    assert_eq!(weeks[0].revenue["EUR"].paid, d("14228.46"));
+    assert_eq!(weeks[0].revenue["EUR"].refunded, d("0"));
+    assert_eq!(weeks[3].revenue["EUR"].refunded, d("50.76"));
+    assert_eq!(weeks[3].revenue["EUR"].chargebacks_lost, d("120.00"));
+    assert_eq!((weeks[3].counts.refunds, weeks[3].counts.orders), (1, 0));
+    assert!(weeks[1].revenue.is_empty() && weeks[2].revenue.is_empty());
     let days = analytics
-        .series(
-            &Scope::All,
-            date("2026-04-01"),
-            date("2026-04-30"),
-            Period::Day,
-        )
+        .series(&all, first, april_end, Period::Day)
         .unwrap();
     assert_eq!(days.len(), 30);
-    let paid_by_day: Decimal = days
+    let paid_on: Vec<(&str, Decimal)> = days
         .iter()
-        .filter_map(|d| d.revenue.get("EUR"))
-        .map(|r| r.paid)
-        .sum();
-    assert_eq!(paid_by_day, paid);
-    let weeks = analytics
-        .series(
-            &Scope::All,
-            date("2026-04-01"),
-            date("2026-04-30"),
-            Period::Week,
-        )
-        .unwrap();
-    assert_eq!(weeks.first().unwrap().label, "2026-W14");
-    assert_eq!(weeks.first().unwrap().from, date("2026-04-01"));
-    assert_eq!(weeks.iter().map(|w| w.counts.leads).sum::<u64>(), 2);
+        .filter_map(|p| Some((p.label.as_str(), p.revenue.get("EUR")?.paid)))
+        .filter(|(_, paid)| !paid.is_zero())
+        .collect();
+    assert_eq!(paid_on, [("2026-04-03", d("14228.46"))]);
+
+    // Top performers.
     let reps = analytics
-        .top(
-            &Scope::All,
-            date("2026-04-01"),
-            date("2026-04-30"),
-            Dimension::Rep,
-            5,
-        )
+        .top(&all, first, april_end, Dimension::Rep, 5)
         .unwrap();
-    assert_eq!(reps[0].name, "ana");
-    assert_eq!(reps[0].amounts["EUR"], dec(&stored["pricing"]["total"]));
+    let reps: Vec<String> = reps
+        .iter()
+        .map(|p| format!("{} {} {:?}", p.name, p.count, p.amounts))
+        .collect();
+    assert_eq!(
+        reps,
+        [r#"ana 1 {"EUR": 14228.46}"#, r#"raj 1 {"USD": 23.80}"#]
+    );
     let products = analytics
-        .top(
-            &Scope::All,
-            date("2026-04-01"),
-            date("2026-04-30"),
-            Dimension::Product,
-            1,
-        )
+        .top(&all, first, april_end, Dimension::Product, 5)
         .unwrap();
-    assert_eq!((products.len(), products[0].name.as_str()), (1, "SEAL-KIT"));
-    assert_eq!(products[0].quantity, Some(Decimal::from(100)));
+    let products: Vec<(&str, u64, Option<Decimal>)> = products
+        .iter()
+        .map(|p| (p.name.as_str(), p.count, p.quantity))
+        .collect();
+    assert_eq!(
+        products,
+        [
+            ("SEAL-KIT", 2, Some(d("101"))),
+            ("PUMP-200", 1, Some(d("10")))
+        ]
+    );
+    let seal = &analytics
+        .top(&all, first, april_end, Dimension::Product, 1)
+        .unwrap()[0];
+    assert_eq!(
+        (seal.amounts["EUR"], seal.amounts["USD"]),
+        (d("1990.80"), d("23.80"))
+    );
+    let customers = analytics
+        .top(&all, first, april_end, Dimension::Customer, 1)
+        .unwrap();
+    assert_eq!(
+        (customers[0].name.as_str(), customers[0].amounts["EUR"]),
+        ("ACME", d("14228.46"))
+    );
+    let workflows = analytics
+        .top(&all, first, april_end, Dimension::Workflow, 10)
+        .unwrap();
+    let workflows: Vec<(&str, u64)> = workflows
+        .iter()
+        .map(|p| (p.name.as_str(), p.count))
+        .collect();
+    assert_eq!(
+        workflows,
+        [
+            ("lead", 3),
+            ("quote", 2),
+            ("sales_order", 2),
+            ("shipment", 2),
+            ("chargeback", 1),
+            ("return", 1)
+        ]
+    );
+
+    // Demand for seal kits in weeks 13–15 and the next two weeks.
     let demand = analytics
-        .demand(
-            &Scope::All,
-            "SEAL-KIT",
-            date("2026-03-23"),
-            date("2026-04-12"),
-            2,
-        )
+        .demand(&all, "SEAL-KIT", date("2026-03-23"), date("2026-04-12"), 2)
         .unwrap();
     let weekly: Vec<Decimal> = demand.weeks.iter().map(|w| w.quantity).collect();
-    assert_eq!(weekly, [Decimal::ZERO, Decimal::from(100), Decimal::ZERO]);
-    assert_eq!(demand.forecast.len(), 2);
-    assert_eq!(demand.forecast[0].week, "2026-W16");
-    // Levels 0 → 50 → 25; one-week-ahead errors |100 − 0| and |0 − 50|.
-    assert_eq!(demand.forecast[0].quantity, Decimal::from(25));
-    assert_eq!(demand.mean_absolute_error, Some(Decimal::from(75)));
+    assert_eq!(weekly, [d("0"), d("101"), d("0")]);
+    assert_eq!(
+        demand
+            .forecast
+            .iter()
+            .map(|w| w.week.as_str())
+            .collect::<Vec<_>>(),
+        ["2026-W16", "2026-W17"]
+    );
+    // Levels 0 → 50.5 → 25.25; one-week-ahead errors |101 − 0| and |0 − 50.5|.
+    assert_eq!(demand.forecast[0].quantity, d("25.25"));
+    assert_eq!(demand.mean_absolute_error, Some(d("75.75")));
 
     engine.shutdown().await;
     follower.await.unwrap().unwrap();
 }
 
+/// An event at 23:30 UTC on 1 April is on 2 April in Berlin (UTC+2 in summer) and on 1 April
+/// in UTC: each projection cuts days in its own zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_are_cut_in_the_projections_time_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(at("2026-04-01T23:30:00Z")));
+    let engine = open(&dir.path().join("store"), clock.clone()).await;
+    let mut s = Story {
+        engine: engine.clone(),
+        clock,
+        n: 0,
+    };
+    s.lead("L-1", "ana").await;
+    let events = feed(&engine).await;
+    let berlin = Analytics::temporary(config("Europe/Berlin")).unwrap();
+    let utc = Analytics::temporary(config("UTC")).unwrap();
+    berlin.apply(&events).unwrap();
+    utc.apply(&events).unwrap();
+    let leads = |a: &Analytics, day: &str| {
+        a.summary(&Scope::All, date(day), date(day))
+            .unwrap()
+            .counts
+            .leads
+    };
+    assert_eq!(
+        (leads(&berlin, "2026-04-01"), leads(&berlin, "2026-04-02")),
+        (0, 1)
+    );
+    assert_eq!(
+        (leads(&utc, "2026-04-01"), leads(&utc, "2026-04-02")),
+        (1, 0)
+    );
+    engine.shutdown().await;
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_repeats_and_a_rebuild_give_the_same_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -555,4 +736,171 @@ async fn a_rebuild_the_feed_no_longer_holds_the_events_for_says_so_instead_of_co
     assert!(why.contains("engine.feed_retention"), "{why}");
     assert_eq!(analytics.offset(), 0, "nothing of the rest was counted");
     engine.shutdown().await;
+}
+
+const CHILD_DIR: &str = "SWITCHYARD_ANALYTICS_KILL_DIR";
+
+/// The child of the kill test: applies `events.json` into the projection in `dir/analytics` in
+/// batches of three, a moment apart, flushing every fourth, saying `APPLIED <offset>` after
+/// each; then waits to be killed. Does nothing unless started by that test.
+#[test]
+fn projecting_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let events: Vec<FeedEvent> =
+        serde_json::from_slice(&std::fs::read(dir.join("events.json")).unwrap()).unwrap();
+    let analytics = Analytics::open(&dir.join("analytics"), config("Europe/Berlin")).unwrap();
+    for (i, batch) in events.chunks(3).enumerate() {
+        let offset = analytics.apply(batch).unwrap();
+        // As sled's own flusher would, now and then: what follows may be lost to the kill.
+        if i % 4 == 0 {
+            analytics.flush().unwrap();
+        }
+        println!("APPLIED {offset}");
+        // Slowly enough that the kill lands well before the end.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// SIGKILL in the middle of projecting, then a restart: the projection is exactly some prefix
+/// of the feed (no event counted twice, none half-counted), and catching up from there equals
+/// a rebuild record for record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_in_the_middle_of_projecting_then_a_restart_counts_nothing_twice() {
+    if std::env::var(CHILD_DIR).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(at("2026-04-01T09:00:00Z")));
+    let engine = open(&dir.path().join("store"), clock.clone()).await;
+    let (mut s, _, _, order) = story(engine.clone(), clock.clone()).await;
+    finish(&mut s, order).await;
+    let events = feed(&engine).await;
+    drop(s);
+    engine.shutdown().await;
+    std::fs::write(
+        dir.path().join("events.json"),
+        serde_json::to_vec(&events).unwrap(),
+    )
+    .unwrap();
+
+    let half = events[events.len() / 2].offset;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "projecting_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let seen = std::io::BufRead::lines(stdout)
+        .map_while(Result::ok)
+        .filter_map(|l| {
+            l.split_once("APPLIED ")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        })
+        .find(|offset| *offset >= half)
+        .expect("the child projects");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let restarted =
+        Analytics::open(&dir.path().join("analytics"), config("Europe/Berlin")).unwrap();
+    let at_kill = restarted.offset();
+    assert!(
+        at_kill > 0 && at_kill < events.len() as u64,
+        "{at_kill} (seen {seen})"
+    );
+    let prefix = Analytics::temporary(config("Europe/Berlin")).unwrap();
+    prefix.apply(&events[..at_kill as usize]).unwrap();
+    assert_eq!(
+        restarted.dump().unwrap(),
+        prefix.dump().unwrap(),
+        "exactly the first {at_kill} events"
+    );
+    restarted.apply(&events).unwrap();
+    let rebuilt = Analytics::temporary(config("Europe/Berlin")).unwrap();
+    rebuilt.apply(&events).unwrap();
+    assert_eq!(restarted.dump().unwrap(), rebuilt.dump().unwrap());
+}
+
+/// The credit hold routes a high-severity message to finance's dashboard: a notice for fay
+/// (finance) alone, gone when the order ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_routed_to_the_dashboard_is_a_notice_for_its_recipient_until_its_instance_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(at("2026-04-01T09:00:00Z")));
+    let engine = open(&dir.path().join("store"), clock.clone()).await;
+    engine.register_channel("dashboard", Arc::new(DashboardChannel));
+    let analytics = Analytics::temporary(config("Europe/Berlin")).unwrap();
+    let follower = {
+        let (a, e) = (analytics.clone(), engine.clone());
+        tokio::spawn(async move { a.follow(&e).await })
+    };
+    let (s, _, _, order) = story(engine.clone(), clock.clone()).await;
+    let fay = Scope::Rep("fay".into());
+    let mut notices = Vec::new();
+    for _ in 0..500 {
+        caught_up(&engine, &analytics).await;
+        notices = analytics.alerts(&fay, clock.now(), 10).unwrap().0;
+        if !notices.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(notices.len(), 1, "{notices:#?}");
+    let notice = &notices[0];
+    assert_eq!(
+        (notice.alert.kind, notice.severity),
+        (AlertKind::Notice, AlertSeverity::High)
+    );
+    assert_eq!(notice.alert.instance, order.to_string());
+    assert_eq!(notice.alert.definition, "sales_order");
+    assert!(
+        notice.alert.detail.contains("credit"),
+        "{}",
+        notice.alert.detail
+    );
+    assert_eq!(
+        analytics
+            .alerts(&Scope::Rep("raj".into()), clock.now(), 10)
+            .unwrap()
+            .1,
+        0
+    );
+    // Listed for a week.
+    let later = clock.now() + chrono::Duration::days(8);
+    assert!(analytics.alerts(&fay, later, 10).unwrap().0.is_empty());
+
+    engine
+        .cancel(CancelRequest::new(
+            order,
+            Actor::new("root", &["admin"]),
+            "cancel-order",
+        ))
+        .await
+        .unwrap();
+    caught_up(&engine, &analytics).await;
+    assert!(
+        analytics
+            .alerts(&fay, clock.now(), 10)
+            .unwrap()
+            .0
+            .is_empty(),
+        "the order ended"
+    );
+    drop(s);
+    engine.shutdown().await;
+    follower.await.unwrap().unwrap();
 }

@@ -298,6 +298,7 @@ fn alert(r: &a::RatedAlert) -> pb::Alert {
         a::AlertKind::ApprovalOverdue => pb::AlertKind::ApprovalOverdue,
         a::AlertKind::RefundDue => pb::AlertKind::RefundDue,
         a::AlertKind::Backorder => pb::AlertKind::Backorder,
+        a::AlertKind::Notice => pb::AlertKind::Notice,
     };
     let severity = match r.severity {
         a::AlertSeverity::Routine => pb::AlertSeverity::Routine,

@@ -267,8 +267,15 @@ pub async fn start(
         RuleLimits::default(),
     )
     .await?;
-    crate::notify::register(&engine, channels);
     let (analytics, following) = crate::analytics::open(&config, &engine)?;
+    let mut channels = channels;
+    if analytics.is_some() {
+        // The dashboard shows what the rules route to it, unless configured otherwise.
+        channels
+            .entry("dashboard".to_string())
+            .or_insert_with(|| Arc::new(switchyard_analytics::DashboardChannel));
+    }
+    crate::notify::register(&engine, channels);
     match engine.active_rule_set() {
         Some(r) => tracing::info!(number = r.number, version = %r.version, "rule set active"),
         None => tracing::warn!("no rule set is active"),
