@@ -63,9 +63,9 @@ pub(crate) struct Tx<'a> {
     days: BTreeMap<String, DayFigures>,
     tracks: HashMap<String, Option<Track>>,
     alerts: BTreeMap<String, Option<Alert>>,
-    /// Keys whose records this batch changed.
-    dirty_tracks: Vec<String>,
-    dirty_alerts: Vec<String>,
+    /// Keys whose records this batch changed (each written once).
+    dirty_tracks: std::collections::HashSet<String>,
+    dirty_alerts: std::collections::BTreeSet<String>,
 }
 
 impl<'a> Tx<'a> {
@@ -75,8 +75,8 @@ impl<'a> Tx<'a> {
             days: BTreeMap::new(),
             tracks: HashMap::new(),
             alerts: BTreeMap::new(),
-            dirty_tracks: Vec::new(),
-            dirty_alerts: Vec::new(),
+            dirty_tracks: Default::default(),
+            dirty_alerts: Default::default(),
         }
     }
 
@@ -115,7 +115,7 @@ impl<'a> Tx<'a> {
 
     pub(crate) fn set_track(&mut self, instance: &str, track: Track) {
         self.tracks.insert(instance.to_string(), Some(track));
-        self.dirty_tracks.push(instance.to_string());
+        self.dirty_tracks.insert(instance.to_string());
     }
 
     /// The alert stored under `key` (`a/<instance>/<kind>[/<what>]`).
@@ -156,7 +156,7 @@ impl<'a> Tx<'a> {
     ) -> Result<(), AnalyticsError> {
         if self.alert(key)? != alert {
             self.alerts.insert(key.to_string(), alert);
-            self.dirty_alerts.push(key.to_string());
+            self.dirty_alerts.insert(key.to_string());
         }
         Ok(())
     }
