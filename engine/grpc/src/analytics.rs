@@ -43,6 +43,15 @@ pub(crate) fn open(
         ))
     })?;
     tracing::info!(dir = %dir.display(), offset = analytics.offset(), "analytics follows the feed");
+    if let Ok((earliest, _)) = engine.feed_bounds() {
+        if earliest > 1 {
+            tracing::warn!(
+                earliest,
+                retention = %config.engine.feed_retention,
+                "the feed no longer starts at offset 1: analytics cannot be rebuilt from it (after an upgrade that changes its figures, or if its directory is lost); keep the feed (engine.feed_retention) as long as the figures must be rebuildable"
+            );
+        }
+    }
     let (following, engine) = (analytics.clone(), engine.clone());
     let task = tokio::spawn(async move {
         if let Err(e) = following.follow(&engine).await {

@@ -137,6 +137,102 @@ async fn figures_follow_the_feed_and_a_sales_rep_reads_only_their_own() {
         .into_inner();
     assert_eq!(top.performers[0].rank, 1);
     assert_eq!(top.performers[0].name, "quote");
+    // Pages: one workflow per page, ranked on; the token is bound to its filters.
+    let ask = |page_token: String, dimension: pb::Dimension| pb::ListTopPerformersRequest {
+        from: day(2026, 4, 1),
+        to: day(2026, 4, 1),
+        dimension: dimension as i32,
+        page_size: 1,
+        page_token,
+        rep: String::new(),
+    };
+    start_quote(&server, "a-2", "FIXED-5000").await;
+    quotes_counted(&server, 2).await;
+    server
+        .instances()
+        .start_instance(as_role(
+            "sales_rep",
+            switchyard_client::pb::StartInstanceRequest {
+                request_id: "a-lead".into(),
+                definition: "lead".into(),
+                data_json: r#"{"company": "ACME GmbH"}"#.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let s = summary(&server, "admin", "").await.unwrap();
+        if s.counts.unwrap().leads == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let first = client(&server)
+        .list_top_performers(as_role(
+            "analyst",
+            ask(String::new(), pb::Dimension::Workflow),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            first.performers[0].rank,
+            first.performers[0].name.as_str(),
+            first.performers[0].count
+        ),
+        (1, "quote", 2)
+    );
+    assert!(!first.next_page_token.is_empty());
+    let second = client(&server)
+        .list_top_performers(as_role(
+            "analyst",
+            ask(first.next_page_token.clone(), pb::Dimension::Workflow),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            second.performers[0].rank,
+            second.performers[0].name.as_str()
+        ),
+        (2, "lead")
+    );
+    assert!(second.next_page_token.is_empty());
+    let status = client(&server)
+        .list_top_performers(as_role(
+            "analyst",
+            ask(first.next_page_token, pb::Dimension::Customer),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&status), ["page_token"]);
+    let demand = client(&server)
+        .get_demand_forecast(as_role(
+            "analyst",
+            pb::GetDemandForecastRequest {
+                sku: "FIXED-5000".into(),
+                from: day(2026, 3, 23),
+                to: day(2026, 4, 5),
+                horizon_weeks: 1,
+                rep: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Quotes are no demand: only confirmed orders count.
+    let weeks: Vec<(&str, &str)> = demand
+        .weeks
+        .iter()
+        .map(|w| (w.week.as_str(), w.quantity.as_str()))
+        .collect();
+    assert_eq!(weeks, [("2026-W13", "0"), ("2026-W14", "0")]);
+    assert_eq!(demand.forecast[0].week, "2026-W15");
+    assert_eq!(demand.mean_absolute_error, "0");
+    assert_eq!(demand.time_zone, "Europe/Berlin");
     let alerts = client(&server)
         .list_alerts(as_role("admin", pb::ListAlertsRequest::default()))
         .await
