@@ -58,7 +58,7 @@ pub(crate) use checks::{check_request_id, require_role};
 pub use config::{EngineConfig, StoreConfig};
 pub use credentials::NewToken;
 pub use feed_as::{FeedReader, FeedRequest, FEED_FILTER_ITEMS_MAX};
-pub use jobs::{ActivateJobs, FailJob};
+pub use jobs::{ActivateJobs, FailJob, JobFailure};
 pub use provider_events::{IngestOutcome, ProviderEvent, PROVIDER_EVENT_DEFINITION};
 pub use requests::{CancelRequest, CommandRequest, ListRequest, StartRequest};
 pub use rulesets::{DryRun, DryRunInput, RuleSetInfo, RulesWatch, RulesWatchStatus};

@@ -213,12 +213,14 @@ impl Job {
         self.changed(now);
     }
 
-    /// Records a failed attempt of a leased job: available again at `retry_at`, or, when its
-    /// retries are used up, an incident. Returns whether it became an incident.
+    /// Records a failed attempt of a leased job: available again after `retry_in` (or its
+    /// backoff), or, when its retries are used up or the worker gave up on it, an incident.
+    /// Returns whether it became an incident.
     pub(crate) fn fail(
         &mut self,
         error: &str,
         retry_in: Option<chrono::Duration>,
+        give_up: bool,
         now: DateTime<Utc>,
     ) -> bool {
         assert_eq!(
@@ -232,17 +234,20 @@ impl Job {
         self.lease = None;
         self.last_error = Some(error.to_string());
         self.changed(now);
-        if self.failures <= self.retries {
-            let delay = retry_in.unwrap_or_else(|| self.backoff());
-            // Notifications retry with ±20% jitter, so a receiver that came back is not hit by
-            // every waiting message at once.
-            let delay = if crate::notification::is_notification(&self.job_type) {
+        if !give_up && self.failures <= self.retries {
+            // Notifications retry their backoff with ±20% jitter, so a receiver that came back
+            // is not hit by every waiting message at once; a delay the receiver asked for
+            // (`Retry-After`) is kept as it is.
+            let delay = if let Some(asked) = retry_in {
+                asked
+            } else if crate::notification::is_notification(&self.job_type) {
+                let delay = self.backoff();
                 let spread = (uuid::Uuid::new_v4().as_u128() % 401) as i128 - 200; // ‰
                 let ms = delay.num_milliseconds() as i128;
                 let jittered = (ms + ms * spread / 1000).clamp(0, i64::MAX as i128);
                 chrono::Duration::milliseconds(jittered as i64)
             } else {
-                delay
+                self.backoff()
             };
             self.status = JobStatus::Activatable;
             self.available_at = now.checked_add_signed(delay).unwrap_or(now);

@@ -83,9 +83,9 @@ pub use decider::{
 pub use definition::{Definition, DefinitionError, DefinitionErrors, DefinitionSet};
 pub use engine::{
     ActivateJobs, CancelRequest, CommandRequest, DryRun, DryRunInput, Engine, EngineConfig,
-    FailJob, FeedReader, FeedRequest, IngestOutcome, ListRequest, NewToken, ProviderEvent,
-    RuleSetInfo, RulesWatch, RulesWatchStatus, StartRequest, StoreConfig, FEED_FILTER_ITEMS_MAX,
-    PROVIDER_EVENT_DEFINITION,
+    FailJob, FeedReader, FeedRequest, IngestOutcome, JobFailure, ListRequest, NewToken,
+    ProviderEvent, RuleSetInfo, RulesWatch, RulesWatchStatus, StartRequest, StoreConfig,
+    FEED_FILTER_ITEMS_MAX, PROVIDER_EVENT_DEFINITION,
 };
 pub use error::{clip, CommandError, OpenError, RuleSetProblem};
 pub use feed::{EventType, FeedEvent, Subscription};

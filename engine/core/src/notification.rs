@@ -193,11 +193,37 @@ pub fn job_type(channel: &str) -> String {
 }
 
 /// What a channel's send returns.
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+/// Why a channel could not deliver a message. A plain message (`"…".into()`) is retried after
+/// the backoff, then an incident; [`SendError::retry_after`] waits as long as the receiver
+/// asked (e.g. HTTP `Retry-After`); [`SendError::give_up`] makes it undelivered and an
+/// incident at once (the receiver is gone).
+pub type SendError = crate::engine::JobFailure;
+
+impl crate::engine::JobFailure {
+    /// Try again after `delay`, as the receiver asked.
+    pub fn retry_after(message: impl Into<String>, delay: std::time::Duration) -> Self {
+        crate::engine::JobFailure {
+            message: message.into(),
+            retry_in: Some(delay),
+            give_up: false,
+        }
+    }
+
+    /// Do not try again.
+    pub fn give_up(message: impl Into<String>) -> Self {
+        crate::engine::JobFailure {
+            message: message.into(),
+            retry_in: None,
+            give_up: true,
+        }
+    }
+}
 
 /// A way to deliver messages: e-mail, SMS, a webhook, a log. `send` returns once the receiving
-/// side accepted the message (`Ok`), or with why it did not (`Err`: retried after a backoff,
-/// then an incident). It must be safe to call again with the same message: a receiver
+/// side accepted the message (`Ok`), or with why it did not (`Err`, a [`SendError`]: retried
+/// after a backoff or when the receiver asked, then an incident; or an incident at once). It must be safe to call again with the same message: a receiver
 /// de-duplicates by `notification.id`.
 pub trait Channel: Send + Sync + 'static {
     /// Sends one message.

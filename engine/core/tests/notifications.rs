@@ -10,7 +10,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
-use switchyard_core::notification::{Channel, DeliveryStatus, Notification, SendFuture};
+use switchyard_core::notification::{Channel, DeliveryStatus, Notification, SendError, SendFuture};
 use switchyard_core::{
     ActivateJobs, Actor, CancelRequest, CommandRequest, DeciderRegistry, Engine, EngineConfig,
     InstanceId, ManualClock, RuleLimits, StartRequest, StoreConfig,
@@ -121,10 +121,13 @@ impl World {
     }
 }
 
-/// A channel that records every attempt and fails the first `failures` of them.
+/// A channel that records every attempt and fails the first `failures` of them (asking to be
+/// retried after `retry_after`, or giving up, when set).
 #[derive(Default)]
 struct Recorder {
     failures: usize,
+    retry_after: Option<StdDuration>,
+    give_up: bool,
     attempts: Mutex<Vec<Notification>>,
 }
 
@@ -134,7 +137,12 @@ impl Channel for Recorder {
             let mut attempts = self.attempts.lock().unwrap();
             attempts.push(notification.clone());
             if attempts.len() <= self.failures {
-                Err(format!("smtp: 451 try again (attempt {})", attempts.len()))
+                let error = format!("smtp: 451 try again (attempt {})", attempts.len());
+                Err(match (self.retry_after, self.give_up) {
+                    (_, true) => SendError::give_up("webhook answered 410 Gone"),
+                    (Some(delay), _) => SendError::retry_after(error, delay),
+                    (None, false) => error.into(),
+                })
             } else {
                 Ok(())
             }
@@ -250,6 +258,64 @@ async fn a_message_that_keeps_failing_becomes_an_incident_and_a_feed_event() {
         .position(|k| *k == "switchyard.notification.undelivered")
         .expect("an undelivered event");
     assert_eq!(kinds[at + 1], "switchyard.incident.raised");
+}
+
+/// A receiver that asks to wait (HTTP `Retry-After`) is tried again exactly then, without the
+/// backoff's jitter; one that is gone (HTTP 410) gets no further attempt: the message is
+/// undelivered and an incident at once, with retries left.
+#[tokio::test]
+async fn a_channel_may_ask_for_a_later_retry_or_give_up_at_once() {
+    let w = world(&[], t0(), 10).await;
+    let later = w.quote("Q-later").await;
+    assert!(w.send(later, "ana:sales_rep", "submit", json!({})).await);
+    let asked = StdDuration::from_secs(90 * 60);
+    w.engine.register_channel(
+        "email",
+        Arc::new(Recorder {
+            failures: 1,
+            retry_after: Some(asked),
+            ..Recorder::default()
+        }),
+    );
+    let mut waiting = None;
+    for _ in 0..500 {
+        let d = w.engine.notifications(later).await.unwrap().remove(0);
+        if d.failures == 1 {
+            waiting = Some(d);
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    let waiting = waiting.expect("one failed attempt");
+    assert_eq!(waiting.status, DeliveryStatus::Retrying);
+    assert_eq!(
+        waiting.next_attempt_at,
+        Some(switchyard_core::Clock::now(w.clock.as_ref()) + Duration::minutes(90)),
+        "exactly as asked"
+    );
+    w.until(later, |d| d[0].status == DeliveryStatus::Sent)
+        .await;
+
+    let w = world(&[], t0(), 10).await;
+    let gone = w.quote("Q-gone").await;
+    assert!(w.send(gone, "ana:sales_rep", "submit", json!({})).await);
+    let channel = Arc::new(Recorder {
+        failures: usize::MAX,
+        give_up: true,
+        ..Recorder::default()
+    });
+    w.engine.register_channel("email", channel.clone());
+    w.until(gone, |d| d[0].status == DeliveryStatus::Undelivered)
+        .await;
+    let undelivered = &w.engine.notifications(gone).await.unwrap()[0];
+    assert_eq!((undelivered.failures, undelivered.retries), (1, 10));
+    assert_eq!(channel.attempts.lock().unwrap().len(), 1);
+    let incidents = w
+        .engine
+        .incidents_page(&who("root:admin"), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(incidents.items.len(), 1);
 }
 
 #[tokio::test]

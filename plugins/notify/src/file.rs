@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use switchyard_core::notification::{Channel, Notification, SendFuture};
+use switchyard_core::notification::{Channel, Notification, SendError, SendFuture};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -28,7 +28,13 @@ impl FileChannel {
 
 impl Channel for FileChannel {
     fn send<'a>(&'a self, notification: &'a Notification) -> SendFuture<'a> {
-        Box::pin(async move {
+        Box::pin(async move { self.write(notification).await.map_err(SendError::from) })
+    }
+}
+
+impl FileChannel {
+    async fn write(&self, notification: &Notification) -> Result<(), String> {
+        {
             let mut line = serde_json::to_vec(&json!({
                 "id": notification.id,
                 "instance": notification.instance,
@@ -48,7 +54,7 @@ impl Channel for FileChannel {
                 .map_err(failed)?;
             file.write_all(&line).await.map_err(failed)?;
             file.sync_data().await.map_err(failed)
-        })
+        }
     }
 }
 

@@ -8,6 +8,10 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use switchyard_core::notification::SendError;
+
+/// The longest `Retry-After` honoured; a receiver asking for more is tried again after this.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// How long one request may take, connection included.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,14 +43,16 @@ impl HttpClient {
     }
 
     /// POSTs `body` with `headers`; `Ok` for a 2xx answer, else an error naming `what`, the
-    /// status and the start of the answer.
+    /// status and the start of the answer: 410 Gone gives up; 429, 502, 503 and 504 are
+    /// retried after their `Retry-After` (seconds or an HTTP date, at most a day) when they
+    /// give one; anything else after the backoff.
     pub(crate) async fn post(
         &self,
         what: &str,
         uri: &hyper::Uri,
         headers: &[(&str, String)],
         body: Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         let mut request = hyper::Request::post(uri.clone())
             .header("content-type", "application/json")
             .header(
@@ -66,16 +72,23 @@ impl HttpClient {
                 .await
                 .map_err(|e| format!("{what}: {}", describe(&e)))?;
             let status = answer.status();
+            let retry_after = answer
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, chrono::Utc::now()));
             let body = Limited::new(answer.into_body(), ANSWER_BYTES_MAX)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            Ok::<_, String>((status, body))
+            Ok::<_, String>((status, retry_after, body))
         };
-        let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, retry_after, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| format!("{what}: no answer within {} s", REQUEST_TIMEOUT.as_secs()))??;
+            .map_err(|_| {
+            format!("{what}: no answer within {} s", REQUEST_TIMEOUT.as_secs())
+        })??;
         if status.is_success() {
             return Ok(());
         }
@@ -83,8 +96,26 @@ impl HttpClient {
             .chars()
             .take(QUOTED_CHARS_MAX)
             .collect();
-        Err(format!("{what} answered {status}: {}", quoted.trim()))
+        let error = format!("{what} answered {status}: {}", quoted.trim());
+        Err(match (status.as_u16(), retry_after) {
+            (410, _) => SendError::give_up(error),
+            (429 | 502 | 503 | 504, Some(delay)) => SendError::retry_after(error, delay),
+            _ => SendError::from(error),
+        })
     }
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date (RFC 9110), as a delay from `now`
+/// (none in the past), at most [`RETRY_AFTER_MAX`]; `None` when it is neither.
+pub(crate) fn retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(seconds) = value.parse::<u64>() {
+        Duration::from_secs(seconds)
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        (at.to_utc() - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(RETRY_AFTER_MAX))
 }
 
 /// A connection error with its causes (hyper's own message is only "client error").
@@ -109,5 +140,33 @@ pub(crate) fn endpoint_uri(field: &str, url: &str) -> Result<hyper::Uri, String>
         _ => Err(format!(
             "{field}: `{url}` must be an http:// or https:// URL with a host"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date_and_is_bounded() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-04-01T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Wed, 01 Apr 2026 09:05:00 GMT", now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after("Wed, 01 Apr 2026 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_after("99999999", now),
+            Some(Duration::from_secs(24 * 3600))
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("", now), None);
     }
 }

@@ -5,7 +5,7 @@
 //! subject is not sent); gateways split long texts themselves.
 
 use serde_json::json;
-use switchyard_core::notification::{Channel, Notification, SendFuture};
+use switchyard_core::notification::{Channel, Notification, SendError, SendFuture};
 
 use crate::http::{endpoint_uri, HttpClient};
 
@@ -57,7 +57,7 @@ impl Channel for SmsGateway {
                 "text": text,
                 "message_id": notification.id,
             }))
-            .map_err(|e| format!("the SMS body cannot be written: {e}"))?;
+            .map_err(|e| SendError::from(format!("the SMS body cannot be written: {e}")))?;
             let mut headers = vec![("idempotency-key", notification.id.to_string())];
             if let Some(token) = &self.token {
                 headers.push(("authorization", format!("Bearer {token}")));

@@ -10,7 +10,7 @@ use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use switchyard_core::notification::{Channel, Notification, SendFuture};
+use switchyard_core::notification::{Channel, Notification, SendError, SendFuture};
 
 /// How the connection to the SMTP server is secured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,11 +93,12 @@ impl Channel for SmtpChannel {
     fn send<'a>(&'a self, notification: &'a Notification) -> SendFuture<'a> {
         Box::pin(async move {
             let m = &notification.message;
+            // A message that cannot be sent as it is never will be: no retry.
             let to: Mailbox = m.to.parse().map_err(|e| {
-                format!(
+                SendError::give_up(format!(
                     "`{}` is not an e-mail address: {e}",
                     switchyard_core::clip(&m.to, 64)
-                )
+                ))
             })?;
             let builder = Message::builder()
                 .from(self.from.clone())
@@ -115,12 +116,16 @@ impl Channel for SmtpChannel {
                         .body(m.text.clone()),
                 ),
             }
-            .map_err(|e| format!("the e-mail cannot be built: {e}"))?;
-            self.transport
-                .send(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("smtp: {e}"))
+            .map_err(|e| SendError::give_up(format!("the e-mail cannot be built: {e}")))?;
+            // A permanent refusal (5xx: no such mailbox, refused) is not retried; a transient
+            // one (4xx, a lost connection) is.
+            self.transport.send(message).await.map(|_| ()).map_err(|e| {
+                if e.is_permanent() {
+                    SendError::give_up(format!("smtp (permanent): {e}"))
+                } else {
+                    SendError::from(format!("smtp: {e}"))
+                }
+            })
         })
     }
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use switchyard_core::notification::{Channel, Notification, SendFuture};
+use switchyard_core::notification::{Channel, Notification, SendError, SendFuture};
 
 use crate::http::{endpoint_uri, HttpClient};
 
@@ -46,10 +46,15 @@ struct Endpoint {
     keys: Vec<Vec<u8>>,
 }
 
-/// Delivers messages whose address (`to`) names a configured endpoint.
+/// Delivers messages whose address (`to`) names a configured endpoint. An endpoint that
+/// answers 410 Gone is disabled (as the specification has it): its messages fail at once, as
+/// undelivered incidents, until the server restarts with it configured again. 429, 502, 503
+/// and 504 answers are retried after their `Retry-After` when they give one.
 pub struct WebhookChannel {
     endpoints: BTreeMap<String, Endpoint>,
     client: HttpClient,
+    /// Endpoints that answered 410, and when.
+    gone: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl WebhookChannel {
@@ -74,6 +79,7 @@ impl WebhookChannel {
         Ok(WebhookChannel {
             endpoints: checked,
             client: HttpClient::new(),
+            gone: Default::default(),
         })
     }
 
@@ -123,7 +129,7 @@ impl Channel for WebhookChannel {
         Box::pin(async move {
             let m = &notification.message;
             let endpoint = self.endpoints.get(&m.to).ok_or_else(|| {
-                format!(
+                SendError::from(format!(
                     "no webhook endpoint is named `{}` (configured: {})",
                     switchyard_core::clip(&m.to, 64),
                     self.endpoints
@@ -131,8 +137,19 @@ impl Channel for WebhookChannel {
                         .cloned()
                         .collect::<Vec<_>>()
                         .join(", ")
-                )
+                ))
             })?;
+            if let Some(when) = self
+                .gone
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&m.to)
+            {
+                return Err(SendError::give_up(format!(
+                    "webhook endpoint `{}` is disabled: it answered 410 Gone at {when}",
+                    m.to
+                )));
+            }
             let id = notification.id.to_string();
             let timestamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -154,9 +171,10 @@ impl Channel for WebhookChannel {
                     "source": m.source,
                 },
             }))
-            .map_err(|e| format!("the webhook body cannot be written: {e}"))?;
+            .map_err(|e| SendError::from(format!("the webhook body cannot be written: {e}")))?;
             let signature = sign(&endpoint.keys, &id, timestamp, &body);
-            self.client
+            let sent = self
+                .client
                 .post(
                     &format!("webhook endpoint `{}`", m.to),
                     &endpoint.uri,
@@ -167,7 +185,17 @@ impl Channel for WebhookChannel {
                     ],
                     body,
                 )
-                .await
+                .await;
+            if let Err(e) = &sent {
+                if e.give_up {
+                    tracing::warn!(endpoint = %m.to, "webhook endpoint answered 410 Gone: disabled");
+                    self.gone
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(m.to.clone(), chrono::Utc::now().to_rfc3339());
+                }
+            }
+            sent
         })
     }
 }

@@ -40,7 +40,8 @@ struct Seen {
     body: Vec<u8>,
 }
 
-/// A local HTTP server answering with `statuses` in turn (then 200), recording every request.
+/// A local HTTP server answering with `statuses` in turn (then 200), recording every request;
+/// a 429 says `Retry-After: 120`.
 struct Server {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -85,6 +86,7 @@ async fn server(statuses: Vec<u16>) -> Server {
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .status(status)
+                                    .header("retry-after", if status == 429 { "120" } else { "" })
                                     .body(Full::new(Bytes::from(format!("status {status}"))))
                                     .unwrap(),
                             )
@@ -174,8 +176,16 @@ async fn a_webhook_is_signed_per_standard_webhooks_and_keeps_its_id_across_retri
     .unwrap();
     let n = notification("webhook", "erp");
     let err = channel.send(&n).await.unwrap_err();
-    assert!(err.contains("webhook endpoint `erp` answered 503"), "{err}");
-    assert!(err.contains("status 503"), "{err}");
+    assert!(
+        err.message.contains("webhook endpoint `erp` answered 503"),
+        "{err}"
+    );
+    assert!(err.message.contains("status 503"), "{err}");
+    assert_eq!(
+        (err.retry_in, err.give_up),
+        (None, false),
+        "the backoff, then"
+    );
     let mut retry = n.clone();
     retry.attempt = 2;
     channel.send(&retry).await.unwrap();
@@ -203,7 +213,50 @@ async fn a_webhook_is_signed_per_standard_webhooks_and_keeps_its_id_across_retri
         .send(&notification("webhook", "crm"))
         .await
         .unwrap_err();
-    assert!(err.contains("no webhook endpoint is named `crm`"), "{err}");
+    assert!(
+        err.message.contains("no webhook endpoint is named `crm`"),
+        "{err}"
+    );
+}
+
+/// 429 with `Retry-After` is retried when the receiver asked; 410 Gone disables the endpoint
+/// (Standard Webhooks): that message and every later one to it give up without a request.
+#[tokio::test]
+async fn a_throttling_endpoint_is_retried_when_it_asks_and_a_gone_one_is_disabled() {
+    let server = server(vec![429, 410]).await;
+    let (current, _) = secret(7);
+    let channel = WebhookChannel::new(BTreeMap::from([(
+        "erp".to_string(),
+        WebhookEndpoint {
+            url: server.url.clone(),
+            secrets: vec![current],
+        },
+    )]))
+    .unwrap();
+    let n = notification("webhook", "erp");
+    let throttled = channel.send(&n).await.unwrap_err();
+    assert!(throttled.message.contains("answered 429"), "{throttled}");
+    assert_eq!(
+        (throttled.retry_in, throttled.give_up),
+        (Some(std::time::Duration::from_secs(120)), false)
+    );
+    let gone = channel.send(&n).await.unwrap_err();
+    assert!(gone.message.contains("answered 410"), "{gone}");
+    assert!(gone.give_up);
+    let later = channel
+        .send(&notification("webhook", "erp"))
+        .await
+        .unwrap_err();
+    assert!(later.give_up);
+    assert!(
+        later.message.contains("disabled: it answered 410 Gone"),
+        "{later}"
+    );
+    assert_eq!(
+        server.seen.lock().unwrap().len(),
+        2,
+        "no request after the 410"
+    );
 }
 
 #[tokio::test]
@@ -221,7 +274,7 @@ async fn an_unreachable_endpoint_is_an_error_not_a_hang() {
         .send(&notification("webhook", "erp"))
         .await
         .unwrap_err();
-    assert!(err.starts_with("webhook endpoint `erp`: "), "{err}");
+    assert!(err.message.starts_with("webhook endpoint `erp`: "), "{err}");
 }
 
 #[tokio::test]
@@ -246,7 +299,10 @@ async fn an_sms_goes_to_the_gateway_with_its_token_and_an_idempotency_key() {
     let refusing = server_with_status(401).await;
     let gateway = SmsGateway::new(&refusing, None, "Switchyard").unwrap();
     let err = gateway.send(&n).await.unwrap_err();
-    assert!(err.contains("the sms gateway answered 401"), "{err}");
+    assert!(
+        err.message.contains("the sms gateway answered 401"),
+        "{err}"
+    );
 }
 
 async fn server_with_status(status: u16) -> String {
@@ -277,7 +333,7 @@ async fn the_file_channel_appends_one_synced_json_line_per_message() {
         .send(&a)
         .await
         .unwrap_err();
-    assert!(err.contains("missing/dir/x.jsonl"), "{err}");
+    assert!(err.message.contains("missing/dir/x.jsonl"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -363,7 +419,7 @@ async fn an_email_goes_over_smtp_with_text_and_html_and_the_message_id() {
     n.message.subject = "Quote Q-1 waits for your approval".into();
     n.message.html = Some("<p>Quote <b>Q-1</b> waits.</p>".into());
     let err = channel.send(&n).await.unwrap_err();
-    assert!(err.contains("451"), "{err}");
+    assert!(err.message.contains("451"), "{err}");
     channel.send(&n).await.unwrap();
     let mail = mail.lock().unwrap().clone();
     assert_eq!(mail.len(), 1);
@@ -394,7 +450,9 @@ async fn an_email_goes_over_smtp_with_text_and_html_and_the_message_id() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("`not an address` is not an e-mail address"),
+        err.message
+            .contains("`not an address` is not an e-mail address"),
         "{err}"
     );
+    assert!(err.give_up, "an address that is not one never will be");
 }

@@ -68,6 +68,43 @@ pub struct FailJob {
     pub error: String,
     /// Retry after this long instead of the job type's backoff.
     pub retry_in: Option<StdDuration>,
+    /// No further attempt can succeed (e.g. the receiver is gone): an incident now, whatever
+    /// retries are left.
+    pub give_up: bool,
+}
+
+/// Why an in-process handler's attempt failed, and what to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFailure {
+    /// What went wrong (kept on the job and in the feed; clipped to the report's limit).
+    pub message: String,
+    /// Try again after this long instead of the job type's backoff (e.g. a receiver's
+    /// `Retry-After`).
+    pub retry_in: Option<StdDuration>,
+    /// No attempt can succeed: an incident now.
+    pub give_up: bool,
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for JobFailure {
+    fn from(message: String) -> Self {
+        JobFailure {
+            message,
+            retry_in: None,
+            give_up: false,
+        }
+    }
+}
+
+impl From<&str> for JobFailure {
+    fn from(message: &str) -> Self {
+        JobFailure::from(message.to_string())
+    }
 }
 
 impl FailJob {
@@ -78,7 +115,14 @@ impl FailJob {
             lease,
             error: error.into(),
             retry_in: None,
+            give_up: false,
         }
+    }
+
+    /// An incident now: no retry could succeed.
+    pub fn give_up(mut self) -> Self {
+        self.give_up = true;
+        self
     }
 
     /// Retried after `delay` instead.
@@ -441,7 +485,7 @@ impl Engine {
         self.change_job(request.job, |engine, job, now| {
             let job = engine.current_lease(job.id, request.lease, job.instance)?;
             let mut failed = job.clone();
-            let incident = failed.fail(&request.error, retry_in, now);
+            let incident = failed.fail(&request.error, retry_in, request.give_up, now);
             let mut events = Vec::new();
             if incident {
                 events.push(engine.job_event(
@@ -568,6 +612,19 @@ impl Engine {
         F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, String>> + Send + 'static,
     {
+        self.register_detailed_handler(job_type, move |job| {
+            let answer = handler(job);
+            async move { answer.await.map_err(JobFailure::from) }
+        });
+    }
+
+    /// [`Engine::register_job_handler`] for a handler that says more of a failure: when to try
+    /// again, or that no attempt can succeed ([`JobFailure`]).
+    pub fn register_detailed_handler<F, Fut>(&self, job_type: &str, handler: F)
+    where
+        F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, JobFailure>> + Send + 'static,
+    {
         let weak = std::sync::Arc::downgrade(&self.inner);
         let job_type = job_type.to_string();
         let handler = std::sync::Arc::new(handler);
@@ -629,7 +686,7 @@ impl Engine {
         job: ActivatedJob,
     ) where
         F: Fn(ActivatedJob) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Value, String>> + Send + 'static,
+        Fut: Future<Output = Result<Value, JobFailure>> + Send + 'static,
     {
         let (id, lease) = (job.id, job.lease);
         let timeout = self.inner.config.job_handler_timeout;
@@ -637,28 +694,30 @@ impl Engine {
         let abort = task.abort_handle();
         let result = match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) if e.is_panic() => Err("the in-process handler panicked".to_string()),
-            Ok(Err(_)) => Err("the in-process handler was cancelled".to_string()),
+            Ok(Err(e)) if e.is_panic() => Err("the in-process handler panicked".into()),
+            Ok(Err(_)) => Err("the in-process handler was cancelled".into()),
             Err(_) => {
                 abort.abort();
-                Err(format!(
+                Err(JobFailure::from(format!(
                     "the in-process handler did not answer within {} ms",
                     timeout.as_millis()
-                ))
+                )))
             }
         };
         let outcome = match result {
             Ok(result) => self.complete_job(id, lease, result).await.map(|_| ()),
             // A handler's message is kept whatever its length (a failure report refuses one
             // over ERROR_CHARS_MAX, which would leave the job to its lease and no incident).
-            Err(error) => self
-                .fail_job(FailJob::new(
+            Err(failure) => {
+                let mut report = FailJob::new(
                     id,
                     lease,
-                    crate::error::clip(&error, ERROR_CHARS_MAX),
-                ))
-                .await
-                .map(|_| ()),
+                    crate::error::clip(&failure.message, ERROR_CHARS_MAX),
+                );
+                report.retry_in = failure.retry_in;
+                report.give_up = failure.give_up;
+                self.fail_job(report).await.map(|_| ())
+            }
         };
         if let Err(e) = outcome {
             tracing::warn!(%job_type, job = %id, error = %e, "reporting a job result failed");

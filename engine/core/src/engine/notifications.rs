@@ -15,7 +15,7 @@ use crate::feed::{EventDraft, EventType};
 use crate::job::{Job, JobId, JobStatus};
 use crate::model::InstanceId;
 use crate::notification::{
-    dedup_balance_key, job_type, parse_routed, Channel, Delivery, Notification, Routed,
+    dedup_balance_key, job_type, parse_routed, Channel, Delivery, Notification, Routed, SendError,
     DEDUP_BALANCE,
 };
 use crate::store::{BalanceChange, Commit, JobWrite};
@@ -187,11 +187,11 @@ impl Engine {
     /// `channel`, in-process, with the jobs' leases, retries and incidents
     /// ([`Engine::register_job_handler`]).
     pub fn register_channel(&self, name: &str, channel: Arc<dyn Channel>) {
-        self.register_job_handler(&job_type(name), move |job| {
+        self.register_detailed_handler(&job_type(name), move |job| {
             let channel = channel.clone();
             async move {
                 let message = serde_json::from_value(job.payload)
-                    .map_err(|e| format!("the message cannot be read: {e}"))?;
+                    .map_err(|e| SendError::give_up(format!("the message cannot be read: {e}")))?;
                 let notification = Notification {
                     id: job.id,
                     instance: job.instance,
