@@ -134,6 +134,7 @@ pub async fn work(
                                 lease_token: job.lease_token.clone(),
                                 error,
                                 retry_in: None,
+                                give_up: false,
                             },
                         ))
                         .await;

@@ -230,6 +230,12 @@ impl pb::job_service_server::JobService for JobService {
             }
             fail = fail.retry_in(d);
         }
+        if r.give_up {
+            if fail.retry_in.is_some() {
+                return Err(bad_request("give_up", "cannot go with retry_in"));
+            }
+            fail = fail.give_up();
+        }
         let failed = self
             .engine
             .fail_job(fail)

@@ -228,6 +228,47 @@ async fn a_long_poll_wakes_for_a_new_job_and_a_lapsed_lease_is_offered_again() {
     server.stop().await;
 }
 
+/// A worker whose outside system refused for good gives up: an incident at once, retries left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_may_give_up_on_a_job_at_once() {
+    let server = TestServer::start().await;
+    order_waiting_for_stock(&server, "O-G").await;
+    let job = jobs(&server)
+        .activate_jobs(activate("wms-a", 1, 60, 5_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    let fail = |retry_in| {
+        as_role(
+            "system",
+            pb::FailJobRequest {
+                job_id: job.job_id.clone(),
+                lease_token: job.lease_token.clone(),
+                error: "no such warehouse".into(),
+                retry_in,
+                give_up: true,
+            },
+        )
+    };
+    let refused = jobs(&server).fail_job(fail(secs(5))).await;
+    let status = expect_refusal(refused, Code::InvalidArgument, "INVALID_INPUT");
+    assert_eq!(bad_fields(&status), vec!["give_up"]);
+    let failed = jobs(&server)
+        .fail_job(fail(None))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (failed.status, failed.failures),
+        (pb::JobStatus::Incident as i32, 1)
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_then_raise_an_incident_that_an_admin_resolves() {
     let server = TestServer::start().await;
@@ -251,6 +292,7 @@ async fn failures_retry_then_raise_an_incident_that_an_admin_resolves() {
                     lease_token: job.lease_token.clone(),
                     error: "warehouse down".into(),
                     retry_in: secs(0),
+                    give_up: false,
                 },
             )
         };

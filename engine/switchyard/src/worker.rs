@@ -228,6 +228,7 @@ pub fn run(
                             error: error.clone(),
                             retry_in: retry_in
                                 .map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+                            give_up: false,
                         };
                         match jobs.fail_job(connection.request(request)).await {
                             Ok(_) => {
