@@ -181,6 +181,7 @@ pub async fn test_server(
     };
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.enabled = false;
+    config.dashboard.enabled = false;
     config.store.durability = "flush".into();
     config.auth.tokens = tokens
         .iter()

@@ -84,6 +84,7 @@ async fn run(durability: &str, clients: usize, seconds: f64) -> Result<Measured>
     };
     config.grpc.listen = "127.0.0.1:0".parse()?;
     config.metrics.enabled = false;
+    config.dashboard.enabled = false;
     config.store.durability = durability.into();
     config.auth.tokens = vec![TokenConfig {
         sha256: token_hash(TOKEN),

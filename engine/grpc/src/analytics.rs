@@ -107,7 +107,7 @@ impl AnalyticsService {
 
 /// Whose figures `actor` may read, asking for `rep`'s (empty: all, or their own).
 #[allow(clippy::result_large_err)]
-fn scope(actor: &Actor, rep: &str) -> Result<Scope, Status> {
+pub(crate) fn scope(actor: &Actor, rep: &str) -> Result<Scope, Status> {
     if rep.len() > 200 {
         return Err(bad_request("rep", "is longer than 200 bytes"));
     }

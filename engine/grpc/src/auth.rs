@@ -148,26 +148,26 @@ impl Authenticator {
                     "the `authorization` header must be `Bearer <token>`",
                 )
             })?;
+        Ok(self.verify(token)?.0)
+    }
+
+    /// The actor behind a bearer `token` (the dashboard's login form), and what proves it
+    /// later: a token's hash (looked up again on every use, so a revoked token stops at once)
+    /// or a JWT's expiry.
+    #[allow(clippy::result_large_err)]
+    pub fn verify(&self, token: &str) -> Result<(Actor, Proof), Status> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(actor) = self.inner.tokens.get(&digest) {
-            return Ok(actor.clone());
+            return Ok((actor.clone(), Proof::Token(digest)));
         }
         if let Some(jwt) = &self.inner.jwt {
             if token.split('.').count() == 3 {
-                return jwt.verify(token);
+                let (actor, expires) = jwt.verify(token)?;
+                return Ok((actor, Proof::Jwt { expires }));
             }
         }
-        if let Some(engine) = self.inner.engine.get() {
-            match engine.authenticate_token(token) {
-                Ok(Some(actor)) => return Ok(actor),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(Status::unavailable(format!(
-                        "credentials cannot be checked now: {}",
-                        switchyard_core::clip(&e.to_string(), 200)
-                    )))
-                }
-            }
+        if let Some(actor) = self.by_token_hash(&digest)? {
+            return Ok((actor, Proof::Token(digest)));
         }
         tracing::info!(credential = "bearer token", "refused an unknown credential");
         Err(unauthenticated(
@@ -175,6 +175,35 @@ impl Authenticator {
             "the bearer token is not known (or it was revoked or has expired)",
         ))
     }
+
+    /// The actor of the opaque token whose SHA-256 is `digest`, if it is (still) valid.
+    #[allow(clippy::result_large_err)]
+    pub fn by_token_hash(&self, digest: &[u8; 32]) -> Result<Option<Actor>, Status> {
+        if let Some(actor) = self.inner.tokens.get(digest) {
+            return Ok(Some(actor.clone()));
+        }
+        let Some(engine) = self.inner.engine.get() else {
+            return Ok(None);
+        };
+        engine.authenticate_token_hash(digest).map_err(|e| {
+            Status::unavailable(format!(
+                "credentials cannot be checked now: {}",
+                switchyard_core::clip(&e.to_string(), 200)
+            ))
+        })
+    }
+}
+
+/// What keeps a verified credential valid (see [`Authenticator::verify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// An opaque token, by its SHA-256.
+    Token([u8; 32]),
+    /// A JWT, valid until `expires` (Unix seconds).
+    Jwt {
+        /// Its `exp` claim.
+        expires: i64,
+    },
 }
 
 impl Interceptor for Authenticator {
@@ -292,7 +321,7 @@ fn jwt(config: &JwtConfig, env: &impl Fn(&str) -> Option<String>) -> Result<Jwt,
 
 impl Jwt {
     #[allow(clippy::result_large_err)]
-    fn verify(&self, token: &str) -> Result<Actor, Status> {
+    fn verify(&self, token: &str) -> Result<(Actor, i64), Status> {
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
             &self.key,
@@ -336,10 +365,18 @@ impl Jwt {
                 ),
             )
         })?;
-        Ok(Actor {
-            id: actor.to_string(),
-            roles,
-        })
+        // `exp` is required by the validation, so it is there and a number.
+        let expires = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        Ok((
+            Actor {
+                id: actor.to_string(),
+                roles,
+            },
+            expires,
+        ))
     }
 }
 

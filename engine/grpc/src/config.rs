@@ -41,6 +41,39 @@ pub struct ServerConfig {
     pub notifications: NotificationsConfig,
     /// Sales-operations analytics computed from the feed.
     pub analytics: AnalyticsSettings,
+    /// The sales-operations dashboard in the browser.
+    pub dashboard: DashboardConfig,
+}
+
+/// The dashboard (`src/dashboard`): a page with live figures and instances on its own HTTP
+/// port, behind the same credentials as the API (a login form sets a session cookie). It
+/// speaks TLS when `[tls]` is configured, like the gRPC port.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve the dashboard (default true).
+    pub enabled: bool,
+    /// Address (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// How long a login lasts, e.g. `8h` (default; a JWT's own expiry ends it sooner).
+    pub session_lifetime: String,
+    /// The file holding the key that signs session cookies (made on first start, mode 0600;
+    /// default `dashboard-session.key` in `data_dir`). Deleting it ends every session.
+    pub session_key_file: Option<PathBuf>,
+    /// Most live update streams open at once (default 64).
+    pub streams_max: usize,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            session_lifetime: "8h".into(),
+            session_key_file: None,
+            streams_max: 64,
+        }
+    }
 }
 
 /// Sales-operations analytics (`switchyard_analytics`): the server follows its own feed into
@@ -70,6 +103,14 @@ impl Default for AnalyticsSettings {
 }
 
 impl ServerConfig {
+    /// The file of the key that signs dashboard sessions.
+    pub fn dashboard_key_file(&self) -> PathBuf {
+        self.dashboard
+            .session_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dashboard-session.key"))
+    }
+
     /// The analytics projection's directory.
     pub fn analytics_dir(&self) -> PathBuf {
         self.analytics.data_dir.clone().unwrap_or_else(|| {
@@ -421,6 +462,7 @@ impl Default for ServerConfig {
             webhooks: WebhooksConfig::default(),
             notifications: NotificationsConfig::default(),
             analytics: AnalyticsSettings::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -562,6 +604,17 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SWITCHYARD_ANALYTICS_ENABLED", "analytics.enabled"),
     ("SWITCHYARD_ANALYTICS_TIME_ZONE", "analytics.time_zone"),
     ("SWITCHYARD_ANALYTICS_DATA_DIR", "analytics.data_dir"),
+    ("SWITCHYARD_DASHBOARD_ENABLED", "dashboard.enabled"),
+    ("SWITCHYARD_DASHBOARD_LISTEN", "dashboard.listen"),
+    (
+        "SWITCHYARD_DASHBOARD_SESSION_LIFETIME",
+        "dashboard.session_lifetime",
+    ),
+    (
+        "SWITCHYARD_DASHBOARD_SESSION_KEY_FILE",
+        "dashboard.session_key_file",
+    ),
+    ("SWITCHYARD_DASHBOARD_STREAMS_MAX", "dashboard.streams_max"),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -583,8 +636,9 @@ fn kind_of(key: &str) -> Kind {
         | "engine.batch_max"
         | "engine.queue_max"
         | "engine.rule_threads"
-        | "engine.rule_queue_max" => Kind::Integer,
-        "metrics.enabled" | "analytics.enabled" => Kind::Bool,
+        | "engine.rule_queue_max"
+        | "dashboard.streams_max" => Kind::Integer,
+        "metrics.enabled" | "analytics.enabled" | "dashboard.enabled" => Kind::Bool,
         "webhooks.stripe.secrets" | "webhooks.adyen.hmac_keys" => Kind::List,
         _ => Kind::Text,
     }
@@ -705,6 +759,10 @@ impl ServerConfig {
             ),
             ("shutdown.drain_timeout", &self.shutdown.drain_timeout),
             ("notifications.backoff", &self.notifications.backoff),
+            (
+                "dashboard.session_lifetime",
+                &self.dashboard.session_lifetime,
+            ),
         ] {
             if switchyard_core::definition::parse_duration(value).is_none() {
                 return bad(
@@ -721,6 +779,12 @@ impl ServerConfig {
         }
         if self.grpc.feed_streams_max == 0 {
             return bad("grpc.feed_streams_max", "must be at least 1");
+        }
+        if self.dashboard.streams_max == 0 {
+            return bad("dashboard.streams_max", "must be at least 1");
+        }
+        if Self::duration(&self.dashboard.session_lifetime) < chrono::Duration::minutes(1) {
+            return bad("dashboard.session_lifetime", "must be at least a minute");
         }
         if self.grpc.job_polls_max == 0 {
             return bad("grpc.job_polls_max", "must be at least 1");

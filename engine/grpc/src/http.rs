@@ -2,7 +2,8 @@
 //! axum router — with the limits every listener of the server has: a connection limit
 //! (connections beyond it are closed at once, counted, and logged at most once a minute), a
 //! deadline for reading a request's headers, a deadline for the whole exchange, and no
-//! keep-alive (each scrape is one request).
+//! keep-alive (each scrape is one request). A listener may speak TLS (the dashboard, when
+//! `[tls]` is configured): the handshake counts against the connection's deadline.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +44,18 @@ pub async fn serve(
     refused: Arc<AtomicU64>,
     name: &'static str,
 ) {
+    serve_with(listener, router, limits, refused, name, None).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+    refused: Arc<AtomicU64>,
+    name: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -70,13 +83,36 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(socket), service);
-            let _ = tokio::time::timeout(limits.connection_timeout, connection).await;
+            let builder = {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .keep_alive(false);
+                b
+            };
+            let exchange = async {
+                match tls {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(socket), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(socket),
+                        );
+                        if let Ok(Ok(stream)) = handshake.await {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(limits.connection_timeout, exchange).await;
             drop(slot);
         });
     }

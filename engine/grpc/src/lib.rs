@@ -23,6 +23,7 @@ mod clock;
 pub mod config;
 pub mod connections;
 mod convert;
+mod dashboard;
 mod feed;
 pub mod health;
 pub mod http;

@@ -71,7 +71,9 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// Where payment-provider webhooks are received, if enabled, and the endpoints there.
     pub webhooks_addr: Option<(SocketAddr, String)>,
-    /// Whether the gRPC listener speaks TLS.
+    /// Where the dashboard is served, if enabled.
+    pub dashboard_addr: Option<SocketAddr>,
+    /// Whether the gRPC listener (and the dashboard's) speaks TLS.
     pub tls: bool,
     /// The engine, for in-process inspection (tests, embedding).
     pub engine: Engine,
@@ -131,20 +133,20 @@ pub async fn start(
     if !auth.accepts_anything() {
         tracing::warn!("no credentials are configured: only tokens kept in the store are accepted (add [[auth.tokens]] or [auth.jwt]; see `switchyard token new`, or `switchyard token create` on a stopped store)");
     }
-    let tls = match (&config.tls.cert_file, &config.tls.key_file) {
+    let pem = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(cert), Some(key)) => {
             let read = |path: &std::path::Path, key: &str| {
                 std::fs::read(path).map_err(|e| {
                     ServeError::Config(format!("`tls.{key}`: cannot read {}: {e}", path.display()))
                 })
             };
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(
-                read(cert, "cert_file")?,
-                read(key, "key_file")?,
-            )))
+            Some((read(cert, "cert_file")?, read(key, "key_file")?))
         }
         _ => None,
     };
+    let tls = pem
+        .as_ref()
+        .map(|(cert, key)| ServerTlsConfig::new().identity(Identity::from_pem(cert, key)));
     // Everything that can fail without the store comes first: a busy port or a bad
     // certificate must not leave a store opened.
     let drain = ServerConfig::duration(&config.shutdown.drain_timeout)
@@ -216,6 +218,21 @@ pub async fn start(
         }
         None => None,
     };
+    let dashboard = if config.dashboard.enabled {
+        let listener = bind(config.dashboard.listen).await?;
+        let tls = pem
+            .as_ref()
+            .map(|(cert, key)| dashboard_tls(cert, key))
+            .transpose()?;
+        let lifetime = ServerConfig::duration(&config.dashboard.session_lifetime).num_seconds();
+        let sessions =
+            crate::dashboard::session::Sessions::open(&config.dashboard_key_file(), lifetime)
+                .map_err(|e| ServeError::Config(format!("`dashboard.session_key_file`: {e}")))?;
+        Some((listener, tls, sessions))
+    } else {
+        None
+    };
+    let dashboard_addr = dashboard.as_ref().and_then(|(l, _, _)| l.local_addr().ok());
     let channels =
         crate::notify::channels(&config.notifications, &env).map_err(ServeError::Config)?;
     let webhooks_addr = webhooks
@@ -368,6 +385,37 @@ pub async fn start(
         .max_encoding_message_size(size),
         auth.clone(),
     );
+    let (dashboard_task, recent_task) = match dashboard {
+        Some((listener, tls, sessions)) => {
+            let recent = crate::dashboard::Recent::new();
+            let recent_task = tokio::spawn(recent.clone().follow(engine.clone()));
+            let state = Arc::new(crate::dashboard::Dashboard {
+                engine: engine.clone(),
+                analytics: analytics.clone(),
+                auth: auth.clone(),
+                sessions,
+                recent,
+                secure: tls.is_some(),
+                streams: Arc::new(tokio::sync::Semaphore::new(config.dashboard.streams_max)),
+                stopping: stopping.clone(),
+            });
+            let limits = crate::http::HttpLimits {
+                // A live stream lasts its time, then the browser reconnects.
+                connection_timeout: Duration::from_secs(crate::dashboard::STREAM_SECONDS + 10),
+                ..crate::http::HttpLimits::default()
+            };
+            let task = tokio::spawn(crate::http::serve_with(
+                listener,
+                crate::dashboard::router(state),
+                limits,
+                connections_refused.clone(),
+                "dashboard",
+                tls,
+            ));
+            (Some(task), Some(recent_task))
+        }
+        None => (None, None),
+    };
     // Feed and summary streams share one bound.
     let streams = Arc::new(tokio::sync::Semaphore::new(config.grpc.feed_streams_max));
     let analytics = InterceptedService::new(
@@ -462,7 +510,10 @@ pub async fn start(
                 Ok(())
             }
         };
-        for t in [metrics_task, webhooks_task].into_iter().flatten() {
+        for t in [metrics_task, webhooks_task, dashboard_task, recent_task]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         health_task.abort();
@@ -486,9 +537,34 @@ pub async fn start(
         grpc_addr,
         metrics_addr,
         webhooks_addr,
+        dashboard_addr,
         tls: tls.is_some(),
         engine,
         stop,
         task,
     })
+}
+
+/// The dashboard's TLS acceptor, from the PEM files the gRPC port uses.
+fn dashboard_tls(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, ServeError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let bad = |key: &str, e: &dyn std::fmt::Display| {
+        ServeError::Config(format!("`tls.{key}` (for the dashboard): {e}"))
+    };
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("cert_file", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("key_file", &e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad("cert_file", &e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad("key_file", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

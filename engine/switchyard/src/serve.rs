@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// their secrets are the configuration's [webhooks.stripe] and [webhooks.adyen]).
     #[arg(long)]
     webhooks_listen: Option<std::net::SocketAddr>,
+    /// The dashboard's address (default 127.0.0.1:8080; `[dashboard] enabled = false` turns
+    /// it off).
+    #[arg(long)]
+    dashboard_listen: Option<std::net::SocketAddr>,
     /// `manual` runs a test server whose clock moves only when an admin advances it
     /// (`switchyard clock advance`); never the default.
     #[arg(long, value_parser = ["system", "manual"])]
@@ -99,6 +103,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if let Some(listen) = args.metrics_listen {
         config.metrics.listen = listen;
     }
+    if let Some(listen) = args.dashboard_listen {
+        config.dashboard.listen = listen;
+    }
     if let Some(listen) = args.webhooks_listen {
         config.webhooks.listen = Some(listen);
     }
@@ -137,6 +144,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         if let Some((addr, endpoints)) = &running.webhooks_addr {
             println!("webhooks on http://{addr} ({endpoints})");
+        }
+        if let Some(addr) = running.dashboard_addr {
+            println!(
+                "dashboard on {}://{addr}/",
+                if running.tls { "https" } else { "http" }
+            );
         }
         if let Some(r) = running.engine.active_rule_set() {
             println!("rule set #{} active ({})", r.number, r.version);

@@ -45,6 +45,7 @@ fn sigterm_under_load_loses_no_acknowledged_command() {
         // Environment overrides beat the file: flush mode keeps the test fast.
         .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_DASHBOARD_ENABLED", "false")
         .env("SWITCHYARD_STORE_DURABILITY", "flush")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -185,6 +186,7 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
         .arg(dir.path().join("data"))
         .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_DASHBOARD_ENABLED", "false")
         .env("SWITCHYARD_STORE_DURABILITY", "flush")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())

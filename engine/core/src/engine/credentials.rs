@@ -145,7 +145,16 @@ impl Engine {
     /// The actor a stored token acts as, if it is known, not revoked and not expired (by the
     /// engine clock). One store read: a revocation takes effect on the next call.
     pub fn authenticate_token(&self, token: &str) -> Result<Option<Actor>, CommandError> {
-        let found = self.inner.store.credential(&token_sha256(token))?;
+        self.authenticate_token_hash(&token_sha256(token))
+    }
+
+    /// The actor of the valid token whose SHA-256 is `sha256` (what a session keeps instead of
+    /// the token itself), or `None`.
+    pub fn authenticate_token_hash(
+        &self,
+        sha256: &[u8; 32],
+    ) -> Result<Option<Actor>, CommandError> {
+        let found = self.inner.store.credential(sha256)?;
         let now = self.inner.config.clock.now();
         Ok(found.filter(|c| c.is_valid_at(now)).map(|c| Actor {
             id: c.actor,

@@ -94,6 +94,7 @@ pub fn config(dir: &Path) -> ServerConfig {
     };
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    config.dashboard.listen = "127.0.0.1:0".parse().unwrap();
     config.store.durability = "flush".into();
     config.store.cache_bytes = 16 * 1024 * 1024;
     config.auth.tokens = ROLES

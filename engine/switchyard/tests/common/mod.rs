@@ -15,6 +15,7 @@ pub fn spawn_serve(cwd: &Path, args: &[&str], soft_files: Option<u64>) -> std::p
         .args(args)
         .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_DASHBOARD_ENABLED", "false")
         .env("SWITCHYARD_STORE_DURABILITY", "flush")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
