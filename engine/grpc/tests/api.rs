@@ -1649,15 +1649,6 @@ async fn a_corrupt_record_is_data_loss_not_a_retryable_failure() {
     server.stop().await;
 }
 
-fn jwt(claims: serde_json::Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_bulk_start_answers_each_item_with_its_own_status_and_its_size_is_bounded() {
     let server = TestServer::start().await;

@@ -23,6 +23,7 @@ struct Cli {
 
 mod bulk;
 mod client;
+mod demo;
 mod serve;
 mod worker;
 

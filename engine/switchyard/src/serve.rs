@@ -40,6 +40,17 @@ pub struct ServeArgs {
     /// Where a manual clock starts (RFC 3339; default: now).
     #[arg(long)]
     clock_start: Option<String>,
+    /// Demo mode: a fresh store in a temporary directory (unless --data-dir), traffic through
+    /// the shipped rules with the reference adapters answering jobs, notifications logged,
+    /// and an admin token for the dashboard printed at start.
+    #[arg(long)]
+    demo: bool,
+    /// Demo mode: how many journeys run at once.
+    #[arg(long, default_value_t = 24, requires = "demo", value_parser = clap::value_parser!(u16).range(1..=500))]
+    demo_journeys: u16,
+    /// Demo mode: the mean pause between two steps of one journey, in milliseconds.
+    #[arg(long, default_value_t = 800, requires = "demo", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    demo_pace_ms: u64,
 }
 
 /// Installs the log subscriber: `RUST_LOG` filters (default `info`);
@@ -94,8 +105,28 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if let Some(rules) = args.rules {
         config.rules_dir = rules;
     }
+    // The demo's store is thrown away at exit unless the caller names one.
+    let demo_dir = match (&args.data_dir, args.demo) {
+        (None, true) => {
+            let dir =
+                std::env::temp_dir().join(format!("switchyard-demo-{}", uuid::Uuid::new_v4()));
+            config.data_dir = dir.join("data");
+            Some(dir)
+        }
+        _ => None,
+    };
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if args.demo {
+        // Messages the rules route to a channel nobody configured are logged, not queued.
+        for channel in ["email", "sms", "webhook"] {
+            config
+                .notifications
+                .channels
+                .entry(channel.to_string())
+                .or_insert(switchyard_grpc::config::ChannelConfig::Log);
+        }
     }
     if let Some(listen) = args.listen {
         config.grpc.listen = listen;
@@ -154,6 +185,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         if let Some(r) = running.engine.active_rule_set() {
             println!("rule set #{} active ({})", r.number, r.version);
         }
+        let demo = if args.demo {
+            let (token, task) = crate::demo::start(
+                &running.engine,
+                usize::from(args.demo_journeys),
+                std::time::Duration::from_millis(args.demo_pace_ms),
+            )
+            .await?;
+            println!(
+                "demo: {} journeys through the shipped rules; store in {}",
+                args.demo_journeys,
+                config.data_dir.display()
+            );
+            println!("demo: log in to the dashboard with the token {token}");
+            Some(task)
+        } else {
+            None
+        };
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("installing the SIGTERM handler")?;
@@ -161,7 +209,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
+        if let Some(task) = demo {
+            task.abort();
+        }
         running.shutdown().await?;
+        if let Some(dir) = &demo_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         println!("switchyard stopped");
         Ok(())
     })

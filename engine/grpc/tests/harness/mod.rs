@@ -21,6 +21,16 @@ pub fn token(role: &str) -> String {
     format!("test-token-for-{role}")
 }
 
+/// A JWT with `claims`, signed with the test server's HS256 secret.
+pub fn jwt(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 pub const ROLES: &[&str] = &[
     "sales_rep",
     "sales_manager",
