@@ -53,7 +53,8 @@ function money(text) {
 }
 
 function percent(value) {
-  return value === null || value === undefined ? "—" : `${value} %`;
+  // Two decimals, as the analytics API gives them (the projection writes 0 as "0").
+  return value === null || value === undefined ? "—" : `${Number(value).toFixed(2)} %`;
 }
 
 function isoDate(date) {
@@ -346,7 +347,8 @@ async function openInstance(id) {
   list.replaceChildren();
   for (const h of history) {
     const move = h.from_state ? `${h.from_state} → ${h.to_state}` : `started in ${h.to_state}`;
-    const what = h.command ? `${h.command}: ` : `${h.kind.replaceAll("_", " ")}: `;
+    const kind = String((h.kind && h.kind.type) || "change");
+    const what = h.command ? `${h.command}: ` : `${kind.replaceAll("_", " ")}: `;
     const rule = h.provenance
       ? `rule ${h.provenance.script}::${h.provenance.function}, rule set ${h.provenance.rule_set}` +
         (h.provenance.reference_data ? `, reference data ${h.provenance.reference_data}` : "")

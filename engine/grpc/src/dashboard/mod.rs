@@ -176,9 +176,11 @@ fn page(status: StatusCode, html: String) -> Response {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the page's own form posts,
+    // and the same-origin check could not tell them from another site's.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }
@@ -693,9 +695,18 @@ async fn instance(
         .history_page_as(&actor, id, 100, q.page_token.as_deref())
         .await
         .map_err(|e| from_command(&e))?;
+    // Which rule decided, not everything it read and wrote (the gRPC history has that): a
+    // decision's inputs hold the instance, its parent and root, and would make the page heavy.
+    let mut items = serde_json::to_value(&history.items).unwrap_or(Value::Null);
+    for item in items.as_array_mut().into_iter().flatten() {
+        if let Some(p) = item.get_mut("provenance").and_then(Value::as_object_mut) {
+            p.remove("inputs");
+            p.remove("outputs");
+        }
+    }
     json_answer(&json!({
         "instance": instance,
-        "history": history.items,
+        "history": items,
         "next_page_token": history.next_page_token,
     }))
 }
