@@ -3,7 +3,8 @@
 //! `SWITCHYARD_CHROMEDRIVER` point elsewhere). The page is refused without a session; a
 //! sales manager logs in through the form; the figures shown equal what the analytics API
 //! reports; an order committed over gRPC appears without a reload; the workflow panel filters
-//! and searches; a row drills down into its history; the phone layout fits 390×844 without
+//! and searches; a row drills down into its history; after a server restart the page
+//! reconnects by itself and keeps updating; the phone layout fits 390×844 without
 //! sideways scrolling; logout ends it. Screenshots go to `target/dashboard-screenshots/`.
 
 mod harness;
@@ -234,9 +235,8 @@ async fn tile(client: &Client, figure: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_real_browser() {
     let server = TestServer::start().await;
-    let engine = server.running().engine.clone();
     switchyard_inventory::register(
-        &engine,
+        &server.running().engine,
         Arc::new(MemoryInventory::with_stock([("SKU-001", 1_000)])),
     );
     let addr = server.running().dashboard_addr.unwrap();
@@ -393,7 +393,12 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
 
     // Drill down: the whole history, with actors, reasons and the rule that decided.
-    let history = engine.history(order.parse().unwrap(), 0, 0).await.unwrap();
+    let history = server
+        .running()
+        .engine
+        .history(order.parse().unwrap(), 0, 0)
+        .await
+        .unwrap();
     client
         .find(Locator::Css(&format!(
             "#instances tr[data-id=\"{order}\"] button"
@@ -434,6 +439,35 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     until(&client, "!document.querySelector('#drill').open").await;
 
+    // The server restarts: the page notices, reconnects by itself (the session survives the
+    // restart) and carries on updating, still without a reload.
+    let TestServer { running, dir, .. } = server;
+    running.unwrap().shutdown().await.unwrap();
+    until(
+        &client,
+        "document.querySelector('#live').dataset.state !== 'live'",
+    )
+    .await;
+    let mut config = harness::config(dir.path());
+    config.dashboard.listen = addr;
+    let server = TestServer::start_with(dir, config).await;
+    switchyard_inventory::register(
+        &server.running().engine,
+        Arc::new(MemoryInventory::with_stock([("SKU-001", 1_000)])),
+    );
+    until(
+        &client,
+        "document.querySelector('#live').dataset.state === 'live'",
+    )
+    .await;
+    confirmed_order(&server, "3").await;
+    until(
+        &client,
+        "document.querySelector('[data-figure=orders]').dataset.value === '3'",
+    )
+    .await;
+    assert_eq!(eval(&client, "window.__same_page === true").await, true);
+
     // Logout ends the session: the page is the login form and the API refuses.
     client
         .find(Locator::Css("form[action='/logout'] button"))
@@ -460,7 +494,7 @@ async fn the_dashboard_in_a_real_browser() {
         true,
         "the page scrolls sideways on a phone"
     );
-    assert_eq!(tile(&phone, "orders").await, "2");
+    assert_eq!(tile(&phone, "orders").await, "3");
     // The tiles sit two or three to a row rather than one wide column.
     let tile_width = eval(
         &phone,

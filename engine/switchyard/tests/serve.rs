@@ -838,3 +838,105 @@ fn a_bulk_import_applies_good_lines_names_bad_ones_and_a_rerun_applies_nothing_t
     );
     stop(child);
 }
+
+#[test]
+fn the_demo_moves_orders_to_cash_through_the_shipped_rules_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--demo",
+            "--demo-journeys",
+            "6",
+            "--demo-pace-ms",
+            "20",
+        ])
+        .arg("--rules")
+        .arg(rules_dir())
+        .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_METRICS_ENABLED", "false")
+        .env("SWITCHYARD_DASHBOARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD_STORE_DURABILITY", "flush")
+        // The demo's store goes under TMPDIR: here, so the test sees it removed.
+        .env("TMPDIR", dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("log in to the dashboard with the token") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{printed}");
+        printed += &line;
+    }
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let field = |prefix: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {printed}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let addr = field("switchyard listening on ");
+    let token = printed.rsplit(' ').next().unwrap().trim().to_string();
+    assert!(token.starts_with("sy_"), "{printed}");
+    assert!(field("dashboard on ").starts_with("http://127.0.0.1:"));
+    let store = field("demo: 6 journeys through the shipped rules; store in ");
+    assert!(store.starts_with(dir.path().to_str().unwrap()), "{store}");
+
+    // The printed token is an admin's: with it, orders are seen reaching `closed` — credit
+    // checked, stock reserved, shipped and delivered, invoiced and paid — by the rules, with
+    // the reference adapters answering the jobs.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = runtime.block_on(async {
+        let mut instances = InstanceServiceClient::connect(addr).await.unwrap();
+        for _ in 0..600 {
+            let mut request = tonic::Request::new(pb::ListInstancesRequest {
+                definition: "sales_order".into(),
+                state: "closed".into(),
+                page_size: 100,
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let page = instances
+                .list_instances(request)
+                .await
+                .unwrap()
+                .into_inner();
+            if page.instances.len() >= 3 {
+                return page.instances;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no three orders closed within a minute");
+    });
+    for order in &closed {
+        let data: serde_json::Value = serde_json::from_str(&order.data_json).unwrap();
+        assert!(
+            data["number"].as_str().unwrap().starts_with("SO-"),
+            "{data}"
+        );
+        assert!(!data["invoices"].as_array().unwrap().is_empty(), "{data}");
+    }
+    stop(child);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("switchyard-demo-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the demo's store was left behind: {left:?}"
+    );
+}
