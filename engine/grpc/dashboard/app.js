@@ -221,11 +221,12 @@ async function loadSeries() {
   const data = {
     labels,
     datasets: [
-      { type: "bar", label: "Orders", data: pick("orders"), backgroundColor: "#0b5cad", stack: "docs", yAxisID: "y" },
-      { type: "bar", label: "Returns", data: pick("returns"), backgroundColor: "#c27c0e", stack: "docs", yAxisID: "y" },
-      { type: "bar", label: "Chargebacks", data: pick("chargebacks"), backgroundColor: "#b3261e", stack: "docs", yAxisID: "y" },
+      { type: "bar", label: "Orders", data: pick("orders"), backgroundColor: "#0b5cad", stack: "docs", yAxisID: "y", order: 1 },
+      { type: "bar", label: "Returns", data: pick("returns"), backgroundColor: "#c27c0e", stack: "docs", yAxisID: "y", order: 1 },
+      { type: "bar", label: "Chargebacks", data: pick("chargebacks"), backgroundColor: "#b3261e", stack: "docs", yAxisID: "y", order: 1 },
       { type: "line", label: "Quote → order %", data: conversion, borderColor: "#14532d", backgroundColor: "#14532d",
-        borderDash: [6, 4], spanGaps: true, yAxisID: "pct", tension: 0.2 },
+        borderDash: [6, 4], spanGaps: true, yAxisID: "pct", tension: 0.2, pointRadius: 4, pointStyle: "rectRot",
+        order: 0 }, // drawn over the bars
     ],
   };
   if (typeof Chart !== "undefined") {

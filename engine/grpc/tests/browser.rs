@@ -324,6 +324,23 @@ async fn the_dashboard_in_a_real_browser() {
         format!("{percent} %")
     };
     assert_eq!(shown, expected);
+    // Nothing came from another origin (no CDN: the vendored Chart.js drew the chart).
+    assert_eq!(
+        eval(
+            &client,
+            "performance.getEntriesByType('resource').every(e => e.name.startsWith(location.origin))"
+        )
+        .await,
+        true
+    );
+    assert_eq!(
+        eval(
+            &client,
+            "typeof Chart === 'function' && !!Chart.getChart('chart')"
+        )
+        .await,
+        true
+    );
     screenshot(&client, "desktop").await;
 
     // A new order appears without a reload: the tile counts it and the panel lists it.
@@ -399,13 +416,14 @@ async fn the_dashboard_in_a_real_browser() {
         .history(order.parse().unwrap(), 0, 0)
         .await
         .unwrap();
+    // From the keyboard: Enter on the row's button.
     client
         .find(Locator::Css(&format!(
             "#instances tr[data-id=\"{order}\"] button"
         )))
         .await
         .unwrap()
-        .click()
+        .send_keys("\u{e007}")
         .await
         .unwrap();
     until(&client, "document.querySelector('#drill').open").await;
