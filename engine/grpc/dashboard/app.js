@@ -265,7 +265,9 @@ function setPeriod(period) {
   $("#period-day").setAttribute("aria-pressed", String(period === "day"));
   $("#period-week").setAttribute("aria-pressed", String(period === "week"));
   const to = $("#to").value || state.me.today;
-  $("#from").value = addDays(to, period === "day" ? -13 : -7 * 12 + 1);
+  // Two weeks of days, or twelve whole ISO weeks (from a Monday).
+  const weekday = (new Date(`${to}T00:00:00Z`).getUTCDay() + 6) % 7;
+  $("#from").value = period === "day" ? addDays(to, -13) : addDays(to, -weekday - 7 * 11);
   loadSeries().catch(showError);
 }
 
