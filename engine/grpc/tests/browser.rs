@@ -537,7 +537,11 @@ async fn the_dashboard_in_a_real_browser() {
         assert!(text.contains(&h.reason), "{} in {text}", h.reason);
     }
     assert!(text.contains("rule "), "which rule decided: {text}");
-    assert_eq!(eval(&client, CONTRAST).await, json!([]), "in the drill-down");
+    assert_eq!(
+        eval(&client, CONTRAST).await,
+        json!([]),
+        "in the drill-down"
+    );
     screenshot(&client, "drill-down").await;
     // The keyboard closes it (Escape), and focus stays on the page.
     client

@@ -471,3 +471,51 @@ async fn with_tls_configured_the_dashboard_speaks_https_and_its_cookie_is_secure
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_streams_are_bounded_and_a_refusal_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = harness::config(dir.path());
+    config.dashboard.streams_max = 1;
+    let server = TestServer::start_with(dir, config).await;
+    let addr = dashboard(&server);
+    let cookie = log_in(addr, &token("analyst")).await;
+    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    first
+        .write_all(
+            format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut first, &mut seen, "retry: 2000").await;
+    let second = get(addr, "/api/live", &cookie).await;
+    assert_eq!(second.status, 503, "{}", second.body);
+    assert!(second.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("too many live streams"));
+    // The first one ending frees its place.
+    drop(first);
+    let mut freed = false;
+    for _ in 0..100 {
+        let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+        again
+            .write_all(
+                format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 64];
+        let n = again.read(&mut head).await.unwrap();
+        if String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200") {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the closed stream's place was never freed");
+    server.stop().await;
+}

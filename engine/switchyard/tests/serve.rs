@@ -186,7 +186,7 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
         .arg(dir.path().join("data"))
         .env("SWITCHYARD_GRPC_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_METRICS_ENABLED", "false")
-        .env("SWITCHYARD_DASHBOARD_ENABLED", "false")
+        .env("SWITCHYARD_DASHBOARD_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD_STORE_DURABILITY", "flush")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
@@ -201,6 +201,18 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
         .strip_prefix("switchyard listening on ")
         .unwrap()
         .to_string();
+    let mut dashboard = String::new();
+    while !dashboard.starts_with("dashboard on ") {
+        dashboard.clear();
+        assert!(stdout.read_line(&mut dashboard).unwrap() > 0);
+    }
+    let dashboard = dashboard
+        .trim()
+        .strip_prefix("dashboard on http://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let unknown = "an-unknown-secret-token-value";
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -227,6 +239,35 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
             let _ = client.start_instance(request).await;
         }
     });
+    // The dashboard's login form, with a good and an unknown token, and a call with the
+    // session cookie: neither the tokens nor the cookie are logged.
+    let http = |request: String| {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(&dashboard).unwrap();
+        socket.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let login = |token: &str| {
+        let body = format!("token={token}");
+        http(format!(
+            "POST /login HTTP/1.1\r\nHost: {dashboard}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    assert!(login(unknown).starts_with("HTTP/1.1 401"));
+    let answer = login(TOKEN);
+    let cookie = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+    let me = http(format!(
+        "GET /api/me HTTP/1.1\r\nHost: {dashboard}\r\nCookie: {cookie}\r\n\r\n"
+    ));
+    assert!(me.contains("\"actor\":\"loader\""), "{me}");
     // Close the client's connection: an open but silent one would hold the drain until its
     // timeout.
     drop(runtime);
@@ -240,7 +281,9 @@ fn credentials_never_reach_the_logs_even_at_trace_level() {
         text.contains("refused an unknown credential"),
         "the refusal is logged"
     );
-    for secret in [TOKEN, unknown, "e30.e30.c2ln"] {
+    assert!(text.contains("dashboard: logged in"), "the login is logged");
+    let session = cookie.split_once('=').unwrap().1;
+    for secret in [TOKEN, unknown, "e30.e30.c2ln", session] {
         assert!(!text.contains(secret), "`{secret}` appears in the log");
     }
     // One layer logs every call: the RPC, who called, and the outcome with its reason.

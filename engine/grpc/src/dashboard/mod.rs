@@ -809,6 +809,8 @@ async fn push(
             } => {}
             _ = instances.changed() => {}
             _ = stopping.changed() => return,
+            // The page went away: free its place now, not at the next ping.
+            _ = tx.closed() => return,
             _ = tokio::time::sleep(PING_INTERVAL) => {
                 if !send(Bytes::from_static(b": ping\n\n")).await {
                     return;
