@@ -43,6 +43,40 @@ pub struct ServerConfig {
     pub analytics: AnalyticsSettings,
     /// The sales-operations dashboard in the browser.
     pub dashboard: DashboardConfig,
+    /// Feed export to NATS JetStream.
+    pub nats_export: NatsExportConfig,
+}
+
+/// Feed export to NATS JetStream (`switchyard-nats`): every feed event, in order, once, to a
+/// stream of its own; resumes after a restart without a gap or a duplicate.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsExportConfig {
+    /// Export the feed (default false).
+    pub enabled: bool,
+    /// The NATS server (default `nats://127.0.0.1:4222`).
+    pub url: String,
+    /// The JetStream stream, created when missing (default `SWITCHYARD`).
+    pub stream: String,
+    /// The subjects' first token (default `switchyard`): `<prefix>.<definition>.<type>`.
+    pub subject_prefix: String,
+    /// The file keeping the last exported offset (default `nats-export.offset` in `data_dir`).
+    pub offset_file: Option<PathBuf>,
+    /// Publishes awaiting the broker's acknowledgement at once, at most (default 256).
+    pub in_flight: usize,
+}
+
+impl Default for NatsExportConfig {
+    fn default() -> Self {
+        NatsExportConfig {
+            enabled: false,
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "SWITCHYARD".into(),
+            subject_prefix: "switchyard".into(),
+            offset_file: None,
+            in_flight: 256,
+        }
+    }
 }
 
 /// The dashboard (`src/dashboard`): a page with live figures and instances on its own HTTP
@@ -103,6 +137,21 @@ impl Default for AnalyticsSettings {
 }
 
 impl ServerConfig {
+    /// The NATS export's settings, with its offset file resolved.
+    pub fn nats_export(&self) -> switchyard_nats::ExportConfig {
+        let n = &self.nats_export;
+        let mut export = switchyard_nats::ExportConfig::new(
+            n.url.clone(),
+            n.stream.clone(),
+            n.offset_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("nats-export.offset")),
+        );
+        export.subject_prefix = n.subject_prefix.clone();
+        export.in_flight = n.in_flight;
+        export
+    }
+
     /// The file of the key that signs dashboard sessions.
     pub fn dashboard_key_file(&self) -> PathBuf {
         self.dashboard
@@ -463,6 +512,7 @@ impl Default for ServerConfig {
             notifications: NotificationsConfig::default(),
             analytics: AnalyticsSettings::default(),
             dashboard: DashboardConfig::default(),
+            nats_export: NatsExportConfig::default(),
         }
     }
 }
@@ -615,6 +665,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "dashboard.session_key_file",
     ),
     ("SWITCHYARD_DASHBOARD_STREAMS_MAX", "dashboard.streams_max"),
+    ("SWITCHYARD_NATS_EXPORT_ENABLED", "nats_export.enabled"),
+    ("SWITCHYARD_NATS_EXPORT_URL", "nats_export.url"),
+    ("SWITCHYARD_NATS_EXPORT_STREAM", "nats_export.stream"),
+    (
+        "SWITCHYARD_NATS_EXPORT_SUBJECT_PREFIX",
+        "nats_export.subject_prefix",
+    ),
+    (
+        "SWITCHYARD_NATS_EXPORT_OFFSET_FILE",
+        "nats_export.offset_file",
+    ),
+    ("SWITCHYARD_NATS_EXPORT_IN_FLIGHT", "nats_export.in_flight"),
     ("SWITCHYARD_TLS_CERT_FILE", "tls.cert_file"),
     ("SWITCHYARD_TLS_KEY_FILE", "tls.key_file"),
     (
@@ -637,8 +699,11 @@ fn kind_of(key: &str) -> Kind {
         | "engine.queue_max"
         | "engine.rule_threads"
         | "engine.rule_queue_max"
-        | "dashboard.streams_max" => Kind::Integer,
-        "metrics.enabled" | "analytics.enabled" | "dashboard.enabled" => Kind::Bool,
+        | "dashboard.streams_max"
+        | "nats_export.in_flight" => Kind::Integer,
+        "metrics.enabled" | "analytics.enabled" | "dashboard.enabled" | "nats_export.enabled" => {
+            Kind::Bool
+        }
         "webhooks.stripe.secrets" | "webhooks.adyen.hmac_keys" => Kind::List,
         _ => Kind::Text,
     }
@@ -783,6 +848,11 @@ impl ServerConfig {
         if self.dashboard.streams_max == 0 {
             return bad("dashboard.streams_max", "must be at least 1");
         }
+        if self.nats_export.enabled {
+            if let Err(e) = self.nats_export().check() {
+                return Err(ConfigError(e.replacen('`', "`nats_export.", 1)));
+            }
+        }
         if Self::duration(&self.dashboard.session_lifetime) < chrono::Duration::minutes(1) {
             return bad("dashboard.session_lifetime", "must be at least a minute");
         }
@@ -899,6 +969,29 @@ mod tests {
         let c = ServerConfig::load(Some(&file), env).unwrap();
         assert_eq!(c.grpc.listen.to_string(), "127.0.0.1:7001");
         assert_eq!(c.engine.page_size_max, 50);
+    }
+
+    #[test]
+    fn a_bad_nats_export_setting_is_named_and_the_environment_turns_it_on() {
+        let env = |k: &str| match k {
+            "SWITCHYARD_NATS_EXPORT_ENABLED" => Some("true".to_string()),
+            "SWITCHYARD_NATS_EXPORT_STREAM" => Some("ORDERS.EU".to_string()),
+            _ => None,
+        };
+        let e = ServerConfig::load(None, env).unwrap_err().0;
+        assert!(e.starts_with("`nats_export.stream`"), "{e}");
+        let env = |k: &str| match k {
+            "SWITCHYARD_NATS_EXPORT_ENABLED" => Some("true".to_string()),
+            "SWITCHYARD_NATS_EXPORT_IN_FLIGHT" => Some("64".to_string()),
+            _ => None,
+        };
+        let c = ServerConfig::load(None, env).unwrap();
+        assert!(c.nats_export.enabled);
+        assert_eq!(c.nats_export().in_flight, 64);
+        assert_eq!(
+            c.nats_export().offset_file,
+            c.data_dir.join("nats-export.offset")
+        );
     }
 
     #[test]

@@ -385,6 +385,16 @@ pub async fn start(
         .max_encoding_message_size(size),
         auth.clone(),
     );
+    // The feed exported to NATS JetStream: it follows the feed until the engine stops.
+    let (export_stop, export_stopped) = tokio::sync::watch::channel(false);
+    let export_task = config.nats_export.enabled.then(|| {
+        tokio::spawn(switchyard_nats::run(
+            engine.clone(),
+            config.nats_export(),
+            switchyard_nats::Progress::default(),
+            export_stopped,
+        ))
+    });
     let (dashboard_task, recent_task) = match dashboard {
         Some((listener, tls, sessions)) => {
             let recent = crate::dashboard::Recent::new();
@@ -520,6 +530,22 @@ pub async fn start(
         // Every call has answered (or was cut off unanswered): now drain the engine's commit
         // queue and flush, so nothing acknowledged or queued is lost.
         serve_engine.shutdown().await;
+        // The exporter publishes what the engine flushed last, then ends with the engine
+        // (told to stop if the broker is away); what it did not record it finds in the stream.
+        if let Some(mut export) = export_task {
+            if tokio::time::timeout(Duration::from_secs(5), &mut export)
+                .await
+                .is_err()
+            {
+                let _ = export_stop.send(true);
+                if tokio::time::timeout(Duration::from_secs(2), &mut export)
+                    .await
+                    .is_err()
+                {
+                    export.abort();
+                }
+            }
+        }
         // The analytics follower ends with the engine; it holds the store until it has.
         if let Some(mut following) = following {
             if tokio::time::timeout(Duration::from_secs(5), &mut following)

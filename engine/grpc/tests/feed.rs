@@ -378,3 +378,53 @@ async fn open_streams_are_bounded_and_a_closed_one_frees_its_place_at_once() {
     assert!(again.is_some(), "a place was freed within 5 s");
     server.stop().await;
 }
+
+/// `[nats_export]`: the server exports its feed to the machine's NATS JetStream
+/// (`SWITCHYARD_NATS_URL`, default 127.0.0.1:4222), into a stream of this run's own, and records
+/// the exported offset when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_exports_its_feed_to_nats_jetstream() {
+    let url =
+        std::env::var("SWITCHYARD_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = harness::config(dir.path());
+    config.nats_export.enabled = true;
+    config.nats_export.url = url.clone();
+    config.nats_export.stream = format!("SYSERVER_{tag}");
+    config.nats_export.subject_prefix = format!("syserver{tag}");
+    // Outside the server's directory, which the test server removes when it stops.
+    let kept = tempfile::tempdir().unwrap();
+    let offset_file = kept.path().join("nats-export.offset");
+    config.nats_export.offset_file = Some(offset_file.clone());
+    let server = TestServer::start_with(dir, config.clone()).await;
+    for n in 0..5 {
+        start_quote(&server, &format!("nats-{n}"), "FIXED-4999").await;
+    }
+    let (_, head) = server.running().engine.feed_bounds().unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut exported = 0;
+    for _ in 0..200 {
+        if let Ok(mut stream) = js.get_stream(&config.nats_export.stream).await {
+            exported = stream.info().await.unwrap().state.messages;
+            if exported == head {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exported, head, "every feed event is in the stream");
+    let stream = js.get_stream(&config.nats_export.stream).await.unwrap();
+    let last = stream.get_raw_message(head).await.unwrap();
+    assert!(last
+        .subject
+        .as_str()
+        .starts_with(&format!("syserver{tag}.quote.instance.")));
+    server.stop().await;
+    assert_eq!(
+        switchyard_nats::recorded_offset(&offset_file).unwrap(),
+        head,
+        "the stop recorded the exported offset"
+    );
+    js.delete_stream(&config.nats_export.stream).await.unwrap();
+}
