@@ -280,13 +280,14 @@ function filters() {
 function matches(row, f) {
   return (!f.workflow || row.definition === f.workflow) &&
     (!f.state || row.state === f.state) &&
-    (!f.q || row.business_key.toLowerCase().includes(f.q.toLowerCase()));
+    (!f.q || [row.business_key, row.number || ""].some((k) => k.toLowerCase().includes(f.q.toLowerCase())));
 }
 
 function rowElement(row) {
   return el("tr", { "data-id": row.id, "data-definition": row.definition, "data-state": row.state },
-    el("td", {}, el("button", { class: "link", type: "button", text: row.business_key || row.id,
-      "aria-label": `Open ${row.business_key || row.id}`, onclick: () => openInstance(row.id) })),
+    el("td", {}, el("button", { class: "link", type: "button", text: row.number || row.business_key || row.id,
+      title: row.number ? `${row.number} · ${row.business_key}` : row.business_key,
+      "aria-label": `Open ${row.number || row.business_key || row.id}`, onclick: () => openInstance(row.id) })),
     el("td", { text: row.definition }),
     el("td", {}, stateBadge(row)),
     el("td", { text: row.change ? row.change.replaceAll("_", " ") : "—" }),

@@ -500,6 +500,31 @@ async fn the_dashboard_in_a_real_browser() {
     )
     .await;
 
+    // An order is shown and found by the number its confirmation drew.
+    let number = server
+        .running()
+        .engine
+        .get(order.parse().unwrap())
+        .await
+        .unwrap()
+        .data["number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(number.starts_with("SO-"), "{number}");
+    let search = client.find(Locator::Id("search")).await.unwrap();
+    search.clear().await.unwrap();
+    search.send_keys(&number).await.unwrap();
+    until(
+        &client,
+        &format!(
+            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr')];
+                      return rows.length === 1 && rows[0].dataset.id === '{order}'
+                        && rows[0].querySelector('button').textContent === '{number}'; }})()"
+        ),
+    )
+    .await;
+
     // Drill down: the whole history, with actors, reasons and the rule that decided.
     let history = server
         .running()

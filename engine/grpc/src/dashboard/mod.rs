@@ -612,7 +612,9 @@ async fn instances(
     let keep = |r: &recent::Row| {
         (q.workflow.is_empty() || r.definition == q.workflow)
             && (q.state.is_empty() || r.state == q.state)
-            && (needle.is_empty() || r.business_key.to_lowercase().contains(&needle))
+            && (needle.is_empty()
+                || r.business_key.to_lowercase().contains(&needle)
+                || r.number.to_lowercase().contains(&needle))
             && may_read(&d.engine, &actor, &r.definition)
     };
     let mut rows: Vec<Value> = d
@@ -655,6 +657,7 @@ async fn instances(
                     "id": id,
                     "definition": i.definition.name,
                     "business_key": i.business_key,
+                    "number": i.data["number"].as_str().map(|n| clip(n, 200)).unwrap_or_default(),
                     "state": i.state,
                     "status": i.status,
                     "owner": i.owner,

@@ -24,6 +24,8 @@ pub(crate) struct Row {
     pub(crate) id: String,
     pub(crate) definition: String,
     pub(crate) business_key: String,
+    /// The document number the rules gave it (an order's `SO-2026-000123`), if any.
+    pub(crate) number: String,
     pub(crate) state: String,
     pub(crate) status: String,
     pub(crate) owner: Option<String>,
@@ -173,6 +175,7 @@ fn row_of(event: &FeedEvent) -> Option<Row> {
         id: event.subject.clone(),
         definition: text(&data["definition"]["name"]),
         business_key: text(&data["business_key"]),
+        number: text(&data["data"]["number"]),
         state: text(&data["to_state"]),
         status: text(&data["status"]),
         owner: data["owner"].as_str().map(|s| clip(s, 200)),
