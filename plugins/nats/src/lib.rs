@@ -286,13 +286,16 @@ async fn connected_run(
         })
         .await
         .map_err(|e| transient("opening the stream", e))?;
-    let last = stream
+    let state = stream
         .info()
         .await
         .map_err(|e| transient("reading the stream", e))?
         .state
-        .last_sequence;
-    let in_stream = if last == 0 {
+        .clone();
+    let last = state.last_sequence;
+    // An empty stream (new, or every message aged out by the stream's own limits) says
+    // nothing about where the export stands: the offset file does.
+    let in_stream = if state.messages == 0 {
         0
     } else {
         let message = stream

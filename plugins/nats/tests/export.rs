@@ -233,6 +233,51 @@ impl Drop for KillOnDrop {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_emptied_by_its_own_limits_resumes_from_the_offset_file() {
+    let url = nats_url();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&url, dir.path(), &unique());
+    let engine = engine().await;
+    leads(&engine, 0, 30).await;
+    let first = spawn(&engine, &config);
+    exported(&first, 30).await;
+    first.stop.send(true).unwrap();
+    first.task.await.unwrap().unwrap();
+    // The operator's retention removed every message; the sequence numbers stay.
+    let js = jetstream::new(async_nats::connect(&url).await.unwrap());
+    js.get_stream(&config.stream)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    leads(&engine, 30, 10).await;
+    let second = spawn(&engine, &config);
+    exported(&second, 40).await;
+    second.stop.send(true).unwrap();
+    second.task.await.unwrap().unwrap();
+    let mut stream = js.get_stream(&config.stream).await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(
+        info.state.messages, 10,
+        "only the events after the recorded offset"
+    );
+    let first_left = stream
+        .get_raw_message(info.state.first_sequence)
+        .await
+        .unwrap();
+    assert_eq!(
+        first_left
+            .headers
+            .get("Switchyard-Offset")
+            .unwrap()
+            .as_str(),
+        "31"
+    );
+    js.delete_stream(&config.stream).await.unwrap();
+}
+
 #[test]
 fn subjects_and_names_are_checked() {
     let mut config = ExportConfig::new("nats://x", "BAD.NAME", "o".into());
