@@ -55,13 +55,16 @@ pub struct AuthConfigError {
 
 /// The hex SHA-256 of a token, as the configuration keeps it.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(token.as_bytes()))
 }
 
-fn hex32(text: &str) -> Option<[u8; 32]> {
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The 32 bytes a 64-digit hex text stands for.
+pub(crate) fn hex32(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     if text.len() != 64 {
         return None;

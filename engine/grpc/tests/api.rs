@@ -1346,14 +1346,7 @@ async fn metrics_count_commands_by_definition_command_and_outcome() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_when_a_certificate_is_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert_file = dir.path().join("cert.pem");
-    let key_file = dir.path().join("key.pem");
-    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
-    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
-    let mut config = harness::config(dir.path());
-    config.tls.cert_file = Some(cert_file);
-    config.tls.key_file = Some(key_file);
+    let (config, certified) = tls_config(dir.path());
     let running = switchyard_grpc::server::start(config, |_| None)
         .await
         .unwrap();

@@ -251,6 +251,18 @@ const CONTRAST: &str = r#"(() => {
   return low;
 })()"#;
 
+/// Waits until the workflow panel lists exactly `count` rows, each `r` meeting `condition`.
+async fn panel_shows(client: &Client, count: usize, condition: &str) {
+    until(
+        client,
+        &format!(
+            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr')];
+                      return rows.length === {count} && rows.every(r => {condition}); }})()"
+        ),
+    )
+    .await;
+}
+
 /// What a tile shows.
 async fn tile(client: &Client, figure: &str) -> String {
     eval(
@@ -463,12 +475,7 @@ async fn the_dashboard_in_a_real_browser() {
     // Filters: only quotes, then only orders in `confirmed`, then a business key.
     let workflow = client.find(Locator::Id("filter-workflow")).await.unwrap();
     workflow.select_by_value("quote").await.unwrap();
-    until(
-        &client,
-        "(() => { const rows = [...document.querySelectorAll('#instances tbody tr')];
-                  return rows.length === 3 && rows.every(r => r.dataset.definition === 'quote'); })()",
-    )
-    .await;
+    panel_shows(&client, 3, "r.dataset.definition === 'quote'").await;
     workflow.select_by_value("sales_order").await.unwrap();
     client
         .find(Locator::Id("filter-state"))
@@ -477,12 +484,7 @@ async fn the_dashboard_in_a_real_browser() {
         .select_by_value("confirmed")
         .await
         .unwrap();
-    until(
-        &client,
-        "(() => { const rows = [...document.querySelectorAll('#instances tbody tr')];
-                  return rows.length === 2 && rows.every(r => r.dataset.state === 'confirmed'); })()",
-    )
-    .await;
+    panel_shows(&client, 2, "r.dataset.state === 'confirmed'").await;
     workflow.select_by_value("").await.unwrap();
     client
         .find(Locator::Id("search"))
@@ -491,14 +493,7 @@ async fn the_dashboard_in_a_real_browser() {
         .send_keys("WEB-2")
         .await
         .unwrap();
-    until(
-        &client,
-        &format!(
-            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr')];
-                      return rows.length === 1 && rows[0].dataset.id === '{order}'; }})()"
-        ),
-    )
-    .await;
+    panel_shows(&client, 1, &format!("r.dataset.id === '{order}'")).await;
 
     // An order is shown and found by the number its confirmation drew.
     let number = server
@@ -515,12 +510,11 @@ async fn the_dashboard_in_a_real_browser() {
     let search = client.find(Locator::Id("search")).await.unwrap();
     search.clear().await.unwrap();
     search.send_keys(&number).await.unwrap();
-    until(
+    panel_shows(
         &client,
+        1,
         &format!(
-            "(() => {{ const rows = [...document.querySelectorAll('#instances tbody tr')];
-                      return rows.length === 1 && rows[0].dataset.id === '{order}'
-                        && rows[0].querySelector('button').textContent === '{number}'; }})()"
+            "r.dataset.id === '{order}' && r.querySelector('button').textContent === '{number}'"
         ),
     )
     .await;

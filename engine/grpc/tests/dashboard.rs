@@ -365,6 +365,19 @@ async fn figures_equal_the_analytics_api_and_a_rep_sees_only_their_own() {
     server.stop().await;
 }
 
+/// A connection that asked for the live stream with `cookie`; the answer is left to read.
+async fn open_live(addr: SocketAddr, cookie: &str) -> tokio::net::TcpStream {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(
+            format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    socket
+}
+
 /// Reads the stream into `seen` until it holds `needle` (20 s at most).
 async fn read_until(socket: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
     let mut buffer = vec![0u8; 16 * 1024];
@@ -384,14 +397,7 @@ async fn the_live_stream_pushes_a_commit_without_asking() {
     let server = TestServer::start().await;
     let addr = dashboard(&server);
     let cookie = log_in(addr, &token("sales_manager")).await;
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket
-        .write_all(
-            format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut socket = open_live(addr, &cookie).await;
     let mut seen = String::new();
     // The stream opens with the reconnect delay and today's (empty) figures.
     read_until(&mut socket, &mut seen, "retry: 2000").await;
@@ -408,14 +414,7 @@ async fn the_live_stream_pushes_a_commit_without_asking() {
 async fn with_tls_configured_the_dashboard_speaks_https_and_its_cookie_is_secure() {
     use tokio_rustls::rustls;
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert_file = dir.path().join("cert.pem");
-    let key_file = dir.path().join("key.pem");
-    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
-    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
-    let mut config = harness::config(dir.path());
-    config.tls.cert_file = Some(cert_file);
-    config.tls.key_file = Some(key_file);
+    let (config, certified) = tls_config(dir.path());
     let running = switchyard_grpc::server::start(config, |_| None)
         .await
         .unwrap();
@@ -480,14 +479,7 @@ async fn live_streams_are_bounded_and_a_refusal_says_why() {
     let server = TestServer::start_with(dir, config).await;
     let addr = dashboard(&server);
     let cookie = log_in(addr, &token("analyst")).await;
-    let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
-    first
-        .write_all(
-            format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let mut first = open_live(addr, &cookie).await;
     let mut seen = String::new();
     read_until(&mut first, &mut seen, "retry: 2000").await;
     let second = get(addr, "/api/live", &cookie).await;
@@ -500,14 +492,7 @@ async fn live_streams_are_bounded_and_a_refusal_says_why() {
     drop(first);
     let mut freed = false;
     for _ in 0..100 {
-        let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
-        again
-            .write_all(
-                format!("GET /api/live HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
+        let mut again = open_live(addr, &cookie).await;
         let mut head = vec![0u8; 64];
         let n = again.read(&mut head).await.unwrap();
         if String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200") {

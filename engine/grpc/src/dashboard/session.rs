@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use switchyard_core::Actor;
 
-use crate::auth::{Authenticator, Proof};
+use crate::auth::{hex, hex32, Authenticator, Proof};
 
 /// The session cookie's name.
 pub(crate) const COOKIE: &str = "switchyard_session";
@@ -134,7 +134,7 @@ impl Sessions {
         let actor = match (&payload.tok, &payload.act) {
             (Some(tok), None) => {
                 let digest =
-                    unhex(tok).ok_or(Refused::Unauthenticated("the session is malformed"))?;
+                    hex32(tok).ok_or(Refused::Unauthenticated("the session is malformed"))?;
                 auth.by_token_hash(&digest)
                     .map_err(|s| Refused::Unavailable(s.message().to_string()))?
                     .ok_or(Refused::Unauthenticated(
@@ -215,21 +215,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if text.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(i * 2..i * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The value of cookie `name` in a `Cookie` header.

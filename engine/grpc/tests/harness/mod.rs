@@ -129,6 +129,20 @@ pub fn config(dir: &Path) -> ServerConfig {
     config
 }
 
+/// The test configuration with TLS on: a fresh self-signed certificate for `localhost`,
+/// written to `dir`; the certificate is returned for the client to trust.
+pub fn tls_config(dir: &Path) -> (ServerConfig, rcgen::CertifiedKey) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+    let mut config = config(dir);
+    config.tls.cert_file = Some(cert_file);
+    config.tls.key_file = Some(key_file);
+    (config, certified)
+}
+
 impl TestServer {
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
